@@ -1,0 +1,1 @@
+"""Shepherd: a GitHub App that turns labelled issues into pull requests written by AI coding agents."""
