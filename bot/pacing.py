@@ -1,0 +1,176 @@
+"""Write pacing per installation: spacing, GitHub's content-creation limits, and priorities."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from enum import IntEnum
+
+log = logging.getLogger(__name__)
+
+# GitHub's secondary limits for content-creating requests, and its advice of >= 1 s between writes.
+DEFAULT_MIN_SPACING = 1.0
+DEFAULT_PER_MINUTE = 80
+DEFAULT_PER_HOUR = 500
+MINUTE = 60.0
+HOUR = 3600.0
+
+
+class Priority(IntEnum):
+    """Lower values go first among writes that are waiting."""
+
+    URGENT = 0  # new questions, final states: a person is waiting for them
+    NORMAL = 1
+    LOW = 2  # periodic status edits: the next one supersedes them anyway
+
+
+#: The priority of the write the current task is about to send; set by the client's write methods.
+current_priority: contextvars.ContextVar[Priority] = contextvars.ContextVar(
+    "shepherd_write_priority", default=Priority.NORMAL
+)
+
+
+class WriteBudget:
+    """Pure bookkeeping: when may the next write go, given the writes already sent."""
+
+    def __init__(
+        self,
+        min_spacing: float = DEFAULT_MIN_SPACING,
+        per_minute: int = DEFAULT_PER_MINUTE,
+        per_hour: int = DEFAULT_PER_HOUR,
+    ) -> None:
+        self.min_spacing = min_spacing
+        self.per_minute = per_minute
+        self.per_hour = per_hour
+        self._sent: deque[float] = deque()
+
+    def delay(self, now: float) -> float:
+        """Seconds from `now` until the next write may be sent (0 when it may go now)."""
+        self._forget_before(now - HOUR)
+        if not self._sent:
+            return 0.0
+        ready = self._sent[-1] + self.min_spacing
+        if len(self._sent) >= self.per_hour:
+            ready = max(ready, self._sent[-self.per_hour] + HOUR)
+        in_last_minute = sum(1 for t in reversed(self._sent) if t > now - MINUTE)
+        if in_last_minute >= self.per_minute:
+            ready = max(ready, self._sent[-self.per_minute] + MINUTE)
+        return max(0.0, ready - now)
+
+    def record(self, now: float) -> None:
+        """Count a write sent at `now`."""
+        self._sent.append(now)
+
+    def _forget_before(self, cutoff: float) -> None:
+        while self._sent and self._sent[0] <= cutoff:
+            self._sent.popleft()
+
+
+class WriteGate:
+    """The async gate one installation's writes pass, most urgent first, then first come.
+
+    One dispatcher task runs while writes wait and ends when none do; it re-reads the queue after
+    every sleep so a write that arrives urgent during a wait overtakes those already waiting.
+    """
+
+    def __init__(
+        self,
+        budget: WriteBudget | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self.budget = budget or WriteBudget()
+        self._clock = clock
+        self._sleep = sleep
+        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._order = itertools.count()
+        self._dispatcher: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for _, _, future in self._waiting if not future.done())
+
+    async def wait(self, priority: Priority = Priority.NORMAL) -> None:
+        """Return when a write of `priority` may be sent; the write counts as sent then."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiting, (int(priority), next(self._order), future))
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.create_task(self._dispatch(), name="shepherd-write-gate")
+        await future
+
+    async def _dispatch(self) -> None:
+        try:
+            while self._waiting:
+                if self._waiting[0][2].done():  # cancelled while waiting
+                    heapq.heappop(self._waiting)
+                    continue
+                now = self._clock()
+                delay = self.budget.delay(now)
+                if delay > 0:
+                    await self._sleep(delay)
+                    continue
+                _, _, future = heapq.heappop(self._waiting)
+                self.budget.record(now)
+                future.set_result(None)
+                # Let the released writer run before the next one is weighed.
+                await asyncio.sleep(0)
+        except BaseException as exc:
+            for _, _, future in self._waiting:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            self._waiting.clear()
+            raise
+
+    async def close(self) -> None:
+        """Stop the dispatcher (waiting writes are cancelled)."""
+        if self._dispatcher is not None and not self._dispatcher.done():
+            self._dispatcher.cancel()
+            try:
+                await self._dispatcher
+            except asyncio.CancelledError:
+                pass
+
+
+class Pacer:
+    """One `WriteGate` per installation, created on first use."""
+
+    def __init__(
+        self,
+        *,
+        min_spacing: float = DEFAULT_MIN_SPACING,
+        per_minute: int = DEFAULT_PER_MINUTE,
+        per_hour: int = DEFAULT_PER_HOUR,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._limits = (min_spacing, per_minute, per_hour)
+        self._clock = clock
+        self._sleep = sleep
+        self._gates: dict[int, WriteGate] = {}
+
+    def gate(self, installation_id: int) -> WriteGate:
+        gate = self._gates.get(installation_id)
+        if gate is None:
+            gate = WriteGate(WriteBudget(*self._limits), clock=self._clock, sleep=self._sleep)
+            self._gates[installation_id] = gate
+        return gate
+
+    async def forget(self, installation_id: int) -> None:
+        gate = self._gates.pop(installation_id, None)
+        if gate is not None:
+            await gate.close()
+
+    async def close(self) -> None:
+        for installation_id in list(self._gates):
+            await self.forget(installation_id)
