@@ -1,0 +1,212 @@
+"""Agent adapters: the command line of each turn, and what Shepherd learns from the turn's output.
+
+Every adapter puts ``--`` before the prompt or reply, because a human reply that starts with a dash
+(a Markdown list, say) would otherwise be read as an option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+# Linux caps one argument at 128 KiB; a longer prompt is read from the prompt file instead.
+PROMPT_ARG_LIMIT_BYTES = 100 * 1024
+PROMPT_FILE_INSTRUCTION = (
+    "Your task is too long for the command line. It is in the file named by the environment "
+    "variable SHEPHERD_PROMPT_FILE ({path}). Read that whole file first, then follow it."
+)
+REPLY_FILE_INSTRUCTION = (
+    "The reply to your last turn is too long for the command line. It is in the file named by the "
+    "environment variable SHEPHERD_REPLY_FILE. Read that whole file first, then continue."
+)
+ERROR_UNKNOWN_AGENT = "Unknown agent {name!r}: choose claude, codex or command."
+ERROR_NO_COMMAND = "The command agent needs SHEPHERD_AGENT_COMMAND."
+ERROR_NO_SESSION_ID = "Cannot resume: the previous turn reported no session id."
+
+Command = list[str] | str
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentRunInfo:
+    """What one turn's output says: ids, final text, cost and whether the agent reported an error."""
+
+    session_id: str | None = None
+    result_text: str | None = None
+    cost_usd: float | None = None
+    num_turns: int | None = None
+    is_error: bool = False
+
+
+class Adapter(Protocol):
+    """How Shepherd runs one kind of agent CLI."""
+
+    name: str
+
+    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> Command:
+        """The command of a session's first turn."""
+
+    def resume_turn(self, agent_session_id: str | None, reply: str) -> Command:
+        """The command of a later turn, answering ``reply`` in the same agent session."""
+
+    def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
+        """Read a turn's log (stdout and stderr mixed) for what the agent reported."""
+
+
+def _argument_text(text: str, instruction: str) -> str:
+    if len(text.encode("utf-8")) > PROMPT_ARG_LIMIT_BYTES:
+        return instruction
+    return text
+
+
+def _json_lines(output: str | Iterable[str]) -> Iterable[dict]:
+    """The JSON objects of ``output``, skipping whatever else stderr mixed into the log."""
+    lines = output.splitlines() if isinstance(output, str) else output
+    for line in lines:
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            yield event
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaudeAdapter:
+    """Claude Code headless, with stream-json output (SPEC §4)."""
+
+    binary: str = "claude"
+    allowed_tools: Sequence[str] | None = None
+    name: str = "claude"
+
+    def _common(self) -> list[str]:
+        options = ["--output-format", "stream-json", "--verbose"]
+        if self.allowed_tools:
+            options += ["--allowedTools", ",".join(self.allowed_tools)]
+        else:
+            options += ["--permission-mode", "bypassPermissions"]
+        return options
+
+    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> list[str]:
+        text = _argument_text(prompt, PROMPT_FILE_INSTRUCTION.format(path=os.fspath(prompt_file)))
+        return [self.binary, "-p", *self._common(), "--", text]
+
+    def resume_turn(self, agent_session_id: str | None, reply: str) -> list[str]:
+        if not agent_session_id:
+            raise ValueError(ERROR_NO_SESSION_ID)
+        text = _argument_text(reply, REPLY_FILE_INSTRUCTION)
+        return [self.binary, "-p", "--resume", agent_session_id, *self._common(), "--", text]
+
+    def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
+        session_id = None
+        result = None
+        for event in _json_lines(output):
+            if event.get("type") == "system" and event.get("subtype") == "init":
+                session_id = event.get("session_id") or session_id
+            elif event.get("type") == "result":
+                result = event
+                session_id = event.get("session_id") or session_id
+        if result is None:
+            # No result line: the CLI died or was killed before it finished the turn.
+            return AgentRunInfo(session_id=session_id, is_error=True)
+        cost = result.get("total_cost_usd")
+        turns = result.get("num_turns")
+        return AgentRunInfo(
+            session_id=session_id,
+            result_text=result.get("result") if isinstance(result.get("result"), str) else None,
+            cost_usd=float(cost) if isinstance(cost, (int, float)) else None,
+            num_turns=turns if isinstance(turns, int) else None,
+            is_error=bool(result.get("is_error")) or result.get("subtype") != "success",
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CodexAdapter:
+    """OpenAI Codex CLI, ``codex exec --json``; the worktree is the sandbox, so Codex's own is off."""
+
+    binary: str = "codex"
+    name: str = "codex"
+
+    def _common(self) -> list[str]:
+        return ["--json", "--dangerously-bypass-approvals-and-sandbox"]
+
+    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> list[str]:
+        text = _argument_text(prompt, PROMPT_FILE_INSTRUCTION.format(path=os.fspath(prompt_file)))
+        return [self.binary, "exec", *self._common(), "--", text]
+
+    def resume_turn(self, agent_session_id: str | None, reply: str) -> list[str]:
+        if not agent_session_id:
+            raise ValueError(ERROR_NO_SESSION_ID)
+        text = _argument_text(reply, REPLY_FILE_INSTRUCTION)
+        return [self.binary, "exec", "resume", *self._common(), "--", agent_session_id, text]
+
+    def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
+        thread_id = None
+        result_text = None
+        turns = 0
+        failed = False
+        finished = False
+        for event in _json_lines(output):
+            kind = event.get("type")
+            if kind == "thread.started":
+                thread_id = event.get("thread_id") or thread_id
+            elif kind == "item.completed":
+                # "error" items are warnings (e.g. unknown model metadata) and do not fail the turn.
+                item = event.get("item") or {}
+                if item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+                    result_text = item["text"]
+            elif kind == "turn.completed":
+                turns += 1
+                finished = True
+            elif kind in ("turn.failed", "error"):
+                failed = True
+        return AgentRunInfo(
+            session_id=thread_id,
+            result_text=result_text,
+            cost_usd=None,
+            num_turns=turns or None,
+            is_error=failed or not finished,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandAdapter:
+    """The operator's ``SHEPHERD_AGENT_COMMAND``, run through the shell for every turn."""
+
+    command: str
+    name: str = "command"
+
+    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> str:
+        return self.command
+
+    def resume_turn(self, agent_session_id: str | None, reply: str) -> str:
+        return self.command
+
+    def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
+        # A plain command reports through the `shepherd` tool and its exit code, not its output.
+        return AgentRunInfo()
+
+
+def make_adapter(
+    name: str,
+    *,
+    command: str | None = None,
+    claude_bin: str = "claude",
+    codex_bin: str = "codex",
+    allowed_tools: Sequence[str] | None = None,
+) -> Adapter:
+    """Build the adapter called ``name`` (``claude``, ``codex`` or ``command``)."""
+    if name == "claude":
+        return ClaudeAdapter(binary=claude_bin, allowed_tools=tuple(allowed_tools) if allowed_tools else None)
+    if name == "codex":
+        return CodexAdapter(binary=codex_bin)
+    if name == "command":
+        if not command:
+            raise ValueError(ERROR_NO_COMMAND)
+        return CommandAdapter(command=command)
+    raise ValueError(ERROR_UNKNOWN_AGENT.format(name=name))
