@@ -1,0 +1,216 @@
+"""Mirrors, worktrees, env_files, setup, ports and safe removal, against a real smart-HTTP remote."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from bot.push import push_branch
+from bot.workspace import WorkspaceError, WorkspaceKept, Workspaces
+from tests.fakes.git_remote import TEST_TOKEN, GitRemote, git_remote  # noqa: F401
+
+REPO = "acme/web"
+BRANCH = "agent/issue-7-add-export"
+FILES = {"README.md": "# web\n", "src/app.py": "print('hi')\n", ".env.example": "PORT=0\n"}
+BOT = ("shepherd[bot]", "1+shepherd[bot]@users.noreply.github.com")
+
+
+@pytest.fixture
+async def workspace(tmp_path: Path, git_remote: GitRemote):
+    url = git_remote.create_repo(REPO, FILES, commits=2)
+    spaces = Workspaces(tmp_path / "data")
+    mirror = await spaces.ensure_mirror(REPO, url, TEST_TOKEN)
+    return spaces, mirror
+
+
+async def test_worktree_is_on_the_session_branch_at_the_remote_tip(workspace, git_remote):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    assert tree == spaces.data_dir / "worktrees" / "acme" / "web" / "issue-7-add-export"
+    assert (tree / "src" / "app.py").read_text() == "print('hi')\n"
+    assert await spaces.current_branch(tree) == BRANCH
+    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=tree)
+    assert head.strip() == git_remote.refs(REPO)["refs/heads/main"]
+    fetches = git_remote.requests_for(REPO)
+    assert any(r.authorised and r.user == "x-access-token" for r in fetches)
+
+
+async def test_data_folders_are_private(workspace):
+    spaces, _ = workspace
+    session = spaces.session_dir("s-1")
+    for folder in (spaces.data_dir, spaces.data_dir / "mirrors", spaces.data_dir / "worktrees", session):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert not session.is_relative_to(spaces.data_dir / "worktrees")
+
+
+async def test_new_branch_is_refused_when_it_exists_and_continued_when_asked(workspace):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    with pytest.raises(WorkspaceError):
+        await spaces.create_worktree(REPO, BRANCH, "main")
+    assert await spaces.create_worktree(REPO, BRANCH, "main", continue_from_existing=True) == tree
+    with pytest.raises(WorkspaceError):
+        await spaces.create_worktree(REPO, "agent/issue-8-x", "main", continue_from_existing=True)
+
+
+async def test_continue_from_a_pushed_branch_after_the_worktree_was_removed(workspace, git_remote):
+    spaces, mirror = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    (tree / "export.py").write_text("def export():\n    return 1\n")
+    sha = await spaces.commit_all(tree, "Add export", *BOT)
+    await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
+    await spaces.remove_worktree(tree)
+    assert not tree.exists()
+    again = await spaces.create_worktree(REPO, BRANCH, "main", continue_from_existing=True)
+    assert (again / "export.py").read_text().startswith("def export")
+    head = await spaces.git.run("rev-parse", "HEAD", mirror=mirror, worktree=again)
+    assert head.strip() == sha
+
+
+async def test_env_files_are_copied_and_never_committed(workspace, git_remote):
+    spaces, mirror = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    copied = spaces.install_env_files(tree, {".env.example": ".env"})
+    assert copied == [tree.resolve() / ".env"]
+    assert (tree / ".env").read_text() == "PORT=0\n"
+    assert not await spaces.is_dirty(tree)
+    (tree / "feature.txt").write_text("new\n")
+    await spaces.commit_all(tree, "Leftovers", *BOT)
+    await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
+    assert git_remote.show(REPO, BRANCH, "feature.txt") == "new\n"
+    assert git_remote.show(REPO, BRANCH, ".env") is None
+
+
+async def test_env_files_may_not_leave_the_worktree(workspace, tmp_path):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    secret = tmp_path / "outside.txt"
+    secret.write_text("not yours\n")
+    (tree / "link.example").symlink_to(secret)
+    with pytest.raises(WorkspaceError):
+        spaces.install_env_files(tree, {"link.example": ".env"})
+    with pytest.raises(WorkspaceError):
+        spaces.install_env_files(tree, {".env.example": "../../escape.env"})
+    assert not (tree / ".env").exists()
+    assert not (tree.parent.parent / "escape.env").exists()
+
+
+async def test_setup_runs_in_order_and_reports_the_failing_command(workspace, tmp_path):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    log_path = spaces.session_dir("s-1") / "setup.log"
+    env = {"PATH": "/usr/bin:/bin", "GREETING": "hello"}
+    result = await spaces.run_setup(
+        ["echo $GREETING > greeting.txt", "cat -", "exit 3", "touch never.txt"], env, tree, log_path
+    )
+    assert not result.ok
+    assert result.failed_command == "exit 3"
+    assert result.failed_index == 3
+    assert result.returncode == 3
+    assert (tree / "greeting.txt").read_text() == "hello\n"
+    assert not (tree / "never.txt").exists()  # stopped at the first failure
+    text = log_path.read_text()
+    assert "$ echo $GREETING > greeting.txt" in text and "exit code 3" in text
+    ok = await spaces.run_setup(["true"], env, tree, log_path)
+    assert ok.ok and ok.failed_command is None
+
+
+async def test_ports_differ_between_live_sessions(workspace):
+    spaces, _ = workspace
+    ports = {spaces.allocate_port() for _ in range(20)}
+    assert len(ports) == 20
+    assert all(1024 < port < 65536 for port in ports)
+
+
+async def test_changed_files_counts_commits_and_uncommitted_work(workspace):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    (tree / "src" / "app.py").write_text("print('hello')\nprint('again')\n")
+    await spaces.commit_all(tree, "Change app", *BOT)
+    (tree / "README.md").write_text("")
+    (tree / "notes.md").write_text("one\ntwo\nthree\n")
+    assert await spaces.changed_files(tree, "main") == [
+        ("README.md", 0, 1),
+        ("notes.md", 3, 0),
+        ("src/app.py", 2, 1),
+    ]
+
+
+async def test_remove_refuses_unpushed_commits_then_succeeds_after_push(workspace, git_remote):
+    spaces, mirror = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    (tree / "work.txt").write_text("done\n")
+    await spaces.commit_all(tree, "Work", *BOT)
+    assert await spaces.has_unpushed(tree)
+    with pytest.raises(WorkspaceKept) as kept:
+        await spaces.remove_worktree(tree)
+    assert "never pushed" in kept.value.reason
+    assert (tree / "work.txt").exists()
+    await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
+    assert not await spaces.has_unpushed(tree)
+    await spaces.remove_worktree(tree)
+    assert not tree.exists()
+    local = await spaces.git.run("for-each-ref", "refs/heads/", mirror=mirror)
+    assert BRANCH not in local
+    assert f"refs/heads/{BRANCH}" in git_remote.refs(REPO)
+
+
+async def test_remove_refuses_uncommitted_changes(workspace):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    (tree / "README.md").write_text("edited\n")
+    with pytest.raises(WorkspaceKept) as kept:
+        await spaces.remove_worktree(tree)
+    assert "uncommitted" in kept.value.reason
+    assert (tree / "README.md").read_text() == "edited\n"
+    (tree / "README.md").write_text("# web\n")
+    (tree / "untracked.txt").write_text("x\n")
+    with pytest.raises(WorkspaceKept):
+        await spaces.remove_worktree(tree)
+
+
+async def test_removing_an_untouched_worktree_drops_it_and_its_branch(workspace):
+    spaces, mirror = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    spaces.install_env_files(tree, {".env.example": ".env"})
+    await spaces.remove_worktree(tree)
+    assert not tree.exists()
+    assert BRANCH not in await spaces.git.run("branch", "--list", mirror=mirror)
+
+
+async def test_fetch_brings_a_human_commit_and_new_worktrees_start_from_it(workspace, git_remote):
+    spaces, _ = workspace
+    first = await spaces.create_worktree(REPO, BRANCH, "main")
+    human = git_remote.commit_on(REPO, "main", {"CHANGELOG.md": "v2\n"})
+    await spaces.ensure_mirror(REPO, git_remote.url_of(REPO), TEST_TOKEN)
+    second = await spaces.create_worktree(REPO, "agent/issue-9-other", "main")
+    assert (second / "CHANGELOG.md").read_text() == "v2\n"
+    assert not (first / "CHANGELOG.md").exists()  # a fetch never moves a session's branch
+    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=second)
+    assert head.strip() == human
+
+
+async def test_pool_worktree_is_claimed_and_switched_to_the_session_branch(workspace, git_remote):
+    spaces, _ = workspace
+    ready = await spaces.fill_pool(REPO, "main", size=2)
+    assert len(ready) == 2
+    human = git_remote.commit_on(REPO, "main", {"late.txt": "late\n"})
+    await spaces.ensure_mirror(REPO, git_remote.url_of(REPO), TEST_TOKEN)
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    assert sum(1 for p in ready if p.exists()) == 1  # one claimed, moved away
+    assert await spaces.current_branch(tree) == BRANCH
+    assert (tree / "late.txt").read_text() == "late\n"  # switched to the newer tip
+    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=tree)
+    assert head.strip() == human
+    assert not await spaces.is_dirty(tree)
+
+
+async def test_a_dirty_pool_worktree_is_not_handed_out(workspace):
+    spaces, _ = workspace
+    (ready,) = await spaces.fill_pool(REPO, "main", size=1)
+    (ready / "planted.txt").write_text("x\n")
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    assert ready.exists()
+    assert not (tree / "planted.txt").exists()
