@@ -1,0 +1,1 @@
+"""Shared test doubles: a strict fake GitHub, real webhook payloads and their pytest fixtures."""
