@@ -363,13 +363,19 @@ def _show(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _is_branch_tag(part: Any) -> bool:
+    return isinstance(part, str) and ("[" in part or part in {"float", "int", "str", "bool"})
+
+
 def _problem_from_error(error: Mapping[str, Any]) -> Problem:
     loc = list(error.get("loc") or ())
     # pydantic marks dictionary-key errors with a trailing "[key]"; the key is the one to name.
     if loc and loc[-1] == "[key]":
         loc.pop()
-    # Function-type names (e.g. "function-after[...]") and union branches are not the user's words.
-    loc = [part for part in loc if not (isinstance(part, str) and ("[" in part or part in {"float", "int"}))]
+    # pydantic adds union branch tags ("float", "literal[...]", ...) to the location; they are not
+    # the maintainer's words. env_files is exempt: its keys are the maintainer's file names.
+    if loc and loc[0] != "env_files":
+        loc = [loc[0], *(part for part in loc[1:] if not _is_branch_tag(part))]
     key = str(loc[0]) if loc else FILE_KEY
     expectation_key = key
     if len(loc) > 1:

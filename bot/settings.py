@@ -357,7 +357,8 @@ def _read_sources(environ: Mapping[str, str], env_file: Path | None) -> dict[str
     """Merge `.env` and the environment; the environment wins, and empty values count as unset."""
     merged: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        for name, value in dotenv_values(env_file).items():
+        # No ${VAR} interpolation: a secret that happens to contain "$" must arrive unchanged.
+        for name, value in dotenv_values(env_file, interpolate=False).items():
             if value is not None and value.strip() != "":
                 merged[name] = value
     for name in VARIABLES:

@@ -495,3 +495,8 @@ def test_replace_reference_block_keeps_the_rest() -> None:
 def test_effective_policy_round_trips_its_dict() -> None:
     policy = parse(FULL_FILE).policy
     assert EffectivePolicy.model_validate(policy.as_dict()) == policy
+
+
+def test_env_file_keys_are_named_as_written() -> None:
+    loaded = parse("env_files:\n  int: 3\n")
+    assert loaded.problems == [Problem("env_files.int", "must be a relative path (text), got 3")]

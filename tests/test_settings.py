@@ -337,3 +337,11 @@ def test_settings_can_be_built_by_field_name(pem: str, tmp_path: Path) -> None:
     assert settings.public_url == "http://127.0.0.1:3200"
     with pytest.raises(ValueError, match="GITHUB_WEBHOOK_SECRET"):
         Settings(app_id=1, private_key=pem)
+
+
+def test_dotenv_values_are_taken_literally(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("SHEPHERD_DASHBOARD_TOKEN='a${HOME}b$PATH'\n")
+    settings = load_settings({}, env_file=env_file)
+    assert settings.dashboard_token is not None
+    assert settings.dashboard_token.get_secret_value() == "a${HOME}b$PATH"
