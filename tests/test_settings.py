@@ -341,7 +341,7 @@ def test_settings_can_be_built_by_field_name(pem: str, tmp_path: Path) -> None:
 
 def test_dotenv_values_are_taken_literally(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("SHEPHERD_DASHBOARD_TOKEN='a${HOME}b$PATH'\n")
+    env_file.write_text("SHEPHERD_DASHBOARD_TOKEN=a${HOME}b$PATH\n")
     settings = load_settings({}, env_file=env_file)
     assert settings.dashboard_token is not None
     assert settings.dashboard_token.get_secret_value() == "a${HOME}b$PATH"
