@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ from bot.agents import (
     make_adapter,
 )
 from bot.processes import kill_group, spawn_turn, wait_turn
+from tests.fakes.model import model_server, text, write  # noqa: F401 - fixture
 
 SECRETS = {
     "GITHUB_WEBHOOK_SECRET": "whsec-value-1111",
@@ -309,3 +312,42 @@ def test_command_adapter_and_factory_errors() -> None:
         make_adapter("command")
     with pytest.raises(ValueError, match="Unknown agent"):
         make_adapter("aider")
+
+
+def _post(url: str, body: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url + "/v1/messages?beta=true", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def test_model_server_scripts_by_marker_exchange_and_step(model_server) -> None:
+    model_server.add_scenario("MARK", [[[write("{cwd}/a.txt", "A")]], [[text("second exchange")]]], cwd="/w")
+    tools = [{"name": "Write"}]
+    first = {"role": "user", "content": [{"type": "text", "text": "<system-reminder/>"}, {"type": "text", "text": "MARK go"}]}
+    status, stream = _post(model_server.url, {"stream": True, "tools": tools, "messages": [first]})
+    events = [line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: ")]
+    assert status == 200
+    assert events == [
+        "message_start", "content_block_start", "content_block_delta", "content_block_stop", "message_delta", "message_stop",
+    ]  # fmt: skip
+    assert '"partial_json": "{\\"file_path\\": \\"/w/a.txt\\"' in stream
+    assistant = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "Write", "input": {}}]}
+    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}
+    _, after_tool = _post(model_server.url, {"stream": False, "tools": tools, "messages": [first, assistant, result]})
+    assert json.loads(after_tool)["content"] == [{"type": "text", "text": "Finished."}]
+    reply = {"role": "user", "content": "9090"}
+    final = {"role": "assistant", "content": [{"type": "text", "text": "asked"}]}
+    _, resumed = _post(model_server.url, {"stream": False, "tools": tools, "messages": [first, assistant, result, final, reply]})
+    assert json.loads(resumed)["content"] == [{"type": "text", "text": "second exchange"}]
+    assert [(r.exchange, r.step) for r in model_server.main_requests("MARK")] == [(0, 0), (0, 1), (1, 0)]
+
+    status, side = _post(model_server.url, {"stream": False, "tools": [], "messages": [first]})
+    assert (status, json.loads(side)["content"][0]["text"]) == (200, "Shepherd test")
+    stranger = {"role": "user", "content": "no marker here"}
+    status, body = _post(model_server.url, {"stream": True, "tools": tools, "messages": [stranger]})
+    assert status == 500 and "no scripted scenario" in body
