@@ -177,14 +177,17 @@ async def test_a_502_is_retried_with_backoff(app: GitHubApp, fake: Any, sleeps: 
 class ScriptedClient(GitHubClient):
     """The real client with only the HTTP exchange replaced by scripted answers (gidgethub's own test style)."""
 
-    def __init__(self, answers: list[tuple[int, dict[str, str], bytes]], **kwargs: Any) -> None:
+    def __init__(self, answers: list[Any], **kwargs: Any) -> None:
         super().__init__(None, metrics=kwargs.pop("metrics", Metrics()), **kwargs)  # type: ignore[arg-type]
         self.answers = answers
         self.sent: list[tuple[str, str]] = []
 
     async def _send(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
         self.sent.append((method, url))
-        return self.answers.pop(0)
+        answer = self.answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
 
 
 JSON = {"content-type": "application/json"}
@@ -221,6 +224,26 @@ async def test_a_refused_request_never_reaches_the_http_layer(sleeps: Sleeps) ->
     with pytest.raises(OperationRefused):
         await client.graphql("mutation { mergePullRequest(input: {}) { clientMutationId } }")
     assert client.sent == []
+
+
+async def test_urls_are_relative_to_a_ghes_api_url(sleeps: Sleeps) -> None:
+    ghes = "https://ghe.example.test/api/v3"
+    client = ScriptedClient([(200, JSON, b'{"full_name": "a/b"}')], sleep=sleeps.sleep, base_url=ghes)
+    assert await client.getitem("/repos/{owner}/{repo}", {"owner": "a", "repo": "b"}, oauth_token="t") == {"full_name": "a/b"}
+    with pytest.raises(OperationRefused):
+        await client.put("/repos/a/b/pulls/1/merge", data={}, oauth_token="t")
+    assert client.sent == [("GET", f"{ghes}/repos/a/b")]
+
+
+async def test_a_lost_connection_is_retried_for_reads_only(sleeps: Sleeps) -> None:
+    lost = aiohttp.ClientConnectionError("connection reset")
+    client = ScriptedClient([lost, (200, JSON, b'{"number": 1}'), lost], sleep=sleeps.sleep)
+    assert await client.getitem("/repos/a/b/issues/1", oauth_token="t") == {"number": 1}
+    assert sleeps.delays == [1.0]
+    # A comment may have been created before the connection broke: repeating it could post it twice.
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await client.post("/repos/a/b/issues/1/comments", data={"body": "x"}, oauth_token="t")
+    assert len(client.sent) == 3 and sleeps.delays == [1.0]
 
 
 @pytest.mark.xfail(
