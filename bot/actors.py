@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -10,7 +9,6 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
-log = logging.getLogger(__name__)
 
 PERMISSION_TTL = 300.0  # SPEC §1.1: a permission is trusted for at most 5 minutes
 LEVELS = ("none", "read", "triage", "write", "maintain", "admin")

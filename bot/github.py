@@ -23,6 +23,8 @@ from bot.pacing import Pacer, Priority, WriteGate, current_priority
 
 log = logging.getLogger(__name__)
 
+UrlVars = Mapping[str, Any] | None
+
 DEFAULT_API_URL = "https://api.github.com"
 REQUESTER = "shepherd"
 APP_LABEL = "app"  # the rate-limit gauge's label for calls made with the App's JWT
@@ -179,19 +181,47 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         raise OperationRefused("POST", "/graphql", operations.REFUSED_GRAPHQL)
 
     # Writes take the priority at which they wait at their installation's gate.
-    async def post(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def post(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         with write_priority(priority):
             return await super().post(url, url_vars, **kwargs)
 
-    async def patch(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def patch(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         with write_priority(priority):
             return await super().patch(url, url_vars, **kwargs)
 
-    async def put(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def put(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         with write_priority(priority):
             return await super().put(url, url_vars, **kwargs)
 
-    async def delete(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, priority: Priority | None = None, **kwargs: Any) -> None:
+    async def delete(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> None:
         with write_priority(priority):
             await super().delete(url, url_vars, **kwargs)
 
@@ -222,12 +252,12 @@ class InstallationClient:
     def rate_limit(self) -> Any:
         return self._client.rate_limit
 
-    def _check(self, http_method: str, url: str, url_vars: Mapping[str, Any] | None, data: Any = None) -> None:
+    def _check(self, http_method: str, url: str, url_vars: UrlVars, data: Any = None) -> None:
         """Refuse before even minting a token for a request the client would refuse anyway."""
         full_url = sansio.format_url(url, url_vars, base_url=self._client.base_url)
         operations.resolve(http_method, full_url, data, base_url=self._client.base_url)
 
-    async def _call(self, method: str, url: str, url_vars: Mapping[str, Any] | None, **kwargs: Any) -> Any:
+    async def _call(self, method: str, url: str, url_vars: UrlVars, **kwargs: Any) -> Any:
         http_method = _HTTP_METHOD[method]
         self._check(http_method, url, url_vars, kwargs.get("data"))
         for attempt in (1, 2):
@@ -239,17 +269,17 @@ class InstallationClient:
                     raise
                 self._tokens.forget(self.installation_id)
 
-    async def getitem(self, url: str, url_vars: Mapping[str, Any] | None = {}, **kwargs: Any) -> Any:
+    async def getitem(self, url: str, url_vars: UrlVars = {}, **kwargs: Any) -> Any:
         return await self._call("getitem", url, url_vars, **kwargs)
 
-    async def getstatus(self, url: str, url_vars: Mapping[str, Any] | None = {}, **kwargs: Any) -> int:
+    async def getstatus(self, url: str, url_vars: UrlVars = {}, **kwargs: Any) -> int:
         status = await self._call("getstatus", url, url_vars, **kwargs)
         if status == 401:
             self._tokens.forget(self.installation_id)
             status = await self._call("getstatus", url, url_vars, **kwargs)
         return status
 
-    async def getiter(self, url: str, url_vars: Mapping[str, Any] | None = {}, **kwargs: Any) -> AsyncIterator[Any]:
+    async def getiter(self, url: str, url_vars: UrlVars = {}, **kwargs: Any) -> AsyncIterator[Any]:
         self._check("GET", url, url_vars)
         yielded = False
         for attempt in (1, 2):
@@ -265,16 +295,48 @@ class InstallationClient:
                     raise
                 self._tokens.forget(self.installation_id)
 
-    async def post(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, data: Any, priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def post(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        data: Any,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         return await self._call("post", url, url_vars, data=data, priority=priority, **kwargs)
 
-    async def patch(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, data: Any, priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def patch(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        data: Any,
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         return await self._call("patch", url, url_vars, data=data, priority=priority, **kwargs)
 
-    async def put(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, data: Any = b"", priority: Priority | None = None, **kwargs: Any) -> Any:
+    async def put(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        data: Any = b"",
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> Any:
         return await self._call("put", url, url_vars, data=data, priority=priority, **kwargs)
 
-    async def delete(self, url: str, url_vars: Mapping[str, Any] | None = {}, *, data: Any = b"", priority: Priority | None = None, **kwargs: Any) -> None:
+    async def delete(
+        self,
+        url: str,
+        url_vars: UrlVars = {},
+        *,
+        data: Any = b"",
+        priority: Priority | None = None,
+        **kwargs: Any,
+    ) -> None:
         await self._call("delete", url, url_vars, data=data, priority=priority, **kwargs)
 
     async def graphql(self, query: str, **variables: Any) -> Any:

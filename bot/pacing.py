@@ -6,13 +6,10 @@ import asyncio
 import contextvars
 import heapq
 import itertools
-import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import IntEnum
-
-log = logging.getLogger(__name__)
 
 # GitHub's secondary limits for content-creating requests, and its advice of >= 1 s between writes.
 DEFAULT_MIN_SPACING = 1.0
