@@ -21,7 +21,7 @@ from bot.appauth import InstallationToken, TokenCache, make_jwt
 from bot.github import GitHubApp, GitHubClient, GitHubRetry
 from bot.metrics import Metrics
 from bot.operations import REFUSED_GRAPHQL, REFUSED_MERGE, REFUSED_NOT_LISTED, OperationRefused
-from bot.pacing import Priority
+from bot.pacing import Priority, WriteBudget, WriteGate
 
 INSTALLATION = 17
 REPO = "octo-org/widgets"
@@ -244,6 +244,22 @@ async def test_a_lost_connection_is_retried_for_reads_only(sleeps: Sleeps) -> No
     with pytest.raises(aiohttp.ClientConnectionError):
         await client.post("/repos/a/b/issues/1/comments", data={"body": "x"}, oauth_token="t")
     assert len(client.sent) == 3 and sleeps.delays == [1.0]
+
+
+async def test_the_write_priority_reaches_the_installation_s_gate(sleeps: Sleeps) -> None:
+    gate = WriteGate(WriteBudget(min_spacing=1.0), clock=sleeps.clock, sleep=sleeps.sleep)
+    created = (201, JSON, b"{}")
+    client = ScriptedClient([created] * 3, sleep=sleeps.sleep, installation_id=INSTALLATION, gate=gate)
+    await client.post("/repos/a/b/issues/1/comments", data={"body": "first"}, oauth_token="t")
+    edit = asyncio.create_task(
+        client.patch("/repos/a/b/issues/comments/9", data={"body": "status"}, oauth_token="t", priority=Priority.LOW)
+    )
+    question = asyncio.create_task(
+        client.post("/repos/a/b/issues/1/comments", data={"body": "?"}, oauth_token="t", priority=Priority.URGENT)
+    )
+    await asyncio.gather(edit, question)
+    assert [method for method, _ in client.sent] == ["POST", "POST", "PATCH"]
+    assert sleeps.delays == [1.0, 1.0]
 
 
 @pytest.mark.xfail(
