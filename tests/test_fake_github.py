@@ -60,7 +60,7 @@ async def raw(session: aiohttp.ClientSession, fake: FakeGitHub, method: str, pat
         headers["Authorization"] = f"{scheme} {token}"
     async with session.request(method, fake.url + path, headers=headers, json=json) as response:
         body = await response.json(content_type=None) if response.content_length != 0 else None
-        return response.status, body, dict(response.headers)
+        return response.status, body, response.headers.copy()  # case-insensitive, as HTTP headers are
 
 
 # ---------------------------------------------------------------- real clients
@@ -110,7 +110,9 @@ async def test_pygithub_sync_client_works_against_the_fake(fake: FakeGitHub) -> 
         auth = github.Auth.AppAuth(fake.app_id, fake.private_key_pem)
         integration = github.GithubIntegration(auth=auth, base_url=fake.url)
         token = integration.get_access_token(INSTALLATION).token
-        client = github.Github(auth=github.Auth.Token(token), base_url=fake.url)
+        # PyGithub paces writes by default (1 s apart); loopback needs no pacing.
+        client = github.Github(auth=github.Auth.Token(token), base_url=fake.url,
+                               seconds_between_requests=0, seconds_between_writes=0)
         repo = client.get_repo(REPO)
         issue = repo.get_issue(1)
         issue.create_comment("from PyGithub")
@@ -300,3 +302,168 @@ def test_every_operation_routes_back_to_itself(github_openapi) -> None:
         if github_openapi.route(op.method, path)[0].operation_id != operation_id:
             misrouted.append(operation_id)
     assert misrouted == []
+
+
+# ---------------------------------------------------------------- operations and their errors
+
+
+async def test_labels_reactions_and_their_errors(fake: FakeGitHub, gh) -> None:
+    fake.add_issue(REPO)
+    token = fake.mint_token(INSTALLATION)
+    client = api(gh, fake)
+    label = await client.post("/repos/octo-org/widgets/labels", data={"name": "agent:go", "color": "0e8a16"},
+                              oauth_token=token)
+    assert label["name"] == "agent:go"
+    assert fake.repo_labels(REPO) == ["agent:go"]
+    with pytest.raises(gidgethub.BadRequest) as duplicate:
+        await client.post("/repos/octo-org/widgets/labels", data={"name": "AGENT:GO"}, oauth_token=token)
+    assert duplicate.value.status_code == 422
+    with pytest.raises(gidgethub.BadRequest) as missing:
+        await client.delete("/repos/octo-org/widgets/issues/1/labels/{name}", {"name": "agent:go"}, oauth_token=token)
+    assert missing.value.status_code == 404
+    assert (await client.getitem("/repos/octo-org/widgets/labels/agent%3Ago", oauth_token=token))["color"] == "0e8a16"
+
+    status, _, _ = await raw(gh, fake, "POST", "/repos/octo-org/widgets/issues/1/reactions", token=token,
+                             json={"content": "eyes"})
+    assert status == 201
+    status, _, _ = await raw(gh, fake, "POST", "/repos/octo-org/widgets/issues/1/reactions", token=token,
+                             json={"content": "eyes"})
+    assert status == 200
+    comment = fake.add_comment(REPO, 1, "/agent go")
+    status, body, _ = await raw(gh, fake, "POST", f"/repos/octo-org/widgets/issues/comments/{comment['id']}/reactions",
+                                token=token, json={"content": "+1"})
+    assert status == 201 and body["user"]["login"] == fake.bot_login
+    assert fake.reactions(REPO, issue_number=1) == ["eyes"]
+    assert fake.reactions(REPO, comment_id=comment["id"]) == ["+1"]
+    assert fake.issue(REPO, 1)["reactions"]["eyes"] == 1
+
+
+async def test_issue_listing_filters_and_updates(fake: FakeGitHub, gh) -> None:
+    fake.add_issue(REPO, title="one", labels=["agent:go"])
+    fake.add_issue(REPO, title="two")
+    fake.add_issue(REPO, title="three", labels=["agent:go"], state="closed")
+    token = fake.mint_token(INSTALLATION)
+    client = api(gh, fake)
+    found = [i["title"] async for i in client.getiter("/repos/octo-org/widgets/issues?labels=agent:go",
+                                                       oauth_token=token)]
+    assert found == ["one"]
+    found = [i["title"] async for i in client.getiter("/repos/octo-org/widgets/issues?state=all&labels=agent:go",
+                                                       oauth_token=token)]
+    assert sorted(found) == ["one", "three"]
+    await client.patch("/repos/octo-org/widgets/issues/2", data={"state": "closed", "state_reason": "not_planned"},
+                       oauth_token=token)
+    assert fake.issue(REPO, 2)["state"] == "closed"
+    created = await client.post("/repos/octo-org/widgets/issues", data={"title": "from the bot"}, oauth_token=token)
+    assert created["user"]["login"] == fake.bot_login and created["number"] == 4
+    comment = await client.post("/repos/octo-org/widgets/issues/4/comments", data={"body": "a"}, oauth_token=token)
+    await client.patch(f"/repos/octo-org/widgets/issues/comments/{comment['id']}", data={"body": "b"},
+                       oauth_token=token)
+    assert [c["body"] for c in fake.comments(REPO, 4)] == ["b"]
+    with pytest.raises(gidgethub.BadRequest) as missing:
+        await client.getitem("/repos/octo-org/widgets/issues/99", oauth_token=token)
+    assert missing.value.status_code == 404
+
+
+async def test_pulls_lifecycle_without_merging(fake: FakeGitHub, gh) -> None:
+    fake.set_permission(REPO, "bob", "write")
+    token = fake.mint_token(INSTALLATION)
+    client = api(gh, fake)
+    pull = await client.post("/repos/octo-org/widgets/pulls", oauth_token=token,
+                             data={"title": "Fix #1", "head": "agent/issue-1", "base": "main", "body": "b", "draft": True})
+    assert (pull["number"], pull["draft"], pull["user"]["login"]) == (1, True, fake.bot_login)
+    with pytest.raises(gidgethub.BadRequest) as again:
+        await client.post("/repos/octo-org/widgets/pulls", oauth_token=token,
+                          data={"title": "Fix #1", "head": "octo-org:agent/issue-1", "base": "main"})
+    assert again.value.status_code == 422
+    listed = [p["number"] async for p in client.getiter(
+        "/repos/octo-org/widgets/pulls?head=octo-org:agent/issue-1&state=open", oauth_token=token)]
+    assert listed == [1]
+    await client.patch("/repos/octo-org/widgets/pulls/1", data={"title": "Fix #1 (v2)"}, oauth_token=token)
+    await client.post("/repos/octo-org/widgets/pulls/1/requested_reviewers", data={"reviewers": ["bob"]},
+                      oauth_token=token)
+    assert fake.review_requests(REPO, 1) == ["bob"]
+    fake.add_review(REPO, 1, user="bob", state="CHANGES_REQUESTED", body="rename")
+    fake.add_review_comment(REPO, 1, "typo here", user="bob")
+    reviews = await client.getitem("/repos/octo-org/widgets/pulls/1/reviews", oauth_token=token)
+    comments = await client.getitem("/repos/octo-org/widgets/pulls/1/comments", oauth_token=token)
+    assert [r["state"] for r in reviews] == ["CHANGES_REQUESTED"]
+    assert [c["body"] for c in comments] == ["typo here"]
+    fake.merge_pull(REPO, 1, by="alice")
+    merged = await client.getitem("/repos/octo-org/widgets/pulls/1", oauth_token=token)
+    assert (merged["merged"], merged["merged_by"]["login"], merged["title"]) == (True, "alice", "Fix #1 (v2)")
+    assert fake.pulls(REPO)[0]["state"] == "closed"
+
+
+async def test_checks_refs_contents_permissions(fake: FakeGitHub, gh) -> None:
+    fake.set_ref(REPO, "heads/agent/issue-1", "b" * 40)
+    fake.add_check_run(REPO, head_sha="b" * 40, name="tests", conclusion="failure")
+    fake.set_file_source(REPO, lambda path, ref: "from git\n" if (path, ref) == ("README.md", "agent/issue-1") else None)
+    fake.set_file(REPO, ".github/shepherd.yml", "max_sessions: 2\n")
+    token = fake.mint_token(INSTALLATION)
+    client = api(gh, fake)
+    ref = await client.getitem("/repos/octo-org/widgets/git/ref/{ref}", {"ref": "heads/agent/issue-1"},
+                               oauth_token=token)
+    assert ref["object"]["sha"] == "b" * 40
+    runs = await client.getitem("/repos/octo-org/widgets/commits/{ref}/check-runs", {"ref": "agent/issue-1"},
+                                oauth_token=token)
+    assert [(r["name"], r["conclusion"]) for r in runs["check_runs"]] == [("tests", "failure")]
+    suites = await client.getitem(f"/repos/octo-org/widgets/commits/{'b' * 40}/check-suites", oauth_token=token)
+    assert suites["total_count"] == 1
+    import base64
+
+    content = await client.getitem("/repos/octo-org/widgets/contents/.github/shepherd.yml", oauth_token=token)
+    assert base64.b64decode(content["content"]).decode() == "max_sessions: 2\n"
+    content = await client.getitem("/repos/octo-org/widgets/contents/README.md?ref=agent/issue-1", oauth_token=token)
+    assert base64.b64decode(content["content"]).decode() == "from git\n"
+    with pytest.raises(gidgethub.BadRequest) as absent:
+        await client.getitem("/repos/octo-org/widgets/contents/nope.txt", oauth_token=token)
+    assert absent.value.status_code == 404
+    level = await client.getitem("/repos/octo-org/widgets/collaborators/alice/permission", oauth_token=token)
+    assert (level["permission"], level["role_name"]) == ("write", "maintain")
+    with pytest.raises(gidgethub.BadRequest) as unknown:
+        await client.getitem("/repos/octo-org/widgets/collaborators/nobody/permission", oauth_token=token)
+    assert unknown.value.status_code == 404
+    bot = await client.getitem("/users/{login}", {"login": fake.bot_login}, oauth_token=token)
+    assert (bot["id"], bot["type"]) == (fake.bot_id, "Bot")
+
+
+async def test_app_endpoints_deliveries_and_manifest(fake: FakeGitHub, gh) -> None:
+    client = api(gh, fake)
+    token = app_jwt(fake)
+    assert [i["id"] async for i in client.getiter("/app/installations", jwt=token)] == [INSTALLATION]
+    assert (await client.getitem("/repos/octo-org/widgets/installation", jwt=token))["id"] == INSTALLATION
+    fake.add_hook_delivery("guid-1", "issues", "labeled", 500, installation_id=INSTALLATION)
+    fake.add_hook_delivery("guid-2", "issues", "labeled", 200, installation_id=INSTALLATION)
+    deliveries = [d async for d in client.getiter("/app/hook/deliveries?per_page=1", jwt=token)]
+    assert [d["guid"] for d in deliveries] == ["guid-2", "guid-1"]
+    failed = next(d for d in deliveries if d["status"] != "OK")
+    await client.post(f"/app/hook/deliveries/{failed['id']}/attempts", data=b"", jwt=token)
+    assert fake.redeliveries == [failed["id"]]
+
+    fake.add_manifest_code("code-1")
+    status, body, _ = await raw(gh, fake, "POST", "/app-manifests/code-1/conversions")
+    assert status == 201
+    assert (body["id"], body["slug"], body["pem"]) == (fake.app_id, fake.app_slug, fake.private_key_pem)
+    assert body["webhook_secret"] == fake.webhook_secret and body["client_secret"]
+    status, _, _ = await raw(gh, fake, "POST", "/app-manifests/code-1/conversions")
+    assert status == 404  # a code converts once
+
+
+async def test_injected_answers_and_rate_limit_headers(fake: FakeGitHub, gh) -> None:
+    fake.add_issue(REPO)
+    token = fake.mint_token(INSTALLATION)
+    fake.inject("issues/create-comment", status=502, times=2)
+    fake.inject("issues/get", status=403, json={"message": "secondary rate limit"}, headers={"Retry-After": "7"})
+    for _ in range(2):
+        status, _, headers = await raw(gh, fake, "POST", "/repos/octo-org/widgets/issues/1/comments",
+                                       token=token, json={"body": "x"})
+        assert status == 502
+        assert headers["x-ratelimit-resource"] == "core"
+    status, _, _ = await raw(gh, fake, "POST", "/repos/octo-org/widgets/issues/1/comments", token=token,
+                             json={"body": "x"})
+    assert status == 201
+    status, body, headers = await raw(gh, fake, "GET", "/repos/octo-org/widgets/issues/1", token=token)
+    assert (status, body["message"], headers["Retry-After"]) == (403, "secondary rate limit", "7")
+    assert int(headers["x-ratelimit-remaining"]) < int(headers["x-ratelimit-limit"])
+    assert [c["body"] for c in fake.comments(REPO, 1)] == ["x"]
+    assert [c.status for c in fake.calls_to("issues/create-comment")] == [502, 502, 201]

@@ -58,6 +58,8 @@ DEFAULT_APP_EVENTS = [
 ]
 REACTIONS = ("+1", "-1", "laugh", "confused", "heart", "hooray", "rocket", "eyes")
 
+# Installation lookups outside /app that GitHub only answers for the app's JWT.
+JWT_OPERATIONS = frozenset({"apps/get-repo-installation", "apps/get-org-installation", "apps/get-user-installation"})
 # Operations that must never be called by Shepherd, whatever the test.
 FORBIDDEN_OPERATIONS = frozenset({"pulls/merge", "repos/merge"})
 
@@ -1362,7 +1364,7 @@ class FakeGitHub:
         if template.startswith("/app-manifests/"):
             return Actor("anonymous")
         credential = self._credentials(headers)
-        if template == "/app" or template.startswith("/app/"):
+        if template == "/app" or template.startswith("/app/") or op.operation_id in JWT_OPERATIONS:
             if credential is None:
                 raise Reply(401, MSG_JWT_REQUIRED)
             self._verify_jwt(credential)
