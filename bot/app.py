@@ -1,0 +1,149 @@
+"""Builds Shepherd's aiohttp application from a settings object; nothing runs until it is served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bot import ingress
+from bot.consumer import Consumer, RetryPolicy
+from bot.github import GitHubApp
+from bot.metrics import Metrics
+from bot.redelivery import redeliver_failed, utc_now
+from bot.settings import Settings
+from bot.store import Store
+from handlers import compose_router
+
+log = logging.getLogger(__name__)
+
+# SPEC §6: reconcile (and sweep failed deliveries) at start-up and every 15 minutes.
+SWEEP_INTERVAL_SECONDS = 15 * 60
+
+NOT_CONFIGURED = "Shepherd is in setup mode: register the GitHub App first (see the /setup URL in the log)"
+
+
+@dataclass
+class Services:
+    """What the running app holds; reachable from handlers' requests as ``app[SERVICES]``."""
+
+    settings: Settings
+    store: Store
+    metrics: Metrics
+    github: GitHubApp | None = None
+    consumer: Consumer | None = None
+    receive_webhook: Callable[[web.Request], Any] | None = None
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    retry: RetryPolicy = RetryPolicy(),
+    sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+) -> web.Application:
+    """The web app: `POST /webhook`, `GET /healthz`. Storage and clients open on start-up."""
+    app = web.Application(client_max_size=ingress.MAX_BODY_BYTES + 1)
+    metrics = Metrics()
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        settings.data_dir.chmod(0o700)
+        store = Store.open(settings.data_dir / "shepherd.db")
+        services = Services(settings=settings, store=store, metrics=metrics)
+        app[SERVICES] = services
+        session = aiohttp.ClientSession()
+        background: list[asyncio.Task[None]] = []
+        try:
+            if settings.mode == "github":
+                services.github = _github_app(settings, session, metrics)
+                services.consumer = Consumer(
+                    store=store,
+                    router=compose_router(),
+                    client_for=_client_for(services.github),
+                    dependencies={"github": services.github, "store": store, "clock": clock},
+                    clock=clock,
+                    retry=retry,
+                )
+                services.consumer.start()
+                assert settings.webhook_secret is not None
+                services.receive_webhook = ingress.make_webhook_handler(
+                    secret=settings.webhook_secret.get_secret_value(),
+                    store=store,
+                    metrics=metrics,
+                    on_stored=services.consumer.wake,
+                    clock=clock,
+                )
+                background.append(
+                    asyncio.create_task(_sweep_forever(services, clock, sweep_interval))
+                )
+            yield
+        finally:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if services.consumer is not None:
+                await services.consumer.stop()
+            await session.close()
+            store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def receive_webhook(request: web.Request) -> web.StreamResponse:
+        receive = request.app[SERVICES].receive_webhook
+        if receive is None:
+            return web.json_response({"message": NOT_CONFIGURED}, status=503)
+        return await receive(request)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "mode": settings.mode})
+
+    app.router.add_post("/webhook", receive_webhook)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def _github_app(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> GitHubApp:
+    assert settings.app_id is not None and settings.private_key is not None
+    return GitHubApp(
+        session,
+        app_id=settings.app_id,
+        private_key=settings.private_key.get_secret_value(),
+        api_url=settings.api_url,
+        metrics=metrics,
+        write_spacing=settings.write_spacing_seconds,
+    )
+
+
+def _client_for(github: GitHubApp) -> Callable[[int | None], Any]:
+    def client_for(installation_id: int | None) -> Any:
+        return github.installation(installation_id) if installation_id is not None else None
+
+    return client_for
+
+
+async def _sweep_forever(services: Services, clock: Callable[[], float], interval: float) -> None:
+    """Forget expired delivery ids and ask GitHub to redeliver what failed, now and then every interval."""
+    while True:
+        try:
+            services.store.forget_old_deliveries(now=clock())
+            assert services.github is not None
+            await redeliver_failed(
+                services.github, already_stored=services.store.has_delivery, now=utc_now()
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("periodic sweep failed; next try in %ss", interval)
+        await asyncio.sleep(interval)

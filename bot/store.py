@@ -1,0 +1,270 @@
+"""The embedded SQLite database: accepted deliveries, per-handler outcomes and installation states.
+
+SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is in the WAL file before
+``commit()`` returns, so it survives a ``kill -9`` of the process (only a power loss could lose the
+newest commits). One connection, used from the event loop's thread: every statement here is a short
+indexed read or a single-row write, far cheaper than handing it to a thread.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Delivery ids are remembered at least this long (SPEC §6: at least 7 days).
+DELIVERY_RETENTION_SECONDS = 8 * 24 * 3600
+
+PENDING = "pending"
+DONE = "done"
+FAILED = "failed"
+
+_SCHEMA = [
+    # version 1
+    """
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        event TEXT NOT NULL,
+        action TEXT,
+        installation_id INTEGER,
+        ordering_key TEXT NOT NULL,
+        body BLOB NOT NULL,
+        received_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        finished_at REAL
+    );
+    CREATE INDEX deliveries_by_status ON deliveries (status, seq);
+    CREATE INDEX deliveries_by_age ON deliveries (received_at);
+    CREATE TABLE handler_runs (
+        delivery_id TEXT NOT NULL,
+        handler TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        error TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (delivery_id, handler)
+    );
+    CREATE TABLE installations (
+        id INTEGER PRIMARY KEY,
+        account TEXT,
+        state TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One stored webhook delivery."""
+
+    seq: int
+    id: str
+    event: str
+    action: str | None
+    installation_id: int | None
+    ordering_key: str
+    body: bytes
+    received_at: float
+    status: str
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+
+    def payload(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+
+class Store:
+    """Shepherd's durable state. Open with :meth:`open`; close with :meth:`close`."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self._db = connection
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> "Store":
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        connection = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        connection.row_factory = sqlite3.Row
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA foreign_keys=ON")
+        connection.execute("PRAGMA busy_timeout=5000")
+        store = cls(connection, path)
+        store._migrate()
+        path.chmod(0o600)
+        return store
+
+    def close(self) -> None:
+        self._db.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        for number, script in enumerate(_SCHEMA[version:], start=version + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version={number}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- deliveries -------------------------------------------------------------------------------
+
+    def add_delivery(
+        self,
+        *,
+        delivery_id: str,
+        event: str,
+        action: str | None,
+        installation_id: int | None,
+        ordering_key: str,
+        body: bytes,
+        now: float,
+    ) -> bool:
+        """Store a delivery durably. False when that delivery id was already stored."""
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, event, action, installation_id, ordering_key, body,"
+            " received_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (delivery_id, event, action, installation_id, ordering_key, body, now, PENDING, now),
+        )
+        return cursor.rowcount == 1
+
+    def has_delivery(self, delivery_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return row is not None
+
+    def delivery(self, delivery_id: str) -> Delivery | None:
+        row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return _delivery(row) if row else None
+
+    def pending_deliveries(self, limit: int = 500) -> list[Delivery]:
+        """Pending deliveries in arrival order (due or not: ordering needs the whole picture)."""
+        rows = self._db.execute(
+            "SELECT * FROM deliveries WHERE status = ? ORDER BY seq LIMIT ?", (PENDING, limit)
+        ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def deliveries(self, status: str | None = None) -> list[Delivery]:
+        if status is None:
+            rows = self._db.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM deliveries WHERE status = ? ORDER BY seq", (status,)
+            ).fetchall()
+        return [_delivery(row) for row in rows]
+
+    def finish_delivery(self, delivery_id: str, *, now: float) -> None:
+        self._db.execute(
+            "UPDATE deliveries SET status = ?, finished_at = ?, last_error = NULL WHERE id = ?",
+            (DONE, now, delivery_id),
+        )
+
+    def retry_delivery(self, delivery_id: str, *, error: str, next_attempt_at: float) -> None:
+        self._db.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+            " WHERE id = ?",
+            (error, next_attempt_at, delivery_id),
+        )
+
+    def fail_delivery(self, delivery_id: str, *, error: str, now: float) -> None:
+        self._db.execute(
+            "UPDATE deliveries SET status = ?, attempts = attempts + 1, last_error = ?,"
+            " finished_at = ? WHERE id = ?",
+            (FAILED, error, now, delivery_id),
+        )
+
+    def forget_old_deliveries(self, *, now: float) -> int:
+        """Drop deliveries past the retention period; pending ones are never dropped."""
+        cutoff = now - DELIVERY_RETENTION_SECONDS
+        cursor = self._db.execute(
+            "DELETE FROM deliveries WHERE received_at < ? AND status != ?", (cutoff, PENDING)
+        )
+        self._db.execute(
+            "DELETE FROM handler_runs WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+        )
+        return cursor.rowcount
+
+    # -- handler outcomes -------------------------------------------------------------------------
+
+    def succeeded_handlers(self, delivery_id: str) -> set[str]:
+        rows = self._db.execute(
+            "SELECT handler FROM handler_runs WHERE delivery_id = ? AND status = 'ok'",
+            (delivery_id,),
+        ).fetchall()
+        return {row["handler"] for row in rows}
+
+    def handler_runs(self, delivery_id: str) -> dict[str, tuple[str, int, str | None]]:
+        rows = self._db.execute(
+            "SELECT handler, status, attempts, error FROM handler_runs WHERE delivery_id = ?",
+            (delivery_id,),
+        ).fetchall()
+        return {row["handler"]: (row["status"], row["attempts"], row["error"]) for row in rows}
+
+    def record_handler(
+        self, delivery_id: str, handler: str, *, ok: bool, error: str | None, now: float
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO handler_runs (delivery_id, handler, status, attempts, error, updated_at)"
+            " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (delivery_id, handler) DO UPDATE SET"
+            " status = excluded.status, attempts = handler_runs.attempts + 1,"
+            " error = excluded.error, updated_at = excluded.updated_at",
+            (delivery_id, handler, "ok" if ok else "error", error, now),
+        )
+
+    # -- installations ----------------------------------------------------------------------------
+
+    def set_installation_state(
+        self, installation_id: int, state: str, *, account: str | None, now: float
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO installations (id, account, state, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state,"
+            " account = COALESCE(excluded.account, installations.account),"
+            " updated_at = excluded.updated_at",
+            (installation_id, account, state, now),
+        )
+
+    def installation_state(self, installation_id: int) -> str | None:
+        row = self._db.execute(
+            "SELECT state FROM installations WHERE id = ?", (installation_id,)
+        ).fetchone()
+        return row["state"] if row else None
+
+    def installations(self) -> Iterable[tuple[int, str | None, str]]:
+        rows = self._db.execute("SELECT id, account, state FROM installations ORDER BY id")
+        return [(row["id"], row["account"], row["state"]) for row in rows]
+
+
+def _delivery(row: sqlite3.Row) -> Delivery:
+    return Delivery(
+        seq=row["seq"],
+        id=row["id"],
+        event=row["event"],
+        action=row["action"],
+        installation_id=row["installation_id"],
+        ordering_key=row["ordering_key"],
+        body=bytes(row["body"]),
+        received_at=row["received_at"],
+        status=row["status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+    )
+
+
+def now_seconds() -> float:
+    """Wall-clock seconds, the store's time base (passed in everywhere so tests can pin it)."""
+    return time.time()
