@@ -467,3 +467,13 @@ async def test_injected_answers_and_rate_limit_headers(fake: FakeGitHub, gh) -> 
     assert int(headers["x-ratelimit-remaining"]) < int(headers["x-ratelimit-limit"])
     assert [c["body"] for c in fake.comments(REPO, 1)] == ["x"]
     assert [c.status for c in fake.calls_to("issues/create-comment")] == [502, 502, 201]
+
+
+async def test_injected_rate_limit_headers_override_the_fakes_own(fake: FakeGitHub, gh) -> None:
+    fake.add_issue(REPO)
+    token = fake.mint_token(INSTALLATION)
+    fake.inject("issues/get", status=403, json={"message": "API rate limit exceeded"},
+                headers={"X-RateLimit-Remaining": "0", "x-ratelimit-reset": "123"})
+    status, _, headers = await raw(gh, fake, "GET", "/repos/octo-org/widgets/issues/1", token=token)
+    assert (status, headers["x-ratelimit-remaining"], headers["x-ratelimit-reset"]) == (403, "0", "123")
+    assert len(headers.getall("x-ratelimit-remaining")) == 1

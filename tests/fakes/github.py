@@ -19,6 +19,7 @@ from urllib.parse import urlencode
 
 import jwt
 from aiohttp import web
+from multidict import CIMultiDict
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -1263,7 +1264,11 @@ class FakeGitHub:
         call.status = status
         with self._lock:
             self._calls.append(call)
-        headers.update(self._rate_headers())
+        # Injected headers win, so a test can script a primary rate-limit answer (remaining 0).
+        answer_headers = CIMultiDict(self._rate_headers())
+        for name, value in headers.items():
+            answer_headers[name] = value
+        headers = answer_headers
         if body is None:
             return web.Response(status=status, headers=headers)
         return web.json_response(body, status=status, headers=headers)
