@@ -1,0 +1,199 @@
+"""`POST /webhook`: SPEC §5's answer codes in order, durable storage, deduplication, dispatch of real payloads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.app import SERVICES, create_app
+from bot.consumer import RetryPolicy
+from bot.store import DONE
+from tests.fakes import payloads
+
+SUBSCRIBED = [
+    "issues",
+    "issue_comment",
+    "pull_request",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "check_suite",
+    "check_run",
+    "installation",
+    "installation_repositories",
+]
+
+
+@pytest.fixture
+async def shepherd(aiohttp_client, shepherd_settings):
+    app = create_app(shepherd_settings, retry=RetryPolicy(max_attempts=2, first_delay=0.01))
+    client = await aiohttp_client(app)
+    return client
+
+
+def _stored(client) -> list:
+    return client.server.app[SERVICES].store.deliveries()
+
+
+def _labeled(fake_github):
+    fake_github.add_installation(7, account="octo-org", repositories=["octo-org/widgets"])
+    fake_github.add_repo("octo-org/widgets")
+    issue = fake_github.add_issue("octo-org/widgets", title="Add export", body="CSV please", user="alice")
+    return payloads.issue_labeled(fake_github, "octo-org/widgets", issue["number"], "agent:go")
+
+
+async def _post(client, body: bytes, headers: dict[str, str]):
+    response = await client.post("/webhook", data=body, headers=headers)
+    return response.status, await response.json()
+
+
+@pytest.mark.parametrize(
+    "case, status",
+    [
+        ("no event header", 400),
+        ("no delivery header", 400),
+        ("no signature", 401),
+        ("wrong signature", 401),
+        ("signed with another secret", 401),
+        ("form content type", 415),
+        ("malformed json", 400),
+        ("json that is not an object", 400),
+    ],
+)
+async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
+    shepherd, fake_github, case, status
+):
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github))
+    secret = fake_github.webhook_secret
+    if case == "no event header":
+        del headers["X-GitHub-Event"]
+    elif case == "no delivery header":
+        del headers["X-GitHub-Delivery"]
+    elif case == "no signature":
+        del headers["X-Hub-Signature-256"]
+    elif case == "wrong signature":
+        headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+    elif case == "signed with another secret":
+        headers["X-Hub-Signature-256"] = payloads.sign(body, "not-the-secret")
+    elif case == "form content type":
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    elif case == "malformed json":
+        body = body[:-3]
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "json that is not an object":
+        body = b"[1, 2, 3]"
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    got, answer = await _post(shepherd, body, headers)
+    assert got == status, answer
+    assert answer["message"]
+    assert _stored(shepherd) == []
+
+
+async def test_checks_run_in_spec_order(shepherd, fake_github):
+    """A delivery wrong in several ways gets the code of the first failing check."""
+    body = b"not json"
+    # No event header and no signature: the header check (400) comes before the signature (401).
+    status, _ = await _post(shepherd, body, {"X-GitHub-Delivery": "x", "Content-Type": "text/plain"})
+    assert status == 400
+    # Bad signature and wrong content type: 401 before 415.
+    status, _ = await _post(
+        shepherd, body, {"X-GitHub-Event": "issues", "X-GitHub-Delivery": "x", "Content-Type": "text/plain"}
+    )
+    assert status == 401
+    # Good signature, wrong content type and malformed body: 415 before 400.
+    headers = payloads.signed_headers("issues", body, fake_github.webhook_secret, "x")
+    headers["Content-Type"] = "text/plain"
+    status, _ = await _post(shepherd, body, headers)
+    assert status == 415
+    assert _stored(shepherd) == []
+
+
+async def test_ping_is_answered_200_and_not_stored(shepherd, fake_github):
+    body, headers = payloads.fake_delivery(fake_github, "ping", payloads.ping(fake_github))
+    status, answer = await _post(shepherd, body, headers)
+    assert (status, answer["message"]) == (200, "pong")
+    assert _stored(shepherd) == []
+
+
+async def test_a_delivery_is_stored_before_202_and_a_redelivery_gets_200_and_runs_once(
+    shepherd, fake_github
+):
+    fake_github.add_installation(9, account="octo-org", repositories=["octo-org/widgets"])
+    fake_github.add_repo("octo-org/widgets")
+    payload = payloads.installation_event(fake_github, "created", 9)
+    body, headers = payloads.fake_delivery(fake_github, "installation", payload, "delivery-1")
+
+    status, _ = await _post(shepherd, body, headers)
+    assert status == 202
+    stored = _stored(shepherd)
+    assert [(d.id, d.event, d.action, d.installation_id) for d in stored] == [
+        ("delivery-1", "installation", "created", 9)
+    ]
+    assert json.loads(stored[0].body) == payload
+
+    status, answer = await _post(shepherd, body, headers)  # GitHub's redelivery keeps the guid
+    assert (status, answer["message"]) == (200, "already received")
+    services = shepherd.server.app[SERVICES]
+    await services.consumer.drain()
+    assert [d.status for d in _stored(shepherd)] == [DONE]
+    runs = services.store.handler_runs("delivery-1")
+    assert runs == {"handlers.installation.record_installation": ("ok", 1, None)}
+    assert services.store.installation_state(9) == "active"
+
+
+async def test_a_26_mb_body_gets_413_and_the_server_stays_healthy(shepherd, fake_github):
+    huge = b"{" + b" " * (26 * 1024 * 1024) + b"}"
+    headers = payloads.signed_headers("issues", huge, fake_github.webhook_secret, "huge")
+    status, _ = await _post(shepherd, huge, headers)
+    assert status == 413
+    assert _stored(shepherd) == []
+
+    health = await shepherd.get("/healthz")
+    assert health.status == 200 and (await health.json())["status"] == "ok"
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github), "after")
+    status, _ = await _post(shepherd, body, headers)
+    assert status == 202
+    assert [d.id for d in _stored(shepherd)] == ["after"]
+
+
+async def test_every_subscribed_event_from_the_real_examples_is_stored_and_dispatched(
+    shepherd, fake_github
+):
+    sent: list[str] = []
+    for event in SUBSCRIBED:
+        examples = payloads.all_examples(event)
+        assert examples, f"the corpus has no example of {event}"
+        for index, example in enumerate(examples):
+            delivery_id = f"{event}-{index}"
+            body, headers = payloads.fake_delivery(fake_github, event, example, delivery_id)
+            status, answer = await _post(shepherd, body, headers)
+            assert status == 202, (delivery_id, answer)
+            sent.append(delivery_id)
+    services = shepherd.server.app[SERVICES]
+    await services.consumer.drain()
+    stored = {d.id: d for d in _stored(shepherd)}
+    assert sorted(stored) == sorted(sent)
+    assert {d.event for d in stored.values()} == set(SUBSCRIBED)
+    # Dispatched means every selected handler ran and the delivery finished, not left pending.
+    assert {d.id: d.status for d in stored.values()} == {d: DONE for d in sent}
+
+
+async def test_the_request_path_never_calls_github(shepherd, fake_github):
+    """Even with GitHub unreachable, deliveries are accepted: the answer never waits on GitHub."""
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github), "offline")
+    calls_before = len(fake_github.calls)
+    fake_github.stop()
+    status, _ = await _post(shepherd, body, headers)
+    assert status == 202
+    assert len(fake_github.calls) == calls_before
+    assert [d.id for d in _stored(shepherd)] == ["offline"]
+
+
+async def test_setup_mode_refuses_deliveries(aiohttp_client, tmp_path):
+    from bot.settings import load_settings
+
+    settings = load_settings({"SHEPHERD_DATA_DIR": str(tmp_path)}, env_file=None)
+    client = await aiohttp_client(create_app(settings))
+    response = await client.post("/webhook", data=b"{}", headers={"X-GitHub-Event": "ping"})
+    assert response.status == 503
+    assert (await (await client.get("/healthz")).json())["mode"] == "setup"
