@@ -1167,12 +1167,14 @@ def _on_cancel(s: Session, e: Cancel, now: datetime) -> Decision:
         return Decision(s)
     if s.is_terminal:
         return Decision(s)
+    push_in_flight = s.finishing
     s, commands = _stop_everything(s)
     if s.pr_number is not None:
         # The PR exists: the session stays complete, and Shepherd never closes a PR.
         s = replace(s, state=State.COMPLETE, detail=None, deferred_feedback=())
         return Decision(s, (*commands, PostStatus(urgent=True)))
-    s = replace(s, state=State.CANCELLED, detail=CANCELLED_DETAIL[e.reason])
+    # `finishing` stays set when a push was already under way: its PR may still appear (see below).
+    s = replace(s, state=State.CANCELLED, detail=CANCELLED_DETAIL[e.reason], finishing=push_in_flight)
     return Decision(s, (*commands, PostStatus(urgent=True)))
 
 
@@ -1181,18 +1183,13 @@ def _on_status_requested(s: Session, e: StatusRequested, now: datetime) -> Decis
 
 
 def _on_pull_request_opened(s: Session, e: PullRequestOpened, now: datetime) -> Decision:
-    if s.pr_number is not None:
+    if s.pr_number is not None or not s.finishing:
         return Decision(s)
     s = replace(
         s, pr_number=e.number, pr_url=e.url, pr_head_sha=e.head_sha, pr_state=PullRequestState.OPEN,
         finishing=False,
     )
-    if s.state == State.CANCELLED:
-        # The cancel raced the push: the PR now exists, so the session is complete after all.
-        s = replace(s, state=State.COMPLETE, detail=None)
-        return Decision(s, (PostStatus(urgent=True),))
-    if s.state != State.WORKING:
-        return Decision(s, (PostStatus(urgent=True),))
+    # After a cancel that raced the push, the PR now exists, so the session is complete after all.
     s = replace(s, state=State.COMPLETE, detail=None)
     return _after_complete(s, [], now)
 
@@ -1205,6 +1202,8 @@ def _on_pull_request_updated(s: Session, e: PullRequestUpdated, now: datetime) -
 
 
 def _on_push_failed(s: Session, e: PushFailed, now: datetime) -> Decision:
+    if s.finishing and s.state == State.CANCELLED:
+        return Decision(replace(s, finishing=False))
     if not s.finishing or s.state != State.WORKING:
         return Decision(s)
     return _fail(replace(s, finishing=False), Detail.PUSH_FAILED, FAILURE_PUSH.format(reason=e.reason), [])
@@ -1279,7 +1278,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
             detail=_round_detail(spec.kind),
         )
         return Decision(s, (ReleaseSlot(), RequestSlot(front=True), PostStatus()))
-    if s.finishing:
+    if s.finishing and s.state == State.WORKING:
         return Decision(s, (FinishWork(s.branch, s.done_summary, s.pr_number),))
     if s.state == State.REGISTERED:
         return Decision(s, (EnsureWorkspace(s.branch, s.base_branch, s.from_kept_branch),))
