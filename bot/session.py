@@ -25,14 +25,13 @@ command names starts with `agent/` (SPEC §2).
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import TypeAdapter
 

@@ -557,3 +557,19 @@ def test_status_json_has_the_contract_keys():
     assert status["status"] == "stuck" and status["stuckReason"] == "Which format?"
     assert status["issueNumber"] == 42 and status["worktreePath"] == "/data/wt/42"
     assert status["startedAt"] == "2026-03-01T12:01:00Z"
+
+
+def test_a_pull_request_report_without_a_push_in_flight_does_not_revive_a_cancelled_session():
+    s = drive(running(), Cancel(CancelReason.STOP_COMMAND)).session
+    assert decide(s, PullRequestOpened(7, "u7"), T0) == Decision(s)
+
+
+def test_events_and_sessions_round_trip_through_json():
+    import json
+
+    s = stuck_on_question()
+    assert core.Session.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    event = ReplyReceived(1, "bob", "yes", T0)
+    assert core.event_from_dict(json.loads(json.dumps(core.event_to_dict(event)))) == event
+    command = StartTurn(TurnKind.REPLY, 2, "yes", (Note(1, "bob", "x"),))
+    assert core.command_from_dict(json.loads(json.dumps(core.command_to_dict(command)))) == command
