@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -113,10 +114,7 @@ class Mirror:
 
     def restore_config(self) -> None:
         """Atomically replace the mirror's config with the known-good content."""
-        config = self.path / "config"
-        temporary = self.path / "config.shepherd-tmp"
-        temporary.write_text(self.known_good_config())
-        os.replace(temporary, config)
+        _replace_file(self.path / "config", self.known_good_config(), 0o644)
 
 
 class Git:
@@ -136,10 +134,7 @@ class Git:
 
     def _write_askpass(self) -> None:
         # Rewritten before each credentialed command so an edited helper never sees a token.
-        temporary = self.state_dir / "askpass.tmp"
-        temporary.write_text(ASKPASS_SCRIPT)
-        temporary.chmod(0o700)
-        os.replace(temporary, self.askpass)
+        _replace_file(self.askpass, ASKPASS_SCRIPT, 0o700)
 
     def overrides(self, allowed_scheme: str | None) -> list[str]:
         """The `-c` options placed before every command."""
@@ -257,6 +252,19 @@ class Git:
                 list(args), process.returncode, redact(stderr.decode(errors="replace"), secrets)
             )
         return stdout.decode(errors="replace")
+
+
+def _replace_file(path: Path, text: str, mode: int) -> None:
+    """Atomically give `path` exactly `text`; concurrent callers each use their own temp file."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _kill_group(process: asyncio.subprocess.Process) -> None:

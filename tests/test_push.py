@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,17 @@ async def test_a_lease_that_is_not_a_commit_id_is_refused(session, git_remote):
             created_by_shepherd=True, expected_remote_sha="main",
         )
     assert git_remote.requests == before
+
+
+async def test_two_sessions_push_at_once_from_one_mirror(session, git_remote):
+    spaces, mirror, _, sha = session
+    other = "agent/issue-4-second"
+    tree = await spaces.create_worktree(REPO, other, "main")
+    (tree / "second.txt").write_text("2\n")
+    second = await spaces.commit_all(tree, "Second", *BOT)
+    await asyncio.gather(
+        push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True),
+        push_branch(spaces.git, mirror, other, TEST_TOKEN, created_by_shepherd=True),
+    )
+    refs = git_remote.refs(REPO)
+    assert refs[f"refs/heads/{BRANCH}"] == sha and refs[f"refs/heads/{other}"] == second
