@@ -96,9 +96,16 @@ class Consumer:
                     return
                 await self._idle.wait()
 
+    def _heads(self) -> dict[str, Delivery]:
+        """The oldest pending delivery of each ordering key: the only one of its key that may run."""
+        heads: dict[str, Delivery] = {}
+        for delivery in self._store.pending_deliveries():
+            heads.setdefault(delivery.ordering_key, delivery)
+        return heads
+
     def _due(self) -> list[Delivery]:
         now = self._clock()
-        return [d for d in self._store.pending_deliveries() if d.next_attempt_at <= now]
+        return [d for d in self._heads().values() if d.next_attempt_at <= now]
 
     async def _run(self) -> None:
         while True:
@@ -114,10 +121,7 @@ class Consumer:
         """Start what may run now; return when the next waiting delivery becomes due."""
         now = self._clock()
         next_due: float | None = None
-        heads: dict[str, Delivery] = {}
-        for delivery in self._store.pending_deliveries():
-            heads.setdefault(delivery.ordering_key, delivery)  # only the oldest of each key
-        for key, delivery in heads.items():
+        for key, delivery in self._heads().items():
             if key in self._running:
                 continue
             if delivery.next_attempt_at > now:

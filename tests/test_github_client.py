@@ -262,10 +262,6 @@ async def test_the_write_priority_reaches_the_installation_s_gate(sleeps: Sleeps
     assert sleeps.delays == [1.0, 1.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tests/fakes/github.py overwrites injected x-ratelimit-* headers with its own rate headers",
-)
 async def test_the_fake_can_answer_a_primary_rate_limit_403(app: GitHubApp, fake: Any, sleeps: Sleeps) -> None:
     reset = int(time.time()) + 30
     fake.inject(
