@@ -59,6 +59,61 @@ _SCHEMA = [
         updated_at REAL NOT NULL
     );
     """,
+    # version 2: sessions and what Shepherd posted for them
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        repo TEXT NOT NULL,
+        issue_number INTEGER NOT NULL,
+        installation_id INTEGER NOT NULL,
+        branch TEXT NOT NULL,
+        state TEXT NOT NULL,
+        data TEXT NOT NULL,
+        context TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX sessions_by_issue ON sessions (repo, issue_number, created_at);
+    CREATE INDEX sessions_by_branch ON sessions (repo, branch);
+    CREATE INDEX sessions_by_state ON sessions (state);
+    CREATE TABLE session_events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        event TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX session_events_by_session ON session_events (session_id, seq);
+    CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        done_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (done_at, seq);
+    CREATE TABLE posted (
+        session_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        github_id INTEGER NOT NULL,
+        body_sha TEXT,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (session_id, kind, key)
+    );
+    CREATE TABLE refusals (
+        repo TEXT NOT NULL,
+        issue_number INTEGER NOT NULL,
+        login TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (repo, issue_number, login)
+    );
+    CREATE TABLE settings_kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -106,6 +161,13 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the data-access classes of other modules (sessions, posted comments).
+
+        The schema of every table lives above in `_SCHEMA`, so one migration path serves them all."""
+        return self._db
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
