@@ -1,0 +1,100 @@
+"""Cleans text on its way between people and agents: what an agent reads, and what Shepherd re-posts.
+
+Two directions, two jobs:
+- `clean_for_agent`: issue text and human replies lose hidden HTML (comments, `<details>` stays but
+  invisible markup goes), invisible and bidirectional-control characters, and Shepherd's own markers,
+  so nobody can hide instructions from the maintainer who vouches for the text.
+- `neutralise_for_github`: text an agent wrote and Shepherd re-posts cannot @mention people, close
+  issues through closing keywords, or forge a Shepherd marker.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+MARKER_PREFIX = "shepherd:"
+
+# <!-- ... --> comments, including unterminated ones (GitHub hides those to the end of the text).
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+# Markup GitHub renders invisibly or that can hide text from a reader.
+_HIDDEN_TAGS = re.compile(
+    r"<(?P<tag>script|style|template|noscript|iframe|object)\b[^>]*>.*?(?:</(?P=tag)\s*>|\Z)",
+    re.DOTALL | re.IGNORECASE,
+)
+_HIDDEN_ATTRIBUTE_ELEMENT = re.compile(
+    r"<(?P<tag>[a-z][a-z0-9]*)\b[^>]*\b(?:hidden|style\s*=\s*[\"'][^\"']*display\s*:\s*none)[^>]*>"
+    r".*?(?:</(?P=tag)\s*>|\Z)",
+    re.DOTALL | re.IGNORECASE,
+)
+_MARKER = re.compile(r"shepherd\s*:\s*[a-z-]+(?:\s+[a-z_]+=\S*)*", re.IGNORECASE)
+_MENTION = re.compile(r"(?<![\w`/])@(?=[A-Za-z0-9][A-Za-z0-9-]*)")
+_CLOSING = re.compile(
+    r"\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(\s*:?\s+)(?=(?:[\w.-]+/[\w.-]+)?#\d+)",
+    re.IGNORECASE,
+)
+_CLOSING_URL = re.compile(
+    r"\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(\s*:?\s+)(?=https?://\S+/(?:issues|pull)/\d+)",
+    re.IGNORECASE,
+)
+_ZERO_WIDTH_JOINER = "\u200d"
+
+
+def _visible(char: str) -> bool:
+    if char in "\n\t":
+        return True
+    category = unicodedata.category(char)
+    # Cf: format characters (zero-width spaces and joiners, bidi controls, tag characters);
+    # Co/Cn: private use and unassigned; Cc: control characters other than newline and tab.
+    return category not in {"Cf", "Co", "Cn", "Cc"}
+
+
+def remove_invisible(text: str) -> str:
+    return "".join(char for char in text if _visible(char))
+
+
+def clean_for_agent(text: str | None) -> str:
+    """Issue or comment text as a person sees it: no hidden HTML, no invisible characters, no markers."""
+    if not text:
+        return ""
+    text = text.replace("\r\n", "\n")
+    text = _HTML_COMMENT.sub("", text)
+    text = _HIDDEN_TAGS.sub("", text)
+    text = _HIDDEN_ATTRIBUTE_ELEMENT.sub("", text)
+    text = remove_invisible(text)
+    text = _MARKER.sub("", text)
+    text = re.sub(r"[ \t]+\n", "\n", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def neutralise_for_github(text: str | None) -> str:
+    """Agent-written text made safe to re-post: no pings, no closing keywords, no Shepherd markers."""
+    if not text:
+        return ""
+    text = remove_invisible(text.replace("\r\n", "\n"))
+    text = _HTML_COMMENT.sub("", text)
+    text = _MARKER.sub("(marker removed)", text)
+    text = _MENTION.sub("@" + _ZERO_WIDTH_JOINER, text)  # renders as "@name" but notifies nobody
+    text = _CLOSING.sub(lambda m: f"{m.group(1)}{m.group(2)}issue ", text)
+    text = _CLOSING_URL.sub(lambda m: f"{m.group(1)}{m.group(2)}issue ", text)
+    return text.strip()
+
+
+def marker(kind: str, **fields: object) -> str:
+    """The hidden marker Shepherd puts in every comment it writes, e.g. `<!-- shepherd:status session=x -->`."""
+    parts = " ".join(f"{key}={value}" for key, value in fields.items())
+    return f"<!-- {MARKER_PREFIX}{kind}{(' ' + parts) if parts else ''} -->"
+
+
+def find_marker(body: str | None, kind: str) -> dict[str, str] | None:
+    """The fields of a Shepherd marker of `kind` in `body`, or None. Trust it only in the bot's comments."""
+    if not body:
+        return None
+    match = re.search(rf"<!-- {re.escape(MARKER_PREFIX)}{re.escape(kind)}((?: [a-z_]+=\S+)*) -->", body)
+    if match is None:
+        return None
+    fields = {}
+    for part in match.group(1).split():
+        key, _, value = part.partition("=")
+        fields[key] = value
+    return fields
