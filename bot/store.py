@@ -114,6 +114,21 @@ _SCHEMA = [
         value TEXT NOT NULL
     );
     """,
+    # version 3: PR inline comments waiting out their collection window (bot/rounds.py)
+    """
+    CREATE TABLE pending_inline_comments (
+        comment_id INTEGER PRIMARY KEY,
+        repo TEXT NOT NULL,
+        pull_number INTEGER NOT NULL,
+        issue_number INTEGER NOT NULL,
+        author TEXT NOT NULL,
+        path TEXT,
+        line INTEGER,
+        body TEXT NOT NULL,
+        received_at REAL NOT NULL
+    );
+    CREATE INDEX pending_inline_by_pull ON pending_inline_comments (repo, pull_number, received_at);
+    """,
 ]
 
 
