@@ -1,0 +1,220 @@
+"""The Finisher against the strict fake and a real git remote: one pushed branch, one PR, a verified body."""
+
+from __future__ import annotations
+
+from bot.finishing import LEFTOVER_COMMIT_MESSAGE, fence_for, session_folder_name
+from bot.sanitize import find_marker
+from bot.session import (
+    FinishWork,
+    PullRequestOpened,
+    PullRequestUpdated,
+    PushFailed,
+    ReviewFeedback,
+    SlotGranted,
+    State,
+    TurnStarted,
+    TurnKind,
+)
+from tests.finishing_bed import (  # noqa: F401 - the fixture
+    ACTOR,
+    REPO,
+    agent_commit,
+    bed,
+    prepare_worktree,
+    triggered,
+    turn_done,
+)
+
+SUMMARY = "Added the export button. Fixes #1 and pings @bob. <!-- shepherd:status session=x -->"
+
+
+async def _finish(bed, session, **policy):
+    command = bed.finish_command()
+    return list(await bed.finisher.finish(session, command, bed.context(session, **policy)))
+
+
+def _pushed(bed, branch):
+    return bed.remote.refs(REPO).get(f"refs/heads/{branch}")
+
+
+async def test_done_pushes_the_branch_with_a_token_and_opens_one_pr_with_a_verified_body(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    sha = await agent_commit(bed, tree, {"src/export.py": "def export():\n    return 1\n"}, "Add export")
+    (tree / "notes.txt").write_text("left behind\n")  # uncommitted: Shepherd commits it as the bot
+    session = turn_done(bed, session, SUMMARY)
+
+    events = await _finish(bed, session)
+
+    assert len(events) == 1 and isinstance(events[0], PullRequestOpened), events
+    opened = events[0]
+    head = _pushed(bed, session.branch)
+    assert head == opened.head_sha and head != sha
+    assert bed.remote.messages(REPO, session.branch)[:2] == [LEFTOVER_COMMIT_MESSAGE, "Add export"]
+    author = bed.remote.git(REPO, "log", "-1", "--format=%an <%ae>", session.branch).strip()
+    assert author == f"{bed.fake.bot_login} <{bed.fake.bot_id}+{bed.fake.bot_login}@users.noreply.github.com>"
+    assert bed.remote.show(REPO, session.branch, "notes.txt") == "left behind\n"
+    assert bed.remote.refs(REPO)["refs/heads/main"] == bed.remote.log(REPO, "main")[0]  # main untouched
+    pushes = [r for r in bed.remote.requests_for(REPO) if r.write and r.authorised]
+    assert pushes and all(r.user == "x-access-token" for r in pushes)
+
+    pulls = bed.fake.pulls(REPO)
+    assert len(pulls) == 1
+    pull = pulls[0]
+    assert (pull["number"], pull["html_url"]) == (opened.number, opened.url)
+    assert pull["head"]["ref"] == session.branch and pull["base"]["ref"] == "main"
+    assert pull["title"] == "Add an export button" and pull["draft"] is False
+    body = pull["body"]
+    assert body.startswith(f"Closes #{session.issue_number}\n")
+    assert "Add export" in body and LEFTOVER_COMMIT_MESSAGE in body
+    assert "src/export.py" in body and "notes.txt" in body and "2 files changed" in body
+    assert "no `test` command is configured" in body
+    agent_part = body.split("### The agent's own summary", 1)[1]
+    assert "Added the export button." in agent_part
+    assert "@bob" not in body.replace("@\u200dbob", "")  # the mention is defused
+    assert "Fixes #1" not in body and "Fixes issue #1" in agent_part
+    assert "shepherd:status" not in body
+    assert find_marker(body, "pr") == {"session": session.id}
+    assert bed.fake.review_requests(REPO, opened.number) == [ACTOR]
+
+    # The push token was minted for this repository only, with contents and pull requests.
+    minted = [c for c in bed.fake.calls_to("apps/create-installation-access-token") if c.body]
+    assert minted and minted[-1].body["repositories"] == ["web"]
+    assert minted[-1].body["permissions"] == {"contents": "write", "pull_requests": "write"}
+
+    # The core takes it: complete, with the PR recorded.
+    session = bed.apply(session, opened)
+    assert session.state == State.COMPLETE and session.pr_number == opened.number
+
+
+async def test_failing_tests_open_a_draft_with_the_exit_code_and_the_tail(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"src/export.py": "broken\n"}, "Add export")
+    session = turn_done(bed, session, "Done.")
+    test = "echo running in $PWD; echo FAILED test_export >&2; test -z \"$GITHUB_TOKEN\" && exit 3"
+
+    events = await _finish(bed, session, test=test)
+
+    assert isinstance(events[0], PullRequestOpened), events
+    pull = bed.fake.pull(REPO, events[0].number)
+    assert pull["draft"] is True
+    assert f"`{test}` exited with code 3, so this pull request is a draft." in pull["body"]
+    assert "FAILED test_export" in pull["body"]
+    assert f"running in {tree}" in pull["body"]  # it ran in the worktree
+    assert (bed.data_dir / "sessions" / "s1" / "test.log").read_text().count("FAILED test_export") == 1
+
+
+async def test_passing_tests_and_draft_policy(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+
+    events = await _finish(bed, session, test="true", draft=True)
+
+    pull = bed.fake.pull(REPO, events[0].number)
+    assert "`true` exited with code 0." in pull["body"]
+    assert "Last lines of the test output" not in pull["body"]
+    assert pull["draft"] is True  # the policy says so
+
+
+async def test_a_redelivered_done_finds_the_pr_and_opens_no_second_one(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    first = await _finish(bed, session)
+    again = await _finish(bed, session)  # same FinishWork run again after a restart
+
+    assert isinstance(again[0], PullRequestOpened) and again[0].number == first[0].number
+    assert len(bed.fake.pulls(REPO)) == 1
+    assert len(bed.fake.calls_to("pulls/create")) == 1
+    assert not bed.fake.calls_to("pulls/update")  # the body was already right
+
+
+async def test_a_review_round_pushes_to_the_same_branch_and_keeps_one_pr(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "First version.")
+    opened = (await _finish(bed, session))[0]
+    session = bed.apply(session, opened)
+
+    session = bed.apply(session, ReviewFeedback("review:1", "alice", "Please rename a.txt"))
+    assert session.state == State.QUEUED and session.pending_turn.kind == TurnKind.REVIEW
+    session = bed.apply(session, SlotGranted())
+    session = bed.apply(session, TurnStarted(None))
+    await agent_commit(bed, tree, {"b.txt": "b\n"}, "Rename per review")
+    session = turn_done(bed, session, "Renamed.")
+    command = bed.finish_command()
+    assert command == FinishWork(session.branch, "Renamed.", opened.number)
+
+    events = list(await bed.finisher.finish(session, command, bed.context(session)))
+
+    assert isinstance(events[0], PullRequestUpdated), events
+    assert events[0].head_sha == _pushed(bed, session.branch)
+    assert bed.remote.messages(REPO, session.branch)[0] == "Rename per review"
+    assert len(bed.fake.pulls(REPO)) == 1
+    body = bed.fake.pull(REPO, opened.number)["body"]
+    assert "Rename per review" in body and "Renamed." in body and "First version." not in body
+    session = bed.apply(session, events[0])
+    assert session.state == State.COMPLETE and session.review_rounds_used == 1
+
+
+async def test_protected_paths_still_touched_are_never_pushed(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {".github/workflows/ci.yml": "on: push\n", "a.txt": "a\n"}, "Sneaky")
+    session = turn_done(bed, session, "Done.")
+
+    events = await _finish(bed, session)
+
+    assert len(events) == 1 and isinstance(events[0], PushFailed)
+    assert ".github/workflows/ci.yml" in events[0].reason
+    assert _pushed(bed, session.branch) is None
+    assert not [r for r in bed.remote.requests_for(REPO) if r.write]
+    assert bed.fake.pulls(REPO) == []
+
+
+async def test_a_branch_outside_agent_is_refused_before_anything_happens(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    before = bed.remote.refs(REPO)
+
+    events = list(await bed.finisher.finish(session, FinishWork("main", "x", None), bed.context(session)))
+
+    assert isinstance(events[0], PushFailed) and "agent/" in events[0].reason
+    assert bed.remote.refs(REPO) == before
+    assert not [r for r in bed.remote.requests_for(REPO) if r.write]
+    assert not bed.fake.writes()
+
+
+async def test_no_token_is_left_in_any_file_under_the_data_folder(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    await _finish(bed, session, test="env; exit 1")
+
+    tokens = [t.token for t in bed.fake.tokens()]
+    assert len(tokens) >= 3  # the clone token, the installation token, the push token
+    bed.store.db.execute("PRAGMA wal_checkpoint(FULL)")
+    for path in bed.data_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            for token in tokens:
+                assert token.encode() not in data, f"{token[:8]}… found in {path}"
+    body = bed.fake.pulls(REPO)[0]["body"]
+    assert not any(token in body for token in tokens)
+
+
+def test_fences_outgrow_the_text_they_hold():
+    assert fence_for("plain") == "```"
+    assert fence_for("a ```` b") == "`````"
+
+
+def test_session_ids_become_safe_folder_names():
+    assert session_folder_name("acme/web#3/1") == "acme-web-3-1"
