@@ -8,13 +8,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from bot import ingress
+from bot import ingress, setup_flow, views
 from bot.consumer import Consumer, RetryPolicy
+from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github import GitHubApp
 from bot.metrics import Metrics
 from bot.redelivery import redeliver_failed, utc_now
@@ -40,6 +42,8 @@ class Services:
     github: GitHubApp | None = None
     consumer: Consumer | None = None
     receive_webhook: Callable[[web.Request], Any] | None = None
+    dashboard_token: str | None = None
+    setup: setup_flow.SetupFlow | None = None  # only in setup mode, until the App is registered
 
 
 SERVICES = web.AppKey("services", Services)
@@ -51,6 +55,7 @@ def create_app(
     clock: Callable[[], float] = time.time,
     retry: RetryPolicy = RetryPolicy(),
     sweep_interval: float = SWEEP_INTERVAL_SECONDS,
+    env_file: Path = Path(".env"),
 ) -> web.Application:
     """The web app: `POST /webhook`, `GET /healthz`. Storage and clients open on start-up."""
     app = web.Application(client_max_size=ingress.MAX_BODY_BYTES + 1)
@@ -62,10 +67,13 @@ def create_app(
         store = Store.open(settings.data_dir / "shepherd.db")
         services = Services(settings=settings, store=store, metrics=metrics)
         app[SERVICES] = services
+        services.dashboard_token = ensure_dashboard_token(settings)
         session = aiohttp.ClientSession()
         background: list[asyncio.Task[None]] = []
         try:
-            if settings.mode == "github":
+            async def enter_github_mode(settings: Settings) -> None:
+                # Also called by the setup flow once the App is registered: no restart needed.
+                services.settings = settings
                 services.github = _github_app(settings, session, metrics)
                 services.consumer = Consumer(
                     store=store,
@@ -87,6 +95,22 @@ def create_app(
                 background.append(
                     asyncio.create_task(_sweep_forever(services, clock, sweep_interval))
                 )
+
+            async def leave_setup_mode(registered: Settings) -> None:
+                services.setup = None
+                await enter_github_mode(registered)
+
+            if settings.mode == "github":
+                await enter_github_mode(settings)
+            else:
+                services.setup = setup_flow.SetupFlow(
+                    settings,
+                    env_file=env_file.absolute(),
+                    on_registered=leave_setup_mode,
+                    metrics=metrics,
+                )
+                services.setup.log_setup_url()
+            log_dashboard_url(settings, services.dashboard_token)
             yield
         finally:
             for task in background:
@@ -107,10 +131,12 @@ def create_app(
         return await receive(request)
 
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "mode": settings.mode})
+        return web.json_response({"status": "ok", "mode": request.app[SERVICES].settings.mode})
 
     app.router.add_post("/webhook", receive_webhook)
     app.router.add_get("/healthz", healthz)
+    views.add_routes(app, lambda request: request.app[SERVICES])
+    setup_flow.add_routes(app, lambda request: request.app[SERVICES].setup)
     return app
 
 
