@@ -1,0 +1,104 @@
+"""The agent's words: the first turn's prompt and later turns' messages, rendered from `templates/` (SPEC §1.4).
+
+Everything taken from GitHub passes through `clean_for_agent`. Only comments by people who may drive
+Shepherd, written before the trigger and not edited after it, reach the prompt: a later edit could
+otherwise slip instructions in under an authorised name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from bot.actors import PermissionCache
+from bot.sanitize import clean_for_agent
+from bot.session import Note, TurnKind
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
+
+_environment = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(TEMPLATES),
+    undefined=jinja2.StrictUndefined,
+    autoescape=False,
+    keep_trailing_newline=True,
+)
+
+
+@dataclass(frozen=True)
+class PromptComment:
+    author: str
+    body: str
+
+
+def _parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def gather_comments(
+    gh: Any,
+    owner: str,
+    repo: str,
+    issue_number: int,
+    *,
+    trigger_at: datetime,
+    permissions: PermissionCache,
+    minimum: str = "write",
+) -> list[PromptComment]:
+    """The issue's comments that may reach the agent, oldest first."""
+    chosen: list[PromptComment] = []
+    async for comment in gh.getiter(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": issue_number}):
+        created = _parse_time(comment["created_at"])
+        updated = _parse_time(comment.get("updated_at") or comment["created_at"])
+        if created > trigger_at or updated > trigger_at:
+            continue
+        user = comment.get("user") or {}
+        if not user.get("login") or not await permissions.may_drive(gh, owner, repo, user, minimum=minimum):
+            continue
+        body = clean_for_agent(comment.get("body"))
+        if body:
+            chosen.append(PromptComment(str(user["login"]), body))
+    return chosen
+
+
+def render_prompt(
+    *,
+    repo: str,
+    issue_number: int,
+    title: str,
+    body: str | None,
+    comments: Sequence[PromptComment],
+    branch: str,
+    base_branch: str,
+    worktree: Path | str,
+    mode: str,
+) -> str:
+    """The first turn's prompt."""
+    return _environment.get_template("prompt.md.j2").render(
+        repo=repo,
+        issue_number=issue_number,
+        title=clean_for_agent(title),
+        body=clean_for_agent(body),
+        comments=list(comments),
+        branch=branch,
+        base_branch=base_branch,
+        worktree=str(worktree),
+        mode=mode,
+    )
+
+
+def render_turn_message(
+    kind: TurnKind, reply: str | None, notes: Sequence[Note] = (), paths: Sequence[str] = ()
+) -> str:
+    """What a resumed turn tells the agent: the answer, the approved plan, the feedback, and notes."""
+    return _environment.get_template("turn.md.j2").render(
+        kind=str(kind),
+        reply=clean_for_agent(reply),
+        notes=[{"author": note.author, "text": clean_for_agent(note.text)} for note in notes],
+        paths=list(paths),
+    ).strip() + "\n"

@@ -1,0 +1,274 @@
+"""One agent turn: its files and environment, its process, and what it reports, as session-core events.
+
+`start_turn` writes the prompt (first turn) or the reply (resumed turns) into the session folder,
+builds the allow-listed environment and spawns the adapter's command as its own process group.
+`watch_turn` then tails `reports.jsonl` into `Progress`/`Asked`/`PlanSubmitted`/`DoneReported` and,
+when the process is gone, measures the worktree and reports `TurnExited` or `TurnFailed`. The handle
+and the last report seen are persisted by the caller, so a restarted Shepherd can watch the same turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot import agent_tool, processes
+from bot.agent_env import build_agent_env, write_reply_file
+from bot.agents import Adapter
+from bot.processes import TurnHandle, TurnOutcome
+from bot.session import (
+    Asked,
+    DoneReported,
+    Event,
+    FailureKind,
+    PlanSubmitted,
+    Progress,
+    TurnExited,
+    TurnFailed,
+)
+from bot.workspace import Workspaces
+
+log = logging.getLogger(__name__)
+
+PROMPT_NAME = "prompt.md"
+STATUS_NAME = agent_tool.STATUS_NAME
+LOG_TAIL_LINES = 40
+WATCH_POLL_SECONDS = 0.2
+FAILURE_OF = {
+    processes.REASON_RUNTIME: FailureKind.RUNTIME,
+    processes.REASON_IDLE: FailureKind.IDLE,
+    processes.REASON_VANISHED: FailureKind.CRASH,
+}
+
+
+@dataclass(frozen=True)
+class TurnSetup:
+    """Everything one turn's process needs besides its command."""
+
+    session_dir: Path
+    worktree: Path
+    repo: str
+    issue: int
+    branch: str
+    turn: int
+    port: int
+    bot_name: str
+    bot_email: str
+    parent_env: Mapping[str, str]
+    extra_env_names: Sequence[str] = ()
+    run_as_user: str | None = None
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.session_dir / PROMPT_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.session_dir / f"turn-{self.turn}.log"
+
+    @property
+    def exit_path(self) -> Path:
+        return self.session_dir / f"turn-{self.turn}.exit"
+
+    @property
+    def reply_file(self) -> Path:
+        return self.session_dir / f"reply-{self.turn}.md"
+
+
+def start_turn(
+    setup: TurnSetup,
+    adapter: Adapter,
+    *,
+    prompt: str | None,
+    message: str | None,
+    reply: str | None,
+    resume_session_id: str | None,
+) -> TurnHandle:
+    """Spawn one turn. A first turn passes `prompt`; a resumed one passes `message` (what the agent
+    is told) and `reply` (the human text it answers, for `SHEPHERD_REPLY` and its file)."""
+    bin_dir = setup.session_dir / "bin"
+    agent_tool.install_agent_tool(bin_dir)
+    if prompt is not None:
+        setup.prompt_file.write_text(prompt, encoding="utf-8")
+    reply_file = None
+    if reply is not None:
+        reply_file = write_reply_file(setup.reply_file, reply)
+    env = build_agent_env(
+        setup.parent_env,
+        extra_names=setup.extra_env_names,
+        session_dir=setup.session_dir,
+        status_file=setup.session_dir / STATUS_NAME,
+        repo=setup.repo,
+        issue=setup.issue,
+        branch=setup.branch,
+        worktree=setup.worktree,
+        turn=setup.turn,
+        prompt_file=setup.prompt_file,
+        port=setup.port,
+        reply=reply,
+        reply_file=reply_file,
+        bot_name=setup.bot_name,
+        bot_email=setup.bot_email,
+        tool_bin_dir=bin_dir,
+    )
+    if prompt is not None:
+        command = adapter.first_turn(prompt, setup.prompt_file)
+    elif resume_session_id is not None or adapter.name == "command":
+        command = adapter.resume_turn(resume_session_id, message or "")
+    else:
+        # No agent session to resume: a fresh turn carrying the earlier prompt and the new message.
+        earlier = setup.prompt_file.read_text(encoding="utf-8") if setup.prompt_file.is_file() else ""
+        command = adapter.first_turn(f"{earlier}\n\n{message or ''}".strip(), setup.prompt_file)
+    return processes.spawn_turn(
+        command,
+        cwd=setup.worktree,
+        env=env,
+        log_path=setup.log_path,
+        exit_path=setup.exit_path,
+        run_as_user=setup.run_as_user,
+    )
+
+
+def report_event(report: Mapping) -> Event | None:
+    """The core event of one `shepherd` report, or None for a malformed one."""
+    kind = report.get("kind")
+    try:
+        if kind == "progress":
+            return Progress(note=str(report["note"]), phase=report.get("phase"))
+        if kind == "ask":
+            return Asked(
+                question=str(report["question"]),
+                options=tuple(str(option) for option in report.get("options") or ()),
+                context=report.get("context"),
+            )
+        if kind == "plan":
+            return PlanSubmitted(text=str(report["plan"]))
+        if kind == "done":
+            return DoneReported(summary=str(report["summary"]))
+    except (KeyError, TypeError):
+        return None
+    return None
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """fnmatch-style, except that `*` stays within one folder and `**` crosses folders."""
+    pattern = pattern.strip().lstrip("/")
+    if pattern.endswith("/"):
+        pattern += "**"
+    out = []
+    index = 0
+    while index < len(pattern):
+        if pattern.startswith("**/", index):
+            out.append("(?:.*/)?")
+            index += 3
+        elif pattern.startswith("**", index):
+            out.append(".*")
+            index += 2
+        elif pattern[index] == "*":
+            out.append("[^/]*")
+            index += 1
+        elif pattern[index] == "?":
+            out.append("[^/]")
+            index += 1
+        else:
+            out.append(re.escape(pattern[index]))
+            index += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return _glob_regex(pattern)
+
+
+def protected_matches(paths: Sequence[str], patterns: Sequence[str]) -> tuple[str, ...]:
+    """The paths matched by any protected-path pattern (a pattern without `/` matches a file name
+    anywhere, as in `.gitignore`)."""
+    hits = []
+    for path in paths:
+        for pattern in patterns:
+            if "/" not in pattern.strip("/") and "**" not in pattern:
+                matched = fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
+            else:
+                matched = bool(_compiled(pattern).match(path))
+            if matched:
+                hits.append(path)
+                break
+    return tuple(hits)
+
+
+async def measure_worktree(
+    workspaces: Workspaces, worktree: Path, base: str, protected: Sequence[str]
+) -> tuple[bool, bool, tuple[str, ...]]:
+    """(new commits no remote branch holds, uncommitted changes, protected paths in the diff)."""
+    has_new_commits = await workspaces.has_unpushed(worktree)
+    has_changes = await workspaces.is_dirty(worktree)
+    touched: tuple[str, ...] = ()
+    if protected:
+        changed = await workspaces.changed_files(worktree, base)
+        touched = protected_matches([path for path, _, _ in changed], protected)
+    return has_new_commits, has_changes, touched
+
+
+async def watch_turn(
+    handle: TurnHandle,
+    *,
+    session_dir: Path,
+    after_seq: int,
+    emit: Callable[[Event, int], Awaitable[None]],
+    measure: Callable[[], Awaitable[tuple[bool, bool, tuple[str, ...]]]],
+    max_runtime_s: float,
+    idle_timeout_s: float,
+    redact: Sequence[str] = (),
+    poll: float = WATCH_POLL_SECONDS,
+) -> Event:
+    """Feed the turn's reports to `emit(event, seq)` as they come; return its end as an event."""
+    reports_path = session_dir / agent_tool.REPORTS_NAME
+
+    def heartbeat() -> float | None:
+        try:
+            return os.stat(reports_path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    waiting = asyncio.create_task(
+        processes.wait_turn(handle, max_runtime_s=max_runtime_s, idle_timeout_s=idle_timeout_s,
+                            heartbeat=heartbeat, poll=poll)
+    )
+    seq = after_seq
+    try:
+        while True:
+            done = waiting.done()
+            for report in agent_tool.read_reports(session_dir, seq):
+                event = report_event(report)
+                seq = int(report["seq"])
+                if event is not None:
+                    await emit(event, seq)
+            if done:
+                break
+            await asyncio.wait({waiting}, timeout=poll)
+    except BaseException:
+        waiting.cancel()
+        raise
+    outcome: TurnOutcome = waiting.result()
+    if outcome.reason == processes.REASON_EXITED and outcome.exit_code is not None:
+        new_commits, changes, touched = await measure()
+        return TurnExited(outcome.exit_code, new_commits, changes, touched)
+    tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
+    return TurnFailed(FAILURE_OF.get(outcome.reason, FailureKind.CRASH), tail)
+
+
+def agent_session_id(adapter: Adapter, handle: TurnHandle) -> str | None:
+    """The agent's own session id, from the turn's log, for `--resume`."""
+    try:
+        text = Path(handle.log_path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    return adapter.parse_output(text).session_id

@@ -1,0 +1,161 @@
+"""Test bed for the session runtime: a recording Publisher, a pushing Finisher and an engine on the fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bot.effects import SessionContext
+from bot.github import GitHubApp
+from bot.metrics import Metrics
+from bot.push import push_branch
+from bot.runtime import Engine
+from bot.session import (
+    Command,
+    Event,
+    FinishWork,
+    PostQuestion,
+    PullRequestOpened,
+    PullRequestUpdated,
+    Session,
+)
+from bot.settings import Settings
+from bot.store import Store
+from bot.workspace import Workspaces
+from tests.conftest import settings_for
+
+REPO = "octo-org/widgets"
+INSTALLATION = 4242
+
+
+@dataclass
+class RecordingPublisher:
+    """Remembers every command it was handed; answers a question with `QuestionPosted`."""
+
+    calls: list[tuple[str, Command, SessionContext]] = field(default_factory=list)
+    log_file: Path | None = None
+
+    async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
+        from bot.session import QuestionPosted
+
+        self.calls.append((session.id, command, context))
+        if self.log_file is not None:
+            with open(self.log_file, "a") as stream:
+                stream.write(json.dumps({"session": session.id, "command": type(command).__name__}) + "\n")
+        if isinstance(command, PostQuestion):
+            return (QuestionPosted(command.question_id, 1000 + len(self.calls), datetime.now(timezone.utc)),)
+        return ()
+
+    def kinds(self, session_id: str | None = None) -> list[str]:
+        return [type(c).__name__ for sid, c, _ in self.calls if session_id in (None, sid)]
+
+
+@dataclass
+class PushingFinisher:
+    """Commits leftovers as the bot, pushes through the one push function, 'opens' PR number 1..n."""
+
+    github: Any
+    workspaces: Workspaces
+    calls: list[tuple[str, FinishWork]] = field(default_factory=list)
+    log_file: Path | None = None
+    pushed_marker: Path | None = None
+
+    async def finish(self, session: Session, command: FinishWork, context: SessionContext) -> Sequence[Event]:
+        self.calls.append((session.id, command))
+        assert context.worktree is not None
+        await self.workspaces.commit_all(context.worktree, "Shepherd: leftovers", "shepherd[bot]", "1+shepherd[bot]@users.noreply.github.com")
+        token = await self.github.mint_push_token(context.installation_id, context.owner, context.repo)
+        mirror = self.workspaces.mirror(context.full_name)
+        sha = await push_branch(self.workspaces.git, mirror, command.branch, token, created_by_shepherd=True)
+        if self.log_file is not None:
+            with open(self.log_file, "a") as stream:
+                stream.write(json.dumps({"session": session.id, "branch": command.branch, "sha": sha}) + "\n")
+        if self.pushed_marker is not None:
+            self.pushed_marker.write_text(session.id)
+        if command.pull_request_number is not None:
+            return (PullRequestUpdated(sha),)
+        number = len(self.calls)
+        return (PullRequestOpened(number, f"https://github.com/{context.full_name}/pull/{number}", sha),)
+
+
+def wire_remote(fake, git_remote) -> None:
+    """Let the git remote accept exactly the tokens the fake GitHub minted."""
+    git_remote.authorize = lambda token, repo, write: any(t.token == token for t in fake.tokens())
+
+
+def prepare_repo(fake, git_remote, files: dict[str, str] | None = None, policy: str | None = None,
+                 repo: str = REPO) -> str:
+    url = git_remote.create_repo(repo, files or {"README.md": "# widgets\n"})
+    if INSTALLATION not in getattr(fake, "_installations", {}):
+        fake.add_installation(INSTALLATION, account=repo.split("/")[0], repositories=[repo])
+    else:
+        fake.set_installation_repositories(INSTALLATION, [*fake._installation_repos[INSTALLATION], repo])  # noqa: SLF001
+    fake.set_clone_url(repo, url)
+    fake.set_permission(repo, "alice", "write")
+    if policy is not None:
+        fake.set_file(repo, ".github/shepherd.yml", policy)
+    wire_remote(fake, git_remote)
+    return url
+
+
+def agent_script(tmp_path: Path, body: str, name: str = "agent.sh") -> str:
+    script = tmp_path / name
+    script.write_text("set -e\n" + body)
+    return f"sh {script}"
+
+
+FAST_POLICY = "max_runtime_minutes: 1\nidle_timeout_minutes: 1\n"
+
+
+@dataclass
+class Harness:
+    engine: Engine
+    store: Store
+    workspaces: Workspaces
+    publisher: RecordingPublisher
+    finisher: PushingFinisher
+    github: GitHubApp
+    settings: Settings
+    http: aiohttp.ClientSession
+
+    async def close(self) -> None:
+        await self.engine.stop()
+        await self.github.close()
+        await self.http.close()
+        self.store.close()
+
+
+async def build_harness(fake, data_dir: Path, *, parent_env: dict[str, str] | None = None,
+                        adapter_factory=None, **env: str) -> Harness:
+    settings = settings_for(fake, data_dir, **env)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store.open(settings.data_dir / "shepherd.db")
+    http = aiohttp.ClientSession()
+    github = GitHubApp(http, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
+                       api_url=settings.api_url, metrics=Metrics(), write_spacing=0)
+    workspaces = Workspaces(settings.data_dir)
+    publisher = RecordingPublisher()
+    finisher = PushingFinisher(github, workspaces)
+    engine = Engine(store, workspaces, github, publisher, finisher, settings,
+                    parent_env=parent_env if parent_env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(data_dir)},
+                    adapter_factory=adapter_factory, poll=0.05, retry_delay=0.05)
+    return Harness(engine, store, workspaces, publisher, finisher, github, settings, http)
+
+
+async def wait_for(predicate, timeout: float = 60.0, poll: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(poll)
