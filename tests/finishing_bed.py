@@ -160,3 +160,54 @@ def turn_done(bed: Bed, session: Session, summary: str | None) -> Session:
 
 def as_finished(session: Session, **changes: Any) -> Session:
     return replace(session, **changes)
+
+
+class MemoryEngine:
+    """A small in-memory runtime for handler tests: applies the core's `decide`, records events and commands."""
+
+    def __init__(self, bed: Bed) -> None:
+        self.bed = bed
+        self.sessions: dict[str, Session] = {}
+        self.events: list[Event] = []
+        self.commands: list[Command] = []
+
+    def put(self, session: Session) -> Session:
+        self.sessions[session.id] = session
+        return session
+
+    async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
+        session = self.last_session(full_name, issue_number)
+        if session is None:
+            return None
+        self.events.append(event)
+        decision = decide(session, event, self.bed.tick())
+        self.commands += decision.commands
+        assert decision.session is not None
+        return self.put(decision.session)
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        found = [s for s in self.sessions.values() if s.repo == full_name and s.issue_number == issue_number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        found = [s for s in self.sessions.values() if s.repo == full_name and s.branch == branch]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+
+async def opened_session(bed: Bed, engine: MemoryEngine, limits: Limits = Limits(), files: dict[str, str] | None = None):
+    """A session whose work is pushed and whose PR is open, as the core sees it; returns (session, worktree)."""
+    session = triggered(bed, limits=limits)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, files or {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    events = list(await bed.finisher.finish(session, bed.finish_command(), bed.context(session)))
+    opened = events[0]
+    session = bed.apply(session, opened)
+    bed.sync_pull_head(opened.number, opened.head_sha)
+    return engine.put(session), tree
+
+
+async def dispatch(router: Any, event: Any, gh: Any, **deps: Any) -> None:
+    """Run every callback the router selects, as the consumer does."""
+    for callback in router.fetch(event):
+        await callback(event, gh, **deps)
