@@ -180,6 +180,10 @@ class Bed:
         webhook = sansio.Event(payload, event=event, delivery_id=delivery_id or str(uuid.uuid4()))
         await compose_router().dispatch(webhook, self.gh, **self.dependencies)
 
+    def writes(self) -> list[Any]:
+        """Writes to the repository (issues, comments, labels, reactions, PRs); token minting is not one."""
+        return [call for call in self.fake.writes() if call.path.startswith("/repos/")]
+
     def bodies(self, number: int = 1) -> list[str]:
         return [c["body"] for c in self.fake.comments(REPO, number)]
 

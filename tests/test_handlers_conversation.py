@@ -114,14 +114,14 @@ async def test_a_replayed_comment_is_forwarded_once(bed: Bed) -> None:
     session = await label_and_start(bed)
     await ask(bed, session)
     answer = await comment(bed, "Commas.", "alice", delivery_id="first-delivery")
-    writes = len(bed.fake.writes())
+    writes = len(bed.writes())
     payload = payloads.issue_comment_created(bed.fake, REPO, 1, bed.fake.comments(REPO, 1)[-1])
     await bed.deliver("issue_comment", payload, delivery_id="replayed-under-a-new-id")
     session = bed.engine.last_session(REPO, 1)
     assert session.forwarded_comment_ids == (answer["id"],)
     assert session.notes == ()
     assert bed.fake.reactions(REPO, 1, comment_id=answer["id"]) == ["eyes"]
-    assert len(bed.fake.writes()) == writes
+    assert len(bed.writes()) == writes
 
 
 async def test_comments_after_complete_are_not_forwarded(bed: Bed) -> None:
