@@ -13,8 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from bot.cleanup import prune
+from bot.doctor import add_doctor_command
 from bot.session import Session
 from bot.settings import SettingsError, load_settings
+from bot.status_view import add_status_command
 from bot.store import Store
 from bot.workspace import Workspaces
 
@@ -52,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     pruning = commands.add_parser("prune", help=PRUNE_HELP, description=PRUNE_HELP)
     pruning.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     pruning.set_defaults(run=run_prune)
+    add_status_command(commands)
+    add_doctor_command(commands)
     return parser
 
 

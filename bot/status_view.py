@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sqlite3
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +30,9 @@ STATUS_MARKS = {State.STUCK: "[!]", State.FAILED: "[x]", State.COMPLETE: "[v]", 
 LIVE_MARK = "[>]"
 
 NO_SESSIONS_TEXT = "No sessions yet."
+NO_DATABASE_TEXT = "No Shepherd database at {path} yet: no sessions."
+STATUS_HELP = "list every session, stuck ones first (the dashboard in a terminal)"
+JSON_HELP = "print the status.json objects of GET /api/sessions instead"
 
 
 @dataclass(frozen=True)
@@ -129,3 +134,31 @@ def render_status(rows: list[SessionRow], now: datetime | None = None) -> str:
 def _one_line(text: str, limit: int = 160) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """`shepherd status`: the sessions from the data folder's database, stuck first."""
+    from bot.settings import load_settings
+    from bot.store import Store
+
+    settings = load_settings()
+    database = settings.data_dir / "shepherd.db"
+    if not database.is_file():
+        sys.stdout.write(NO_DATABASE_TEXT.format(path=database) + "\n")
+        return 0
+    store = Store.open(database)
+    try:
+        rows = load_sessions(store.db)
+    finally:
+        store.close()
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(status_objects(rows), indent=2) + "\n")
+    else:
+        sys.stdout.write(render_status(rows) + "\n")
+    return 0
+
+
+def add_status_command(commands: Any) -> None:
+    status = commands.add_parser("status", help=STATUS_HELP, description=STATUS_HELP)
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
+    status.set_defaults(run=run_status)
