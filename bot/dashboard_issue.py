@@ -1,0 +1,211 @@
+"""The per-repository "Shepherd dashboard" issue: one issue, kept up to date like a dependency dashboard.
+
+It lists the questions waiting for an answer, the plans waiting for approval (each a `- [ ]` line with
+the session id in a hidden marker, for batch approval), the running sessions and the open PRs. It is
+created on first use and found again through the `posted` table, or, when that row is lost, by
+searching the repository's open issues by the bot for its marker, so it is never duplicated. Edits go
+at low priority through the installation's write gate and are skipped when the text is unchanged,
+like the status comments; the text holds no clock time, so an unchanged repository renders the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import logging
+import weakref
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import gidgethub
+import jinja2
+
+from bot.pacing import Priority
+from bot.sanitize import find_marker, marker, neutralise_for_github
+from bot.session import Detail, PullRequestState, Session, State
+from bot.store import Store, now_seconds
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+MARKER_KIND = "dashboard"
+APPROVE_MARKER_KIND = "approve"
+POSTED_KIND = "dashboard-issue"
+
+TITLE = "Shepherd dashboard"
+INTRO = (
+    "Shepherd keeps this issue up to date with its work in this repository. Edits to it are "
+    "overwritten; answer questions and approve plans on their own issues."
+)
+PLANS_HINT = "Approve a plan with `/agent approve` on its issue, or revise it with `/agent revise <text>`."
+NONE_TEXT = "None."
+FOOTER = "Closing this issue does not stop Shepherd; remove the agent label from an issue to stop its session."
+
+_RUNNING = (State.REGISTERED, State.QUEUED, State.PLANNING, State.WORKING)
+
+# One lock per store and repository: two refreshes at once must not both create the issue.
+_locks: weakref.WeakKeyDictionary[Store, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    # Markdown: no HTML escaping; every text from a person or an agent is neutralised instead.
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _latest_per_issue(sessions: Iterable[Session], full_name: str) -> list[Session]:
+    latest: dict[int, Session] = {}
+    for session in sessions:
+        if session.repo != full_name:
+            continue
+        known = latest.get(session.issue_number)
+        if known is None or session.attempt > known.attempt:
+            latest[session.issue_number] = session
+    return [latest[number] for number in sorted(latest)]
+
+
+def _line(text: str | None) -> str:
+    return " ".join(neutralise_for_github(text or "").split())
+
+
+def _shown(session: Session) -> dict[str, Any]:
+    question = session.question.text if session.question is not None else session.stuck_reason
+    pr_link = f"#{session.pr_number}" if session.pr_number else (session.pr_url or "")
+    return {
+        "issue_number": session.issue_number,
+        "title": _line(session.issue_title),
+        "state": str(session.state),
+        "question": _line(question),
+        "options": [_line(option) for option in session.question.options] if session.question else [],
+        "checkpoint": _line(session.checkpoint),
+        "branch": session.branch,
+        "pr_link": pr_link,
+        "approve_marker": marker(APPROVE_MARKER_KIND, session=session.id),
+    }
+
+
+def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
+    """The issue's body for these sessions of `full_name` (the latest session of each issue)."""
+    current = _latest_per_issue(sessions, full_name)
+    plans = [s for s in current if s.state == State.STUCK and s.detail == Detail.PLAN_AWAITING_APPROVAL]
+    waiting = [s for s in current if s.state == State.STUCK and s not in plans]
+    running = [s for s in current if s.state in _RUNNING]
+    pulls = [s for s in current if s.pr_state == PullRequestState.OPEN and (s.pr_number or s.pr_url)]
+    return _environment().get_template("dashboard_issue.md.j2").render(
+        marker=marker(MARKER_KIND, repo=full_name),
+        intro=INTRO,
+        plans_hint=PLANS_HINT,
+        none_text=NONE_TEXT,
+        footer=FOOTER,
+        waiting=[_shown(s) for s in waiting],
+        plans=[_shown(s) for s in plans],
+        running=[_shown(s) for s in running],
+        pulls=[_shown(s) for s in pulls],
+    )
+
+
+def _digest(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def _stored(store: Store, full_name: str) -> tuple[int, str | None] | None:
+    row = store.db.execute(
+        "SELECT github_id, body_sha FROM posted WHERE session_id = ? AND kind = ? AND key = ?",
+        (full_name, POSTED_KIND, full_name),
+    ).fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def _remember(store: Store, full_name: str, number: int, body_sha: str) -> None:
+    store.db.execute(
+        "INSERT INTO posted (session_id, kind, key, github_id, body_sha, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (session_id, kind, key) DO UPDATE SET github_id = excluded.github_id,"
+        " body_sha = excluded.body_sha, updated_at = excluded.updated_at",
+        (full_name, POSTED_KIND, full_name, number, body_sha, now_seconds()),
+    )
+
+
+def _forget(store: Store, full_name: str) -> None:
+    store.db.execute(
+        "DELETE FROM posted WHERE session_id = ? AND kind = ? AND key = ?", (full_name, POSTED_KIND, full_name)
+    )
+
+
+async def _find_issue(gh: Any, bot_login: str, owner: str, repo: str, full_name: str) -> dict[str, Any] | None:
+    """The bot's open issue carrying this repository's dashboard marker (markers count only from the bot)."""
+    async for issue in gh.getiter(
+        "/repos/{owner}/{repo}/issues{?state,creator,per_page}",
+        {"owner": owner, "repo": repo, "state": "open", "creator": bot_login, "per_page": 100},
+    ):
+        if "pull_request" in issue or (issue.get("user") or {}).get("login") != bot_login:
+            continue
+        fields = find_marker(issue.get("body"), MARKER_KIND)
+        if fields is not None and fields.get("repo") == full_name:
+            return issue
+    return None
+
+
+async def refresh_dashboard(github: Any, store: Store, installation_id: int, full_name: str, sessions: Iterable[Session]) -> int:
+    """Create or update `full_name`'s dashboard issue from `sessions`; returns its number.
+
+    `github` is the `GitHubApp`; `sessions` may include other repositories' (they are left out).
+    """
+    body = render_dashboard_issue(full_name, sessions)
+    digest = _digest(body)
+    owner, repo = full_name.split("/", 1)
+    gh = github.installation(installation_id)
+    lock = _locks.setdefault(store, {}).setdefault(full_name, asyncio.Lock())
+    async with lock:
+        stored = _stored(store, full_name)
+        if stored is not None:
+            number, known_digest = stored
+            if known_digest == digest:
+                return number
+            try:
+                await gh.patch(
+                    "/repos/{owner}/{repo}/issues/{issue_number}",
+                    {"owner": owner, "repo": repo, "issue_number": number},
+                    data={"body": body},
+                    priority=Priority.LOW,
+                )
+            except gidgethub.BadRequest as error:
+                if int(error.status_code) not in (404, 410):
+                    raise
+                # Deleted or transferred: look for another one, else start a new one.
+                log.warning("dashboard issue %s#%s is gone (%s)", full_name, number, error.status_code)
+                _forget(store, full_name)
+            else:
+                _remember(store, full_name, number, digest)
+                return number
+
+        bot_login, _ = await github.bot_identity(installation_id)
+        found = await _find_issue(gh, bot_login, owner, repo, full_name)
+        if found is not None:
+            number = int(found["number"])
+            if found.get("body") != body:
+                await gh.patch(
+                    "/repos/{owner}/{repo}/issues/{issue_number}",
+                    {"owner": owner, "repo": repo, "issue_number": number},
+                    data={"body": body},
+                    priority=Priority.LOW,
+                )
+        else:
+            created = await gh.post(
+                "/repos/{owner}/{repo}/issues",
+                {"owner": owner, "repo": repo},
+                data={"title": TITLE, "body": body},
+                priority=Priority.NORMAL,
+            )
+            number = int(created["number"])
+            log.info("created the dashboard issue %s#%s", full_name, number)
+        _remember(store, full_name, number, digest)
+        return number
