@@ -59,11 +59,19 @@ def _session_for_pull(engine: Any, full_name: str, pull: dict[str, Any]) -> Sess
     return session
 
 
-async def _may_drive(gh: Any, owner: str, repo: str, user: dict[str, Any] | None, permissions: Any) -> bool:
+async def _may_drive(
+    gh: Any, event: sansio.Event, user: dict[str, Any] | None, permissions: Any, policies: Any
+) -> bool:
+    """A person (never a bot) with the repository policy's `min_permission` (at least write)."""
     if not user or is_bot(user):
         return False
+    owner, repo, _ = _repo(event)
+    minimum = MIN_PERMISSION
+    if policies is not None:
+        default_branch = event.data["repository"].get("default_branch") or "main"
+        minimum = (await policies.get(gh, owner, repo, default_branch)).policy.min_permission
     cache = permissions or _fallback_permissions
-    return await cache.may_drive(gh, owner, repo, user, minimum=MIN_PERMISSION)
+    return await cache.may_drive(gh, owner, repo, user, minimum=minimum)
 
 
 async def _signal(
@@ -80,7 +88,8 @@ async def _signal(
 
 @router.register("pull_request_review", action="submitted")
 async def start_review_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None, **_: Any
+    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None,
+    policies: Any = None, **_: Any,
 ) -> None:
     """A review requesting changes, with its inline comments, starts one review round."""
     review = event.data["review"]
@@ -89,7 +98,7 @@ async def start_review_round(
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]
     session = _session_for_pull(engine, full_name, pull)
-    if session is None or not await _may_drive(gh, owner, repo, review.get("user"), permissions):
+    if session is None or not await _may_drive(gh, event, review.get("user"), permissions, policies):
         return
     comments = await review_comments(gh, owner, repo, pull["number"], review["id"])
     feedback = review_feedback(review, comments)
@@ -98,7 +107,8 @@ async def start_review_round(
 
 @router.register("issue_comment", action="created")
 async def start_comment_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None, **_: Any
+    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None,
+    policies: Any = None, **_: Any,
 ) -> None:
     """A comment in a PR's conversation (not a slash command) starts one review round."""
     issue = event.data["issue"]
@@ -112,7 +122,7 @@ async def start_comment_round(
         "/repos/{owner}/{repo}/pulls/{pull_number}", {"owner": owner, "repo": repo, "pull_number": issue["number"]}
     )
     session = _session_for_pull(engine, full_name, pull)
-    if session is None or not await _may_drive(gh, owner, repo, comment.get("user"), permissions):
+    if session is None or not await _may_drive(gh, event, comment.get("user"), permissions, policies):
         return
     await _signal(
         gh, owner, repo, full_name, pull["number"], session, comment_feedback(comment), engine=engine, store=store
@@ -122,7 +132,7 @@ async def start_comment_round(
 @router.register("pull_request_review_comment", action="created")
 async def collect_inline_comment(
     event: sansio.Event, gh: Any, *, engine: Any = None, inline_collector: Any = None, permissions: Any = None,
-    **_: Any,
+    policies: Any = None, **_: Any,
 ) -> None:
     """An inline comment outside a changes-requested review waits in the collector for its window."""
     comment = event.data["comment"]
@@ -131,7 +141,7 @@ async def collect_inline_comment(
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]
     session = _session_for_pull(engine, full_name, pull)
-    if session is None or not await _may_drive(gh, owner, repo, comment.get("user"), permissions):
+    if session is None or not await _may_drive(gh, event, comment.get("user"), permissions, policies):
         return
     review_id = comment.get("pull_request_review_id")
     if review_id is not None and await _review_requests_changes(gh, owner, repo, pull["number"], review_id):

@@ -229,3 +229,19 @@ async def test_prs_on_other_branches_are_ignored(bed):
     await _run(bed, engine, "pull_request", payloads.pull_request_closed(bed.fake, REPO, pull["number"], merged=True))
 
     assert engine.events == []
+
+
+async def test_the_repository_policy_can_raise_who_may_start_a_round(bed):
+    from bot.labels import RepoPolicies
+
+    engine = MemoryEngine(bed)
+    session, _ = await opened_session(bed, engine)
+    bed.fake.set_file(REPO, ".github/shepherd.yml", "min_permission: maintain\n")
+    bed.fake.set_permission(REPO, "lead", "maintain")
+    writer = payloads.pull_request_review_submitted(bed.fake, REPO, session.pr_number, sender="alice")
+    lead = payloads.pull_request_review_submitted(bed.fake, REPO, session.pr_number, sender="lead")
+
+    for payload in (writer, lead):
+        await _run(bed, engine, "pull_request_review", payload, policies=RepoPolicies())
+
+    assert [e.author for e in engine.events] == ["lead"]
