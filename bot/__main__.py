@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             "Shepherd %s mode, listening on %s:%s (public URL %s)",
             settings.mode, args.host, settings.port, settings.public_url,
         )
-        web.run_app(create_app(settings), host=args.host, port=settings.port, print=None)
+        # Per-request access lines would cost more than storing a delivery; errors are logged anyway.
+        web.run_app(
+            create_app(settings), host=args.host, port=settings.port, print=None, access_log=None
+        )
     return 0
 
 

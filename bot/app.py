@@ -89,7 +89,7 @@ def create_app(
                     secret=settings.webhook_secret.get_secret_value(),
                     store=store,
                     metrics=metrics,
-                    on_stored=services.consumer.wake,
+                    on_stored=services.consumer.enqueue,
                     clock=clock,
                 )
                 background.append(

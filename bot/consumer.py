@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.store import Delivery, Store
+from bot.store import PENDING, Store
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,27 @@ def handler_name(callback: Callable[..., Any]) -> str:
     return f"{callback.__module__}.{getattr(callback, '__qualname__', repr(callback))}"
 
 
+@dataclass
+class _Pending:
+    """What the scheduler keeps in memory about one pending delivery.
+
+    A delivery enqueued by the webhook carries its parsed event along; one recovered from the store
+    at start is parsed again when its turn comes, and its handler outcomes are looked up first."""
+
+    id: str
+    next_attempt_at: float
+    attempts: int
+    event: sansio.Event | None = None
+    installation_id: int | None = None
+    may_have_run: bool = True
+
+
 class Consumer:
-    """Runs stored deliveries. `wake()` after storing one; `start()`/`stop()` around the app's life."""
+    """Runs stored deliveries. `enqueue()` after storing one; `start()`/`stop()` around the app's life.
+
+    The store is the truth; the consumer keeps an in-memory index of pending delivery ids per
+    ordering key, rebuilt from the store at start, so scheduling never rescans the table.
+    """
 
     def __init__(
         self,
@@ -62,15 +82,43 @@ class Consumer:
         self._retry = retry
         self._concurrency = concurrency
         self._wakeup = asyncio.Event()
+        self._queues: dict[str, deque[_Pending]] = {}  # ordering key -> pending, oldest first
         self._running: dict[str, asyncio.Task[None]] = {}  # ordering key -> task
         self._loop_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
+        self._finished_ids: list[str] = []
+
+    def enqueue(
+        self,
+        delivery_id: str,
+        ordering_key: str,
+        *,
+        event: str,
+        payload: dict[str, Any],
+        installation_id: int | None,
+    ) -> None:
+        """A delivery was just stored: schedule it behind the others of its key."""
+        pending = _Pending(
+            delivery_id,
+            self._clock(),
+            0,
+            sansio.Event(payload, event=event, delivery_id=delivery_id),
+            installation_id,
+            may_have_run=False,
+        )
+        self._queues.setdefault(ordering_key, deque()).append(pending)
+        self._wakeup.set()
 
     def wake(self) -> None:
         self._wakeup.set()
 
     def start(self) -> None:
         if self._loop_task is None:
+            self._queues.clear()
+            for delivery in self._store.pending_deliveries(limit=1_000_000):
+                self._queues.setdefault(delivery.ordering_key, deque()).append(
+                    _Pending(delivery.id, delivery.next_attempt_at, delivery.attempts)
+                )
             self._loop_task = asyncio.create_task(self._run(), name="shepherd-consumer")
 
     async def stop(self) -> None:
@@ -85,6 +133,8 @@ class Consumer:
         for job in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
+        if self._finished_ids:
+            self._flush_done()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until no delivery is due or running (for tests and orderly shutdown)."""
@@ -93,19 +143,14 @@ class Consumer:
                 self._idle.clear()
                 self.wake()
                 if not self._running and not self._due():
+                    if self._finished_ids:
+                        self._flush_done()
                     return
                 await self._idle.wait()
 
-    def _heads(self) -> dict[str, Delivery]:
-        """The oldest pending delivery of each ordering key: the only one of its key that may run."""
-        heads: dict[str, Delivery] = {}
-        for delivery in self._store.pending_deliveries():
-            heads.setdefault(delivery.ordering_key, delivery)
-        return heads
-
-    def _due(self) -> list[Delivery]:
+    def _due(self) -> list[_Pending]:
         now = self._clock()
-        return [d for d in self._heads().values() if d.next_attempt_at <= now]
+        return [queue[0] for queue in self._queues.values() if queue[0].next_attempt_at <= now]
 
     async def _run(self) -> None:
         while True:
@@ -121,15 +166,16 @@ class Consumer:
         """Start what may run now; return when the next waiting delivery becomes due."""
         now = self._clock()
         next_due: float | None = None
-        for key, delivery in self._heads().items():
+        for key, queue in self._queues.items():
             if key in self._running:
                 continue
-            if delivery.next_attempt_at > now:
-                next_due = min(next_due or delivery.next_attempt_at, delivery.next_attempt_at)
+            head = queue[0]
+            if head.next_attempt_at > now:
+                next_due = head.next_attempt_at if next_due is None else min(next_due, head.next_attempt_at)
                 continue
             if len(self._running) >= self._concurrency:
                 break
-            job = asyncio.create_task(self._handle(delivery), name=f"delivery-{delivery.id}")
+            job = asyncio.create_task(self._handle_head(key, head), name=f"delivery-{head.id}")
             self._running[key] = job
             job.add_done_callback(lambda _t, key=key: self._finished(key))
         return next_due
@@ -138,33 +184,80 @@ class Consumer:
         self._running.pop(key, None)
         self.wake()
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle_head(self, key: str, head: _Pending) -> None:
+        if head.event is None:
+            delivery = self._store.delivery(head.id)
+            if delivery is None or delivery.status != PENDING:
+                self._pop(key)
+                return
+            try:
+                payload = delivery.payload()
+            except ValueError:
+                payload = None
+            if payload is not None:
+                head.event = sansio.Event(payload, event=delivery.event, delivery_id=delivery.id)
+            head.installation_id = delivery.installation_id
+        next_attempt_at = await self._handle(head)
+        if next_attempt_at is None:
+            self._pop(key)
+        else:
+            head.next_attempt_at, head.attempts = next_attempt_at, head.attempts + 1
+            head.may_have_run = True
+
+    def _pop(self, key: str) -> None:
+        queue = self._queues.get(key)
+        if queue:
+            queue.popleft()
+            if not queue:
+                del self._queues[key]
+
+    def _mark_done(self, delivery_id: str) -> None:
+        """Record success; the deliveries finished in one event-loop turn share one commit.
+
+        Should Shepherd die before that commit, the delivery runs again after the restart and only its
+        handlers without a recorded success run, so nothing is done twice."""
+        if not self._finished_ids:
+            asyncio.get_running_loop().call_soon(self._flush_done)
+        self._finished_ids.append(delivery_id)
+
+    def _flush_done(self) -> None:
+        finished, self._finished_ids = self._finished_ids, []
         try:
-            errors = await self.run_handlers(delivery)
-        except Exception as exc:  # the delivery itself is unusable (e.g. not JSON any more)
+            self._store.finish_deliveries(finished, now=self._clock())
+        except Exception:
+            log.exception("could not record %d finished deliveries; they will run again", len(finished))
+
+    async def _handle(self, delivery: _Pending) -> float | None:
+        """Run the delivery; None when it is finished (done or failed for good), else its next attempt."""
+        try:
+            if delivery.event is None:
+                raise ValueError("the stored body is not JSON")
+            errors = await self._run_handlers(delivery)
+        except Exception as exc:  # the delivery itself is unusable
             log.exception("delivery %s could not be dispatched", delivery.id)
             errors = [f"dispatch: {exc!r}"]
         now = self._clock()
         if not errors:
-            self._store.finish_delivery(delivery.id, now=now)
-            return
+            self._mark_done(delivery.id)
+            return None
         summary = "; ".join(errors)[:2000]
         attempt = delivery.attempts + 1
         if attempt >= self._retry.max_attempts:
             log.error("delivery %s failed for good after %d attempts: %s", delivery.id, attempt, summary)
             self._store.fail_delivery(delivery.id, error=summary, now=now)
-        else:
-            delay = self._retry.delay(attempt)
-            log.warning(
-                "delivery %s attempt %d failed (%s); retrying in %.1fs",
-                delivery.id, attempt, summary, delay,
-            )
-            self._store.retry_delivery(delivery.id, error=summary, next_attempt_at=now + delay)
+            return None
+        delay = self._retry.delay(attempt)
+        log.warning(
+            "delivery %s attempt %d failed (%s); retrying in %.1fs", delivery.id, attempt, summary, delay
+        )
+        self._store.retry_delivery(delivery.id, error=summary, next_attempt_at=now + delay)
+        return now + delay
 
-    async def run_handlers(self, delivery: Delivery) -> list[str]:
+    async def _run_handlers(self, delivery: _Pending) -> list[str]:
         """Run every handler that has not yet succeeded for this delivery; return their errors."""
-        event = sansio.Event(delivery.payload(), event=delivery.event, delivery_id=delivery.id)
-        done = self._store.succeeded_handlers(delivery.id)
+        event = delivery.event
+        assert event is not None
+        done = self._store.succeeded_handlers(delivery.id) if delivery.may_have_run else set()
         callbacks = sorted(self._router.fetch(event), key=handler_name)
         pending = [cb for cb in callbacks if handler_name(cb) not in done]
         if not pending:

@@ -8,13 +8,14 @@ indexed read or a single-row write, far cheaper than handing it to a thread.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 # Delivery ids are remembered at least this long (SPEC §6: at least 7 days).
 DELIVERY_RETENTION_SECONDS = 8 * 24 * 3600
@@ -150,7 +151,7 @@ class Delivery:
     last_error: str | None
 
     def payload(self) -> dict[str, Any]:
-        return json.loads(self.body)
+        return orjson.loads(self.body)
 
 
 class Store:
@@ -219,6 +220,29 @@ class Store:
         )
         return cursor.rowcount == 1
 
+    def add_deliveries(self, rows: list[dict[str, Any]], *, now: float) -> list[bool]:
+        """Store several deliveries in one transaction (one WAL commit); True for each one that is new.
+
+        Each row has the keyword arguments of `add_delivery` except `now`."""
+        added: list[bool] = []
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                cursor = self._db.execute(
+                    "INSERT OR IGNORE INTO deliveries (id, event, action, installation_id, ordering_key,"
+                    " body, received_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        row["delivery_id"], row["event"], row["action"], row["installation_id"],
+                        row["ordering_key"], row["body"], now, PENDING, now,
+                    ),
+                )
+                added.append(cursor.rowcount == 1)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return added
+
     def has_delivery(self, delivery_id: str) -> bool:
         row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
         return row is not None
@@ -248,6 +272,19 @@ class Store:
             "UPDATE deliveries SET status = ?, finished_at = ?, last_error = NULL WHERE id = ?",
             (DONE, now, delivery_id),
         )
+
+    def finish_deliveries(self, delivery_ids: list[str], *, now: float) -> None:
+        """Mark several deliveries done in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany(
+                "UPDATE deliveries SET status = ?, finished_at = ?, last_error = NULL WHERE id = ?",
+                [(DONE, now, delivery_id) for delivery_id in delivery_ids],
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def retry_delivery(self, delivery_id: str, *, error: str, next_attempt_at: float) -> None:
         self._db.execute(
