@@ -10,11 +10,8 @@ and the last report seen are persisted by the caller, so a restarted Shepherd ca
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import functools
 import logging
 import os
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +20,7 @@ from bot import agent_tool, processes
 from bot.agent_env import build_agent_env, write_reply_file
 from bot.agents import Adapter
 from bot.processes import TurnHandle, TurnOutcome
+from bot.protected import touched_protected_paths
 from bot.session import (
     Asked,
     DoneReported,
@@ -157,53 +155,6 @@ def report_event(report: Mapping) -> Event | None:
     return None
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """fnmatch-style, except that `*` stays within one folder and `**` crosses folders."""
-    pattern = pattern.strip().lstrip("/")
-    if pattern.endswith("/"):
-        pattern += "**"
-    out = []
-    index = 0
-    while index < len(pattern):
-        if pattern.startswith("**/", index):
-            out.append("(?:.*/)?")
-            index += 3
-        elif pattern.startswith("**", index):
-            out.append(".*")
-            index += 2
-        elif pattern[index] == "*":
-            out.append("[^/]*")
-            index += 1
-        elif pattern[index] == "?":
-            out.append("[^/]")
-            index += 1
-        else:
-            out.append(re.escape(pattern[index]))
-            index += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-@functools.lru_cache(maxsize=256)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return _glob_regex(pattern)
-
-
-def protected_matches(paths: Sequence[str], patterns: Sequence[str]) -> tuple[str, ...]:
-    """The paths matched by any protected-path pattern (a pattern without `/` matches a file name
-    anywhere, as in `.gitignore`)."""
-    hits = []
-    for path in paths:
-        for pattern in patterns:
-            if "/" not in pattern.strip("/") and "**" not in pattern:
-                matched = fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)
-            else:
-                matched = bool(_compiled(pattern).match(path))
-            if matched:
-                hits.append(path)
-                break
-    return tuple(hits)
-
-
 async def measure_worktree(
     workspaces: Workspaces, worktree: Path, base: str, protected: Sequence[str]
 ) -> tuple[bool, bool, tuple[str, ...]]:
@@ -213,7 +164,7 @@ async def measure_worktree(
     touched: tuple[str, ...] = ()
     if protected:
         changed = await workspaces.changed_files(worktree, base)
-        touched = protected_matches([path for path, _, _ in changed], protected)
+        touched = tuple(touched_protected_paths([path for path, _, _ in changed], protected))
     return has_new_commits, has_changes, touched
 
 

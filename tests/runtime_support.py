@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 
 from bot.effects import SessionContext
+from bot.git import Mirror
 from bot.github import GitHubApp
 from bot.metrics import Metrics
 from bot.push import push_branch
@@ -73,7 +74,7 @@ class PushingFinisher:
         assert context.worktree is not None
         await self.workspaces.commit_all(context.worktree, "Shepherd: leftovers", "shepherd[bot]", "1+shepherd[bot]@users.noreply.github.com")
         token = await self.github.mint_push_token(context.installation_id, context.owner, context.repo)
-        mirror = self.workspaces.mirror(context.full_name)
+        mirror = Mirror(context.full_name, self.workspaces.mirror_path(context.full_name), context.clone_url)
         sha = await push_branch(self.workspaces.git, mirror, command.branch, token, created_by_shepherd=True)
         if self.log_file is not None:
             with open(self.log_file, "a") as stream:
@@ -134,8 +135,8 @@ class Harness:
 
 
 async def build_harness(fake, data_dir: Path, *, parent_env: dict[str, str] | None = None,
-                        adapter_factory=None, **env: str) -> Harness:
-    settings = settings_for(fake, data_dir, **env)
+                        adapter_factory=None, settings: Settings | None = None, **env: str) -> Harness:
+    settings = settings or settings_for(fake, data_dir, **env)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = Store.open(settings.data_dir / "shepherd.db")
     http = aiohttp.ClientSession()

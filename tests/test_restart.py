@@ -1,0 +1,143 @@
+"""`kill -9` of Shepherd mid-turn, then a restart: the session finishes exactly once (SPEC §6)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import settings_for
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, prepare_repo
+
+pytestmark = pytest.mark.timeout(120)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _wait(predicate, timeout: float = 45.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def driver(fake_github, git_remote, tmp_path):
+    started: list[subprocess.Popen] = []
+
+    def run(script_body: str, *, trigger: bool) -> subprocess.Popen:
+        script = tmp_path / "agent.sh"
+        script.write_text(script_body)
+        settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                                SHEPHERD_AGENT_COMMAND=f"sh {script}")
+        environ = {
+            "GITHUB_APP_ID": str(fake_github.app_id),
+            "GITHUB_PRIVATE_KEY": fake_github.private_key_pem,
+            "GITHUB_WEBHOOK_SECRET": fake_github.webhook_secret,
+            "GITHUB_API_URL": fake_github.url,
+            "SHEPHERD_DATA_DIR": str(settings.data_dir),
+            "SHEPHERD_WRITE_SPACING_SECONDS": "0",
+            "SHEPHERD_DASHBOARD_TOKEN": "test-dashboard-token",
+            "SHEPHERD_AGENT": "command",
+            "SHEPHERD_AGENT_COMMAND": f"sh {script}",
+        }
+        issue = fake_github.issue(REPO, 1)
+        config = {
+            "environ": environ,
+            "parent_env": {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)},
+            "publisher_log": str(tmp_path / "published.jsonl"),
+            "finisher_log": str(tmp_path / "finished.jsonl"),
+            "trigger": trigger,
+            "issue": {"installation_id": INSTALLATION, "owner": "octo-org", "repo": "widgets", "number": 1,
+                      "title": issue["title"], "body": issue["body"] or "",
+                      "clone_url": fake_github.repo(REPO)["clone_url"], "default_branch": "main",
+                      "author": "alice"},
+        }
+        path = tmp_path / f"driver-{len(started)}.json"
+        path.write_text(json.dumps(config))
+        process = subprocess.Popen([sys.executable, "-m", "tests.runtime_driver", str(path)], cwd=ROOT,
+                                   stdout=open(tmp_path / f"driver-{len(started)}.log", "w"),
+                                   stderr=subprocess.STDOUT)
+        started.append(process)
+        return process
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _kill_group_of(pid: int) -> None:
+    try:
+        os.killpg(os.getpgid(pid), signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+AGENT = """
+echo "$$" >> {pids}
+if [ ! -e {release} ]; then
+  touch {started}
+  while [ ! -e {release} ]; do sleep 0.05; done
+fi
+echo "turn $SHEPHERD_TURN" > work.txt
+git add work.txt && git commit -q -m "Work"
+shepherd done "Worked"
+"""
+
+
+def _agent(tmp_path: Path) -> tuple[str, Path, Path, Path]:
+    pids, started, release = tmp_path / "pids", tmp_path / "started", tmp_path / "release"
+    return AGENT.format(pids=pids, started=started, release=release), pids, started, release
+
+
+def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_remote, driver, tmp_path):
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    fake_github.add_issue(REPO, title="Survive a restart")
+    body, pids, started, release = _agent(tmp_path)
+    first = driver(body, trigger=True)
+    _wait(started.exists)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    [agent_pid] = map(int, pids.read_text().split())
+    assert psutil.pid_exists(agent_pid)  # the agent outlives Shepherd in its own process group
+    second = driver(body, trigger=False)
+    time.sleep(0.5)
+    release.touch()
+    assert second.wait(timeout=60) == 0, (tmp_path / "driver-1.log").read_text()
+    assert pids.read_text().split() == [str(agent_pid)]  # re-attached, never re-run
+    [push] = _lines(tmp_path / "finished.jsonl")
+    assert git_remote.show(REPO, f"refs/heads/{push['branch']}", "work.txt") == "turn 1\n"
+
+
+def test_agent_lost_with_shepherd_is_rerun_and_finishes_once(fake_github, git_remote, driver, tmp_path):
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    fake_github.add_issue(REPO, title="Lose the agent")
+    body, pids, started, release = _agent(tmp_path)
+    first = driver(body, trigger=True)
+    _wait(started.exists)
+    [agent_pid] = map(int, pids.read_text().split())
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    _kill_group_of(agent_pid)  # the machine lost the agent too
+    release.touch()
+    second = driver(body, trigger=False)
+    assert second.wait(timeout=60) == 0, (tmp_path / "driver-1.log").read_text()
+    assert len(pids.read_text().split()) == 2  # the lost turn ran again
+    [push] = _lines(tmp_path / "finished.jsonl")  # pushed and "opened" exactly once
+    assert git_remote.show(REPO, f"refs/heads/{push['branch']}", "work.txt") == "turn 1\n"
+    published = [entry["command"] for entry in _lines(tmp_path / "published.jsonl")]
+    assert published.count("React") == 1  # the eyes reaction was not repeated
