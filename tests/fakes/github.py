@@ -270,6 +270,8 @@ class FakeGitHub:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         ).decode()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._held_open: threading.Event | None = None
+        self._held_count = 0
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         # The port is reserved now so every URL in the fake's JSON points back at the fake,
@@ -340,6 +342,7 @@ class FakeGitHub:
             loop.close()
 
     def stop(self) -> None:
+        self.release()
         if self._thread is None or self._loop is None:
             if self._socket is not None:
                 self._socket.close()
@@ -1249,8 +1252,35 @@ class FakeGitHub:
 
     # ------------------------------------------------------------------ request pipeline
 
+    def hold(self) -> None:
+        """Make every request wait, unanswered, until `release()`: GitHub being slow, for as long as a test likes."""
+        with self._lock:
+            self._held_open = threading.Event()
+
+    def release(self) -> None:
+        with self._lock:
+            gate, self._held_open = self._held_open, None
+        if gate is not None:
+            gate.set()
+
+    def wait_until_held(self, count: int = 1, timeout: float = 30.0) -> None:
+        """Block until at least `count` requests are waiting on `hold()`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._held_count >= count:
+                    return
+            time.sleep(0.02)
+        raise AssertionError(f"fewer than {count} requests reached the held fake GitHub")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        with self._lock:
+            gate = self._held_open
+            if gate is not None:
+                self._held_count += 1
+        if gate is not None:
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait)
         call = Call(
             method=request.method,
             path=request.raw_path.split("?", 1)[0],
