@@ -291,10 +291,18 @@ def render_pointer(session_id: str, number: int, url: str) -> str:
     return render("pointer", marker=marker("pointer", session=session_id), number=number, url=url)
 
 
-def render_policy_problems(session_id: str, problems: Iterable[Problem], path: str) -> str:
+def _problem(problem: Problem | str) -> dict[str, str]:
+    """A `Problem`, or its text form `key: message` (as a runtime may have stored it)."""
+    if isinstance(problem, str):
+        key, _, message = problem.partition(": ")
+        return {"key": key, "message": agent_text(message)}
+    return {"key": problem.key, "message": agent_text(problem.message)}
+
+
+def render_policy_problems(session_id: str, problems: Iterable[Problem | str], path: str) -> str:
     return render(
         "policy_problems",
         marker=marker("policy", session=session_id),
-        problems=[{"key": p.key, "message": p.message} for p in problems],
+        problems=[_problem(p) for p in problems],
         path=path,
     )

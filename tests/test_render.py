@@ -74,7 +74,7 @@ def test_long_agent_text_is_cut() -> None:
 
 def test_policy_problems_name_each_key() -> None:
     body = render.render_policy_problems("s", [Problem("max_turns", "must be a whole number of at least 1, got 0"),
-                                              Problem("(file)", "is not UTF-8 text")], ".github/shepherd.yml")
+                                              "(file): is not UTF-8 text"], ".github/shepherd.yml")
     assert "- `max_turns` must be a whole number of at least 1, got 0" in body
     assert "- `(file)` is not UTF-8 text" in body
 
