@@ -1,0 +1,89 @@
+"""The real Claude Code CLI through the engine: write a file, `shepherd ask`, resume under the same
+agent session with the reply, `shepherd done`, pushed."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from bot.agents import make_adapter
+from bot.effects import IssueRef
+from bot.session import Mode, ReplyReceived, State
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+from tests.fakes.model import bash, model_server, text, write  # noqa: F401 - fixture
+from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, build_harness, prepare_repo, wait_for
+
+CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
+MARKER = "SHEPHERD-ENGINE-E2E"
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.timeout(180),
+    pytest.mark.skipif(not CLAUDE_BIN.exists(), reason="Claude Code is not installed in tests/vendor"),
+]
+
+
+async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, git_remote, model_server, tmp_path):
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY.replace("1\n", "2\n") + "agent: claude\n")
+    fake_github.add_issue(REPO, title="Add a server", body=f"{MARKER}: add a server, ask which port.")
+    home, scratch = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    scratch.mkdir()
+    parent_env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": str(scratch),
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
+        "ANTHROPIC_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
+    }
+    harness = await build_harness(
+        fake_github, tmp_path / "data", parent_env=parent_env,
+        adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
+        SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
+    )
+    try:
+        await harness.engine.start()
+        worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")
+        model_server.add_scenario(
+            MARKER,
+            [
+                [
+                    [text("Writing the server file."), write("{cwd}/server.txt", "listen\n")],
+                    [bash('shepherd ask "Which port?" --option 8080 --option 9090')],
+                    [text("I asked; ending my turn.")],
+                ],
+                [
+                    [bash('printf "%s" "$SHEPHERD_REPLY" > port.txt && git add -A && git commit -qm "Port"')],
+                    [bash('shepherd done "Server listens on 9090"')],
+                    [text("All done.")],
+                ],
+            ],
+            cwd=str(worktree),
+        )
+        issue = fake_github.issue(REPO, 1)
+        ref = IssueRef(INSTALLATION, "octo-org", "widgets", 1, issue["title"], issue["body"],
+                       fake_github.repo(REPO)["clone_url"], "main", "alice")
+        session = await harness.engine.trigger(ref, mode=Mode.GO, actor="alice", label="agent:go")
+        stuck = await wait_for(
+            lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.STUCK, State.FAILED)
+            and not s.running_turn and s, timeout=120,
+        )
+        assert stuck.state == State.STUCK and stuck.question.text == "Which port?"
+        first_id = stuck.agent_session_id
+        assert first_id
+        await harness.engine.signal(REPO, 1, ReplyReceived(77, "alice", "9090",
+                                                           datetime.now(timezone.utc) + timedelta(seconds=1)))
+        final = await wait_for(
+            lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.COMPLETE, State.FAILED) and s,
+            timeout=120,
+        )
+        assert final.state == State.COMPLETE, final.failure_reason
+        assert final.agent_session_id == first_id  # resumed, not restarted
+        log2 = (harness.engine.session_dir(session.id) / "turn-2.log").read_text()
+        assert first_id in log2
+        assert git_remote.show(REPO, f"refs/heads/{session.branch}", "server.txt") == "listen\n"
+        assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090"
+    finally:
+        await harness.close()
