@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from aiohttp import web
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         # Per-request access lines would cost more than storing a delivery; errors are logged anyway.
         web.run_app(
-            create_app(settings), host=args.host, port=settings.port, print=None, access_log=None
+            create_app(settings, parent_env=os.environ), host=args.host, port=settings.port, print=None, access_log=None
         )
     return 0
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,13 @@ import aiohttp
 from aiohttp import web
 
 from bot import ingress, setup_flow, views
+from bot.assembly import Assembly, assemble
 from bot.consumer import Consumer, RetryPolicy
 from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github import GitHubApp
 from bot.metrics import Metrics
 from bot.redelivery import redeliver_failed, utc_now
+from bot.runtime import Engine
 from bot.settings import Settings
 from bot.store import Store
 from handlers import compose_router
@@ -44,6 +46,8 @@ class Services:
     receive_webhook: Callable[[web.Request], Any] | None = None
     dashboard_token: str | None = None
     setup: setup_flow.SetupFlow | None = None  # only in setup mode, until the App is registered
+    engine: Engine | None = None
+    assembly: Assembly | None = None  # everything GitHub mode runs, once it is entered
 
 
 SERVICES = web.AppKey("services", Services)
@@ -56,8 +60,13 @@ def create_app(
     retry: RetryPolicy = RetryPolicy(),
     sweep_interval: float = SWEEP_INTERVAL_SECONDS,
     env_file: Path = Path(".env"),
+    parent_env: Mapping[str, str] | None = None,
 ) -> web.Application:
-    """The web app: `POST /webhook`, `GET /healthz`. Storage and clients open on start-up."""
+    """The web app: `POST /webhook`, `GET /healthz`, setup and operator views. Storage and clients open on start-up.
+
+    `parent_env` is the environment agents' allow-listed variables are drawn from (`ANTHROPIC_*`, ...);
+    `bot/__main__.py` passes the process's own, tests pass what their agents need."""
+    parent_env = dict(parent_env or {})
     app = web.Application(client_max_size=ingress.MAX_BODY_BYTES + 1)
     metrics = Metrics()
 
@@ -74,12 +83,18 @@ def create_app(
             async def enter_github_mode(settings: Settings) -> None:
                 # Also called by the setup flow once the App is registered: no restart needed.
                 services.settings = settings
-                services.github = _github_app(settings, session, metrics)
+                services.assembly = assemble(
+                    settings, store=store, session=session, metrics=metrics, clock=clock,
+                    parent_env=parent_env,
+                )
+                services.github = services.assembly.github
+                services.engine = services.assembly.engine
+                await services.assembly.start()
                 services.consumer = Consumer(
                     store=store,
                     router=compose_router(),
                     client_for=_client_for(services.github),
-                    dependencies={"github": services.github, "store": store, "clock": clock},
+                    dependencies=services.assembly.dependencies,
                     clock=clock,
                     retry=retry,
                 )
@@ -119,6 +134,8 @@ def create_app(
                     await task
             if services.consumer is not None:
                 await services.consumer.stop()
+            if services.assembly is not None:
+                await services.assembly.stop()
             await session.close()
             store.close()
 
@@ -138,18 +155,6 @@ def create_app(
     views.add_routes(app, lambda request: request.app[SERVICES])
     setup_flow.add_routes(app, lambda request: request.app[SERVICES].setup)
     return app
-
-
-def _github_app(settings: Settings, session: aiohttp.ClientSession, metrics: Metrics) -> GitHubApp:
-    assert settings.app_id is not None and settings.private_key is not None
-    return GitHubApp(
-        session,
-        app_id=settings.app_id,
-        private_key=settings.private_key.get_secret_value(),
-        api_url=settings.api_url,
-        metrics=metrics,
-        write_spacing=settings.write_spacing_seconds,
-    )
 
 
 def _client_for(github: GitHubApp) -> Callable[[int | None], Any]:

@@ -257,6 +257,11 @@ class Consumer:
         """Run every handler that has not yet succeeded for this delivery; return their errors."""
         event = delivery.event
         assert event is not None
+        if delivery.installation_id is None:
+            # Every handler acts through an installation's token; GitHub puts an installation on every
+            # App delivery, so one without it is not for Shepherd to act on.
+            log.info("delivery %s (%s) names no installation; nothing to do", delivery.id, event.event)
+            return []
         done = self._store.succeeded_handlers(delivery.id) if delivery.may_have_run else set()
         callbacks = sorted(self._router.fetch(event), key=handler_name)
         pending = [cb for cb in callbacks if handler_name(cb) not in done]

@@ -121,8 +121,9 @@ class Engine:
         self.settings = settings
         self.clock = clock
         self.adapter_factory = adapter_factory or self._default_adapter
-        # The agent's allow-listed environment is drawn from Shepherd's own (agent CLIs' keys live there).
-        self.parent_env = dict(os.environ if parent_env is None else parent_env)
+        # The agent's allow-listed environment is drawn from this (agent CLIs' keys live there); the
+        # entry point passes Shepherd's own environment, so nothing here reads it.
+        self.parent_env = dict(parent_env or {})
         self.permissions = permissions or PermissionCache()
         self.poll = poll
         self.retry_delay = retry_delay

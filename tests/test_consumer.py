@@ -175,3 +175,27 @@ async def test_a_later_delivery_of_an_issue_waits_for_the_earlier_one_to_finish_
 async def test_backoff_grows_and_is_capped():
     policy = RetryPolicy(max_attempts=10, first_delay=5, max_delay=60)
     assert [policy.delay(n) for n in range(1, 6)] == [5, 10, 20, 40, 60]
+
+
+async def test_a_delivery_without_an_installation_finishes_without_running_handlers(store):
+    clock = Clock()
+    router = routing.Router()
+    seen: list[str] = []
+
+    @router.register("issue_comment", action="created")
+    async def handle(event, gh, **_):
+        seen.append(event.delivery_id)
+
+    body = json.dumps({"action": "created", "issue": {"number": 1}, "repository": {"full_name": "o/r"}}).encode()
+    store.add_delivery(
+        delivery_id="no-installation", event="issue_comment", action="created", installation_id=None,
+        ordering_key="o/r#1", body=body, now=clock(),
+    )
+    consumer = _consumer(store, router, clock)
+    consumer.start()
+    try:
+        await consumer.drain()
+    finally:
+        await consumer.stop()
+    assert seen == []
+    assert store.delivery("no-installation").status == DONE

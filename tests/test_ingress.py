@@ -159,12 +159,17 @@ async def test_a_26_mb_body_gets_413_and_the_server_stays_healthy(shepherd, fake
 async def test_every_subscribed_event_from_the_real_examples_is_stored_and_dispatched(
     shepherd, fake_github
 ):
+    fake_github.add_installation(7, account="octo-org", repositories=["octo-org/widgets"])
+    fake_github.add_repo("octo-org/widgets")
+    for number in range(1, 4):  # the issues and PRs the examples talk about
+        fake_github.add_issue("octo-org/widgets", title=f"Example {number}", body="", user="octocat")
     sent: list[str] = []
     for event in SUBSCRIBED:
         examples = payloads.all_examples(event)
         assert examples, f"the corpus has no example of {event}"
         for index, example in enumerate(examples):
             delivery_id = f"{event}-{index}"
+            example = payloads.adapt_example(fake_github, example, "octo-org/widgets")
             body, headers = payloads.fake_delivery(fake_github, event, example, delivery_id)
             status, answer = await _post(shepherd, body, headers)
             assert status == 202, (delivery_id, answer)
@@ -176,6 +181,11 @@ async def test_every_subscribed_event_from_the_real_examples_is_stored_and_dispa
     assert {d.event for d in stored.values()} == set(SUBSCRIBED)
     # Dispatched means every selected handler ran and the delivery finished, not left pending.
     assert {d.id: d.status for d in stored.values()} == {d: DONE for d in sent}
+    ran = {
+        name for delivery_id in sent for name in services.store.handler_runs(delivery_id)
+    }
+    assert {"handlers.triggers.start_session", "handlers.comments.handle_comment",
+            "handlers.installation.record_installation"} <= ran
 
 
 async def test_the_request_path_never_calls_github(shepherd, fake_github):

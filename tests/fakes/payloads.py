@@ -203,6 +203,19 @@ def _adapt(
     return payload
 
 
+def adapt_example(fake: FakeGitHub, payload: dict[str, Any], full_name: str) -> dict[str, Any]:
+    """A raw example delivered as GitHub delivers it to an App installed on `full_name` in the fake.
+
+    Installation events keep their own installation; every other event gets the installation of
+    `full_name` (App deliveries always carry one) and the repository, owner and sender of the fake."""
+    if "installation" in payload and isinstance(payload.get("installation"), dict) and (
+        "account" in payload["installation"]
+    ):
+        return copy.deepcopy(payload)
+    sender = (payload.get("sender") or {}).get("login") or "octocat"
+    return _adapt(fake, copy.deepcopy(payload), full_name, sender)
+
+
 def _user_type(login: str) -> str:
     return "Bot" if login.endswith("[bot]") else "User"
 
