@@ -81,3 +81,112 @@ async def test_label_to_pull_request(shepherd_with, fake_github, git_remote):
     writes = fake_github.writes()[writes_before:]
     counted = collections.Counter(c.operation_id for c in writes)
     print(f"REPORT writes={len(writes)} {dict(counted)}")
+
+
+ASKING_AGENT = """
+if [ "$SHEPHERD_TURN" = 1 ]; then
+  shepherd ask "Which port?" --option 8080 --option 9090
+  exit 0
+fi
+printf '%s' "$SHEPHERD_REPLY" > "$SHEPHERD_SESSION_DIR/../seen-reply"
+echo "$SHEPHERD_REPLY" > port.txt
+git add port.txt
+git commit -q -m "Set the port"
+shepherd done "Port set"
+"""
+
+
+async def test_question_answered_by_an_authorised_person(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(ASKING_AGENT)
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    fake_github.set_permission(REPO, "eve", "read")
+    fake_github.set_permission(REPO, "bob", "maintain")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    await shepherd.until(lambda: (s := shepherd.session(1)) and s.state == State.STUCK and s.question
+                         and s.question.comment_id and not s.running_turn)
+    await shepherd.settle()
+
+    [question] = [c for c in bot_comments(fake_github, 1) if "shepherd:question" in c["body"]]
+    assert f"@{MAINTAINER}" in question["body"] and "Which port?" in question["body"]
+    assert "1. 8080\n2. 9090" in question["body"]
+    assert "agent:needs-input" in fake_github.labels(REPO, 1)
+
+    # Someone with read access only: ignored, no reaction.
+    eve = fake_github.add_comment(REPO, 1, "Use 1234!", user="eve")
+    assert await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, eve)) == 202
+    # Shepherd's own comment coming back as a webhook: ignored.
+    own = next(c for c in bot_comments(fake_github, 1) if "shepherd:status" in c["body"])
+    assert await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, own)) == 202
+    await shepherd.settle()
+    assert shepherd.session(1).state == State.STUCK
+    assert fake_github.reactions(REPO, 1, comment_id=eve["id"]) == []
+    assert fake_github.reactions(REPO, 1, comment_id=own["id"]) == []
+
+    bob = fake_github.add_comment(REPO, 1, "2", user="bob")
+    assert await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, bob)) == 202
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE and session.turn_count == 2
+    assert fake_github.reactions(REPO, 1, comment_id=bob["id"]) == ["eyes"]
+    assert "agent:needs-input" not in fake_github.labels(REPO, 1)
+    edited = next(c for c in fake_github.comments(REPO, 1) if c["id"] == question["id"])
+    assert "Question answered by @bob" in edited["body"]
+    assert edited["body"] != question["body"]
+    data_dir = shepherd.services.settings.data_dir
+    assert (data_dir / "sessions" / "seen-reply").read_text() == "9090"
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
+    [pull] = fake_github.pulls(REPO)
+    assert pull["body"].startswith("Closes #1\n")
+    assert len(status_comments(fake_github, 1)) == 1
+
+
+STOPPABLE_AGENT = """
+if [ -f first.txt ]; then
+  echo "second" > second.txt
+  git add second.txt
+  git commit -q -m "Second try"
+  shepherd done "Finished on the kept branch"
+  exit 0
+fi
+echo "first" > first.txt
+git add first.txt
+git commit -q -m "First try"
+echo $$ > "$SHEPHERD_SESSION_DIR/../agent.pid"
+sleep 300
+"""
+
+
+async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(shepherd_with, fake_github, git_remote):
+    import psutil
+
+    shepherd = await shepherd_with(STOPPABLE_AGENT)
+    fake_github.add_issue(REPO, title="Long job", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    pid_file = shepherd.services.settings.data_dir / "sessions" / "agent.pid"
+    await shepherd.until(pid_file.exists)
+    pid = int(await shepherd.until(lambda: pid_file.read_text().strip()))
+    first = shepherd.session(1)
+
+    stop = fake_github.add_comment(REPO, 1, "/agent stop", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, stop))
+    stopped = await shepherd.ended(1)
+    assert stopped.state == State.CANCELLED and stopped.id == first.id
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    await shepherd.until(gone, timeout=20)
+    assert fake_github.pulls(REPO) == []
+
+    retry = fake_github.add_comment(REPO, 1, "/agent retry", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, retry))
+    await shepherd.until(lambda: shepherd.session(1).id != first.id)
+    final = await shepherd.ended(1)
+    assert final.state == State.COMPLETE and final.branch == first.branch
+    # The retry started from the kept branch: the first try's commit is under the second.
+    assert git_remote.messages(REPO, f"refs/heads/{final.branch}")[:2] == ["Second try", "First try"]
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == first.branch
