@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.app import SERVICES, create_app
 from bot.consumer import RetryPolicy
 from bot.session import Session, State
@@ -143,3 +145,16 @@ def bot_comments(fake: FakeGitHub, number: int, repo: str = REPO) -> list[dict[s
 
 def status_comments(fake: FakeGitHub, number: int, repo: str = REPO) -> list[dict[str, Any]]:
     return [c for c in bot_comments(fake, number, repo) if "shepherd:status" in c["body"]]
+
+
+@pytest.fixture
+async def shepherd_with(aiohttp_client, fake_github, git_remote, tmp_path):
+    """`await shepherd_with(agent_body, **env)`: the prepared repository and the app running that agent."""
+
+    async def start(agent_body: str, **env: str) -> Shepherd:
+        prepare_repo(fake_github, git_remote)
+        command = agent_script(tmp_path, agent_body)
+        settings = agent_settings(fake_github, tmp_path / "data", command, **env)
+        return await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+
+    return start

@@ -11,14 +11,11 @@ import collections
 import pytest
 
 from bot.session import State
-from tests.e2e_support import (
+from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
     MAINTAINER,
     REPO,
-    agent_script,
-    agent_settings,
     bot_comments,
-    prepare_repo,
-    start_shepherd,
+    shepherd_with,
     status_comments,
 )
 from tests.fakes import payloads
@@ -33,17 +30,6 @@ git commit -q -m "Add hello"
 shepherd progress "wrote hello.txt"
 shepherd done "Added hello.txt"
 """
-
-
-@pytest.fixture
-async def shepherd_with(aiohttp_client, fake_github, git_remote, tmp_path):
-    async def start(agent_body: str, **env: str):
-        prepare_repo(fake_github, git_remote)
-        command = agent_script(tmp_path, agent_body)
-        settings = agent_settings(fake_github, tmp_path / "data", command, **env)
-        return await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
-
-    return start
 
 
 async def test_label_to_pull_request(shepherd_with, fake_github, git_remote):

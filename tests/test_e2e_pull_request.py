@@ -1,0 +1,86 @@
+"""End to end through the real webhook server: review rounds on Shepherd's PR, and the clean-up after a merge."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.session import State
+from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
+    MAINTAINER,
+    REPO,
+    shepherd_with,
+    status_comments,
+)
+from tests.fakes import payloads
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.timeout(180)
+
+# First turn writes hello.txt; a later round (hello.txt already there) addresses the review.
+ROUND_AGENT = """
+if [ -f hello.txt ]; then
+  cat "$SHEPHERD_REPLY_FILE" > "$SHEPHERD_SESSION_DIR/../round-message.md"
+  echo "hello, politely" > hello.txt
+  git commit -q -am "Address the review"
+  shepherd done "Made it polite"
+  exit 0
+fi
+echo hello > hello.txt
+git add hello.txt
+git commit -q -m "Add hello"
+shepherd done "Added hello.txt"
+"""
+
+
+async def opened_pull(shepherd, fake_github):
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE
+    [pull] = fake_github.pulls(REPO)
+    # GitHub tells the App about the PR it opened; Shepherd links it to the session and changes nothing.
+    await shepherd.deliver("pull_request", payloads.pull_request_opened(fake_github, REPO, pull["number"]))
+    await shepherd.settle()
+    return session, pull
+
+
+async def test_changes_requested_review_adds_a_commit_to_the_same_pull_request(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(ROUND_AGENT)
+    session, pull = await opened_pull(shepherd, fake_github)
+    before = git_remote.refs(REPO)[f"refs/heads/{session.branch}"]
+
+    review = payloads.pull_request_review_submitted(fake_github, REPO, pull["number"], state="changes_requested",
+                                                    body="Please be polite.", sender=MAINTAINER)
+    assert await shepherd.deliver("pull_request_review", review) == 202
+    await shepherd.until(lambda: shepherd.session(1).turn_count == 2)
+    final = await shepherd.ended(1)
+
+    assert final.state == State.COMPLETE and final.id == session.id
+    after = git_remote.refs(REPO)[f"refs/heads/{session.branch}"]
+    assert after != before
+    assert git_remote.messages(REPO, f"refs/heads/{session.branch}")[0] == "Address the review"
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello, politely\n"
+    [still_one] = fake_github.pulls(REPO)
+    assert still_one["number"] == pull["number"] and still_one["head"]["ref"] == session.branch
+    message = (shepherd.services.settings.data_dir / "sessions" / "round-message.md").read_text()
+    assert "Please be polite." in message
+    assert len(status_comments(fake_github, 1)) == 1
+
+
+async def test_merged_pull_request_removes_the_worktree(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(ROUND_AGENT)
+    session, pull = await opened_pull(shepherd, fake_github)
+    worktree = shepherd.engine.workspaces.worktree_path(REPO, session.branch)
+    assert worktree.is_dir()
+
+    merged = payloads.pull_request_closed(fake_github, REPO, pull["number"], merged=True, sender=MAINTAINER)
+    assert await shepherd.deliver("pull_request", merged) == 202
+    await shepherd.until(lambda: not worktree.exists(), timeout=30)
+    await shepherd.settle()
+
+    assert fake_github.pull(REPO, pull["number"])["merged"] is True
+    assert shepherd.session(1).state == State.COMPLETE
+    [status] = status_comments(fake_github, 1)
+    assert "merged" in status["body"]
+    # Shepherd itself never merged: the only merge was the maintainer's, in the fake.
+    assert fake_github.calls_to("pulls/merge") == []
