@@ -7,7 +7,7 @@ otherwise slip instructions in under an authorised name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,12 +93,22 @@ def render_prompt(
 
 
 def render_turn_message(
-    kind: TurnKind, reply: str | None, notes: Sequence[Note] = (), paths: Sequence[str] = ()
+    kind: TurnKind,
+    reply: str | None,
+    notes: Sequence[Note] = (),
+    paths: Sequence[str] = (),
+    *,
+    base_branch: str | None = None,
+    overlaps: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
-    """What a resumed turn tells the agent: the answer, the approved plan, the feedback, and notes."""
+    """What a resumed turn tells the agent: the answer, the approved plan, the feedback, and notes.
+
+    `overlaps` maps another issue's reference (`#12`) to the files both sessions change."""
     return _environment.get_template("turn.md.j2").render(
         kind=str(kind),
         reply=clean_for_agent(reply),
         notes=[{"author": note.author, "text": clean_for_agent(note.text)} for note in notes],
         paths=list(paths),
+        base_branch=base_branch or "the base branch",
+        overlaps=[{"issue": issue, "paths": list(files)} for issue, files in sorted((overlaps or {}).items())],
     ).strip() + "\n"

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,13 +40,16 @@ from bot.session import (
     HoldSlot,
     Limits,
     Mode,
+    PostPlan,
     PostStatus,
+    PullRequestState,
     Recovered,
     ReleaseSlot,
     RequestSlot,
     Session,
     SlotGranted,
     StartTurn,
+    State,
     StopAgent,
     Trigger,
     TurnKind,
@@ -66,6 +69,8 @@ log = logging.getLogger(__name__)
 
 SETUP_LOG = "setup.log"
 STATUS_FILE = "status.json"
+PLAN_NAME = "plan.md"
+PLAN_FILE = "plan-{revision}.md"
 NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
 NOTE_RECOVERED_ATTACHED = "Shepherd restarted and found the agent still running."
 NOTE_WORKTREE_KEPT = "The worktree was kept: {reason}."
@@ -75,6 +80,10 @@ RETRY_MAX_DELAY = 60.0
 MAX_ATTEMPTS = 6
 
 AdapterFactory = Callable[[EffectivePolicy], Adapter]
+# Called after every stored change: (session before, session after, the event). Observers (the dashboard
+# issue, dependency re-checks, coordination of parallel sessions) run as their own tasks, never under
+# the issue's lock, so they may apply events themselves.
+Observer = Callable[[Session | None, Session, Event], Awaitable[None]]
 
 
 def utc(moment: float) -> datetime:
@@ -112,7 +121,9 @@ class Engine:
         poll: float = turns.WATCH_POLL_SECONDS,
         retry_delay: float = RETRY_FIRST_DELAY,
         max_attempts: int = MAX_ATTEMPTS,
+        dependencies: Any = None,
     ) -> None:
+        """`dependencies` is a `bot.dependencies.DependencyTracker`; without it issues never wait."""
         self.sessions = SessionStore(store.db)
         self.workspaces = workspaces
         self.github = github
@@ -137,6 +148,10 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._holding_admission = False
         self._stopped = False
+        self.observers: list[Observer] = []
+        self.dependencies = dependencies
+        if dependencies is not None:
+            dependencies.engine = self
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -196,6 +211,15 @@ class Engine:
                 gh, issue.owner, issue.repo, issue.default_branch, self.settings.operator_limits()
             )
             policy = loaded.policy
+            waiting: tuple[str, ...] = ()
+            base_branch = policy.base_branch or issue.default_branch
+            if self.dependencies is not None and (last is None or last.session.state != State.COMPLETE
+                                                  or last.session.pr_state != PullRequestState.OPEN):
+                verdict = await self.dependencies.evaluate(
+                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=policy.stack
+                )
+                waiting = tuple(key.ref(issue.full_name) for key in verdict.waiting)
+                base_branch = verdict.stack_base or base_branch
             now = self.clock()
             event = Trigger(
                 repo=issue.full_name,
@@ -203,8 +227,9 @@ class Engine:
                 issue_title=issue.title,
                 mode=mode,
                 actor=actor,
-                base_branch=policy.base_branch or issue.default_branch,
+                base_branch=base_branch,
                 limits=Limits(policy.max_turns, policy.review_rounds, policy.ci_rounds),
+                waiting_for=waiting,
             )
             decision = decide_trigger(last.session if last else None, event, utc(now))
             session = decision.session
@@ -230,6 +255,7 @@ class Engine:
             self.sessions.record(session, context, event, decision.commands, now=now)
         self._write_status(session, context)
         self._kick(session.id)
+        self._notify(last.session if last else None, session, event)
         return session
 
     async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
@@ -282,7 +308,23 @@ class Engine:
         self._write_status(session, context)
         if decision.commands:
             self._kick(session.id)
+        if session != stored.session:
+            self._notify(stored.session, session, event)
         return session
+
+    def _notify(self, before: Session | None, after: Session, event: Event) -> None:
+        if self._stopped:
+            return
+        for observer in self.observers:
+            self._spawn(self._observe(observer, before, after, event))
+
+    async def _observe(self, observer: Observer, before: Session | None, after: Session, event: Event) -> None:
+        try:
+            await observer(before, after, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - an observer's trouble must not touch the session itself
+            log.warning("observer %s failed for %s", getattr(observer, "__name__", observer), after.id, exc_info=True)
 
     def _kick(self, session_id: str) -> None:
         if self._stopped:
@@ -354,6 +396,8 @@ class Engine:
             return ()
         if isinstance(command, CleanupWorkspace):
             return await self._cleanup(stored)
+        if isinstance(command, PostPlan):
+            self._keep_plan(session, command)
         context = await self._session_context(stored, with_changes=isinstance(command, (PostStatus, FinishWork)))
         if isinstance(command, FinishWork):
             return await self.finisher.finish(session, command, context)
@@ -476,7 +520,10 @@ class Engine:
             handle = turns.start_turn(setup, adapter, prompt=prompt, message=None, reply=None,
                                       resume_session_id=None)
         else:
-            message = render_turn_message(command.kind, command.reply, command.notes, command.paths)
+            message = render_turn_message(
+                command.kind, command.reply, command.notes, command.paths, base_branch=session.base_branch,
+                overlaps=context.get("overlaps") or {},
+            )
             handle = turns.start_turn(setup, adapter, prompt=None, message=message, reply=command.reply,
                                       resume_session_id=command.resume_session_id)
         context["turn"] = {"turn": command.turn, "session": session.id, "handle": handle.to_json()}
@@ -499,6 +546,13 @@ class Engine:
             body=context.get("issue_body"), comments=comments, branch=session.branch,
             base_branch=session.base_branch, worktree=worktree, mode=str(session.mode),
         )
+
+    def _keep_plan(self, session: Session, command: PostPlan) -> None:
+        """The plan lives in the session's control folder: the newest as `plan.md`, each revision too."""
+        folder = self.workspaces.session_dir(session_folder(session.id))
+        text = command.text if command.text.endswith("\n") else command.text + "\n"
+        (folder / PLAN_FILE.format(revision=command.revision)).write_text(text, encoding="utf-8")
+        (folder / PLAN_NAME).write_text(text, encoding="utf-8")
 
     def _turn_handle(self, session: Session, context: Mapping[str, Any]) -> processes.TurnHandle | None:
         known = context.get("turn") or {}

@@ -83,6 +83,7 @@ class Detail(enum.StrEnum):
     REVIEW_ROUND = "review-round"  # queued / working
     CI_ROUND = "ci-round"  # queued / working
     NO_CHANGES = "no-changes"  # failed
+    MERGE_CONFLICT = "merge-conflict"  # queued / working (rebase turn)
     PROTECTED_PATHS = "protected-paths"  # queued / working (revert turn), failed
     NO_PLAN = "no-plan"  # failed
     EXIT_CODE = "exit-code"  # failed
@@ -111,7 +112,7 @@ class TurnKind(enum.StrEnum):
     REVIEW = "review"  # a review round
     CI = "ci"  # a CI round
     REVERT = "revert"  # the one extra turn to revert protected paths
-    REBASE = "rebase"  # reserved for stacked sessions; the core never schedules it yet
+    REBASE = "rebase"  # the branch no longer merges into its base: the agent rebases before the PR
 
 
 class CancelReason(enum.StrEnum):
@@ -264,7 +265,7 @@ class Session(_Record):
     pr_url: str | None = None
     pr_head_sha: str | None = None
     pr_state: PullRequestState | None = None
-    waiting_for: tuple[int, ...] = ()
+    waiting_for: tuple[str, ...] = ()  # dependency refs, `#12` or `owner/repo#12`
     checkpoint: str | None = None
     stuck_reason: str | None = None
     failure_reason: str | None = None
@@ -302,6 +303,7 @@ class Trigger(Event):
     actor: str
     base_branch: str
     limits: Limits = field(default_factory=Limits)
+    waiting_for: tuple[str, ...] = ()  # dependencies not done yet: the session waits before its workspace
 
 
 @dataclass(frozen=True)
@@ -327,12 +329,21 @@ class WorkspaceFailed(Event):
 class DependenciesWaiting(Event):
     """The issue depends on other open issues; it must not take a slot before they are done."""
 
-    issues: tuple[int, ...]
+    issues: tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class DependenciesSatisfied(Event):
-    """Every dependency is done."""
+    """Every dependency is done. `base_branch`, in stacked mode, is the dependency's branch to start from."""
+
+    base_branch: str | None = None
+
+
+@dataclass(frozen=True)
+class MergeConflict(Event):
+    """`FinishWork`'s test merge into the current base failed: the agent gets a turn to rebase first."""
+
+    paths: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -633,7 +644,8 @@ class PostPlan(Command):
 @dataclass(frozen=True)
 class FinishWork(Command):
     """Commit leftovers as the bot, check protected paths, run tests, push `branch`, open the PR
-    (`pull_request_number` None) or update it; report `PullRequestOpened`/`PullRequestUpdated`/`PushFailed`."""
+    (`pull_request_number` None) or update it; report `PullRequestOpened`/`PullRequestUpdated`/`PushFailed`, or `MergeConflict` when
+    the branch no longer merges into its base."""
 
     branch: str
     summary: str | None
@@ -677,7 +689,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SlotGranted, TurnStarted, Progress, Asked, QuestionPosted, PlanSubmitted, DoneReported,
         TurnExited, TurnFailed, ReplyReceived, Approve, Revise, Cancel, StatusRequested,
         PullRequestOpened, PullRequestUpdated, PushFailed, ReviewFeedback, CIFailed,
-        PullRequestClosed, Recovered,
+        PullRequestClosed, Recovered, MergeConflict,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -763,10 +775,15 @@ def _new_session(
         branch_suffix=suffix,
         from_kept_branch=from_kept_branch,
         limits=trigger.limits,
+        waiting_for=tuple(trigger.waiting_for),
     )
 
 
 def _started(session: Session) -> Decision:
+    if session.waiting_for:
+        # No workspace yet: it is made from the base as it is once the dependencies are done.
+        session = replace(session, state=State.QUEUED, detail=Detail.WAITING_FOR_DEPENDENCIES)
+        return Decision(session, (React("eyes"), PostStatus(urgent=True)))
     return Decision(
         session,
         (
@@ -829,6 +846,7 @@ def _round_detail(kind: TurnKind) -> Detail | None:
         TurnKind.REVIEW: Detail.REVIEW_ROUND,
         TurnKind.CI: Detail.CI_ROUND,
         TurnKind.REVERT: Detail.PROTECTED_PATHS,
+        TurnKind.REBASE: Detail.MERGE_CONFLICT,
     }.get(kind)
 
 
@@ -916,6 +934,10 @@ def _on_dependencies_waiting(s: Session, e: DependenciesWaiting, now: datetime) 
         return _on_dependencies_satisfied(s, DependenciesSatisfied(), now)
     if s.state == State.REGISTERED:
         return Decision(replace(s, waiting_for=tuple(e.issues)))
+    if s.state == State.QUEUED and s.detail == Detail.WAITING_FOR_DEPENDENCIES:
+        if tuple(e.issues) == s.waiting_for:
+            return Decision(s)
+        return Decision(replace(s, waiting_for=tuple(e.issues)), (PostStatus(),))
     if s.state == State.QUEUED and not s.turn_running and s.turn_count == 0:
         s = replace(s, waiting_for=tuple(e.issues), detail=Detail.WAITING_FOR_DEPENDENCIES)
         return Decision(s, (ReleaseSlot(), PostStatus()))
@@ -928,6 +950,11 @@ def _on_dependencies_satisfied(s: Session, e: DependenciesSatisfied, now: dateti
     if s.state == State.QUEUED and s.detail == Detail.WAITING_FOR_DEPENDENCIES and s.pending_turn:
         s = replace(s, waiting_for=(), detail=None)
         return Decision(s, (RequestSlot(front=False), PostStatus()))
+    if s.state == State.QUEUED and s.detail == Detail.WAITING_FOR_DEPENDENCIES and s.turn_count == 0:
+        # Waited from the trigger on: the workspace is made now, from the updated (or stacked) base.
+        base = s.base_branch if s.from_kept_branch else (e.base_branch or s.base_branch)
+        s = replace(s, waiting_for=(), detail=None, state=State.REGISTERED, base_branch=base)
+        return Decision(s, (EnsureWorkspace(s.branch, s.base_branch, s.from_kept_branch), PostStatus(urgent=True)))
     return Decision(s)
 
 
@@ -1193,6 +1220,15 @@ def _on_pull_request_opened(s: Session, e: PullRequestOpened, now: datetime) -> 
     return _after_complete(s, [], now)
 
 
+def _on_merge_conflict(s: Session, e: MergeConflict, now: datetime) -> Decision:
+    if s.finishing and s.state == State.CANCELLED:
+        return Decision(replace(s, finishing=False))
+    if not s.finishing or s.state != State.WORKING:
+        return Decision(s)
+    s = replace(s, finishing=False)
+    return _schedule(s, TurnSpec(TurnKind.REBASE, paths=tuple(e.paths), front=True), [])
+
+
 def _on_pull_request_updated(s: Session, e: PullRequestUpdated, now: datetime) -> Decision:
     if not s.finishing or s.state != State.WORKING:
         return Decision(s)
@@ -1312,6 +1348,7 @@ _HANDLERS = {
     CIFailed: _on_ci_failed,
     PullRequestClosed: _on_pull_request_closed,
     Recovered: _on_recovered,
+    MergeConflict: _on_merge_conflict,
 }
 
 

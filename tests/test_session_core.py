@@ -161,7 +161,7 @@ def test_workspace_ready_queues_for_a_slot_and_the_grant_starts_the_first_turn()
 
 
 def test_dependencies_hold_no_slot_until_satisfied():
-    s = drive(None, trigger(), DependenciesWaiting((3, 4)), WorkspaceReady()).session
+    s = drive(None, trigger(), DependenciesWaiting(("#3", "#4")), WorkspaceReady()).session
     assert (s.state, s.detail) == (State.QUEUED, Detail.WAITING_FOR_DEPENDENCIES)
 
     ignored = decide(s, SlotGranted(), T0)
@@ -174,7 +174,7 @@ def test_dependencies_hold_no_slot_until_satisfied():
 
 def test_dependencies_found_while_queued_give_the_place_back():
     s = drive(None, trigger(), WorkspaceReady()).session
-    decision = decide(s, DependenciesWaiting((9,)), T0)
+    decision = decide(s, DependenciesWaiting(("#9",)), T0)
     assert decision.session.detail == Detail.WAITING_FOR_DEPENDENCIES
     assert decision.commands == (ReleaseSlot(), PostStatus())
 

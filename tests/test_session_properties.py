@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from bot import session as core
 from bot.session import (
     Approve, Asked, Cancel, CancelReason, CIFailed, Command, DependenciesSatisfied, DependenciesWaiting,
-    DoneReported, FailureKind, Limits, Mode, PlanSubmitted, Progress, PullRequestClosed,
+    DoneReported, FailureKind, Limits, MergeConflict, Mode, PlanSubmitted, Progress, PullRequestClosed,
     PullRequestOpened, PullRequestUpdated, PushFailed, QuestionPosted, Recovered, ReplyReceived, Retry,
     ReviewFeedback, Revise, Session, SlotGranted, StartTurn, State, StatusRequested, StopAgent, Trigger,
     TurnExited, TurnFailed, TurnStarted, WorkspaceFailed, WorkspaceReady, decide,
@@ -27,6 +27,7 @@ RECIPES = [
     ("progress", 0), ("plan", 0), ("done", 0), ("approve", 0), ("revise", 0), ("status", 0),
     ("pr_opened", 0), ("pr_updated", 0), ("push_failed", 0), ("posted", 0), ("retry", 0),
     ("trigger_go", 0), ("trigger_plan", 0), ("fail", None), ("cancel", None),
+    ("trigger_waiting", 0), ("deps_stack", 0), ("conflict", 0),
     *[("ask", n) for n in range(3)],
     *[("exit", n) for n in range(8)],
     *[("reply", n) for n in range(1, 4)],
@@ -41,7 +42,7 @@ def plausible(session: Session | None) -> list:
     """The events the shell would most likely report next; random walks over all events alone end
     (cancelled, failed) long before they reach rounds, plans or races."""
     if session is None:
-        return [("trigger_go", 0), ("trigger_plan", 0)]
+        return [("trigger_go", 0), ("trigger_plan", 0), ("trigger_waiting", 0)]
     if session.turn_running:
         menu = [("started", 0), ("progress", 0), ("ask", 1), ("ask", 2), ("done", 0), ("plan", 0),
                 ("exit", 0), ("exit", 1), ("exit", 3), ("exit", 5), ("exit", 6), ("fail", None), ("posted", 0)]
@@ -49,10 +50,10 @@ def plausible(session: Session | None) -> list:
             menu += [("reply", 1), ("reply", 2), ("approve", 0), ("revise", 0)]
         return menu
     if session.finishing:
-        return [("pr_opened", 0), ("pr_updated", 0), ("push_failed", 0), ("recovered", False)]
+        return [("pr_opened", 0), ("pr_updated", 0), ("push_failed", 0), ("conflict", 0), ("recovered", False)]
     return {
         State.REGISTERED: [("ready", 0), ("deps_wait", 0), ("workspace_failed", 0), ("recovered", False)],
-        State.QUEUED: [("grant", 0), ("deps_ok", 0), ("reply", 3)],
+        State.QUEUED: [("grant", 0), ("deps_ok", 0), ("deps_stack", 0), ("deps_wait", 0), ("reply", 3)],
         State.STUCK: [("reply", 1), ("reply", 2), ("posted", 0), ("approve", 0), ("revise", 0)],
         State.COMPLETE: [("review", 1), ("review", 2), ("review", 3), ("ci", 1), ("ci", 2),
                          ("pr_closed", True), ("pr_closed", False), ("trigger_go", 0), ("reply", 3)],
@@ -75,16 +76,19 @@ def draw_recipe(data, session: Session | None):
 
 def build(recipe, session: Session | None, now: datetime, repo: str = "acme/web", issue: int = 42):
     name, arg = recipe
-    if name in ("trigger_go", "trigger_plan"):
-        return Trigger(repo, issue, "Add CSV export", Mode.GO if name == "trigger_go" else Mode.PLAN,
-                       "alice", "main", Limits(max_turns=6, review_rounds=2, ci_rounds=1))
+    if name in ("trigger_go", "trigger_plan", "trigger_waiting"):
+        return Trigger(repo, issue, "Add CSV export", Mode.PLAN if name == "trigger_plan" else Mode.GO,
+                       "alice", "main", Limits(max_turns=6, review_rounds=2, ci_rounds=1),
+                       waiting_for=("#7", "other/repo#3") if name == "trigger_waiting" else ())
     head = session.pr_head_sha if session is not None and session.pr_head_sha else "sha0"
     question_id = session.question.question_id if session is not None and session.question else "q-none"
     table = {
         "ready": lambda: WorkspaceReady(),
         "workspace_failed": lambda: WorkspaceFailed("disk full"),
-        "deps_wait": lambda: DependenciesWaiting((7,)),
+        "deps_wait": lambda: DependenciesWaiting(("#7",)),
         "deps_ok": lambda: DependenciesSatisfied(),
+        "deps_stack": lambda: DependenciesSatisfied("agent/issue-7-parent"),
+        "conflict": lambda: MergeConflict(("src/app.py",)),
         "grant": lambda: SlotGranted(),
         "started": lambda: TurnStarted("agent-session"),
         "progress": lambda: Progress("halfway"),
@@ -132,6 +136,9 @@ def check_session_invariants(session: Session) -> None:
         assert session.question is not None
     if session.question is not None:
         assert session.state == State.STUCK and session.detail is None
+    # A session waiting for its dependencies runs nothing and waits for nothing else.
+    if session.detail == core.Detail.WAITING_FOR_DEPENDENCIES:
+        assert session.state == State.QUEUED and not session.turn_running and session.waiting_for
     # Terminal states run no agent turn.
     if session.is_terminal:
         assert not session.turn_running
