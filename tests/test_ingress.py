@@ -11,17 +11,7 @@ from bot.consumer import RetryPolicy
 from bot.store import DONE
 from tests.fakes import payloads
 
-SUBSCRIBED = [
-    "issues",
-    "issue_comment",
-    "pull_request",
-    "pull_request_review",
-    "pull_request_review_comment",
-    "check_suite",
-    "check_run",
-    "installation",
-    "installation_repositories",
-]
+SUBSCRIBED = payloads.SUBSCRIBED_EVENTS
 
 
 @pytest.fixture
