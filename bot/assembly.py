@@ -17,6 +17,9 @@ import aiohttp
 
 from bot.actors import PermissionCache
 from bot.conversation import Publisher
+from bot.coordination import Coordinator
+from bot.dashboard_issue import DashboardRefresher
+from bot.dependencies import DependencyTracker
 from bot.finishing import Finisher
 from bot.github import GitHubApp
 from bot.labels import RepoPolicies
@@ -41,6 +44,7 @@ class Assembly:
     permissions: PermissionCache
     policies: RepoPolicies
     dependencies: dict[str, Any] = field(default_factory=dict)
+    dashboard: DashboardRefresher | None = None
 
     async def start(self) -> None:
         await self.engine.start()
@@ -49,6 +53,8 @@ class Assembly:
     async def stop(self) -> None:
         await self.inline_collector.stop()
         await self.engine.stop()
+        if self.dashboard is not None:
+            await self.dashboard.stop()
 
 
 def assemble(
@@ -77,10 +83,14 @@ def assemble(
     finisher = Finisher(
         github, workspaces, workspaces.git, store, settings, clock=clock, parent_env=parent_env
     )
+    dependencies = DependencyTracker(github, store, clock=clock)
     engine = Engine(
         store, workspaces, github, publisher, finisher, settings,
-        clock=clock, parent_env=parent_env, permissions=permissions,
+        clock=clock, parent_env=parent_env, permissions=permissions, dependencies=dependencies,
     )
+    dashboard = DashboardRefresher(github, store, engine.sessions)
+    coordinator = Coordinator(engine, github, store, clock=clock)
+    engine.observers += [dashboard.observe, dependencies.observe, coordinator.observe]
 
     async def explain_needs_human(group: PendingGroup, before: Session | None, after: Session | None) -> None:
         """When inline comments used up the review rounds, say so on the PR, as reviews and CI do."""
@@ -103,5 +113,7 @@ def assemble(
         "permissions": permissions,
         "policies": policies,
         "inline_collector": inline_collector,
+        "dependencies": dependencies,
     }
+    assembly.dashboard = dashboard
     return assembly

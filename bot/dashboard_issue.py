@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import re
 import weakref
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,9 +38,12 @@ POSTED_KIND = "dashboard-issue"
 TITLE = "Shepherd dashboard"
 INTRO = (
     "Shepherd keeps this issue up to date with its work in this repository. Edits to it are "
-    "overwritten; answer questions and approve plans on their own issues."
+    "overwritten, except ticked plan boxes, which approve those plans; answer questions on their own issues."
 )
-PLANS_HINT = "Approve a plan with `/agent approve` on its issue, or revise it with `/agent revise <text>`."
+PLANS_HINT = (
+    "Tick the plans you approve and save this issue, or comment `/agent approve all` here to approve every "
+    "plan below. To revise one, comment `/agent revise <text>` on its issue."
+)
 NONE_TEXT = "None."
 FOOTER = "Closing this issue does not stop Shepherd; remove the agent label from an issue to stop its session."
 
@@ -91,6 +95,88 @@ def _shown(session: Session) -> dict[str, Any]:
         "pr_link": pr_link,
         "approve_marker": marker(APPROVE_MARKER_KIND, session=session.id),
     }
+
+
+def is_dashboard_issue(issue: dict[str, Any]) -> bool:
+    """Is this the dashboard issue (written by a bot, carrying the dashboard marker)? Markers in
+    people's issues are not trusted."""
+    user = issue.get("user") or {}
+    by_bot = user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
+    return by_bot and find_marker(issue.get("body"), MARKER_KIND) is not None
+
+
+_TICKED = re.compile(r"^\s*[-*]\s+\[[xX]\]\s")
+
+
+def ticked_sessions(body: str | None) -> list[str]:
+    """The session ids of the plan lines ticked in the dashboard issue's body, in order."""
+    found: list[str] = []
+    for line in (body or "").splitlines():
+        if not _TICKED.match(line):
+            continue
+        fields = find_marker(line, APPROVE_MARKER_KIND)
+        if fields and fields.get("session") and fields["session"] not in found:
+            found.append(fields["session"])
+    return found
+
+
+class DashboardRefresher:
+    """Keeps each repository's dashboard issue current as sessions change, paced like status comments:
+    changes are coalesced per repository (latest wins), at most one edit every `interval` seconds, and
+    an unchanged text is never written (`refresh_dashboard` compares digests)."""
+
+    def __init__(self, github: Any, store: Store, sessions: Any, *, interval: float = 10.0) -> None:
+        self.github = github
+        self.store = store
+        self.sessions = sessions  # `bot.session_store.SessionStore`
+        self.interval = interval
+        self._dirty: dict[str, int] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def observe(self, before: Session | None, after: Session, event: Any) -> None:
+        """A runtime observer: any change of state, detail, question or PR refreshes the repository's issue."""
+        if before is not None and _dashboard_view(before) == _dashboard_view(after):
+            return
+        installation_id = self._installation_of(after)
+        if installation_id is None:
+            return
+        self.schedule(installation_id, after.repo)
+
+    def _installation_of(self, session: Session) -> int | None:
+        stored = self.sessions.get(session.id)
+        return stored.installation_id if stored is not None else None
+
+    def schedule(self, installation_id: int, full_name: str) -> None:
+        self._dirty[full_name] = installation_id
+        task = self._tasks.get(full_name)
+        if task is None or task.done():
+            self._tasks[full_name] = asyncio.create_task(self._run(full_name), name=f"dashboard {full_name}")
+
+    async def _run(self, full_name: str) -> None:
+        while full_name in self._dirty:
+            installation_id = self._dirty.pop(full_name)
+            sessions = [stored.session for stored in self.sessions.all_for_repository(full_name)]
+            try:
+                await refresh_dashboard(self.github, self.store, installation_id, full_name, sessions)
+            except Exception:  # noqa: BLE001 - the dashboard is a view; the next change tries again
+                log.warning("refreshing the dashboard of %s failed", full_name, exc_info=True)
+            if full_name in self._dirty:
+                await asyncio.sleep(self.interval)
+
+    async def drain(self) -> None:
+        """Wait for pending refreshes (tests, shutdown)."""
+        while any(not task.done() for task in self._tasks.values()):
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    async def stop(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+
+def _dashboard_view(session: Session) -> tuple[Any, ...]:
+    return (session.state, session.detail, session.question, session.pr_state, session.pr_number,
+            session.checkpoint, session.issue_title)
 
 
 def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:

@@ -34,6 +34,7 @@ from bot.session import (
 log = logging.getLogger(__name__)
 
 ISSUE_URL = "/repos/{owner}/{repo}/issues/{issue_number}"
+DEPENDENCY_BODY = "dependency_body"  # the issue body as last edited by an authorised person
 MAX_GRAPH_ISSUES = 50  # how far the cycle search reads through other issues' bodies
 
 UNSEEN_KIND = "dependency-unseen"
@@ -316,10 +317,24 @@ class DependencyTracker:
                 continue
             await self.recheck_session(stored)
 
-    async def recheck_session(self, stored: Any, body: str | None = None) -> None:
+    async def observe(self, before: Session | None, after: Session, event: Any) -> None:
+        """A runtime observer: a dependency's PR merged (or, for stacking, opened) may free waiting issues."""
+        if before is None or before.pr_state == after.pr_state:
+            return
+        if after.pr_state in (PullRequestState.MERGED, PullRequestState.OPEN):
+            await self.recheck()
+
+    async def recheck_issue(self, full_name: str, number: int, body: str) -> None:
+        """A person edited the waiting issue's body: check its dependencies as they read now."""
+        stored = self.engine.sessions.last_for_issue(full_name, number)
+        if stored is None:
+            return
+        self.engine.sessions.save_context(stored.session.id, {**stored.context, DEPENDENCY_BODY: body})
+        await self.recheck_session(self.engine.sessions.get(stored.session.id))
+
+    async def recheck_session(self, stored: Any) -> None:
         session, context = stored.session, stored.context
-        if body is None:
-            body = context.get("issue_body")
+        body = context.get(DEPENDENCY_BODY, context.get("issue_body"))
         policy = context.get("policy") or {}
         resolution = await self.evaluate(
             stored.installation_id, session.repo, session.issue_number, body, stack=bool(policy.get("stack"))

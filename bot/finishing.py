@@ -10,7 +10,9 @@ repeat, so a redelivered `done` or a restart that re-runs the command changes no
    own process group, output in `<session_dir>/test.log`);
 4. push with `bot.push.push_branch` and a freshly minted, repository-scoped token that lives only in
    this call;
-5. find the branch's open pull request, or open it, with a body whose facts Shepherd read from git
+5. before the tests, merge the branch into the base as it is now, in a scratch worktree; when that
+   conflicts, return `MergeConflict` with the files, so the agent rebases before anything is pushed;
+6. find the branch's open pull request, or open it, with a body whose facts Shepherd read from git
    itself; the agent's summary follows under its own label, defused.
 
 Definite refusals (protected paths, a ref outside `agent/`, git or GitHub saying no) come back as
@@ -38,7 +40,16 @@ from bot.processes import REASON_EXITED, log_tail, spawn_turn, wait_turn
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
 from bot.sanitize import marker, neutralise_for_github
-from bot.session import Event, FinishWork, PullRequestOpened, PullRequestUpdated, PushFailed, Session
+from bot.coordination import test_merge
+from bot.session import (
+    Event,
+    FinishWork,
+    MergeConflict,
+    PullRequestOpened,
+    PullRequestUpdated,
+    PushFailed,
+    Session,
+)
 from bot.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
@@ -193,6 +204,10 @@ class Finisher:
         commits, commit_count = await self._commits(full_name, worktree, base)
         if commit_count == 0:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
+        conflicts = await self._test_merge(context, worktree, base)
+        if conflicts:
+            log.info("%s does not merge into %s: %s", branch, base, ", ".join(conflicts))
+            return MergeConflict(conflicts)
         diffstat = await self._diffstat(full_name, worktree, base)
 
         test = None
@@ -204,6 +219,21 @@ class Finisher:
         body = self._body(session, branch, base, commits, commit_count, diffstat, test)
         draft = bool(context.policy.draft) or (test is not None and not test.passed)
         return await self._open_or_update(session, command, context, branch, base, body, draft, head_sha)
+
+    async def _test_merge(self, context: Any, worktree: Path, base: str) -> tuple[str, ...]:
+        """Fetch the base as it is now, then merge the branch into it in a scratch worktree."""
+        mirror = Mirror(context.full_name, self._workspaces.mirror_path(context.full_name), context.clone_url)
+        token = await self._github.mint_push_token(context.installation_id, context.owner, context.repo)
+        try:
+            # Only the base: refreshing the branch's own remote ref would move the push lease.
+            await self._git.run(
+                "fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", context.clone_url,
+                f"+refs/heads/{base}:refs/remotes/origin/{base}", mirror=mirror, token=token,
+            )
+        finally:
+            del token
+        head = (await self._git.run("rev-parse", "HEAD", mirror=mirror, worktree=worktree)).strip()
+        return await test_merge(self._git, self._workspaces, context.full_name, head, base)
 
     async def _commits(self, full_name: str, worktree: Path, base: str) -> tuple[list[Commit], int]:
         mirror = self._workspaces.mirror(full_name)

@@ -68,6 +68,7 @@ DETAIL_SENTENCES = {
     Detail.CI_ROUND: "This is a CI round: the agent fixes the failing checks of the pull request.",
     Detail.NO_CHANGES: "The agent finished without changing anything.",
     Detail.PROTECTED_PATHS: "The agent must revert changes to protected paths.",
+    Detail.MERGE_CONFLICT: "The branch no longer merges into its base: the agent rebases it before the pull request.",
     Detail.NO_PLAN: "The planning turn ended without a plan.",
     Detail.EXIT_CODE: "The agent process failed.",
     Detail.TIMED_OUT: "The turn ran out of time.",
@@ -185,6 +186,17 @@ def _detail_sentence(session: Session) -> str:
     return DETAIL_SENTENCES.get(session.detail, "")
 
 
+def _waiting_links(session: Session, repo_url: str | None) -> list[dict[str, str]]:
+    """The dependencies a session waits for, each with a link to its issue."""
+    host = repo_url.rsplit("/", 2)[0] if repo_url else None
+    shown = []
+    for ref in session.waiting_for:
+        repo, _, number = ref.rpartition("#")
+        link = f"{host}/{repo or session.repo}/issues/{number}" if host and number.isdigit() else ""
+        shown.append({"ref": ref, "link": link})
+    return shown
+
+
 def render_status(session: Session, context: SessionContext, *, log_tail: str | None = None) -> str:
     """The status comment: state, times, checkpoint, files, branch and PR, failure, policy."""
     repo_url = web_url(context.clone_url)
@@ -214,6 +226,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
         policy_yaml=_policy_yaml(context),
+        waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
     )
 
 

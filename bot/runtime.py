@@ -33,6 +33,7 @@ from bot.session import (
     Cancel,
     CancelReason,
     CleanupWorkspace,
+    Detail,
     Command,
     EnsureWorkspace,
     Event,
@@ -267,6 +268,13 @@ class Engine:
     def last_session(self, full_name: str, issue_number: int) -> Session | None:
         last = self.sessions.last_for_issue(full_name, issue_number)
         return last.session if last else None
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        """The repository's sessions whose plan waits for approval (for `/agent approve all`)."""
+        return [
+            stored.session for stored in self.sessions.for_repository(full_name)
+            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
+        ]
 
     def session_for_branch(self, full_name: str, branch: str) -> Session | None:
         found = self.sessions.last_for_branch(full_name, branch)

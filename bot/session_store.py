@@ -140,6 +140,13 @@ class SessionStore:
     def for_repository(self, repo: str) -> list[StoredSession]:
         return [s for s in self.live() if s.session.repo == repo]
 
+    def all_for_repository(self, repo: str) -> list[StoredSession]:
+        """Every session of `repo`, finished ones too (the dashboard issue lists open PRs)."""
+        rows = self.db.execute(
+            "SELECT data, context, installation_id FROM sessions WHERE repo = ? ORDER BY created_at, rowid", (repo,)
+        ).fetchall()
+        return [_stored(row) for row in rows]
+
     def events(self, session_id: str) -> list[Event]:
         rows = self.db.execute(
             "SELECT event FROM session_events WHERE session_id = ? ORDER BY seq", (session_id,)

@@ -8,9 +8,12 @@ arguments the consumer dispatches with (``github``, ``store``, ``clock``, ...).
 
 from gidgethub import routing
 
-from handlers import comments, installation, pull_requests, triggers
+from handlers import comments, dashboard, dependencies, installation, pull_requests, triggers
 
 
 def compose_router() -> routing.Router:
     """The one router the consumer dispatches through."""
-    return routing.Router(installation.router, triggers.router, comments.router, pull_requests.router)
+    return routing.Router(
+        installation.router, triggers.router, comments.router, pull_requests.router, dashboard.router,
+        dependencies.router,
+    )

@@ -26,6 +26,7 @@ from bot.conversation import (
     parse_time,
     react_once,
 )
+from bot.dashboard_issue import is_dashboard_issue
 from bot.labels import RepoPolicies
 from bot.pacing import Priority
 from bot.sanitize import clean_for_agent
@@ -108,6 +109,8 @@ async def handle_comment(
     author = comment.get("user")
     if engine is None or is_bot(author) or is_bot(event.data.get("sender")):
         return
+    if is_dashboard_issue(event.data["issue"]):
+        return  # the dashboard issue has its own commands (handlers/dashboard.py)
     command = slash.first_command(comment.get("body"))
     on_pull = "pull_request" in event.data["issue"]
     if command is None and on_pull:
