@@ -1514,6 +1514,15 @@ class FakeGitHub:
                 return copy.deepcopy(self._installations[installation_id])
         raise _not_found()
 
+    @operation("apps/list-repos-accessible-to-installation")
+    def _list_installation_repos(self, req: Request) -> Any:
+        token = req.actor.token
+        assert token is not None  # _authenticate answered 401 to anyone without an installation token
+        names = [n for n in self._installation_repos.get(token.installation_id, []) if n in token.repositories]
+        chunk, headers = self._paginate(req, [self._repos[n].json for n in names])
+        body = {"total_count": len(names), "repository_selection": "selected", "repositories": copy.deepcopy(chunk)}
+        return 200, body, headers
+
     @operation("apps/create-installation-access-token")
     def _create_token(self, req: Request) -> Any:
         installation_id = req.number("installation_id")
