@@ -20,6 +20,7 @@ from bot.consumer import Consumer, RetryPolicy
 from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github import GitHubApp
 from bot.metrics import Metrics
+from bot.reconcile import reconcile
 from bot.redelivery import redeliver_failed, utc_now
 from bot.runtime import Engine
 from bot.settings import Settings
@@ -165,7 +166,8 @@ def _client_for(github: GitHubApp) -> Callable[[int | None], Any]:
 
 
 async def _sweep_forever(services: Services, clock: Callable[[], float], interval: float) -> None:
-    """Forget expired delivery ids and ask GitHub to redeliver what failed, now and then every interval."""
+    """Forget expired delivery ids, ask GitHub to redeliver what failed and reconcile (SPEC §6), now and
+    then every interval. Each step runs even when the one before it failed."""
     while True:
         try:
             services.store.forget_old_deliveries(now=clock())
@@ -177,4 +179,15 @@ async def _sweep_forever(services: Services, clock: Callable[[], float], interva
             raise
         except Exception:
             log.exception("periodic sweep failed; next try in %ss", interval)
+        try:
+            assembly = services.assembly
+            assert assembly is not None
+            await reconcile(
+                assembly.github, assembly.engine,
+                policies=assembly.policies, permissions=assembly.permissions, store=services.store,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("reconciliation failed; next try in %ss", interval)
         await asyncio.sleep(interval)

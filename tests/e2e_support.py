@@ -149,10 +149,13 @@ def status_comments(fake: FakeGitHub, number: int, repo: str = REPO) -> list[dic
 
 @pytest.fixture
 async def shepherd_with(aiohttp_client, fake_github, git_remote, tmp_path):
-    """`await shepherd_with(agent_body, **env)`: the prepared repository and the app running that agent."""
+    """`await shepherd_with(agent_body, before_start=, **env)`: the prepared repository (then `before_start`,
+    what happened while Shepherd was down) and the app running that agent."""
 
-    async def start(agent_body: str, **env: str) -> Shepherd:
+    async def start(agent_body: str, before_start: Callable[[], Any] | None = None, **env: str) -> Shepherd:
         prepare_repo(fake_github, git_remote)
+        if before_start is not None:
+            await before_start()
         command = agent_script(tmp_path, agent_body)
         settings = agent_settings(fake_github, tmp_path / "data", command, **env)
         return await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)

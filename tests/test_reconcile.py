@@ -1,0 +1,97 @@
+"""Reconciliation (SPEC §6) against the strict fake GitHub, through the real app: what happened while
+Shepherd was down is caught up once, and running it again changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.reconcile import reconcile
+from bot.session import State
+from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
+    MAINTAINER,
+    REPO,
+    bot_comments,
+    shepherd_with,
+    status_comments,
+)
+from tests.fakes import payloads
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.timeout(180)
+
+DONE_AGENT = """
+echo hello > hello.txt
+git add hello.txt
+git commit -q -m "Add hello"
+shepherd done "Added hello.txt"
+"""
+
+
+async def reconcile_again(shepherd):
+    assembly = shepherd.services.assembly
+    return await reconcile(assembly.github, assembly.engine, policies=assembly.policies,
+                           permissions=assembly.permissions, store=shepherd.services.store)
+
+
+def put_label(fake, number: int, label: str) -> None:
+    """A label added while Shepherd was down: on the issue, but no delivery ever arrives."""
+    payloads.issue_labeled(fake, REPO, number, label, sender=MAINTAINER)
+
+
+async def test_labelled_issue_without_a_session_gets_exactly_one(shepherd_with, fake_github, git_remote):
+    async def before_start():
+        fake_github.add_issue(REPO, title="Add a greeting", user=MAINTAINER)
+        put_label(fake_github, 1, "agent:go")
+        fake_github.add_issue(REPO, title="Not labelled", user=MAINTAINER)
+
+    shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
+    # The start-up sweep found the issue and started it as its author.
+    session = await shepherd.until(lambda: shepherd.session(1))
+    assert session.trigger_actor == MAINTAINER
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE
+    assert shepherd.session(2) is None
+
+    again = await reconcile_again(shepherd)
+    await shepherd.settle()
+    assert again.started == [] and again.linked == [] and again.ended == []
+    assert len(fake_github.pulls(REPO)) == 1
+    assert len(status_comments(fake_github, 1)) == 1
+    assert fake_github.reactions(REPO, 1) == ["eyes"]
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello\n"
+
+
+async def test_issue_of_an_author_who_may_not_drive_is_skipped_quietly(shepherd_with, fake_github, git_remote):
+    async def before_start():
+        fake_github.set_permission(REPO, "carol", "read")
+        fake_github.add_issue(REPO, title="From a reader", user="carol")
+        put_label(fake_github, 1, "agent:go")
+
+    shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
+    done = await reconcile_again(shepherd)
+    await shepherd.settle()
+    assert done.skipped == [f"{REPO}#1"] and done.started == []
+    assert shepherd.session(1) is None
+    assert fake_github.comments(REPO, 1) == [] and fake_github.reactions(REPO, 1) == []
+
+
+async def test_pull_request_merged_while_down_is_cleaned_up(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(DONE_AGENT)
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+    [pull] = fake_github.pulls(REPO)
+    worktree = shepherd.engine.workspaces.worktree_path(REPO, session.branch)
+    assert worktree.is_dir()
+
+    fake_github.merge_pull(REPO, pull["number"], by=MAINTAINER)  # no delivery reaches Shepherd
+    done = await reconcile_again(shepherd)
+    await shepherd.until(lambda: not worktree.exists(), timeout=30)
+    await shepherd.settle()
+
+    assert done.ended == [f"{REPO}#{pull['number']}"]
+    assert shepherd.session(1).pr_state == "merged"
+    [status] = status_comments(fake_github, 1)
+    assert "merged" in status["body"]
+    assert (await reconcile_again(shepherd)).ended == []
+    assert len(bot_comments(fake_github, 1)) == 1
