@@ -125,7 +125,7 @@ class DashboardRefresher:
     changes are coalesced per repository (latest wins), at most one edit every `interval` seconds, and
     an unchanged text is never written (`refresh_dashboard` compares digests)."""
 
-    def __init__(self, github: Any, store: Store, sessions: Any, *, interval: float = 10.0) -> None:
+    def __init__(self, github: Any, store: Store, sessions: Any, *, interval: float = 3.0) -> None:
         self.github = github
         self.store = store
         self.sessions = sessions  # `bot.session_store.SessionStore`
