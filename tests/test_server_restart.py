@@ -157,6 +157,8 @@ def test_delivery_stored_before_kill_is_handled_after_restart(server_for, fake_g
     server = server_for(DONE_AGENT)
     fake_github.add_issue(REPO, title="Add a greeting", user="carol")
     server.start()
+    # The start-up reconciliation reads GitHub too: let it finish, so what is held below is the handler.
+    wait_blocking(lambda: fake_github.calls_to("pulls/list"))
 
     fake_github.hold()
     assert server.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER)) == 202
