@@ -1,0 +1,49 @@
+"""The README shows what the test suite produced: real example comments, the write count and the flows."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def _block(readme: str, name: str) -> str:
+    match = re.search(rf"<!-- {name} -->\n(.*?)<!-- /{name} -->", readme, re.DOTALL)
+    assert match, f"README has no {name} block"
+    return match.group(1)
+
+
+def expected_blocks() -> dict[str, str]:
+    blocks = {}
+    for name in ("status", "question", "question_answered"):
+        text = (EXAMPLES / f"{name}.md").read_text()
+        blocks[f"example:{name}"] = "```markdown\n" + text.rstrip("\n") + "\n```\n"
+    blocks["example:write_count"] = f"**{(EXAMPLES / 'write_count.txt').read_text().strip()}**\n"
+    flows = (ROOT / "docs" / "flows.md").read_text()
+    # One heading level deeper inside the README.
+    blocks["flows"] = "\n".join("#" + line if line.startswith("#") else line for line in flows.rstrip("\n").splitlines()) + "\n"
+    return blocks
+
+
+def refresh(readme: str) -> str:
+    for name, body in expected_blocks().items():
+        readme = re.sub(
+            rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)",
+            lambda m, body=body: m.group(1) + body + m.group(2),
+            readme,
+            flags=re.DOTALL,
+        )
+    return readme
+
+
+def test_readme_shows_the_examples_and_flows_the_suite_produced():
+    readme = (ROOT / "README.md").read_text()
+    for name, body in expected_blocks().items():
+        assert _block(readme, name) == body, f"README block {name} is stale: run python -m tests.test_readme"
+
+
+if __name__ == "__main__":
+    path = ROOT / "README.md"
+    path.write_text(refresh(path.read_text()))
