@@ -176,3 +176,22 @@ async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(sheph
     assert git_remote.messages(REPO, f"refs/heads/{final.branch}")[:2] == ["Second try", "First try"]
     [pull] = fake_github.pulls(REPO)
     assert pull["head"]["ref"] == first.branch
+
+
+async def test_repeated_deliveries_and_a_second_label_event_change_nothing(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(DONE_AGENT)
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    labeled = payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER)
+    # GitHub's redelivery repeats the delivery id; a second labelled event (a new id) arrives too.
+    assert await shepherd.deliver("issues", labeled, delivery_id="delivery-1") == 202
+    assert await shepherd.deliver("issues", labeled, delivery_id="delivery-1") in (200, 202)
+    assert await shepherd.deliver("issues", labeled, delivery_id="delivery-2") == 202
+    session = await shepherd.ended(1)
+    assert await shepherd.deliver("issues", labeled, delivery_id="delivery-1") in (200, 202)
+    await shepherd.settle()
+
+    assert session.state == State.COMPLETE
+    assert len(fake_github.pulls(REPO)) == 1
+    assert fake_github.reactions(REPO, 1) == ["eyes"]
+    assert len(bot_comments(fake_github, 1)) == 1
+    assert len(git_remote.log(REPO, f"refs/heads/{session.branch}")) == 2  # the initial commit and the agent's
