@@ -41,7 +41,7 @@ async def redeliver_failed(
     async for record in github.list_hook_deliveries():
         at = _delivered_at(record)
         if at is not None and now - at > REDELIVERY_WINDOW:
-            break  # newest first: everything after this is older still
+            continue  # past GitHub's redelivery window (the log itself holds little more than that)
         guid = record.get("guid")
         if isinstance(guid, str):
             attempts.setdefault(guid, []).append(record)
@@ -51,7 +51,7 @@ async def redeliver_failed(
             continue
         if already_stored(guid):
             continue
-        newest = records[0]
+        newest = max(records, key=lambda r: (r.get("delivered_at") or "", int(r.get("id") or 0)))
         try:
             await github.redeliver(int(newest["id"]))
         except Exception:
