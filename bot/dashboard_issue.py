@@ -11,7 +11,6 @@ like the status comments; the text holds no clock time, so an unchanged reposito
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import re
@@ -21,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import gidgethub
-import jinja2
 
 from bot.pacing import Priority
 from bot.sanitize import find_marker, marker, neutralise_for_github
 from bot.session import Detail, PullRequestState, Session, State
+from bot.render import environment
 from bot.store import Store, now_seconds
 
 log = logging.getLogger(__name__)
@@ -51,19 +50,6 @@ _RUNNING = (State.REGISTERED, State.QUEUED, State.PLANNING, State.WORKING)
 
 # One lock per store and repository: two refreshes at once must not both create the issue.
 _locks: weakref.WeakKeyDictionary[Store, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
-
-
-@functools.cache
-def _environment() -> jinja2.Environment:
-    # Markdown: no HTML escaping; every text from a person or an agent is neutralised instead.
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        autoescape=False,
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
 
 
 def _latest_per_issue(sessions: Iterable[Session], full_name: str) -> list[Session]:
@@ -186,7 +172,7 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
     waiting = [s for s in current if s.state == State.STUCK and s not in plans]
     running = [s for s in current if s.state in _RUNNING]
     pulls = [s for s in current if s.pr_state == PullRequestState.OPEN and (s.pr_number or s.pr_url)]
-    return _environment().get_template("dashboard_issue.md.j2").render(
+    return environment().get_template("dashboard_issue.md.j2").render(
         marker=marker(MARKER_KIND, repo=full_name),
         intro=INTRO,
         plans_hint=PLANS_HINT,

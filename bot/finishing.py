@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import gidgethub
-import jinja2
 
 from bot.agent_env import build_agent_env
 from bot.git import Git, GitError, Mirror, redact
@@ -39,6 +38,7 @@ from bot.operations import OperationRefused
 from bot.processes import REASON_EXITED, log_tail, spawn_turn, wait_turn
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
+from bot.render import environment
 from bot.sanitize import marker, neutralise_for_github
 from bot.coordination import test_merge
 from bot.session import (
@@ -85,20 +85,9 @@ PR_EXISTS_HINT = "already exists"
 _SAFE_DIR = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-_environment: jinja2.Environment | None = None
-
-
 def render(template: str, **values: Any) -> str:
-    """Render one of `templates/` (Markdown: no autoescape; a missing value is an error, not blank)."""
-    global _environment
-    if _environment is None:
-        _environment = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-            autoescape=False,
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-        )
-    return _environment.get_template(template).render(**values)
+    """Render one of `templates/` through Shepherd's one Jinja2 environment."""
+    return environment().get_template(template).render(**values)
 
 
 def fence_for(text: str) -> str:

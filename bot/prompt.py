@@ -13,21 +13,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 
 from bot.actors import PermissionCache
+from bot.render import environment
 from bot.sanitize import clean_for_agent
 from bot.session import Note, TurnKind
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES),
-    undefined=jinja2.StrictUndefined,
-    autoescape=False,
-    keep_trailing_newline=True,
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +73,7 @@ def render_prompt(
     mode: str,
 ) -> str:
     """The first turn's prompt."""
-    return _environment.get_template("prompt.md.j2").render(
+    return environment().get_template("prompt.md.j2").render(
         repo=repo,
         issue_number=issue_number,
         title=clean_for_agent(title),
@@ -104,7 +98,7 @@ def render_turn_message(
     """What a resumed turn tells the agent: the answer, the approved plan, the feedback, and notes.
 
     `overlaps` maps another issue's reference (`#12`) to the files both sessions change."""
-    return _environment.get_template("turn.md.j2").render(
+    return environment().get_template("turn.md.j2").render(
         kind=str(kind),
         reply=clean_for_agent(reply),
         notes=[{"author": note.author, "text": clean_for_agent(note.text)} for note in notes],
