@@ -85,6 +85,8 @@ class SessionFigures:
     worktree_kb: int
     admin_kb: int
     session_kb: int
+    # (command, seconds after the POST it started, seconds it took), up to the agent's start
+    steps: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -188,6 +190,7 @@ class Bed:
         self.http: aiohttp.ClientSession | None = None
         self.port = free_port()
         self.issues: list[int] = []
+        self.trace: list[tuple[str, str, float, float]] = []
 
     async def start(self) -> None:
         script = self.scratch / "agent.sh"
@@ -214,6 +217,32 @@ class Bed:
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.http = aiohttp.ClientSession()
+        self.trace_commands()
+
+    def trace_commands(self) -> None:
+        """Record when each outbox command ran, to show where the path spends its time."""
+        engine = self.engine
+        carry_out = engine._execute  # noqa: SLF001 - observed, not changed
+        trace = self.trace
+
+        async def traced(session_id: str, command: Any) -> Any:
+            started = time.time()
+            name = type(command).__name__
+            try:
+                return await carry_out(session_id, command)
+            except Exception:
+                # A failing command is retried with back-off, which would inflate the figures unseen.
+                name += " (failed)"
+                raise
+            finally:
+                trace.append((session_id, name, started, time.time()))
+
+        engine._execute = traced  # noqa: SLF001
+
+    def steps_of(self, number: int, posted_at: float, started_at: float) -> list[tuple[str, float, float]]:
+        session_id = self.engine.last_session(REPO, number).id
+        return [(name, begin - posted_at, end - begin) for sid, name, begin, end in self.trace
+                if sid == session_id and begin <= started_at]
 
     @property
     def engine(self) -> Any:
@@ -230,8 +259,8 @@ class Bed:
         self.remote.stop()
         self.fake.stop()
 
-    async def label_to_start(self, title: str) -> tuple[float, int]:
-        """POST a signed `agent:go` delivery; seconds until the agent's own timestamp, and the issue."""
+    async def label_to_start(self, title: str) -> tuple[float, float, int]:
+        """POST a signed `agent:go` delivery: (POST time, agent's own start timestamp, issue number)."""
         assert self.http is not None
         issue = self.fake.add_issue(REPO, title=title, body="Benchmark issue: nothing to change.", user=MAINTAINER)
         number = int(issue["number"])
@@ -249,7 +278,7 @@ class Bed:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the agent of issue {number} never started")
             await asyncio.sleep(POLL)
-        return float(stamp.read_text()) - posted_at, number
+        return posted_at, float(stamp.read_text()), number
 
     def disk_of(self, number: int) -> tuple[int, int, int]:
         """(worktree, its folder in the mirror, session folder) in KiB, while the agent runs."""
@@ -311,7 +340,7 @@ async def measure(files: int, commits: int, rounds: int, pool: int, write_spacin
         await bed.start()
         env = plain_git_env(scratch, bed.fake.mint_token(INSTALLATION, repositories=[REPO]))
         # Warm-up: the first session of the repository creates the mirror.
-        _, first = await bed.label_to_start("Warm-up session")
+        _, _, first = await bed.label_to_start("Warm-up session")
         await bed.finish(first)
         mirror = bed.engine.workspaces.mirror_path(REPO)
 
@@ -320,16 +349,18 @@ async def measure(files: int, commits: int, rounds: int, pool: int, write_spacin
             bed.engine.workspaces.pool_size = size
             if size:
                 # The pool is filled by the runtime after a claim; one unmeasured session starts it.
-                _, number = await bed.label_to_start("Warm-up session for the pool")
+                _, _, number = await bed.label_to_start("Warm-up session for the pool")
                 await bed.finish(number)
             figures: list[SessionFigures] = []
             for round_number in range(rounds):
                 if size:
                     await bed.pool_ready(size)
                 await bed.quiet()
-                seconds, number = await bed.label_to_start(f"Measured session {round_number} ({name})")
+                posted_at, started_at, number = await bed.label_to_start(
+                    f"Measured session {round_number} ({name})")
                 worktree_kb, admin_kb, session_kb = bed.disk_of(number)
-                figures.append(SessionFigures(seconds, worktree_kb, admin_kb, session_kb))
+                figures.append(SessionFigures(started_at - posted_at, worktree_kb, admin_kb, session_kb,
+                                              bed.steps_of(number, posted_at, started_at)))
                 await bed.finish(number)
             results.label_to_start[name] = figures
 
@@ -377,6 +408,16 @@ def report(results: Results) -> str:
         )
     lines.append(f"    shared once: mirror {results.mirror_kb} KiB; for comparison a fresh clone takes "
                  f"{results.clone_kb} KiB")
+    failures = sorted({step for figures in results.label_to_start.values() for f in figures
+                       for step, _, _ in f.steps if step.endswith("(failed)")})
+    if failures:
+        lines.append(f"  WARNING: commands failed and were retried during measured rounds: {', '.join(failures)}")
+    lines.append("  where the median round's time went (the session's outbox commands up to the agent's "
+                 "start: name @start +took, seconds after the POST):")
+    for name, figures in results.label_to_start.items():
+        middle = sorted(figures, key=lambda f: f.seconds)[len(figures) // 2]
+        lines.append(f"    {name}:")
+        lines.append("      " + ", ".join(f"{step} @{begin:.2f} +{took:.2f}" for step, begin, took in middle.steps))
     return "\n".join(lines)
 
 
