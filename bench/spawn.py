@@ -314,8 +314,18 @@ class Bed:
         await self.engine.idle()
 
     async def quiet(self) -> None:
-        """Let the write pacer forget the previous session's last write: a label on a quiet installation."""
-        await asyncio.sleep(self.write_spacing + 0.1)
+        """Wait until GitHub saw no write for one write spacing: the label lands on a quiet installation.
+
+        Background writes of earlier sessions (status edits, the dashboard issue) would otherwise make
+        the measured session's first write wait for the pacer.
+        """
+        calm = self.write_spacing + 0.2
+        seen, since = len(self.fake.writes()), time.monotonic()
+        while time.monotonic() - since < calm:
+            await asyncio.sleep(POLL)
+            now_seen = len(self.fake.writes())
+            if now_seen != seen:
+                seen, since = now_seen, time.monotonic()
 
     async def pool_ready(self, size: int) -> None:
         """Wait until the background refill has put `size` ready worktrees in the pool."""
