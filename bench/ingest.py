@@ -1,9 +1,9 @@
 """Webhook ingest benchmark: Shepherd (durable storage) against a bare signature-checking aiohttp handler.
 
-Both servers run as their own processes on loopback and take the same signed `issues.opened`
-deliveries (real example payloads, about 7 KB, spread over 64 issues so Shepherd's consumer works
-on many issues at once), each request with its own `X-GitHub-Delivery`, from `wrk` at a fixed
-concurrency. Shepherd
+Both servers run as their own processes on loopback and take the same signed `issue_comment.created`
+deliveries (real example payloads, about 9 KB: people commenting on 64 issues that have no agent session,
+the bulk of what an App receives), each request with its own `X-GitHub-Delivery`, from `wrk` at a fixed
+concurrency. Shepherd's consumer dispatches them to the comment handler meanwhile, in the same process. Shepherd
 stores every delivery in SQLite before answering 202 and its consumer dispatches them meanwhile, as in
 production; the bare handler only verifies the signature. The figures print side by side, measured in
 the same run.
@@ -38,6 +38,7 @@ from tests.fakes import payloads  # noqa: E402  (the bench reuses the test bed's
 from tests.fakes.github import FakeGitHub  # noqa: E402
 
 REPO = "octo-org/widgets"
+EVENT = "issue_comment"
 
 
 @dataclass
@@ -79,7 +80,7 @@ def run_wrk(name: str, port: int, deliveries_file: Path, connections: int, secon
     command = [
         "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
         "-s", str(ROOT / "bench" / "ingest.lua"), f"http://127.0.0.1:{port}",
-        "--", str(deliveries_file), "issues", prefix,
+        "--", str(deliveries_file), EVENT, prefix,
     ]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     requests = int(re.search(r"(\d+) requests in", output).group(1))
@@ -112,7 +113,8 @@ def main() -> int:
         lines = []
         for number in range(64):
             issue = fake.add_issue(REPO, title=f"Benchmark issue {number}", body="Nothing to do", user="alice")
-            body = payloads.encode(payloads.issue_opened(fake, REPO, issue["number"]))
+            comment = fake.add_comment(REPO, issue["number"], "Looks good to me, thanks!", user="bob")
+            body = payloads.encode(payloads.issue_comment_created(fake, REPO, issue["number"], comment))
             lines.append(payloads.sign(body, fake.webhook_secret) + "\t" + body.decode())
         deliveries_file = work / "deliveries.tsv"
         deliveries_file.write_text("\n".join(lines) + "\n")

@@ -17,6 +17,7 @@ from aiohttp import web
 from bot import ingress, setup_flow, views
 from bot.assembly import Assembly, assemble
 from bot.consumer import Consumer, RetryPolicy
+from bot.delivery_writer import DeliveryWriter
 from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github import GitHubApp
 from bot.metrics import Metrics
@@ -79,6 +80,7 @@ def create_app(
         app[SERVICES] = services
         services.dashboard_token = ensure_dashboard_token(settings)
         session = aiohttp.ClientSession()
+        writer = DeliveryWriter(store.path, clock)
         background: list[asyncio.Task[None]] = []
         try:
             async def enter_github_mode(settings: Settings) -> None:
@@ -93,6 +95,7 @@ def create_app(
                 await services.assembly.start()
                 services.consumer = Consumer(
                     store=store,
+                    writer=writer,
                     router=compose_router(),
                     client_for=_client_for(services.github),
                     dependencies=services.assembly.dependencies,
@@ -103,10 +106,9 @@ def create_app(
                 assert settings.webhook_secret is not None
                 services.receive_webhook = ingress.make_webhook_handler(
                     secret=settings.webhook_secret.get_secret_value(),
-                    store=store,
+                    writer=writer,
                     metrics=metrics,
                     on_stored=services.consumer.enqueue,
-                    clock=clock,
                 )
                 background.append(
                     asyncio.create_task(_sweep_forever(services, clock, sweep_interval))
@@ -135,6 +137,7 @@ def create_app(
                     await task
             if services.consumer is not None:
                 await services.consumer.stop()
+            await writer.close()
             if services.assembly is not None:
                 await services.assembly.stop()
             await session.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
+from bot.delivery_writer import DeliveryWriter, Outcome
 from bot.store import PENDING, Store
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,12 @@ class Consumer:
         clock: Callable[[], float],
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 16,
+        writer: DeliveryWriter | None = None,
     ) -> None:
         self._store = store
+        # Finished deliveries are recorded by the writer thread the webhook also stores through.
+        self._owns_writer = writer is None
+        self._writer = writer if writer is not None else DeliveryWriter(store.path, clock)
         self._router = router
         self._client_for = client_for
         self._dependencies = dict(dependencies)
@@ -86,7 +91,6 @@ class Consumer:
         self._running: dict[str, asyncio.Task[None]] = {}  # ordering key -> task
         self._loop_task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
-        self._finished_ids: list[str] = []
 
     def enqueue(
         self,
@@ -97,12 +101,19 @@ class Consumer:
         payload: dict[str, Any],
         installation_id: int | None,
     ) -> None:
-        """A delivery was just stored: schedule it behind the others of its key."""
+        """A delivery was just stored: schedule it behind the others of its key.
+
+        Most deliveries concern nothing Shepherd acts on (no handler matches them); those are finished
+        at once instead of waiting their turn behind the issue's other deliveries."""
+        parsed = sansio.Event(payload, event=event, delivery_id=delivery_id)
+        if not self._router.fetch(parsed):
+            self._writer.mark_done(delivery_id)
+            return
         pending = _Pending(
             delivery_id,
             self._clock(),
             0,
-            sansio.Event(payload, event=event, delivery_id=delivery_id),
+            parsed,
             installation_id,
             may_have_run=False,
         )
@@ -133,8 +144,9 @@ class Consumer:
         for job in running:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
-        if self._finished_ids:
-            self._flush_done()
+        await self._writer.flush()
+        if self._owns_writer:
+            await self._writer.close()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until no delivery is due or running (for tests and orderly shutdown)."""
@@ -143,8 +155,7 @@ class Consumer:
                 self._idle.clear()
                 self.wake()
                 if not self._running and not self._due():
-                    if self._finished_ids:
-                        self._flush_done()
+                    await self._writer.flush()
                     return
                 await self._idle.wait()
 
@@ -211,35 +222,28 @@ class Consumer:
             if not queue:
                 del self._queues[key]
 
-    def _mark_done(self, delivery_id: str) -> None:
-        """Record success; the deliveries finished in one event-loop turn share one commit.
-
-        Should Shepherd die before that commit, the delivery runs again after the restart and only its
-        handlers without a recorded success run, so nothing is done twice."""
-        if not self._finished_ids:
-            asyncio.get_running_loop().call_soon(self._flush_done)
-        self._finished_ids.append(delivery_id)
-
-    def _flush_done(self) -> None:
-        finished, self._finished_ids = self._finished_ids, []
-        try:
-            self._store.finish_deliveries(finished, now=self._clock())
-        except Exception:
-            log.exception("could not record %d finished deliveries; they will run again", len(finished))
-
     async def _handle(self, delivery: _Pending) -> float | None:
         """Run the delivery; None when it is finished (done or failed for good), else its next attempt."""
+        outcomes: list[Outcome] = []
         try:
             if delivery.event is None:
                 raise ValueError("the stored body is not JSON")
-            errors = await self._run_handlers(delivery)
+            await self._run_handlers(delivery, outcomes)
         except Exception as exc:  # the delivery itself is unusable
             log.exception("delivery %s could not be dispatched", delivery.id)
-            errors = [f"dispatch: {exc!r}"]
+            outcomes.append(Outcome("(dispatch)", False, repr(exc)))
         now = self._clock()
+        errors = [f"{o.handler}: {o.error}" for o in outcomes if not o.ok]
         if not errors:
-            self._mark_done(delivery.id)
+            # The common case: recorded with the done mark, off the event loop, in one commit.
+            self._writer.mark_done(delivery.id, outcomes)
             return None
+        # A retry must know which handlers already succeeded: recorded before it is scheduled.
+        for outcome in outcomes:
+            if outcome.handler != "(dispatch)":
+                self._store.record_handler(
+                    delivery.id, outcome.handler, ok=outcome.ok, error=outcome.error, now=now
+                )
         summary = "; ".join(errors)[:2000]
         attempt = delivery.attempts + 1
         if attempt >= self._retry.max_attempts:
@@ -253,22 +257,21 @@ class Consumer:
         self._store.retry_delivery(delivery.id, error=summary, next_attempt_at=now + delay)
         return now + delay
 
-    async def _run_handlers(self, delivery: _Pending) -> list[str]:
-        """Run every handler that has not yet succeeded for this delivery; return their errors."""
+    async def _run_handlers(self, delivery: _Pending, outcomes: list[Outcome]) -> None:
+        """Run every handler that has not yet succeeded for this delivery, adding to `outcomes`."""
         event = delivery.event
         assert event is not None
         if delivery.installation_id is None:
             # Every handler acts through an installation's token; GitHub puts an installation on every
             # App delivery, so one without it is not for Shepherd to act on.
             log.info("delivery %s (%s) names no installation; nothing to do", delivery.id, event.event)
-            return []
+            return
         done = self._store.succeeded_handlers(delivery.id) if delivery.may_have_run else set()
         callbacks = sorted(self._router.fetch(event), key=handler_name)
         pending = [cb for cb in callbacks if handler_name(cb) not in done]
         if not pending:
-            return []
+            return
         gh = self._client_for(delivery.installation_id)
-        errors: list[str] = []
         for callback in pending:
             name = handler_name(callback)
             try:
@@ -277,13 +280,9 @@ class Consumer:
                 raise
             except Exception as exc:
                 log.exception("handler %s failed on delivery %s", name, delivery.id)
-                self._store.record_handler(
-                    delivery.id, name, ok=False, error=repr(exc)[:1000], now=self._clock()
-                )
-                errors.append(f"{name}: {exc!r}")
+                outcomes.append(Outcome(name, False, repr(exc)[:1000]))
             else:
-                self._store.record_handler(delivery.id, name, ok=True, error=None, now=self._clock())
-        return errors
+                outcomes.append(Outcome(name, True, None))
 
 
 async def _call(

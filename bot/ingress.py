@@ -6,7 +6,6 @@ validates, stores and wakes the consumer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
 from bot.metrics import Metrics
-from bot.store import Store
+from bot.delivery_writer import DeliveryWriter
 
 log = logging.getLogger(__name__)
 
@@ -73,51 +72,14 @@ _BODIES = {
 }
 
 
-class DeliveryWriter:
-    """Stores deliveries durably in batches: the requests of one event-loop turn share one commit.
-
-    Each request still gets its answer only after its own row is committed, so a 202 always means
-    "stored"; batching only spares the WAL one commit per request under load.
-    """
-
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
-        self._store = store
-        self._clock = clock
-        self._batch: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
-
-    async def add(self, **row: Any) -> bool:
-        """Store one delivery; False when its id was already stored."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
-        if not self._batch:
-            loop.call_soon(self._flush)
-        self._batch.append((row, answer))
-        return await answer
-
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        try:
-            added = self._store.add_deliveries([row for row, _ in batch], now=self._clock())
-        except Exception as error:  # e.g. disk full: every waiting request answers 500, nothing is lost
-            for _, answer in batch:
-                if not answer.done():
-                    answer.set_exception(error)
-            return
-        for (_, answer), new in zip(batch, added):
-            if not answer.done():
-                answer.set_result(new)
-
-
 def make_webhook_handler(
     *,
     secret: str,
-    store: Store,
+    writer: DeliveryWriter,
     metrics: Metrics,
     on_stored: Callable[..., None],
-    clock: Callable[[], float],
 ) -> Callable[[web.Request], Any]:
-    """Build the aiohttp handler for `POST /webhook`."""
-    writer = DeliveryWriter(store, clock)
+    """Build the aiohttp handler for `POST /webhook`; deliveries are stored through `writer`."""
 
     async def receive_webhook(request: web.Request) -> web.Response:
         # 413 first: decided from the declared length, before reading a byte of the body.

@@ -133,6 +133,14 @@ _SCHEMA = [
 ]
 
 
+_RECORD_HANDLER = (
+    "INSERT INTO handler_runs (delivery_id, handler, status, attempts, error, updated_at)"
+    " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (delivery_id, handler) DO UPDATE SET"
+    " status = excluded.status, attempts = handler_runs.attempts + 1,"
+    " error = excluded.error, updated_at = excluded.updated_at"
+)
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One stored webhook delivery."""
@@ -273,14 +281,26 @@ class Store:
             (DONE, now, delivery_id),
         )
 
-    def finish_deliveries(self, delivery_ids: list[str], *, now: float) -> None:
-        """Mark several deliveries done in one transaction."""
+    def finish_deliveries(
+        self,
+        delivery_ids: list[str],
+        *,
+        now: float,
+        outcomes: Iterable[tuple[str, str, bool, str | None]] = (),
+    ) -> None:
+        """Mark several deliveries done, with their handlers' outcomes, in one transaction.
+
+        `outcomes` holds (delivery id, handler, ok, error) rows."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
                 "UPDATE deliveries SET status = ?, finished_at = ?, last_error = NULL WHERE id = ?",
                 [(DONE, now, delivery_id) for delivery_id in delivery_ids],
             )
+            self._db.executemany(_RECORD_HANDLER, [
+                (delivery_id, handler, "ok" if ok else "error", error, now)
+                for delivery_id, handler, ok, error in outcomes
+            ])
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -330,13 +350,7 @@ class Store:
     def record_handler(
         self, delivery_id: str, handler: str, *, ok: bool, error: str | None, now: float
     ) -> None:
-        self._db.execute(
-            "INSERT INTO handler_runs (delivery_id, handler, status, attempts, error, updated_at)"
-            " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (delivery_id, handler) DO UPDATE SET"
-            " status = excluded.status, attempts = handler_runs.attempts + 1,"
-            " error = excluded.error, updated_at = excluded.updated_at",
-            (delivery_id, handler, "ok" if ok else "error", error, now),
-        )
+        self._db.execute(_RECORD_HANDLER, (delivery_id, handler, "ok" if ok else "error", error, now))
 
     # -- installations ----------------------------------------------------------------------------
 

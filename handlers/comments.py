@@ -116,6 +116,8 @@ async def handle_comment(
     if command is None and on_pull:
         return  # PR conversation comments are review feedback, handled with the pull requests
     ref = issue_ref(event)
+    if command is None and not _has_live_session(engine, ref):
+        return  # a plain comment reaches an agent only through a live session: no GitHub call needed
     loaded = await _policies(policies).get(gh, ref.owner, ref.repo, ref.default_branch)
     minimum = loaded.policy.min_permission
     if not await _permissions(permissions).may_drive(gh, ref.owner, ref.repo, author, minimum=minimum):
@@ -125,6 +127,11 @@ async def handle_comment(
         await _run_command(gh, engine, posted, github, clock, ref, comment, command, on_pull)
         return
     await _forward_reply(gh, engine, posted, clock, ref, comment)
+
+
+def _has_live_session(engine: Any, ref: Any) -> bool:
+    session = engine.last_session(ref.full_name, ref.number)
+    return session is not None and session.is_live
 
 
 async def _session_for(gh: Any, engine: Any, ref: Any, on_pull: bool) -> Session | None:
