@@ -78,7 +78,7 @@ def assemble(
     )
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
-    workspaces = Workspaces(settings.data_dir)
+    workspaces = Workspaces(settings.data_dir, pool_size=settings.worktree_pool)
     publisher = Publisher(github, store, clock=clock)
     finisher = Finisher(
         github, workspaces, workspaces.git, store, settings, clock=clock, parent_env=parent_env

@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -103,6 +103,16 @@ def issue_key(session_id: str) -> str:
     return session_id.rpartition("/")[0]
 
 
+@dataclass(frozen=True)
+class StatusRequest:
+    """A status post carried out outside the outbox (shaped like an outbox row for `_carry_out`)."""
+
+    session_id: str
+    command: PostStatus
+    attempts: int
+    seq: int = -1
+
+
 class Engine:
     """Stores sessions and carries out the core's commands (implements `bot.effects.Engine`)."""
 
@@ -147,6 +157,8 @@ class Engine:
         self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._status_wanted: dict[str, PostStatus] = {}
+        self._status_posters: dict[str, asyncio.Task[None]] = {}
         self._holding_admission = False
         self._stopped = False
         self.observers: list[Observer] = []
@@ -166,12 +178,15 @@ class Engine:
             self._holding_admission = False
         for row in self.sessions.pending():
             self._kick(row.session_id)
+        for stored in self.sessions.live():
+            # A status post lost to a crash is made good; unchanged text costs no GitHub write.
+            self._refresh_status(stored.session.id, PostStatus())
         await self._admit()
 
     async def stop(self) -> None:
         """Stop watching and carrying out; agent processes keep running for the next start."""
         self._stopped = True
-        tasks = [*self._runners.values(), *self._watchers.values(), *self._tasks]
+        tasks = [*self._runners.values(), *self._watchers.values(), *self._status_posters.values(), *self._tasks]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -350,12 +365,38 @@ class Engine:
             if not rows:
                 return
             for row in rows:
+                if isinstance(row.command, PostStatus):
+                    # The status comment is "latest wins" and paced at one write a second: posting it
+                    # in the background keeps it off the path to the agent's start (SPEC §1.5).
+                    self.sessions.mark_done(row.seq, now=self.clock())
+                    self._refresh_status(session_id, row.command)
+                    continue
                 events = await self._carry_out(row)
                 for event in events:
                     await self.apply(session_id, event)
 
-    async def _carry_out(self, row: Any) -> Sequence[Event]:
-        """Run one outbox command until it succeeds or its attempts are used up."""
+    def _refresh_status(self, session_id: str, command: PostStatus) -> None:
+        """Post the session's status soon, coalescing requests that arrive while one is being posted."""
+        waiting = self._status_wanted.get(session_id)
+        if waiting is not None:
+            command = PostStatus(
+                urgent=waiting.urgent or command.urgent, throttled=waiting.throttled and command.throttled
+            )
+        self._status_wanted[session_id] = command
+        task = self._status_posters.get(session_id)
+        if (task is None or task.done()) and not self._stopped:
+            self._status_posters[session_id] = asyncio.create_task(
+                self._post_statuses(session_id), name=f"status {session_id}"
+            )
+
+    async def _post_statuses(self, session_id: str) -> None:
+        while (command := self._status_wanted.pop(session_id, None)) is not None:
+            row = StatusRequest(session_id, command, attempts=0)
+            for event in await self._carry_out(row, stored=False):
+                await self.apply(session_id, event)
+
+    async def _carry_out(self, row: Any, *, stored: bool = True) -> Sequence[Event]:
+        """Run one command until it succeeds or its attempts are used up (`stored`: an outbox row)."""
         attempts = row.attempts
         while True:
             try:
@@ -369,12 +410,15 @@ class Engine:
                             row.session_id, attempts, message, exc_info=True)
                 if attempts >= self.max_attempts:
                     log.error("giving up on %s of %s", type(row.command).__name__, row.session_id)
-                    self.sessions.mark_done(row.seq, now=self.clock(), error=message)
+                    if stored:
+                        self.sessions.mark_done(row.seq, now=self.clock(), error=message)
                     return ()
-                self.sessions.mark_attempt(row.seq, message)
+                if stored:
+                    self.sessions.mark_attempt(row.seq, message)
                 await asyncio.sleep(min(RETRY_MAX_DELAY, self.retry_delay * 2 ** (attempts - 1)))
                 continue
-            self.sessions.mark_done(row.seq, now=self.clock())
+            if stored:
+                self.sessions.mark_done(row.seq, now=self.clock())
             return tuple(events or ())
 
     # -- executors ------------------------------------------------------------------------------
@@ -684,7 +728,10 @@ class Engine:
     async def idle(self) -> None:
         """Wait until no command is pending and no turn is being watched."""
         while True:
-            busy = [t for t in (*self._runners.values(), *self._watchers.values()) if not t.done()]
+            busy = [
+                t for t in (*self._runners.values(), *self._watchers.values(), *self._status_posters.values())
+                if not t.done()
+            ]
             if not busy and not self.sessions.pending():
                 return
             await asyncio.sleep(self.poll)

@@ -50,6 +50,7 @@ MAX_WORKERS_VAR = "SHEPHERD_MAX_WORKERS"
 MAX_PER_REPO_VAR = "SHEPHERD_MAX_PER_REPO"
 DASHBOARD_TOKEN_VAR = "SHEPHERD_DASHBOARD_TOKEN"
 WRITE_SPACING_VAR = "SHEPHERD_WRITE_SPACING_SECONDS"
+WORKTREE_POOL_VAR = "SHEPHERD_WORKTREE_POOL"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -70,6 +71,7 @@ VARIABLES = (
     MAX_PER_REPO_VAR,
     DASHBOARD_TOKEN_VAR,
     WRITE_SPACING_VAR,
+    WORKTREE_POOL_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -252,6 +254,16 @@ class Settings(BaseModel):
         description=(
             "Least time between two GitHub writes of one installation (SPEC §1.5 says 1 s); "
             "tests lower it."
+        ),
+    )
+    worktree_pool: int = Field(
+        1,
+        ge=0,
+        le=16,
+        validation_alias=WORKTREE_POOL_VAR,
+        description=(
+            "Ready worktrees kept per repository at the default branch's tip, so a new session "
+            "claims one instead of checking out the whole tree (0 turns the pool off)."
         ),
     )
 

@@ -56,6 +56,7 @@ def test_defaults_start_in_setup_mode(tmp_path: Path, monkeypatch: pytest.Monkey
     assert settings.agent_env == ()
     assert (settings.max_workers, settings.max_per_repo) == (4, 2)
     assert settings.write_spacing_seconds == 1.0
+    assert settings.worktree_pool == 1
 
 
 def test_every_variable_is_parsed(credentials: dict[str, str], pem: str, tmp_path: Path) -> None:
@@ -197,6 +198,7 @@ def test_repr_and_errors_never_show_secrets(credentials: dict[str, str], pem: st
         ("SHEPHERD_MAX_PER_REPO", "1.5", "SHEPHERD_MAX_PER_REPO: must be a whole number, got '1.5'"),
         ("GITHUB_APP_ID", "-3", None),
         ("SHEPHERD_WRITE_SPACING_SECONDS", "soon", None),
+        ("SHEPHERD_WORKTREE_POOL", "-1", "SHEPHERD_WORKTREE_POOL: must be at least 0, got '-1'"),
         ("SHEPHERD_AGENT", "gpt", None),
         ("GITHUB_API_URL", "api.github.com", None),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import stat
+import sys
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -86,7 +87,9 @@ def sample_sessions() -> list[Session]:
 
 
 @pytest.fixture
-async def views(aiohttp_client, fake_github, tmp_path):
+async def views(aiohttp_client, fake_github, tmp_path, monkeypatch):
+    # Ages on the page are counted from the real clock: the sessions start relative to now, not to import time.
+    monkeypatch.setattr(sys.modules[__name__], "NOW", datetime.now(timezone.utc).replace(microsecond=0))
     app = create_app(settings_for(fake_github, tmp_path / "data"))
     client = await aiohttp_client(app)
     store = client.server.app[SERVICES].store
