@@ -354,7 +354,7 @@ async def measure(files: int, commits: int, rounds: int, pool: int, write_spacin
         await bed.finish(first)
         mirror = bed.engine.workspaces.mirror_path(REPO)
 
-        modes = [("no pool (as assembled)", 0)] + ([(f"pool of {pool}", pool)] if pool else [])
+        modes = [("no pool (SHEPHERD_WORKTREE_POOL=0)", 0)] + ([(f"pool of {pool}", pool)] if pool else [])
         for name, size in modes:
             bed.engine.workspaces.pool_size = size
             if size:

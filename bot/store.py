@@ -130,8 +130,22 @@ _SCHEMA = [
     );
     CREATE INDEX pending_inline_by_pull ON pending_inline_comments (repo, pull_number, received_at);
     """,
+    # version 4: bodies in a table of their own, so marking a delivery done does not rewrite its body
+    """
+    CREATE TABLE delivery_bodies (
+        delivery_seq INTEGER PRIMARY KEY,
+        body BLOB NOT NULL
+    );
+    """,
 ]
 
+
+# Bodies written before schema version 4 stay in deliveries.body; newer ones live in delivery_bodies.
+_SELECT_DELIVERIES = (
+    "SELECT d.seq, d.id, d.event, d.action, d.installation_id, d.ordering_key,"
+    " COALESCE(b.body, d.body) AS body, d.received_at, d.status, d.attempts, d.next_attempt_at,"
+    " d.last_error FROM deliveries AS d LEFT JOIN delivery_bodies AS b ON b.delivery_seq = d.seq"
+)
 
 _RECORD_HANDLER = (
     "INSERT INTO handler_runs (delivery_id, handler, status, attempts, error, updated_at)"
@@ -221,12 +235,15 @@ class Store:
         now: float,
     ) -> bool:
         """Store a delivery durably. False when that delivery id was already stored."""
-        cursor = self._db.execute(
-            "INSERT OR IGNORE INTO deliveries (id, event, action, installation_id, ordering_key, body,"
-            " received_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (delivery_id, event, action, installation_id, ordering_key, body, now, PENDING, now),
-        )
-        return cursor.rowcount == 1
+        return self.add_deliveries(
+            [
+                {
+                    "delivery_id": delivery_id, "event": event, "action": action,
+                    "installation_id": installation_id, "ordering_key": ordering_key, "body": body,
+                }
+            ],
+            now=now,
+        )[0]
 
     def add_deliveries(self, rows: list[dict[str, Any]], *, now: float) -> list[bool]:
         """Store several deliveries in one transaction (one WAL commit); True for each one that is new.
@@ -238,13 +255,19 @@ class Store:
             for row in rows:
                 cursor = self._db.execute(
                     "INSERT OR IGNORE INTO deliveries (id, event, action, installation_id, ordering_key,"
-                    " body, received_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " body, received_at, status, next_attempt_at) VALUES (?, ?, ?, ?, ?, x'', ?, ?, ?)",
                     (
                         row["delivery_id"], row["event"], row["action"], row["installation_id"],
-                        row["ordering_key"], row["body"], now, PENDING, now,
+                        row["ordering_key"], now, PENDING, now,
                     ),
                 )
-                added.append(cursor.rowcount == 1)
+                new = cursor.rowcount == 1
+                if new:
+                    self._db.execute(
+                        "INSERT INTO delivery_bodies (delivery_seq, body) VALUES (?, ?)",
+                        (cursor.lastrowid, row["body"]),
+                    )
+                added.append(new)
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
@@ -256,22 +279,22 @@ class Store:
         return row is not None
 
     def delivery(self, delivery_id: str) -> Delivery | None:
-        row = self._db.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        row = self._db.execute(_SELECT_DELIVERIES + " WHERE d.id = ?", (delivery_id,)).fetchone()
         return _delivery(row) if row else None
 
     def pending_deliveries(self, limit: int = 500) -> list[Delivery]:
         """Pending deliveries in arrival order (due or not: ordering needs the whole picture)."""
         rows = self._db.execute(
-            "SELECT * FROM deliveries WHERE status = ? ORDER BY seq LIMIT ?", (PENDING, limit)
+            _SELECT_DELIVERIES + " WHERE d.status = ? ORDER BY d.seq LIMIT ?", (PENDING, limit)
         ).fetchall()
         return [_delivery(row) for row in rows]
 
     def deliveries(self, status: str | None = None) -> list[Delivery]:
         if status is None:
-            rows = self._db.execute("SELECT * FROM deliveries ORDER BY seq").fetchall()
+            rows = self._db.execute(_SELECT_DELIVERIES + " ORDER BY d.seq").fetchall()
         else:
             rows = self._db.execute(
-                "SELECT * FROM deliveries WHERE status = ? ORDER BY seq", (status,)
+                _SELECT_DELIVERIES + " WHERE d.status = ? ORDER BY d.seq", (status,)
             ).fetchall()
         return [_delivery(row) for row in rows]
 
@@ -328,6 +351,9 @@ class Store:
         )
         self._db.execute(
             "DELETE FROM handler_runs WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+        )
+        self._db.execute(
+            "DELETE FROM delivery_bodies WHERE delivery_seq NOT IN (SELECT seq FROM deliveries)"
         )
         return cursor.rowcount
 
