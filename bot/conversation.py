@@ -15,6 +15,7 @@ import hashlib
 import logging
 import sqlite3
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -229,7 +230,41 @@ async def ensure_comment(
     """Create the comment, or edit the one already there; returns (comment or None when unchanged, written).
 
     Looks up the stored id first, then the bot's marker on the issue, and creates only when both find
-    nothing. With `edit` False an existing comment is left as it is."""
+    nothing. With `edit` False an existing comment is left as it is. Calls for the same comment are
+    serialised, so two tasks racing to report the same thing cannot both create it."""
+    lock = _comment_locks.get((scope, kind, key))
+    if lock is None:
+        lock = _comment_locks[(scope, kind, key)] = asyncio.Lock()
+    async with lock:
+        return await _ensure_comment(
+            gh, posted, scope=scope, kind=kind, key=key, owner=owner, repo=repo, number=number,
+            bot_login=bot_login, marker_fields=marker_fields, body=body, now=now, priority=priority,
+            edit=edit,
+        )
+
+
+# One lock per comment Shepherd writes (scope, kind, key) while its check-then-create runs; a lock
+# nobody holds or waits for is dropped with its last reference.
+_comment_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+async def _ensure_comment(
+    gh: Any,
+    posted: PostedRecords,
+    *,
+    scope: str,
+    kind: str,
+    key: str,
+    owner: str,
+    repo: str,
+    number: int,
+    bot_login: str,
+    marker_fields: dict[str, str],
+    body: str,
+    now: float,
+    priority: Priority,
+    edit: bool,
+) -> tuple[dict[str, Any] | None, bool]:
     sha = body_hash(body)
     record = posted.get(scope, kind, key)
     if record is None:
