@@ -232,15 +232,36 @@ async def ensure_comment(
     Looks up the stored id first, then the bot's marker on the issue, and creates only when both find
     nothing. With `edit` False an existing comment is left as it is. Calls for the same comment are
     serialised, so two tasks racing to report the same thing cannot both create it."""
-    lock = _comment_locks.get((scope, kind, key))
-    if lock is None:
-        lock = _comment_locks[(scope, kind, key)] = asyncio.Lock()
-    async with lock:
-        return await _ensure_comment(
-            gh, posted, scope=scope, kind=kind, key=key, owner=owner, repo=repo, number=number,
-            bot_login=bot_login, marker_fields=marker_fields, body=body, now=now, priority=priority,
-            edit=edit,
-        )
+    async with _comment_lock(scope, kind, key):
+        sha = body_hash(body)
+        record = posted.get(scope, kind, key)
+        if record is None:
+            found = await find_own_comment(gh, owner, repo, number, bot_login, kind, marker_fields)
+            if found is not None:
+                record = Posted(int(found["id"]), body_hash(found.get("body") or ""), now)
+                posted.put(scope, kind, key, record.github_id, record.body_sha, now)
+                if record.body_sha == sha or not edit:
+                    return found, False
+        if record is not None:
+            if record.body_sha == sha or not edit:
+                return None, False
+            try:
+                comment = await gh.patch(COMMENT_URL, {"owner": owner, "repo": repo, "comment_id": record.github_id},
+                                         data={"body": body}, priority=priority)
+            except gidgethub.BadRequest as exc:
+                if int(exc.status_code) != 404:
+                    raise
+                # Someone deleted it: the conversation needs it, so it is written again.
+                log.warning("%s comment %s on %s/%s#%s is gone; writing it again", kind, record.github_id, owner,
+                            repo, number)
+                posted.forget(scope, kind, key)
+            else:
+                posted.put(scope, kind, key, int(comment["id"]), sha, now)
+                return comment, True
+        comment = await gh.post(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number},
+                                data={"body": body}, priority=priority)
+        posted.put(scope, kind, key, int(comment["id"]), sha, now)
+        return comment, True
 
 
 # One lock per comment Shepherd writes (scope, kind, key) while its check-then-create runs; a lock
@@ -248,52 +269,11 @@ async def ensure_comment(
 _comment_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
 
-async def _ensure_comment(
-    gh: Any,
-    posted: PostedRecords,
-    *,
-    scope: str,
-    kind: str,
-    key: str,
-    owner: str,
-    repo: str,
-    number: int,
-    bot_login: str,
-    marker_fields: dict[str, str],
-    body: str,
-    now: float,
-    priority: Priority,
-    edit: bool,
-) -> tuple[dict[str, Any] | None, bool]:
-    sha = body_hash(body)
-    record = posted.get(scope, kind, key)
-    if record is None:
-        found = await find_own_comment(gh, owner, repo, number, bot_login, kind, marker_fields)
-        if found is not None:
-            record = Posted(int(found["id"]), body_hash(found.get("body") or ""), now)
-            posted.put(scope, kind, key, record.github_id, record.body_sha, now)
-            if record.body_sha == sha or not edit:
-                return found, False
-    if record is not None:
-        if record.body_sha == sha or not edit:
-            return None, False
-        try:
-            comment = await gh.patch(COMMENT_URL, {"owner": owner, "repo": repo, "comment_id": record.github_id},
-                                     data={"body": body}, priority=priority)
-        except gidgethub.BadRequest as exc:
-            if int(exc.status_code) != 404:
-                raise
-            # Someone deleted it: the conversation needs it, so it is written again.
-            log.warning("%s comment %s on %s/%s#%s is gone; writing it again", kind, record.github_id, owner,
-                        repo, number)
-            posted.forget(scope, kind, key)
-        else:
-            posted.put(scope, kind, key, int(comment["id"]), sha, now)
-            return comment, True
-    comment = await gh.post(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number},
-                            data={"body": body}, priority=priority)
-    posted.put(scope, kind, key, int(comment["id"]), sha, now)
-    return comment, True
+def _comment_lock(scope: str, kind: str, key: str) -> asyncio.Lock:
+    lock = _comment_locks.get((scope, kind, key))
+    if lock is None:
+        lock = _comment_locks[(scope, kind, key)] = asyncio.Lock()
+    return lock
 
 
 async def post_refusal(
