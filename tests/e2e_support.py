@@ -22,12 +22,12 @@ from bot.consumer import RetryPolicy
 from bot.session import Session, State
 from bot.settings import Settings
 from tests.conftest import settings_for
+from tests import runtime_support
 from tests.fakes import payloads
 from tests.fakes.git_remote import GitRemote
 from tests.fakes.github import FakeGitHub
+from tests.runtime_support import INSTALLATION, REPO, agent_script, wait_for  # noqa: F401 - shared with e2e tests
 
-REPO = "octo-org/widgets"
-INSTALLATION = 4242
 MAINTAINER = "alice"
 # Short limits so a stuck agent in a test cannot hold a slot for long.
 FAST_POLICY = "max_runtime_minutes: 2\nidle_timeout_minutes: 2\n"
@@ -37,23 +37,7 @@ ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 def prepare_repo(fake: FakeGitHub, remote: GitRemote, files: dict[str, str] | None = None,
                  policy: str | None = FAST_POLICY, repo: str = REPO) -> str:
     """A repository on the remote and the fake, installed, with `alice` allowed to drive Shepherd."""
-    url = remote.create_repo(repo, files or {"README.md": "# widgets\n"})
-    fake.add_installation(INSTALLATION, account=repo.split("/")[0], repositories=[repo])
-    fake.set_clone_url(repo, url)
-    fake.set_permission(repo, MAINTAINER, "write")
-    if policy is not None:
-        fake.set_file(repo, ".github/shepherd.yml", policy)
-    # Pushes and fetches are accepted with exactly the installation tokens the fake minted.
-    remote.authorize = lambda token, full_name, write: fake.is_token_valid(
-        token, full_name, "contents", "write" if write else "read")
-    return url
-
-
-def agent_script(folder: Path, body: str, name: str = "agent.sh") -> str:
-    """A command agent: a small shell script run in the worktree with the agent-only `shepherd` tool."""
-    script = folder / name
-    script.write_text("set -e\n" + body)
-    return f"sh {script}"
+    return runtime_support.prepare_repo(fake, remote, files, policy=policy, repo=repo)
 
 
 def agent_settings(fake: FakeGitHub, data_dir: Path, command: str, **env: str) -> Settings:
@@ -115,17 +99,6 @@ async def start_shepherd(aiohttp_client: Any, fake: FakeGitHub, settings: Settin
                      parent_env=agent_parent_env(home))
     client = await aiohttp_client(app)
     return Shepherd(fake, client)
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 60.0, poll: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(poll)
 
 
 def wait_blocking(predicate: Callable[[], Any], timeout: float = 60.0, poll: float = 0.05) -> Any:

@@ -89,7 +89,8 @@ class PushingFinisher:
 
 def wire_remote(fake, git_remote) -> None:
     """Let the git remote accept exactly the tokens the fake GitHub minted."""
-    git_remote.authorize = lambda token, repo, write: any(t.token == token for t in fake.tokens())
+    git_remote.authorize = lambda token, repo, write: fake.is_token_valid(
+        token, repo, "contents", "write" if write else "read")
 
 
 def prepare_repo(fake, git_remote, files: dict[str, str] | None = None, policy: str | None = None,
@@ -108,6 +109,7 @@ def prepare_repo(fake, git_remote, files: dict[str, str] | None = None, policy: 
 
 
 def agent_script(tmp_path: Path, body: str, name: str = "agent.sh") -> str:
+    """A command agent: a small shell script run in the worktree with the agent-only `shepherd` tool."""
     script = tmp_path / name
     script.write_text("set -e\n" + body)
     return f"sh {script}"
