@@ -16,6 +16,7 @@ from aiohttp import web
 
 from bot import ingress, setup_flow, views
 from bot.assembly import Assembly, assemble
+from bot.checkpointer import Checkpointer
 from bot.consumer import Consumer, RetryPolicy
 from bot.delivery_writer import DeliveryWriter
 from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
@@ -80,7 +81,9 @@ def create_app(
         app[SERVICES] = services
         services.dashboard_token = ensure_dashboard_token(settings)
         session = aiohttp.ClientSession()
-        writer = DeliveryWriter(store.path, clock)
+        writer = DeliveryWriter(store, clock)
+        checkpointer = Checkpointer(store)
+        checkpointer.start()
         background: list[asyncio.Task[None]] = []
         try:
             async def enter_github_mode(settings: Settings) -> None:
@@ -141,6 +144,7 @@ def create_app(
             if services.assembly is not None:
                 await services.assembly.stop()
             await session.close()
+            checkpointer.stop()
             store.close()
 
     app.cleanup_ctx.append(lifecycle)

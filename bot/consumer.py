@@ -3,7 +3,9 @@
 Each callback the router selects is run on its own and its outcome is stored per delivery and
 handler, so one handler's error neither stops its siblings nor makes them run twice: a retry re-runs
 only the handlers that have not succeeded. Deliveries that share an ordering key (one issue or PR)
-run one at a time in arrival order; a delivery that keeps failing holds up only its own key.
+run one at a time in arrival order; a delivery that keeps failing holds up only its own key. During a
+burst of webhooks the consumer starts only a trickle of deliveries (`bot.pressure`), so the webhook
+keeps answering fast; the stored backlog is handled once the burst is over.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from gidgethub import routing, sansio
 
 from bot.delivery_writer import DeliveryWriter, Outcome
+from bot.pressure import IngestPressure
 from bot.store import PENDING, Store
+
+# Bodies of queued deliveries kept in memory, at most; beyond it they are read back from the store.
+HELD_BODY_BYTES = 64 * 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +53,9 @@ def handler_name(callback: Callable[..., Any]) -> str:
 class _Pending:
     """What the scheduler keeps in memory about one pending delivery.
 
-    A delivery enqueued by the webhook carries its parsed event along; one recovered from the store
-    at start is parsed again when its turn comes, and its handler outcomes are looked up first."""
+    A delivery enqueued by the webhook carries its event name and body along (unless too many bodies
+    are held already); otherwise the body is read back from the store when its turn comes. A delivery
+    recovered at start may have run before: its handler outcomes are looked up first."""
 
     id: str
     next_attempt_at: float
@@ -55,6 +63,8 @@ class _Pending:
     event: sansio.Event | None = None
     installation_id: int | None = None
     may_have_run: bool = True
+    event_name: str | None = None
+    body: bytes | None = None
 
 
 class Consumer:
@@ -75,11 +85,14 @@ class Consumer:
         retry: RetryPolicy = RetryPolicy(),
         concurrency: int = 16,
         writer: DeliveryWriter | None = None,
+        pressure: IngestPressure | None = None,
     ) -> None:
         self._store = store
-        # Finished deliveries are recorded by the writer thread the webhook also stores through.
+        # Finished deliveries are recorded in groups by the writer the webhook also stores through.
         self._owns_writer = writer is None
-        self._writer = writer if writer is not None else DeliveryWriter(store.path, clock)
+        self._writer = writer if writer is not None else DeliveryWriter(store, clock)
+        self._pressure = pressure if pressure is not None else IngestPressure()
+        self._held_bytes = 0
         self._router = router
         self._client_for = client_for
         self._dependencies = dict(dependencies)
@@ -98,24 +111,31 @@ class Consumer:
         ordering_key: str,
         *,
         event: str,
-        payload: dict[str, Any],
+        action: str | None,
         installation_id: int | None,
+        body: bytes,
     ) -> None:
         """A delivery was just stored: schedule it behind the others of its key.
 
         Most deliveries concern nothing Shepherd acts on (no handler matches them); those are finished
-        at once instead of waiting their turn behind the issue's other deliveries."""
-        parsed = sansio.Event(payload, event=event, delivery_id=delivery_id)
-        if not self._router.fetch(parsed):
+        at once instead of waiting their turn behind the issue's other deliveries. Every handler is
+        routed by event and action, so those two decide it."""
+        self._pressure.arrived()
+        routed = sansio.Event({} if action is None else {"action": action}, event=event, delivery_id=delivery_id)
+        if not self._router.fetch(routed):
             self._writer.mark_done(delivery_id)
             return
+        held = self._held_bytes + len(body) <= HELD_BODY_BYTES
+        if held:
+            self._held_bytes += len(body)
         pending = _Pending(
             delivery_id,
             self._clock(),
             0,
-            parsed,
-            installation_id,
+            installation_id=installation_id,
             may_have_run=False,
+            event_name=event,
+            body=body if held else None,
         )
         self._queues.setdefault(ordering_key, deque()).append(pending)
         self._wakeup.set()
@@ -166,36 +186,50 @@ class Consumer:
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
-            next_due = self._start_ready()
-            if not self._running:
+            timeout, held_back = self._start_ready()
+            if not self._running and not held_back:
                 self._idle.set()
-            timeout = None if next_due is None else max(0.0, next_due - self._clock())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
 
-    def _start_ready(self) -> float | None:
-        """Start what may run now; return when the next waiting delivery becomes due."""
+    def _start_ready(self) -> tuple[float | None, bool]:
+        """Start what may run now. Return how long until something else may start (None: nothing
+        waits), and whether a due delivery is held back because the webhook is busy."""
         now = self._clock()
-        next_due: float | None = None
+        timeout: float | None = None
         for key, queue in self._queues.items():
             if key in self._running:
                 continue
             head = queue[0]
             if head.next_attempt_at > now:
-                next_due = head.next_attempt_at if next_due is None else min(next_due, head.next_attempt_at)
+                wait = head.next_attempt_at - now
+                timeout = wait if timeout is None else min(timeout, wait)
                 continue
             if len(self._running) >= self._concurrency:
                 break
+            wait = self._pressure.may_start()
+            if wait > 0:
+                return (wait if timeout is None else min(timeout, wait)), True
             job = asyncio.create_task(self._handle_head(key, head), name=f"delivery-{head.id}")
             self._running[key] = job
             job.add_done_callback(lambda _t, key=key: self._finished(key))
-        return next_due
+        return timeout, False
 
     def _finished(self, key: str) -> None:
         self._running.pop(key, None)
         self.wake()
 
     async def _handle_head(self, key: str, head: _Pending) -> None:
+        if head.event is None and head.body is not None:
+            body, head.body = head.body, None
+            self._held_bytes -= len(body)
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError:  # the webhook checked it; never expected
+                payload = None
+            if isinstance(payload, dict):
+                assert head.event_name is not None
+                head.event = sansio.Event(payload, event=head.event_name, delivery_id=head.id)
         if head.event is None:
             delivery = self._store.delivery(head.id)
             if delivery is None or delivery.status != PENDING:

@@ -1,9 +1,16 @@
-"""Writes webhook deliveries to SQLite from a thread of its own, in batches, so storing never stalls the server.
+"""Writes webhook deliveries to SQLite in groups: one commit per turn of the event loop.
 
-SQLite releases the GIL while it works, so on a thread it runs beside the event loop instead of inside
-it. Requests that arrive while one batch is being written form the next batch: under load each commit
-carries many deliveries (group commit); when idle, each delivery is committed on its own at once. A
-request is answered only after the commit holding its row, so a 202 always means "stored".
+A request is answered only after the commit holding its row, so a 202 always means "stored". Requests
+whose handlers ran in the same turn of the loop share the next commit (group commit): under load one
+commit carries many deliveries, when idle each delivery is committed at once, in the very next turn.
+
+The writes run on the event loop's own thread, through the server's one connection. A writer thread was
+tried and measured slower: every SQLite call hands the GIL back and forth with the loop, which costs
+more than the write. What made a commit slow was the checkpoint (a disk sync) SQLite runs inside some
+commits; `bot.checkpointer` moves that onto a thread of its own.
+
+Done marks (the consumer's) wait a little and go in groups of their own, so under a burst of webhooks
+they take few commits away from the requests.
 """
 
 from __future__ import annotations
@@ -11,13 +18,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, NamedTuple
 
 from bot.store import Store
 
 log = logging.getLogger(__name__)
+
+# How long a done mark may wait to share its commit with others.
+DONE_MARK_DELAY_SECONDS = 0.05
 
 
 class Outcome(NamedTuple):
@@ -29,87 +37,78 @@ class Outcome(NamedTuple):
 
 
 class DeliveryWriter:
-    """`await add(...)` stores one delivery; `mark_done(id)` records a finished one. `close()` at shutdown."""
+    """`await add(...)` stores one delivery; `mark_done(id)` records a finished one; `flush()` writes all now."""
 
-    def __init__(self, path: Path, clock: Callable[[], float]) -> None:
-        self._path = path
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self._store = store
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shepherd-writer")
-        self._store: Store | None = None  # opened on the writer thread, used only there
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[bool]]] = []
+        self._pending: list[tuple[dict[str, Any], Callable[[], None] | None, asyncio.Future[bool]]] = []
         self._done: list[tuple[str, Sequence[Outcome]]] = []
-        self._flushing: asyncio.Task[None] | None = None
+        self._add_turn: asyncio.Handle | None = None
+        self._done_turn: asyncio.TimerHandle | None = None
 
-    async def add(self, **row: Any) -> bool:
-        """Store one delivery (the keyword arguments of `Store.add_delivery` but `now`); False if already stored."""
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, answer))
-        self._kick()
+    async def add(self, row: dict[str, Any], *, on_new: Callable[[], None] | None = None) -> bool:
+        """Store one delivery; False if it was already stored.
+
+        `row` holds the keyword arguments of `Store.add_delivery` but `now`. `on_new` runs right after
+        the commit if the delivery is new, even if the waiting request was cancelled meanwhile, so a
+        stored delivery is always handed on."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((row, on_new, answer))
+        if self._add_turn is None:
+            self._add_turn = loop.call_soon(self._write_added)
         return await answer
 
     def mark_done(self, delivery_id: str, outcomes: Sequence[Outcome] = ()) -> None:
-        """Record that a delivery finished, with its handlers' outcomes; written with the next batch.
+        """Record that a delivery finished, with its handlers' outcomes; written with the next group.
 
-        Should Shepherd die first, the delivery runs again after the restart, and only its handlers
-        without a recorded success run, so nothing is done twice."""
+        Should Shepherd die first, the delivery runs again after the restart."""
         self._done.append((delivery_id, tuple(outcomes)))
-        self._kick()
+        if self._done_turn is None:
+            self._done_turn = asyncio.get_running_loop().call_later(
+                DONE_MARK_DELAY_SECONDS, self._write_done
+            )
 
     async def flush(self) -> None:
-        """Wait until everything handed over so far is written."""
-        while self._flushing is not None:
-            await asyncio.shield(self._flushing)
+        """Write everything handed over so far, now."""
+        if self._add_turn is not None:
+            self._add_turn.cancel()
+            self._write_added()
+        if self._done_turn is not None:
+            self._done_turn.cancel()
+            self._write_done()
 
     async def close(self) -> None:
         await self.flush()
-        if self._store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._store.close)
-        self._executor.shutdown(wait=True)
 
-    def _kick(self) -> None:
-        if self._flushing is None:
-            self._flushing = asyncio.create_task(self._drain(), name="shepherd-delivery-writer")
-
-    async def _drain(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _write_added(self) -> None:
+        self._add_turn = None
+        batch, self._pending = self._pending, []
         try:
-            while self._pending or self._done:
-                if self._pending:  # acknowledgements first: a request waits on this commit
-                    batch, self._pending = self._pending, []
-                    try:
-                        added = await loop.run_in_executor(
-                            self._executor, self._add, [row for row, _ in batch], self._clock()
-                        )
-                    except Exception as error:  # e.g. disk full: the waiting requests answer 500
-                        log.exception("could not store %d deliveries", len(batch))
-                        for _, answer in batch:
-                            if not answer.done():
-                                answer.set_exception(error)
-                        continue
-                    for (_, answer), new in zip(batch, added):
-                        if not answer.done():
-                            answer.set_result(new)
-                else:
-                    done, self._done = self._done, []
-                    await loop.run_in_executor(self._executor, self._finish, done, self._clock())
-        finally:
-            self._flushing = None
+            added = self._store.add_deliveries([row for row, _, _ in batch], now=self._clock())
+        except Exception as error:  # e.g. disk full: the waiting requests answer 500
+            log.exception("could not store %d deliveries", len(batch))
+            for _, _, answer in batch:
+                if not answer.done():
+                    answer.set_exception(error)
+            return
+        for (row, on_new, answer), new in zip(batch, added):
+            if new and on_new is not None:
+                try:
+                    on_new()
+                except Exception:  # it stays stored and pending: the next start picks it up
+                    log.exception("could not hand on stored delivery %s", row["delivery_id"])
+            if not answer.done():  # a request whose client went away was cancelled meanwhile
+                answer.set_result(new)
 
-    def _opened(self) -> Store:
-        if self._store is None:
-            self._store = Store.open(self._path)
-        return self._store
-
-    def _add(self, rows: list[dict[str, Any]], now: float) -> list[bool]:
-        """On the writer thread: one transaction for the new deliveries."""
-        return self._opened().add_deliveries(rows, now=now)
-
-    def _finish(self, done: list[tuple[str, Sequence[Outcome]]], now: float) -> None:
-        """On the writer thread: one transaction for the finished deliveries and their outcomes."""
+    def _write_done(self) -> None:
+        self._done_turn = None
+        done, self._done = self._done, []
         try:
-            self._opened().finish_deliveries(
+            self._store.finish_deliveries(
                 [delivery_id for delivery_id, _ in done],
-                now=now,
+                now=self._clock(),
                 outcomes=[(delivery_id, *outcome) for delivery_id, outcomes in done for outcome in outcomes],
             )
         except Exception:

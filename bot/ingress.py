@@ -1,16 +1,21 @@
 """`POST /webhook`: checks a GitHub delivery in SPEC §5's order and stores it durably before the 202.
 
 Nothing here calls GitHub or runs git: GitHub waits at most 10 s for the answer, so the request only
-validates, stores and wakes the consumer.
+validates, stores and hands the delivery to the consumer.
+
+The body is checked with simdjson, a validating parser that builds Python objects only for what is read:
+the request needs four fields, not the whole payload (building it cost more than storing it). The
+consumer parses the body in full when the delivery's turn comes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
+import simdjson
 from aiohttp import web
 from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
@@ -33,30 +38,80 @@ ALREADY_SEEN = "already received"
 PONG = "pong"
 
 
-def ordering_key(event: str, payload: dict[str, Any]) -> str:
+# A JSON object or array, parsed in full (dict, list) or lazily (simdjson's proxies).
+_OBJECT = (dict, simdjson.Object)
+_ARRAY = (list, simdjson.Array)
+
+
+def _field(container: Any, key: str) -> Any:
+    return container.get(key) if isinstance(container, _OBJECT) else None
+
+
+def ordering_key(event: str, payload: Any) -> str:
     """The key under which deliveries must be handled in order: one issue (or PR) of one repository.
 
     Events about one check suite or run are keyed by their pull request when they name one, so a CI
     round is ordered with the rest of the PR's events; installation events are keyed by installation.
+    `payload` is a parsed JSON object, a dict or a simdjson proxy.
     """
-    repo = (payload.get("repository") or {}).get("full_name") or ""
+    repo = _field(_field(payload, "repository"), "full_name")
+    repo = repo if isinstance(repo, str) else ""
     for key in ("issue", "pull_request"):
-        item = payload.get(key)
-        if isinstance(item, dict) and "number" in item:
-            return f"{repo}#{item['number']}"
+        number = _field(_field(payload, key), "number")
+        if number is not None:
+            return f"{repo}#{number}"
     for key in ("check_suite", "check_run"):
-        item = payload.get(key)
-        if isinstance(item, dict):
-            pulls = item.get("pull_requests") or (item.get("check_suite") or {}).get(
-                "pull_requests"
-            ) or []
-            if pulls and isinstance(pulls[0], dict) and "number" in pulls[0]:
-                return f"{repo}#{pulls[0]['number']}"
-            return f"{repo}@{item.get('head_sha', '')}"
-    installation = payload.get("installation")
-    if event.startswith("installation") and isinstance(installation, dict):
+        item = _field(payload, key)
+        if isinstance(item, _OBJECT):
+            pulls = item.get("pull_requests") or _field(item.get("check_suite"), "pull_requests")
+            number = _field(pulls[0], "number") if isinstance(pulls, _ARRAY) and len(pulls) else None
+            if number is not None:
+                return f"{repo}#{number}"
+            return f"{repo}@{item.get('head_sha') or ''}"
+    installation = _field(payload, "installation")
+    if event.startswith("installation") and isinstance(installation, _OBJECT):
         return f"installation:{installation.get('id')}"
     return repo or event
+
+
+class Facts(NamedTuple):
+    """What the request path reads from a delivery's body."""
+
+    installation_id: int | None
+    action: str | None
+    ordering_key: str
+
+
+class FactReader:
+    """Validates a body as a JSON object and reads its `Facts`, building no more Python objects than those.
+
+    One simdjson parser is reused (allocating one costs several times a parse); its lazy proxies never
+    outlive `read`, which the parser requires before it parses the next body."""
+
+    def __init__(self) -> None:
+        self._parser = simdjson.Parser()
+
+    def read(self, event: str, body: bytes) -> Facts | None:
+        """The facts, or None when the body is not a JSON object (malformed, not UTF-8, an array...)."""
+        try:
+            return self._facts(event, self._parser.parse(body))
+        except RuntimeError:  # the parser still had a live proxy: never expected, but never fatal
+            self._parser = simdjson.Parser()
+            return self._facts(event, self._parser.parse(body))
+        except ValueError:  # simdjson's errors, UnicodeDecodeError included
+            return None
+
+    @staticmethod
+    def _facts(event: str, document: Any) -> Facts | None:
+        if not isinstance(document, simdjson.Object):
+            return None
+        installation_id = _field(document.get("installation"), "id")
+        action = document.get("action")
+        return Facts(
+            installation_id if isinstance(installation_id, int) else None,
+            action if isinstance(action, str) else None,
+            ordering_key(event, document),
+        )
 
 
 def _answer(status: int, text: str, metrics: Metrics) -> web.Response:
@@ -79,7 +134,11 @@ def make_webhook_handler(
     metrics: Metrics,
     on_stored: Callable[..., None],
 ) -> Callable[[web.Request], Any]:
-    """Build the aiohttp handler for `POST /webhook`; deliveries are stored through `writer`."""
+    """Build the aiohttp handler for `POST /webhook`; deliveries are stored through `writer`.
+
+    `on_stored(delivery_id, ordering_key, event=, action=, installation_id=, body=)` runs once a new
+    delivery is committed."""
+    facts_of = FactReader().read
 
     async def receive_webhook(request: web.Request) -> web.Response:
         # 413 first: decided from the declared length, before reading a byte of the body.
@@ -105,34 +164,26 @@ def make_webhook_handler(
             return _answer(401, BAD_SIGNATURE, metrics)
         if request.content_type != "application/json":
             return _answer(415, NOT_JSON, metrics)
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return _answer(400, MALFORMED_JSON, metrics)
-        if not isinstance(payload, dict):
+        facts = facts_of(event, body)
+        if facts is None:
             return _answer(400, MALFORMED_JSON, metrics)
         if event == "ping":
             return _answer(200, PONG, metrics)
-        installation = payload.get("installation")
-        installation_id = installation.get("id") if isinstance(installation, dict) else None
-        action = payload.get("action") if isinstance(payload.get("action"), str) else None
-        key = ordering_key(event, payload)
-        stored_installation = installation_id if isinstance(installation_id, int) else None
-        stored = await writer.add(
-            delivery_id=delivery_id,
-            event=event,
-            action=action,
-            installation_id=stored_installation,
-            ordering_key=key,
-            body=body,
-        )
+        row = {
+            "delivery_id": delivery_id,
+            "event": event,
+            "action": facts.action,
+            "installation_id": facts.installation_id,
+            "ordering_key": facts.ordering_key,
+            "body": body,
+        }
+        stored = await writer.add(row, on_new=lambda: on_stored(
+            delivery_id, facts.ordering_key, event=event, action=facts.action,
+            installation_id=facts.installation_id, body=body,
+        ))
         if not stored:
             log.debug("delivery %s already received; not processed again", delivery_id)
             return _answer(200, ALREADY_SEEN, metrics)
-        log.debug("delivery %s stored: %s.%s", delivery_id, event, action)
-        on_stored(
-            delivery_id, key, event=event, payload=payload, installation_id=stored_installation
-        )
         return _answer(202, ACCEPTED, metrics)
 
     return receive_webhook

@@ -200,6 +200,13 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def checkpoint_automatically(self, enabled: bool) -> None:
+        """Whether a commit on this connection may copy the WAL back into the database itself.
+
+        Such a checkpoint syncs the disk inside whichever commit crosses the threshold, so a webhook
+        request would wait for it; the server turns it off while a `Checkpointer` thread does the work."""
+        self._db.execute(f"PRAGMA wal_autocheckpoint={1000 if enabled else 0}")
+
     @property
     def db(self) -> sqlite3.Connection:
         """The connection, for the data-access classes of other modules (sessions, posted comments).

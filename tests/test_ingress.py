@@ -48,6 +48,10 @@ async def _post(client, body: bytes, headers: dict[str, str]):
         ("form content type", 415),
         ("malformed json", 400),
         ("json that is not an object", 400),
+        ("a json string", 400),
+        ("an empty body", 400),
+        ("an object followed by more", 400),
+        ("a string that is not utf-8", 400),
     ],
 )
 async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
@@ -72,6 +76,19 @@ async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
         headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
     elif case == "json that is not an object":
         body = b"[1, 2, 3]"
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "a json string":
+        body = b'"agent:go"'
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "an empty body":
+        body = b""
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "an object followed by more":
+        body = body + b' {"action": "deleted"}'
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "a string that is not utf-8":
+        body = body.replace(b'"Add export"', b'"Add \xff export"')
+        assert b"\xff" in body
         headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
     got, answer = await _post(shepherd, body, headers)
     assert got == status, answer
