@@ -114,9 +114,6 @@ class FactReader:
         )
 
 
-def _answer(status: int, text: str, metrics: Metrics) -> web.Response:
-    metrics.deliveries.labels(str(status)).inc()
-    return web.Response(body=_BODIES[text], status=status, content_type="application/json")
 
 
 _BODIES = {
@@ -139,21 +136,29 @@ def make_webhook_handler(
     `on_stored(delivery_id, ordering_key, event=, action=, installation_id=, body=)` runs once a new
     delivery is committed."""
     facts_of = FactReader().read
+    counters: dict[int, Any] = {}  # answer code -> its labelled counter, looked up once
+
+    def answer(status: int, text: str) -> web.Response:
+        counter = counters.get(status)
+        if counter is None:
+            counter = counters[status] = metrics.deliveries.labels(str(status))
+        counter.inc()
+        return web.Response(body=_BODIES[text], status=status, content_type="application/json")
 
     async def receive_webhook(request: web.Request) -> web.Response:
         # 413 first: decided from the declared length, before reading a byte of the body.
         if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
-            return _answer(413, TOO_LARGE, metrics)
+            return answer(413, TOO_LARGE)
         event = request.headers.get("X-GitHub-Event")
         delivery_id = request.headers.get("X-GitHub-Delivery")
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _answer(413, TOO_LARGE, metrics)
+            return answer(413, TOO_LARGE)
         if len(body) > MAX_BODY_BYTES:
-            return _answer(413, TOO_LARGE, metrics)
+            return answer(413, TOO_LARGE)
         if not event or not delivery_id:
-            return _answer(400, MISSING_HEADERS, metrics)
+            return answer(400, MISSING_HEADERS)
         signature = request.headers.get("X-Hub-Signature-256", "")
         try:
             if not signature:
@@ -161,14 +166,14 @@ def make_webhook_handler(
             validate_event(body, signature=signature, secret=secret)
         except ValidationFailure:
             log.warning("delivery %s refused: bad signature", delivery_id)
-            return _answer(401, BAD_SIGNATURE, metrics)
+            return answer(401, BAD_SIGNATURE)
         if request.content_type != "application/json":
-            return _answer(415, NOT_JSON, metrics)
+            return answer(415, NOT_JSON)
         facts = facts_of(event, body)
         if facts is None:
-            return _answer(400, MALFORMED_JSON, metrics)
+            return answer(400, MALFORMED_JSON)
         if event == "ping":
-            return _answer(200, PONG, metrics)
+            return answer(200, PONG)
         row = {
             "delivery_id": delivery_id,
             "event": event,
@@ -183,7 +188,7 @@ def make_webhook_handler(
         ))
         if not stored:
             log.debug("delivery %s already received; not processed again", delivery_id)
-            return _answer(200, ALREADY_SEEN, metrics)
-        return _answer(202, ACCEPTED, metrics)
+            return answer(200, ALREADY_SEEN)
+        return answer(202, ACCEPTED)
 
     return receive_webhook

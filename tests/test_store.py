@@ -43,3 +43,54 @@ def test_a_finished_delivery_keeps_its_body_and_status_survives_reopening(tmp_pa
     assert reopened.handler_runs("d1") == {"handlers.x.on_y": ("ok", 1, None)}
     assert reopened.pending_deliveries() == []
     reopened.close()
+
+
+def test_only_deliveries_older_than_the_retention_period_are_forgotten(tmp_path):
+    store = Store.open(tmp_path / "shepherd.db")
+    start = 1_700_000_000.0
+    for name, received in (("old-1", start), ("old-2", start + DAY), ("recent", start + 2 * DAY)):
+        _add(store, name, received)
+    store.finish_deliveries(["old-1", "old-2", "recent"], now=start + 2 * DAY)
+
+    store.forget_old_deliveries(now=start + DAY + DELIVERY_RETENTION_SECONDS + 1)
+    assert [d.id for d in store.deliveries()] == ["recent"]
+    assert not _add(store, "recent", start + 3 * DAY)  # still remembered
+    assert _add(store, "old-1", start + 3 * DAY)  # forgotten: a redelivery now counts as new
+    store.close()
+
+
+def test_a_version_4_database_is_migrated_with_its_deliveries_and_their_numbers(tmp_path):
+    import sqlite3
+
+    from bot.store import _SCHEMA
+
+    path = tmp_path / "shepherd.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(_SCHEMA[:4], start=1):
+        for statement in script.split(";"):
+            if statement.strip():
+                old.execute(statement)
+        old.execute(f"PRAGMA user_version={number}")
+    old.execute(
+        "INSERT INTO deliveries (id, event, action, installation_id, ordering_key, body, received_at,"
+        " status, next_attempt_at) VALUES ('v3-era', 'issues', 'opened', 7, 'o/r#1', ?, 1.0, 'done', 1.0)",
+        (b'{"action": "opened"}',),
+    )
+    old.execute(
+        "INSERT INTO deliveries (id, event, action, installation_id, ordering_key, body, received_at,"
+        " status, next_attempt_at) VALUES ('v4-era', 'issues', 'opened', 7, 'o/r#2', x'', 2.0, 'pending', 2.0)"
+    )
+    old.execute("INSERT INTO delivery_bodies (delivery_seq, body) VALUES (2, ?)", (b'{"action": "edited"}',))
+    old.close()
+
+    store = Store.open(path)
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(_SCHEMA)
+    assert [(d.id, d.status, d.payload()) for d in store.deliveries()] == [
+        ("v3-era", DONE, {"action": "opened"}),
+        ("v4-era", "pending", {"action": "edited"}),
+    ]
+    assert _add(store, "new", 3.0)
+    assert [row[0] for row in store.db.execute("SELECT seq FROM deliveries ORDER BY seq")] == [1, 2, 3]
+    indexes = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "deliveries_by_status" in indexes and "deliveries_by_age" not in indexes
+    store.close()
