@@ -121,3 +121,27 @@ async def test_cycle_is_reported_once_on_every_issue(shepherd_for, fake_github, 
     await shepherd.deliver("issues", payloads.issue_edited(fake_github, REPO, one, body="No dependencies now",
                                                            sender=MAINTAINER))
     assert (await shepherd.ended(one)).state == State.COMPLETE
+
+
+async def test_a_dependency_in_another_installations_repository_is_reported_once_and_not_waited_for(
+    shepherd_for, fake_github, git_remote
+):
+    shepherd = await shepherd_for()
+    # The App is installed on other-org too, but that installation's token is not this one's: from
+    # octo-org/widgets' installation, GitHub answers 404 for other-org/tools, as for a missing repository.
+    fake_github.add_installation(8, account="other-org", repositories=["other-org/tools"])
+    fake_github.add_repo("other-org/tools")
+    elsewhere = fake_github.add_issue("other-org/tools", title="Upstream fix", body="Not ours")["number"]
+    mine = fake_github.add_issue(REPO, title="Use the fix", body=f"blocked by other-org/tools#{elsewhere}")["number"]
+    await label(shepherd, fake_github, mine)
+    ended = await shepherd.ended(mine)
+
+    assert ended.state == State.COMPLETE  # not held back by what it cannot see
+    unseen = [x for x in bot_comments(fake_github, mine) if "shepherd:dependency-unseen" in x["body"]]
+    assert len(unseen) == 1 and f"`other-org/tools#{elsewhere}`" in unseen[0]["body"]
+    assert pull_for(fake_github, ended.branch) is not None
+    # Nothing was written to the other installation's repository; the one refused call was the read
+    # of the dependency, which GitHub answers 404 for a repository outside the token's installation.
+    assert fake_github.comments("other-org/tools", elsewhere) == []
+    refused = fake_github.take_violations()
+    assert refused and all(f"GET /repos/other-org/tools/issues/{elsewhere} " in v for v in refused), refused
