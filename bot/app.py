@@ -106,6 +106,7 @@ def create_app(
                     retry=retry,
                 )
                 services.consumer.start()
+                metrics.deliveries_waiting.set_function(services.consumer.waiting)
                 assert settings.webhook_secret is not None
                 services.receive_webhook = ingress.make_webhook_handler(
                     secret=settings.webhook_secret.get_secret_value(),

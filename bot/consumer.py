@@ -143,6 +143,10 @@ class Consumer:
     def wake(self) -> None:
         self._wakeup.set()
 
+    def waiting(self) -> int:
+        """How many stored deliveries wait to be handled or are being handled."""
+        return sum(len(queue) for queue in self._queues.values())
+
     def start(self) -> None:
         if self._loop_task is None:
             self._queues.clear()

@@ -19,6 +19,11 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        self.deliveries_waiting = Gauge(
+            "shepherd_deliveries_waiting",
+            "Stored deliveries not yet handled (a burst's backlog, retries waiting out their backoff).",
+            registry=self.registry,
+        )
         self.github_requests = Counter(
             "shepherd_github_requests",
             "REST requests sent to GitHub, by method and status.",

@@ -176,11 +176,13 @@ async def test_during_a_burst_the_consumer_handles_a_trickle_and_the_rest_once_i
         # Ten arrivals in a window is the busy rate itself: those ran at once. The eleventh made it a
         # burst and went through as the trickle's one; the rest wait for the burst to end.
         assert handled == [f"d-{n}" for n in range(11)]
+        assert consumer.waiting() == 19  # what an operator sees as shepherd_deliveries_waiting
         ticks.now += 0.35  # quiet again
         await consumer.drain()
     finally:
         await consumer.stop()
         await writer.close()
     assert sorted(handled, key=lambda d: int(d[2:])) == [f"d-{n}" for n in range(30)]
+    assert consumer.waiting() == 0
     assert {d.status for d in store.deliveries()} == {DONE}
     store.close()

@@ -160,6 +160,7 @@ async def test_metrics_sets_the_sessions_gauge_at_scrape_time(views):
     assert 'shepherd_sessions{state="working"} 1.0' in text
     assert 'shepherd_sessions{state="complete"} 1.0' in text
     assert 'shepherd_sessions{state="failed"} 0.0' in text
+    assert "shepherd_deliveries_waiting 0.0" in text  # nothing stored is waiting to be handled
     for name in ("shepherd_deliveries_total", "shepherd_github_requests_total",
                  "shepherd_github_rate_limit_remaining", "shepherd_turn_seconds"):
         assert f"# TYPE {name.removesuffix('_total')}" in text
