@@ -150,6 +150,7 @@ class Consumer:
     def start(self) -> None:
         if self._loop_task is None:
             self._queues.clear()
+            self._held_bytes = 0
             for delivery in self._store.pending_deliveries(limit=1_000_000):
                 self._queues.setdefault(delivery.ordering_key, deque()).append(
                     _Pending(delivery.id, delivery.next_attempt_at, delivery.attempts)

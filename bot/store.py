@@ -137,9 +137,10 @@ _SCHEMA = [
         body BLOB NOT NULL
     );
     """,
-    # version 5: storing a delivery touches two pages fewer. Sequence numbers no longer need
-    # AUTOINCREMENT's bookkeeping row (the newest delivery is never dropped before its successors, and
-    # a dropped delivery's body goes with it), and age is read along the sequence, not from an index.
+    # version 5: storing a delivery touches two pages fewer: no AUTOINCREMENT bookkeeping row and no
+    # index on age (age is read along the sequence). Without AUTOINCREMENT the number of a forgotten
+    # newest delivery may be given again; its body is forgotten in the same transaction, so nothing
+    # stale can attach to the new one.
     """
     CREATE TABLE deliveries_v5 (
         seq INTEGER PRIMARY KEY,
@@ -380,18 +381,26 @@ class Store:
         cutoff = now - DELIVERY_RETENTION_SECONDS
         # Deliveries are numbered as they arrive: everything before the first one received after the
         # cutoff is older than it. Reading from the oldest stops there, so no index on age is needed.
-        cursor = self._db.execute(
-            "DELETE FROM deliveries WHERE status != ? AND seq < COALESCE("
-            " (SELECT seq FROM deliveries WHERE received_at >= ? ORDER BY seq LIMIT 1),"
-            " (SELECT IFNULL(MAX(seq), 0) + 1 FROM deliveries))",
-            (PENDING, cutoff),
-        )
-        self._db.execute(
-            "DELETE FROM handler_runs WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
-        )
-        self._db.execute(
-            "DELETE FROM delivery_bodies WHERE delivery_seq NOT IN (SELECT seq FROM deliveries)"
-        )
+        # One transaction: a forgotten delivery's number may be given again (schema 5), so its body
+        # must never outlive it.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = self._db.execute(
+                "DELETE FROM deliveries WHERE status != ? AND seq < COALESCE("
+                " (SELECT seq FROM deliveries WHERE received_at >= ? ORDER BY seq LIMIT 1),"
+                " (SELECT IFNULL(MAX(seq), 0) + 1 FROM deliveries))",
+                (PENDING, cutoff),
+            )
+            self._db.execute(
+                "DELETE FROM handler_runs WHERE delivery_id NOT IN (SELECT id FROM deliveries)"
+            )
+            self._db.execute(
+                "DELETE FROM delivery_bodies WHERE delivery_seq NOT IN (SELECT seq FROM deliveries)"
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
         return cursor.rowcount
 
     # -- handler outcomes -------------------------------------------------------------------------

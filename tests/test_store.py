@@ -94,3 +94,23 @@ def test_a_version_4_database_is_migrated_with_its_deliveries_and_their_numbers(
     indexes = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert "deliveries_by_status" in indexes and "deliveries_by_age" not in indexes
     store.close()
+
+
+def test_a_number_given_again_after_everything_was_forgotten_carries_the_new_body(tmp_path):
+    store = Store.open(tmp_path / "shepherd.db")
+    start = 1_700_000_000.0
+    for name in ("first", "second"):
+        store.add_delivery(
+            delivery_id=name, event="issues", action="opened", installation_id=7, ordering_key="o/r#1",
+            body=b'{"action": "%s"}' % name.encode(), now=start,
+        )
+    store.finish_deliveries(["first", "second"], now=start)
+    store.forget_old_deliveries(now=start + DELIVERY_RETENTION_SECONDS + 1)
+    assert store.deliveries() == []
+
+    store.add_delivery(
+        delivery_id="third", event="issues", action="opened", installation_id=7, ordering_key="o/r#1",
+        body=b'{"action": "third"}', now=start + DELIVERY_RETENTION_SECONDS + 2,
+    )
+    assert [(d.id, d.payload()) for d in store.deliveries()] == [("third", {"action": "third"})]
+    store.close()
