@@ -127,13 +127,18 @@ class ClaudeAdapter:
 
 @dataclasses.dataclass(frozen=True)
 class CodexAdapter:
-    """OpenAI Codex CLI, ``codex exec --json``; the worktree is the sandbox, so Codex's own is off."""
+    """OpenAI Codex CLI, ``codex exec --json``; the worktree is the sandbox, so Codex's own is off.
+
+    Codex runs the model's commands in a login shell by default, and a login shell's profile may
+    reset ``PATH`` (Debian's ``/etc/profile`` does), which hides the ``shepherd`` tool from the
+    agent. ``allow_login_shell=false`` makes Codex run them in a plain shell with Shepherd's ``PATH``.
+    """
 
     binary: str = "codex"
     name: str = "codex"
 
     def _common(self) -> list[str]:
-        return ["--json", "--dangerously-bypass-approvals-and-sandbox"]
+        return ["--json", "--dangerously-bypass-approvals-and-sandbox", "-c", "allow_login_shell=false"]
 
     def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> list[str]:
         text = _argument_text(prompt, PROMPT_FILE_INSTRUCTION.format(path=os.fspath(prompt_file)))

@@ -28,7 +28,7 @@ from bot.agents import (
     make_adapter,
 )
 from bot.processes import kill_group, spawn_turn, wait_turn
-from tests.fakes.model import model_server, text, write  # noqa: F401 - fixture
+from tests.fakes.model import bash, model_server, text, tool, write  # noqa: F401 - fixture
 
 SECRETS = {
     "GITHUB_WEBHOOK_SECRET": "whsec-value-1111",
@@ -276,13 +276,11 @@ def test_claude_parse_error_and_killed_runs() -> None:
 
 
 def test_codex_argv_first_and_resume() -> None:
+    # Login shells are off on both turns: a profile resetting PATH would hide the `shepherd` tool.
     adapter = make_adapter("codex", codex_bin="/opt/codex")
-    assert adapter.first_turn("Fix it", "/p") == [
-        "/opt/codex", "exec", "--json", "--dangerously-bypass-approvals-and-sandbox", "--", "Fix it",
-    ]  # fmt: skip
-    assert adapter.resume_turn("th-9", "-n 2") == [
-        "/opt/codex", "exec", "resume", "--json", "--dangerously-bypass-approvals-and-sandbox", "--", "th-9", "-n 2",
-    ]  # fmt: skip
+    common = ["--json", "--dangerously-bypass-approvals-and-sandbox", "-c", "allow_login_shell=false"]
+    assert adapter.first_turn("Fix it", "/p") == ["/opt/codex", "exec", *common, "--", "Fix it"]
+    assert adapter.resume_turn("th-9", "-n 2") == ["/opt/codex", "exec", "resume", *common, "--", "th-9", "-n 2"]
 
 
 CODEX_STREAM = [
@@ -314,9 +312,9 @@ def test_command_adapter_and_factory_errors() -> None:
         make_adapter("aider")
 
 
-def _post(url: str, body: dict) -> tuple[int, str]:
+def _post(url: str, body: dict, path: str = "/v1/messages?beta=true") -> tuple[int, str]:
     request = urllib.request.Request(
-        url + "/v1/messages?beta=true", data=json.dumps(body).encode(), headers={"content-type": "application/json"}
+        url + path, data=json.dumps(body).encode(), headers={"content-type": "application/json"}
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
@@ -350,4 +348,55 @@ def test_model_server_scripts_by_marker_exchange_and_step(model_server) -> None:
     assert (status, json.loads(side)["content"][0]["text"]) == (200, "Shepherd test")
     stranger = {"role": "user", "content": "no marker here"}
     status, body = _post(model_server.url, {"stream": True, "tools": tools, "messages": [stranger]})
+    assert status == 500 and "no scripted scenario" in body
+
+
+def _codex_user(text_: str) -> dict:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text_}]}
+
+
+def _codex_items(stream: str) -> list[dict]:
+    """The items of the ``response.output_item.done`` events of a Responses API stream."""
+    events = [json.loads(line[len("data: "):]) for line in stream.splitlines() if line.startswith("data: ")]
+    return [e["item"] for e in events if e["type"] == "response.output_item.done"]
+
+
+def test_model_server_speaks_the_responses_api_for_codex(model_server) -> None:
+    model_server.add_scenario(
+        "MARK",
+        [[[text("Writing."), write("{cwd}/a.txt", "A\nB\n")], [bash("ls"), bash("pwd")], [tool("Edit")]], [[text("second")]]],
+    )
+    tools = [{"type": "function", "name": "exec_command"}]
+    context = [_codex_user("<environment_context>\n  <cwd>/old</cwd>\n</environment_context>"), _codex_user("MARK go")]
+    status, stream = _post(model_server.url, {"stream": True, "tools": tools, "input": context}, "/v1/responses")
+    assert status == 200
+    assert [line.split(": ", 1)[1] for line in stream.splitlines() if line.startswith("event: ")] == [
+        "response.created", "response.output_item.added", "response.output_item.done",
+        "response.output_item.added", "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    message, patch = _codex_items(stream)
+    assert message["content"] == [{"type": "output_text", "text": "Writing.", "annotations": []}]
+    # Without a harness cwd, the last <cwd> of the conversation counts (Codex appends one on resume).
+    moved = [*context, _codex_user("<environment_context>\n  <cwd>/w</cwd>\n</environment_context>")]
+    _, stream = _post(model_server.url, {"stream": True, "tools": tools, "input": moved}, "/v1/responses")
+    patch = _codex_items(stream)[1]
+    assert (patch["type"], patch["name"]) == ("custom_tool_call", "apply_patch")
+    assert patch["input"] == "*** Begin Patch\n*** Add File: /w/a.txt\n+A\n+B\n*** End Patch\n"
+    output = {"type": "custom_tool_call_output", "call_id": patch["call_id"], "output": "ok"}
+    _, stream = _post(model_server.url, {"stream": True, "tools": tools, "input": [*moved, message, patch, output]}, "/v1/responses")
+    calls = _codex_items(stream)
+    assert [json.loads(c["arguments"]) for c in calls] == [{"cmd": "ls", "workdir": "/w"}, {"cmd": "pwd", "workdir": "/w"}]
+    # Two calls of one response, then their outputs, are one step.
+    outputs = [{"type": "function_call_output", "call_id": c["call_id"], "output": "ok"} for c in calls]
+    history = [*moved, message, patch, output, *calls, *outputs]
+    status, body = _post(model_server.url, {"stream": True, "tools": tools, "input": history}, "/v1/responses")
+    assert status == 500 and "no mapping for the Edit tool" in body
+    final = {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "asked"}]}
+    _, stream = _post(model_server.url, {"stream": True, "tools": tools, "input": [*history, final, _codex_user("9090")]}, "/v1/responses")
+    assert _codex_items(stream)[0]["content"][0]["text"] == "second"
+    assert [(r.exchange, r.step) for r in model_server.main_requests("MARK")] == [(0, 0), (0, 0), (0, 1), (0, 2), (1, 0)]
+
+    _, side = _post(model_server.url, {"stream": True, "tools": [], "input": context}, "/v1/responses")
+    assert _codex_items(side)[0]["content"][0]["text"] == "Shepherd test"
+    status, body = _post(model_server.url, {"stream": True, "tools": tools, "input": [_codex_user("no marker")]}, "/v1/responses")
     assert status == 500 and "no scripted scenario" in body

@@ -1,14 +1,23 @@
-"""A scripted Anthropic Messages API server on loopback, for driving the real Claude Code CLI in tests.
+"""A scripted model server on loopback, for driving the real agent CLIs in tests.
 
-Scripting is stateless, because the CLI resends the whole conversation with every request:
+It speaks two wire formats from one set of scenarios:
+- ``POST /v1/messages``: the Anthropic Messages API, for Claude Code (agent_cli.md §2.4);
+- ``POST /v1/responses``: the OpenAI Responses API, streamed, for the Codex CLI (agent_cli.md §3.4).
+  Claude Code's tool blocks are mapped onto Codex's tools: ``bash`` and ``read`` become an
+  ``exec_command`` function call, ``write`` an ``apply_patch`` custom tool call adding the file,
+  ``text`` an assistant message.
+
+Scripting is stateless, because both CLIs resend the whole conversation with every request:
 - the scenario is the registered one whose marker occurs in the first real user prompt (a user
-  message without a ``tool_result``);
+  message without a ``tool_result``; for Codex, one that is not a ``<...>`` context block);
 - the exchange is the number of real user messages minus one (0 for the first turn, 1 for the
   reply that resumed it, ...);
-- the step is the number of assistant messages since the last real user message.
-Requests without tools (Claude Code's side requests, such as title generation) get a short text.
+- the step is the number of model responses since the last real user message (assistant messages
+  for Claude; for Codex, runs of tool calls, since each non-final response carries at least one).
+Requests without tools (side requests, such as Claude Code's title generation) get a short text.
 Every request is recorded for assertions. The harness supplies the working directory, which is
-substituted for ``{cwd}`` in tool inputs, so nothing depends on how the CLI lays out its prompt.
+substituted for ``{cwd}`` in tool inputs, so nothing depends on how the CLI lays out its prompt;
+for Codex without one, the last ``<cwd>`` of the conversation's environment context is used.
 """
 
 from __future__ import annotations
@@ -16,7 +25,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
+import shlex
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +39,9 @@ MODEL = "shepherd-test-model"
 SIDE_REPLY = "Shepherd test"
 DEFAULT_FINAL_TEXT = "Finished."
 NO_SCENARIO = "no scripted scenario matches this conversation"
+# The history items of Codex's tool calls (each is answered by a matching ``*_output`` item).
+CODEX_CALLS = frozenset({"function_call", "custom_tool_call", "local_shell_call"})
+_CWD = re.compile(r"<cwd>(.*?)</cwd>", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,18 +156,33 @@ class ModelServer:
             self.requests.append(request)
 
     def choose(self, body: dict) -> tuple[Scenario | None, int, int]:
-        """The scenario, exchange and step for a main-loop request."""
+        """The scenario, exchange and step for a main-loop Messages API request."""
         messages = [m for m in body.get("messages", []) if isinstance(m, dict)]
         real = [i for i, m in enumerate(messages) if m.get("role") == "user" and _is_real_user(m)]
         if not real:
             return None, 0, 0
         first_prompt = _message_text(messages[real[0]])
         step = sum(1 for m in messages[real[-1] :] if m.get("role") == "assistant")
+        return self._scenario_for(first_prompt), len(real) - 1, step
+
+    def choose_codex(self, body: dict) -> tuple[Scenario | None, int, int]:
+        """The scenario, exchange and step for a Responses API request (the whole history in ``input``)."""
+        items = [i for i in body.get("input", []) if isinstance(i, dict)]
+        real = [n for n, item in enumerate(items) if _is_real_codex_user(item)]
+        if not real:
+            return None, 0, 0
+        first_prompt = _codex_text(items[real[0]])
+        since = [item.get("type") for item in items[real[-1] :]]
+        # A response's calls sit together in the history, followed by their outputs.
+        step = sum(1 for n, kind in enumerate(since) if kind in CODEX_CALLS and (n == 0 or since[n - 1] not in CODEX_CALLS))
+        return self._scenario_for(first_prompt), len(real) - 1, step
+
+    def _scenario_for(self, first_prompt: str) -> Scenario | None:
         with self._lock:
             for scenario in self._scenarios:
                 if scenario.marker in first_prompt:
-                    return scenario, len(real) - 1, step
-        return None, len(real) - 1, step
+                    return scenario
+        return None
 
 
 def _is_real_user(message: dict) -> bool:
@@ -167,6 +197,27 @@ def _message_text(message: dict) -> str:
     if isinstance(content, str):
         return content
     return "\n".join(b.get("text", "") for b in content or [] if isinstance(b, dict))
+
+
+def _is_real_codex_user(item: dict) -> bool:
+    """A user message the human (or Shepherd) wrote, not one of Codex's ``<...>`` context blocks."""
+    if item.get("type", "message") != "message" or item.get("role") != "user":
+        return False
+    text = _codex_text(item).lstrip()
+    return bool(text) and not text.startswith("<") and not text.startswith("# AGENTS.md")
+
+
+def _codex_text(item: dict) -> str:
+    content = item.get("content")
+    if isinstance(content, str):
+        return content
+    return "\n".join(c.get("text", "") for c in content or [] if isinstance(c, dict))
+
+
+def _codex_cwd(body: dict) -> str:
+    """The last ``<cwd>`` of the conversation: Codex appends a new one when resumed elsewhere."""
+    found = [m for item in body.get("input", []) if isinstance(item, dict) for m in _CWD.findall(_codex_text(item))]
+    return found[-1].strip() if found else ""
 
 
 def _substitute(value: Any, cwd: str) -> Any:
@@ -204,6 +255,9 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             recorded = RecordedRequest("POST", self.path, dict(self.headers), body)
+            if self.path.split("?")[0] == "/v1/responses" and isinstance(body, dict):
+                self._responses(body, recorded)
+                return
             if self.path.split("?")[0] != "/v1/messages" or not isinstance(body, dict):
                 recorded.status = 404
                 server.record(recorded)
@@ -229,6 +283,44 @@ def _handler_for(server: ModelServer) -> type[BaseHTTPRequestHandler]:
                 blocks = [text(DEFAULT_FINAL_TEXT)]
             stop = "tool_use" if any(b.kind == "tool_use" for b in blocks) else "end_turn"
             self._reply(body, blocks, stop)
+
+        def _responses(self, body: dict, recorded: RecordedRequest) -> None:
+            """Answer one Codex model turn from the script, as a Responses API event stream."""
+            if not body.get("tools"):
+                server.record(recorded)
+                self._stream_response(body, [_codex_item(text(SIDE_REPLY), "", server.next_id)])
+                return
+            scenario, exchange, step = server.choose_codex(body)
+            recorded.exchange, recorded.step = exchange, step
+            if scenario is None:
+                recorded.status = 500
+                server.record(recorded)
+                self._send_json(500, {"error": {"type": "server_error", "message": NO_SCENARIO}})
+                return
+            recorded.scenario = scenario.marker
+            server.record(recorded)
+            cwd = scenario.cwd or _codex_cwd(body)
+            steps = scenario.exchanges[exchange] if exchange < len(scenario.exchanges) else []
+            blocks = steps[step] if step < len(steps) else [text(DEFAULT_FINAL_TEXT)]
+            try:
+                items = [_codex_item(dataclasses.replace(b, input=_substitute(b.input, cwd)), cwd, server.next_id)
+                         for b in blocks]
+            except ValueError as error:
+                recorded.status = 500
+                self._send_json(500, {"error": {"type": "server_error", "message": str(error)}})
+                return
+            self._stream_response(body, items)
+
+        def _stream_response(self, body: dict, items: list[dict]) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("cache-control", "no-cache")
+            self.send_header("connection", "close")
+            self.end_headers()
+            for event, data in _codex_events(server.next_id("resp"), body.get("model") or MODEL, items):
+                self.wfile.write(f"event: {event}\ndata: {json.dumps(data)}\n\n".encode())
+            self.wfile.flush()
+            self.close_connection = True
 
         def _send_json(self, status: int, payload: dict) -> None:
             data = json.dumps(payload).encode()
@@ -298,6 +390,54 @@ def _events(message: dict, content: list[dict], stop: str) -> Iterator[tuple[str
         "usage": {"output_tokens": 5},
     }
     yield "message_stop", {"type": "message_stop"}
+
+
+def _codex_item(block: Block, cwd: str, next_id: Any) -> dict:
+    """One Responses API output item for a scripted block, on Codex's tools (agent_cli.md §3.3)."""
+    if block.kind == "text":
+        return {
+            "type": "message", "role": "assistant", "id": next_id("msg"), "status": "completed",
+            "content": [{"type": "output_text", "text": block.text, "annotations": []}],
+        }
+    if block.name == "Write":
+        return {
+            "type": "custom_tool_call", "id": next_id("ctc"), "call_id": next_id("call"), "status": "completed",
+            "name": "apply_patch", "input": _add_file_patch(block.input["file_path"], block.input["content"]),
+        }
+    if block.name in ("Bash", "Read"):
+        command = block.input["command"] if block.name == "Bash" else f"cat {shlex.quote(block.input['file_path'])}"
+        return {
+            "type": "function_call", "id": next_id("fc"), "call_id": next_id("call"), "status": "completed",
+            "name": "exec_command", "arguments": json.dumps({"cmd": command, "workdir": cwd}),
+        }
+    raise ValueError(f"the Codex side of the model server has no mapping for the {block.name} tool")
+
+
+def _add_file_patch(path: str, content: str) -> str:
+    """An ``apply_patch`` patch writing ``content`` to ``path``, like Claude Code's Write.
+
+    Codex 0.169.0 overwrites an existing file on ``Add File``; every line it writes ends in a newline.
+    """
+    lines = "".join(f"+{line}\n" for line in content.splitlines())
+    return f"*** Begin Patch\n*** Add File: {path}\n{lines}*** End Patch\n"
+
+
+def _codex_events(response_id: str, model: str, items: list[dict]) -> Iterator[tuple[str, dict]]:
+    """The Responses API stream Codex 0.169.0 accepts (agent_cli.md §3.4); it acts on ``output_item.done``."""
+    response = {
+        "id": response_id, "object": "response", "created_at": int(time.time()), "model": model,
+        "status": "in_progress", "output": [],
+    }
+    yield "response.created", {"type": "response.created", "response": response}
+    for index, item in enumerate(items):
+        yield "response.output_item.added", {"type": "response.output_item.added", "output_index": index, "item": item}
+        yield "response.output_item.done", {"type": "response.output_item.done", "output_index": index, "item": item}
+    usage = {
+        "input_tokens": 10, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 15,
+    }
+    completed = dict(response, status="completed", output=items, usage=usage)
+    yield "response.completed", {"type": "response.completed", "response": completed}
 
 
 @pytest.fixture
