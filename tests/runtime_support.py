@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.effects import SessionContext
+from bot.effects import IssueRef, SessionContext
 from bot.git import Mirror
 from bot.github import GitHubApp
 from bot.metrics import Metrics
@@ -32,6 +32,7 @@ from bot.settings import Settings
 from bot.store import Store
 from bot.workspace import Workspaces
 from tests.conftest import settings_for
+from tests.fakes.model import bash, text, write
 
 REPO = "octo-org/widgets"
 INSTALLATION = 4242
@@ -116,6 +117,30 @@ def agent_script(tmp_path: Path, body: str, name: str = "agent.sh") -> str:
 
 
 FAST_POLICY = "max_runtime_minutes: 1\nidle_timeout_minutes: 1\n"
+
+
+# A real agent CLI's scripted session (tests/fakes/model.py): it writes a file, asks which port and ends
+# its turn; resumed with the reply, it writes the reply to port.txt, commits and finishes.
+ASK_THEN_FINISH = [
+    [
+        [text("Writing the server file."), write("{cwd}/server.txt", "listen\n")],
+        [bash('shepherd ask "Which port?" --option 8080 --option 9090')],
+        [text("I asked; ending my turn.")],
+    ],
+    [
+        [bash('printf "%s" "$SHEPHERD_REPLY" > port.txt && git add -A && git commit -qm "Port"')],
+        [bash('shepherd done "Server listens on 9090"')],
+        [text("All done.")],
+    ],
+]
+
+
+def issue_ref(fake, number: int, repo: str = REPO) -> IssueRef:
+    """The engine's view of one of the fake's issues, triggered by its author."""
+    issue = fake.issue(repo, number)
+    owner, name = repo.split("/")
+    return IssueRef(INSTALLATION, owner, name, number, issue["title"], issue["body"] or "",
+                    fake.repo(repo)["clone_url"], "main", issue["user"]["login"])
 
 
 @dataclass

@@ -5,22 +5,14 @@ from __future__ import annotations
 
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
-from bot.effects import IssueRef
 from bot.session import Mode, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
-from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, agent_script, build_harness, prepare_repo, wait_for
+from tests.runtime_support import FAST_POLICY, REPO, agent_script, build_harness, issue_ref, prepare_repo, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def issue_ref(fake, number: int) -> IssueRef:
-    issue = fake.issue(REPO, number)
-    return IssueRef(INSTALLATION, "octo-org", "widgets", number, issue["title"], issue["body"] or "",
-                    fake.repo(REPO)["clone_url"], "main", "alice")
 
 
 async def _run(fake, tmp_path, script: str, issues: list[int], **env: str):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -10,27 +9,19 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.effects import IssueRef
 from bot.session import Cancel, CancelReason, Detail, Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import (
     FAST_POLICY,
-    INSTALLATION,
     REPO,
     agent_script,
     build_harness,
+    issue_ref,
     prepare_repo,
     wait_for,
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def issue_ref(fake, number: int, repo: str = REPO) -> IssueRef:
-    issue = fake.issue(repo, number)
-    owner, name = repo.split("/")
-    return IssueRef(INSTALLATION, owner, name, number, issue["title"], issue["body"] or "",
-                    fake.repo(repo)["clone_url"], "main", issue["user"]["login"])
 
 
 @pytest.fixture
@@ -106,7 +97,7 @@ shepherd done "Added hello.txt"
 
 async def test_ask_then_reply_resumes_with_the_reply(fake_github, git_remote, harness_for, tmp_path):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
-    issue = fake_github.add_issue(REPO, title="Pick a port")
+    fake_github.add_issue(REPO, title="Pick a port")
     out = tmp_path / "seen"
     script = agent_script(tmp_path, f"""
 if [ "$SHEPHERD_TURN" = 1 ]; then

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from bot.agents import make_adapter
-from bot.effects import IssueRef
 from bot.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
-from tests.fakes.model import ModelServer, bash, model_server, text, write  # noqa: F401 - fixture
-from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, build_harness, prepare_repo, wait_for
+from tests.fakes.model import ModelServer, model_server  # noqa: F401 - fixture
+from tests.runtime_support import (
+    ASK_THEN_FINISH, FAST_POLICY, REPO, build_harness, issue_ref, prepare_repo, wait_for,
+)
 
 CODEX_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "codex"
 MARKER = "SHEPHERD-CODEX-E2E"
@@ -104,26 +105,9 @@ async def test_codex_asks_is_resumed_with_the_reply_and_finishes(
     try:
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")
-        model_server.add_scenario(
-            MARKER,
-            [
-                [
-                    [text("Writing the server file."), write("{cwd}/server.txt", "listen\n")],
-                    [bash('shepherd ask "Which port?" --option 8080 --option 9090')],
-                    [text("I asked; ending my turn.")],
-                ],
-                [
-                    [bash('printf "%s" "$SHEPHERD_REPLY" > port.txt && git add -A && git commit -qm "Port"')],
-                    [bash('shepherd done "Server listens on 9090"')],
-                    [text("All done.")],
-                ],
-            ],
-            cwd=str(worktree),
-        )
-        issue = fake_github.issue(REPO, 1)
-        ref = IssueRef(INSTALLATION, "octo-org", "widgets", 1, issue["title"], issue["body"],
-                       fake_github.repo(REPO)["clone_url"], "main", "alice")
-        session = await harness.engine.trigger(ref, mode=Mode.GO, actor="alice", label="agent:go")
+        model_server.add_scenario(MARKER, ASK_THEN_FINISH, cwd=str(worktree))
+        session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice",
+                                               label="agent:go")
         # Any settled state ends the wait, so a turn that never asked fails here at once.
         stuck = await wait_for(
             lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.STUCK, State.COMPLETE, State.FAILED)
