@@ -100,6 +100,8 @@ class Consumer:
         self._retry = retry
         self._concurrency = concurrency
         self._wakeup = asyncio.Event()
+        self._held_back = False  # the loop sleeps until the trickle's next start: no need to wake it
+        self._routed: dict[tuple[str, str | None], bool] = {}  # (event, action) -> any handler?
         self._queues: dict[str, deque[_Pending]] = {}  # ordering key -> pending, oldest first
         self._running: dict[str, asyncio.Task[None]] = {}  # ordering key -> task
         self._loop_task: asyncio.Task[None] | None = None
@@ -121,8 +123,11 @@ class Consumer:
         at once instead of waiting their turn behind the issue's other deliveries. Every handler is
         routed by event and action, so those two decide it."""
         self._pressure.arrived()
-        routed = sansio.Event({} if action is None else {"action": action}, event=event, delivery_id=delivery_id)
-        if not self._router.fetch(routed):
+        routed = self._routed.get((event, action))
+        if routed is None:  # asked once per kind of delivery: the router does not change while running
+            kind = sansio.Event({} if action is None else {"action": action}, event=event, delivery_id="")
+            routed = self._routed[(event, action)] = bool(self._router.fetch(kind))
+        if not routed:
             self._writer.mark_done(delivery_id)
             return
         held = self._held_bytes + len(body) <= HELD_BODY_BYTES
@@ -138,7 +143,8 @@ class Consumer:
             body=body if held else None,
         )
         self._queues.setdefault(ordering_key, deque()).append(pending)
-        self._wakeup.set()
+        if not self._held_back:  # during a burst the loop wakes for the trickle anyway
+            self._wakeup.set()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -191,11 +197,17 @@ class Consumer:
     async def _run(self) -> None:
         while True:
             self._wakeup.clear()
-            timeout, held_back = self._start_ready()
-            if not self._running and not held_back:
+            timeout, self._held_back = self._start_ready()
+            if not self._running and not self._held_back:
                 self._idle.set()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            # Woken by news, or when the earliest retry or the trickle's next start is due.
+            alarm = None if timeout is None else asyncio.get_running_loop().call_later(timeout, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                self._held_back = False
+                if alarm is not None:
+                    alarm.cancel()
 
     def _start_ready(self) -> tuple[float | None, bool]:
         """Start what may run now. Return how long until something else may start (None: nothing

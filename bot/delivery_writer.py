@@ -45,6 +45,7 @@ class DeliveryWriter:
         self._pending: list[tuple[dict[str, Any], Callable[[], None] | None, asyncio.Future[bool]]] = []
         self._done: list[tuple[str, Sequence[Outcome]]] = []
         self._add_turn: asyncio.Handle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._done_turn: asyncio.TimerHandle | None = None
 
     async def add(self, row: dict[str, Any], *, on_new: Callable[[], None] | None = None) -> bool:
@@ -53,11 +54,11 @@ class DeliveryWriter:
         `row` holds the keyword arguments of `Store.add_delivery` but `now`. `on_new` runs right after
         the commit if the delivery is new, even if the waiting request was cancelled meanwhile, so a
         stored delivery is always handed on."""
-        loop = asyncio.get_running_loop()
-        answer: asyncio.Future[bool] = loop.create_future()
+        if self._add_turn is None:  # the first of its group: looks the loop up for all of them
+            self._loop = asyncio.get_running_loop()
+            self._add_turn = self._loop.call_soon(self._write_added)
+        answer: asyncio.Future[bool] = self._loop.create_future()
         self._pending.append((row, on_new, answer))
-        if self._add_turn is None:
-            self._add_turn = loop.call_soon(self._write_added)
         return await answer
 
     def mark_done(self, delivery_id: str, outcomes: Sequence[Outcome] = ()) -> None:

@@ -167,7 +167,8 @@ def make_webhook_handler(
         except ValidationFailure:
             log.warning("delivery %s refused: bad signature", delivery_id)
             return answer(401, BAD_SIGNATURE)
-        if request.content_type != "application/json":
+        # GitHub sends exactly this header; anything else (parameters, other case) is parsed in full.
+        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
             return answer(415, NOT_JSON)
         facts = facts_of(event, body)
         if facts is None:
