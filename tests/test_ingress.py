@@ -96,6 +96,16 @@ async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
     assert _stored(shepherd) == []
 
 
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
+async def test_a_json_content_type_with_parameters_or_other_case_is_accepted(shepherd, fake_github, content_type):
+    """GitHub sends exactly `application/json`; other spellings of the same type are still JSON."""
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github))
+    headers["Content-Type"] = content_type
+    got, answer = await _post(shepherd, body, headers)
+    assert (got, answer["message"]) == (202, "accepted")
+    assert [delivery.id for delivery in _stored(shepherd)] == [headers["X-GitHub-Delivery"]]
+
+
 async def test_checks_run_in_spec_order(shepherd, fake_github):
     """A delivery wrong in several ways gets the code of the first failing check."""
     body = b"not json"
