@@ -11,7 +11,7 @@ The bare handler only verifies the signature.
 The machine's speed drifts from minute to minute, so the two servers take turns: each round measures
 the bare handler, then Shepherd, and the ratio is taken per round. The median round is the result.
 
-    .venv/bin/python -m bench.ingest [--connections 16] [--seconds 10] [--rounds 3]
+    .venv/bin/python -m bench.ingest [--connections 16] [--seconds 10] [--rounds 5]
 
 Needs `wrk` (Debian package `wrk`). Targets on a 2-core machine: at least 1,000 deliveries/s, p99 under
 20 ms, and at least half the bare handler's throughput.
@@ -102,7 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/ingest.py needs wrk: apt-get install wrk")
@@ -192,6 +192,9 @@ def main() -> int:
         f"median round: shepherd {shepherd_figures.per_second:.0f}/s, p99 {shepherd_figures.p99_ms:.2f} ms,"
         f" {ratio:.2f}x bare"
     )
+    together = sum(r[1].requests for r in rounds) / sum(r[0].requests for r in rounds)
+    at_half = sum(r[1].per_second >= 0.5 * r[0].per_second for r in rounds)
+    print(f"all rounds together: {together:.2f}x bare; rounds at or above 0.5x: {at_half} of {len(rounds)}")
     print(
         f"deliveries stored by shepherd (incl. warm-up): {stored}; handled: {handled};"
         f" each round's backlog was handled within {backlog:.1f} s of its burst"
