@@ -89,7 +89,6 @@ class Consumer:
     ) -> None:
         self._store = store
         # Finished deliveries are recorded in groups by the writer the webhook also stores through.
-        self._owns_writer = writer is None
         self._writer = writer if writer is not None else DeliveryWriter(store, clock)
         self._pressure = pressure if pressure is not None else IngestPressure()
         self._held_bytes = 0
@@ -176,8 +175,6 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await job
         await self._writer.flush()
-        if self._owns_writer:
-            await self._writer.close()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait until no delivery is due or running (for tests and orderly shutdown)."""
@@ -286,7 +283,7 @@ class Consumer:
         now = self._clock()
         errors = [f"{o.handler}: {o.error}" for o in outcomes if not o.ok]
         if not errors:
-            # The common case: recorded with the done mark, off the event loop, in one commit.
+            # The common case: recorded with the done mark, grouped with other done marks in one commit.
             self._writer.mark_done(delivery.id, outcomes)
             return None
         # A retry must know which handlers already succeeded: recorded before it is scheduled.

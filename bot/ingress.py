@@ -20,8 +20,8 @@ from aiohttp import web
 from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
-from bot.metrics import Metrics
 from bot.delivery_writer import DeliveryWriter
+from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,6 @@ class FactReader:
             action if isinstance(action, str) else None,
             ordering_key(event, document),
         )
-
-
 
 
 _BODIES = {

@@ -20,7 +20,7 @@ WINDOW_SECONDS = 0.1
 
 
 class IngestPressure:
-    """`arrived()` per accepted delivery (the webhook); `may_start()` before each dispatch (the consumer)."""
+    """`arrived()` per newly stored delivery (`Consumer.enqueue`); `may_start()` before each dispatch."""
 
     def __init__(
         self,

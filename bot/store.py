@@ -2,8 +2,9 @@
 
 SQLite runs in WAL mode with ``synchronous=NORMAL``: a committed transaction is in the WAL file before
 ``commit()`` returns, so it survives a ``kill -9`` of the process (only a power loss could lose the
-newest commits). One connection, used from the event loop's thread: every statement here is a short
-indexed read or a single-row write, far cheaper than handing it to a thread.
+newest commits). One connection, used from the event loop's thread: the statements are indexed reads and
+small writes (deliveries arrive and finish in groups of one transaction each), cheaper than handing them
+to a thread. Only `bot.checkpointer` opens a second connection, for WAL checkpoints on a thread of its own.
 """
 
 from __future__ import annotations
@@ -330,12 +331,6 @@ class Store:
                 _SELECT_DELIVERIES + " WHERE d.status = ? ORDER BY d.seq", (status,)
             ).fetchall()
         return [_delivery(row) for row in rows]
-
-    def finish_delivery(self, delivery_id: str, *, now: float) -> None:
-        self._db.execute(
-            "UPDATE deliveries SET status = ?, finished_at = ?, last_error = NULL WHERE id = ?",
-            (DONE, now, delivery_id),
-        )
 
     def finish_deliveries(
         self,
