@@ -334,7 +334,6 @@ class Publisher:
         label_maker: label_ops.LabelMaker | None = None,
     ) -> None:
         self._github = github
-        self._store = store
         self._clock = clock
         self._bot_login = bot_login
         self.posted = PostedRecords(store)

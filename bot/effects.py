@@ -64,7 +64,7 @@ class Finisher(Protocol):
     async def finish(self, session: Session, command: FinishWork, context: SessionContext) -> Sequence[Event]:
         """Commit leftovers, check protected paths, run tests, push, open or update the PR.
 
-        Returns `PullRequestOpened`, `PullRequestUpdated` or `PushFailed` (and nothing else)."""
+        Returns `PullRequestOpened`, `PullRequestUpdated`, `PushFailed` or `MergeConflict` (and nothing else)."""
         ...
 
 

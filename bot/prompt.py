@@ -15,12 +15,11 @@ from typing import Any
 
 
 from bot.actors import PermissionCache
+from bot.conversation import COMMENTS_URL, parse_time
 from bot.render import environment
 from bot.sanitize import clean_for_agent
 from bot.session import Note, TurnKind
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
-COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 
 
 
@@ -28,10 +27,6 @@ COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 class PromptComment:
     author: str
     body: str
-
-
-def _parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 async def gather_comments(
@@ -47,8 +42,8 @@ async def gather_comments(
     """The issue's comments that may reach the agent, oldest first."""
     chosen: list[PromptComment] = []
     async for comment in gh.getiter(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": issue_number}):
-        created = _parse_time(comment["created_at"])
-        updated = _parse_time(comment.get("updated_at") or comment["created_at"])
+        created = parse_time(comment["created_at"])
+        updated = parse_time(comment.get("updated_at") or comment["created_at"])
         if created > trigger_at or updated > trigger_at:
             continue
         user = comment.get("user") or {}

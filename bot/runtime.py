@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -154,7 +153,6 @@ class Engine:
         self.limits = SlotLimits(global_limit=settings.max_workers, per_repo=settings.max_per_repo)
         self._locks: dict[str, asyncio.Lock] = {}
         self._runners: dict[str, asyncio.Task[None]] = {}
-        self._wake: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status_wanted: dict[str, PostStatus] = {}
@@ -352,15 +350,12 @@ class Engine:
     def _kick(self, session_id: str) -> None:
         if self._stopped:
             return
-        self._wake.setdefault(session_id, asyncio.Event()).set()
         runner = self._runners.get(session_id)
         if runner is None or runner.done():
             self._runners[session_id] = asyncio.create_task(self._run_outbox(session_id), name=f"outbox {session_id}")
 
     async def _run_outbox(self, session_id: str) -> None:
-        wake = self._wake.setdefault(session_id, asyncio.Event())
         while True:
-            wake.clear()
             rows = self.sessions.pending(session_id)
             if not rows:
                 return

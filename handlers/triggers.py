@@ -8,6 +8,7 @@ permission get at most one polite refusal per issue an hour, and no session.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from gidgethub import routing, sansio
@@ -95,7 +96,7 @@ async def start_session(
                            min_permission=minimum, bot_login=bot_login, now=clock())
         log.info("%s#%s: %s may not start Shepherd", ref.full_name, ref.number, login)
         return
-    ref = IssueRef(**{**ref.__dict__, "title": issue.get("title") or ref.title, "body": issue.get("body") or ""})
+    ref = replace(ref, title=issue.get("title") or ref.title, body=issue.get("body") or "")
     await engine.trigger(ref, mode=mode, actor=login, label=label)
 
 

@@ -46,7 +46,7 @@ def state_of(harness, number: int, repo: str = REPO):
 
 
 async def settle(harness, number: int, repo: str = REPO, timeout: float = 60.0) -> State:
-    """Wait for the issue's session to end (or wait for a person) and return its state."""
+    """Wait for the issue's session to end (complete, failed or cancelled) and return its state."""
     ended = (State.COMPLETE, State.FAILED, State.CANCELLED)
     return await wait_for(lambda: state_of(harness, number, repo) in ended and state_of(harness, number, repo),
                           timeout=timeout)
