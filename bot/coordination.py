@@ -16,18 +16,16 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
 from bot.conversation import PostedRecords, ensure_comment
 from bot.git import Git, GitError, Mirror
 from bot.pacing import Priority
+from bot.render import environment
 from bot.sanitize import marker
 from bot.session import Progress, Session, TurnExited
 from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 COORDINATION_KIND = "coordination"
 COORDINATION_TITLE = "### 🤝 Another agent changes the same files"
 COORDINATION_SENTENCE = (
@@ -51,15 +49,9 @@ def find_overlaps(changes: Mapping[str, set[str]]) -> dict[str, dict[str, tuple[
     return overlaps
 
 
-_environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(TEMPLATES_DIR), autoescape=False, undefined=jinja2.StrictUndefined,
-    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-)
-
-
 def render_coordination(session_id: str, others: list[dict[str, Any]]) -> str:
     """The coordination comment; `others` holds `issue` (`#12`), `link` and `paths` per other session."""
-    return _environment.get_template("coordination.md.j2").render(
+    return environment().get_template("coordination.md.j2").render(
         marker=marker(COORDINATION_KIND, session=session_id), title=COORDINATION_TITLE,
         sentence=COORDINATION_SENTENCE, cleared=COORDINATION_CLEARED, others=others,
     )

@@ -16,7 +16,6 @@ import logging
 import re
 import weakref
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import gidgethub
@@ -29,7 +28,6 @@ from bot.store import Store, now_seconds
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 MARKER_KIND = "dashboard"
 APPROVE_MARKER_KIND = "approve"
 POSTED_KIND = "dashboard-issue"

@@ -54,7 +54,7 @@ _REF = r"(?:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?#\d+"
 _KEYWORDS = re.compile(
     rf"\b(?:depends\s+on|blocked\s+by)\s*:?\s*((?:{_REF})(?:\s*(?:,|and|&)?\s*(?:{_REF}))*)", re.IGNORECASE
 )
-_ONE_REF = re.compile(rf"(?:(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+))?#(?P<number>\d+)")
+_ONE_REF = re.compile(r"(?:(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+))?#(?P<number>\d+)")
 _FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
 
 
@@ -80,12 +80,6 @@ class IssueKey:
 
 def issue_key(repo: str, number: int) -> IssueKey:
     return IssueKey(repo.lower(), int(number))
-
-
-def key_from_ref(ref: str, home: str) -> IssueKey:
-    """The inverse of `IssueKey.ref`."""
-    repo, _, number = ref.rpartition("#")
-    return issue_key(repo or home, int(number))
 
 
 def parse_dependencies(body: str | None, home: str) -> list[IssueKey]:
@@ -162,16 +156,6 @@ def find_cycle(start: IssueKey, edges: Mapping[IssueKey, Sequence[IssueKey]]) ->
     return None
 
 
-def issue_link(web_base: str, key: IssueKey) -> str:
-    return f"{web_base.rstrip('/')}/{key.repo}/issues/{key.number}"
-
-
-def web_base_of(clone_url: str) -> str:
-    """`https://host/owner/repo.git` → `https://host` (links in comments must work on GHES too)."""
-    without = re.sub(r"\.git$", "", clone_url.rstrip("/"))
-    return without.rsplit("/", 2)[0]
-
-
 def render_unseen(home: str, keys: Iterable[IssueKey]) -> str:
     keys = list(keys)
     refs = ", ".join(f"`{key.ref(home)}`" for key in keys)
@@ -206,7 +190,6 @@ class DependencyTracker:
 
     def __init__(self, github: Any, store: Any, *, clock: Callable[[], float]) -> None:
         self.github = github
-        self.store = store
         self.clock = clock
         self.posted = PostedRecords(store)
         self.engine: Any = None

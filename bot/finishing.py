@@ -6,12 +6,12 @@ repeat, so a redelivered `done` or a restart that re-runs the command changes no
 1. commit leftover changes as the App's bot identity;
 2. refuse to push while protected paths are changed (the runtime already gave the agent a turn to
    revert them);
-3. run the repository's `test` command as the agent would (same environment, stdin closed, its
+3. merge the branch into the base as it is now, in a scratch worktree; when that conflicts, return
+   `MergeConflict` with the files, so the agent rebases before anything is tested or pushed;
+4. run the repository's `test` command as the agent would (same environment, stdin closed, its
    own process group, output in `<session_dir>/test.log`);
-4. push with `bot.push.push_branch` and a freshly minted, repository-scoped token that lives only in
+5. push with `bot.push.push_branch` and a freshly minted, repository-scoped token that lives only in
    this call;
-5. before the tests, merge the branch into the base as it is now, in a scratch worktree; when that
-   conflicts, return `MergeConflict` with the files, so the agent rebases before anything is pushed;
 6. find the branch's open pull request, or open it, with a body whose facts Shepherd read from git
    itself; the agent's summary follows under its own label, defused.
 
@@ -38,7 +38,7 @@ from bot.operations import OperationRefused
 from bot.processes import REASON_EXITED, log_tail, spawn_turn, wait_turn
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
-from bot.render import environment
+from bot.render import environment, fence
 from bot.sanitize import marker, neutralise_for_github
 from bot.coordination import test_merge
 from bot.session import (
@@ -54,7 +54,6 @@ from bot.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
 PR_BODY_TEMPLATE = "pr_body.md.j2"
 
 LEFTOVER_COMMIT_MESSAGE = "Commit the changes the agent left uncommitted"
@@ -88,12 +87,6 @@ _SAFE_DIR = re.compile(r"[^A-Za-z0-9_.-]+")
 def render(template: str, **values: Any) -> str:
     """Render one of `templates/` through Shepherd's one Jinja2 environment."""
     return environment().get_template(template).render(**values)
-
-
-def fence_for(text: str) -> str:
-    """A code fence longer than any backtick run inside `text`, so the text cannot close it early."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    return "`" * max(3, longest + 1)
 
 
 def session_folder_name(session_id: str) -> str:
@@ -338,10 +331,10 @@ class Finisher:
             commits=commits,
             commit_count=commit_count,
             diffstat=diffstat,
-            diffstat_fence=fence_for(diffstat),
+            diffstat_fence=fence(diffstat),
             test_line=test.line() if test is not None else TEST_NONE,
             test_tail=tail,
-            test_fence=fence_for(tail),
+            test_fence=fence(tail),
             summary=neutralise_for_github(session_summary(session)) or NO_SUMMARY,
             marker=marker("pr", session=session.id),
         )

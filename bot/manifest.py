@@ -59,10 +59,6 @@ def required_permissions(path: Path = MANIFEST_PATH) -> dict[str, str]:
     return dict(_read(path).get("default_permissions") or {})
 
 
-def required_events(path: Path = MANIFEST_PATH) -> list[str]:
-    return list(_read(path).get("default_events") or [])
-
-
 def check_org(org: str | None) -> str | None:
     """The organisation login, stripped, or None for a personal App; raises on a name GitHub forbids."""
     org = (org or "").strip()

@@ -307,7 +307,7 @@ def _field(form: Any, name: str) -> str | None:
 
 
 def add_routes(app: web.Application, flow_of: Callable[[web.Request], SetupFlow | None]) -> None:
-    """Register the setup pages; `flow_of(request)` is the running flow, or None in GitHub mode (404)."""
+    """Register the setup pages; `flow_of(request)` is the running flow, or None in GitHub mode (410: setup is over)."""
 
     def routed(step: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handle(request: web.Request) -> web.StreamResponse:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bot.finishing import LEFTOVER_COMMIT_MESSAGE, fence_for, session_folder_name
+from bot.finishing import LEFTOVER_COMMIT_MESSAGE, session_folder_name
+from bot.render import fence
 from bot.sanitize import find_marker
 from bot.session import (
     FinishWork,
@@ -212,8 +213,8 @@ async def test_no_token_is_left_in_any_file_under_the_data_folder(bed):
 
 
 def test_fences_outgrow_the_text_they_hold():
-    assert fence_for("plain") == "```"
-    assert fence_for("a ```` b") == "`````"
+    assert fence("plain") == "```"
+    assert fence("a ```` b") == "`````"
 
 
 def test_session_ids_become_safe_folder_names():
