@@ -11,8 +11,8 @@ timestamp: that difference is "label -> agent start", the whole path (ingress, s
 handler, policy, status comment, mirror fetch, worktree, slot, prompt, spawn).
 
 The mirror is warm: an unmeasured session of the same repository runs first. The path is measured
-twice, as Shepherd is assembled today (no ready-worktree pool) and with a pool of `--pool` ready
-worktrees, which the runtime refills in the background after every claim; before each pooled round
+twice: with the pool off (`SHEPHERD_WORKTREE_POOL=0`) and with a pool of `--pool` ready worktrees
+(Shepherd ships with one), which the runtime refills in the background after every claim; before each pooled round
 the benchmark waits until the refill is done, as it would be between two labels in practice.
 
 In the same run it times the two baselines the target is stated against: a fresh `git clone` over the

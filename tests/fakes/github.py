@@ -1256,6 +1256,7 @@ class FakeGitHub:
         """Make every request wait, unanswered, until `release()`: GitHub being slow, for as long as a test likes."""
         with self._lock:
             self._held_open = threading.Event()
+            self._held_count = 0
 
     def release(self) -> None:
         with self._lock:

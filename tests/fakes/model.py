@@ -171,7 +171,7 @@ class ModelServer:
         real = [n for n, item in enumerate(items) if _is_real_codex_user(item)]
         if not real:
             return None, 0, 0
-        first_prompt = _codex_text(items[real[0]])
+        first_prompt = _message_text(items[real[0]])
         since = [item.get("type") for item in items[real[-1] :]]
         # A response's calls sit together in the history, followed by their outputs.
         step = sum(1 for n, kind in enumerate(since) if kind in CODEX_CALLS and (n == 0 or since[n - 1] not in CODEX_CALLS))
@@ -203,20 +203,13 @@ def _is_real_codex_user(item: dict) -> bool:
     """A user message the human (or Shepherd) wrote, not one of Codex's ``<...>`` context blocks."""
     if item.get("type", "message") != "message" or item.get("role") != "user":
         return False
-    text = _codex_text(item).lstrip()
+    text = _message_text(item).lstrip()
     return bool(text) and not text.startswith("<") and not text.startswith("# AGENTS.md")
-
-
-def _codex_text(item: dict) -> str:
-    content = item.get("content")
-    if isinstance(content, str):
-        return content
-    return "\n".join(c.get("text", "") for c in content or [] if isinstance(c, dict))
 
 
 def _codex_cwd(body: dict) -> str:
     """The last ``<cwd>`` of the conversation: Codex appends a new one when resumed elsewhere."""
-    found = [m for item in body.get("input", []) if isinstance(item, dict) for m in _CWD.findall(_codex_text(item))]
+    found = [m for item in body.get("input", []) if isinstance(item, dict) for m in _CWD.findall(_message_text(item))]
     return found[-1].strip() if found else ""
 
 
