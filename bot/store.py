@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -182,6 +182,15 @@ _RECORD_HANDLER = (
 )
 
 
+class PendingDelivery(NamedTuple):
+    """What scheduling needs of a stored delivery not yet handled."""
+
+    id: str
+    ordering_key: str
+    next_attempt_at: float
+    attempts: int
+
+
 @dataclass(frozen=True)
 class Delivery:
     """One stored webhook delivery."""
@@ -316,12 +325,15 @@ class Store:
         row = self._db.execute(_SELECT_DELIVERIES + " WHERE d.id = ?", (delivery_id,)).fetchone()
         return _delivery(row) if row else None
 
-    def pending_deliveries(self, limit: int = 500) -> list[Delivery]:
-        """Pending deliveries in arrival order (due or not: ordering needs the whole picture)."""
+    def pending_deliveries(self, limit: int = 500) -> list[PendingDelivery]:
+        """Pending deliveries in arrival order (due or not: ordering needs the whole picture), without
+        their bodies: after a burst there may be many, and each body is read when its turn comes."""
         rows = self._db.execute(
-            _SELECT_DELIVERIES + " WHERE d.status = ? ORDER BY d.seq LIMIT ?", (PENDING, limit)
+            "SELECT id, ordering_key, next_attempt_at, attempts FROM deliveries WHERE status = ?"
+            " ORDER BY seq LIMIT ?",
+            (PENDING, limit),
         ).fetchall()
-        return [_delivery(row) for row in rows]
+        return [PendingDelivery(*row) for row in rows]
 
     def deliveries(self, status: str | None = None) -> list[Delivery]:
         if status is None:
