@@ -339,7 +339,8 @@ class Publisher:
         self.posted = PostedRecords(store)
         self._tails = LogTails(store)
         self._labels = label_maker or label_ops.LabelMaker()
-        self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # Per session, kind and key; like `_comment_locks`, dropped once nobody holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self._pending: dict[str, _PendingStatus] = {}
 
     async def bot_login(self, installation_id: int) -> str:
@@ -348,7 +349,10 @@ class Publisher:
         return self._bot_login
 
     def _lock(self, session_id: str, kind: str, key: str = "") -> asyncio.Lock:
-        return self._locks.setdefault((session_id, kind, key), asyncio.Lock())
+        lock = self._locks.get((session_id, kind, key))
+        if lock is None:
+            lock = self._locks[(session_id, kind, key)] = asyncio.Lock()
+        return lock
 
     async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
         """Carry out one command idempotently; return the events it produced (`QuestionPosted`)."""
