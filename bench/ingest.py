@@ -23,7 +23,6 @@ import argparse
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -39,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fakes import payloads  # noqa: E402  (the bench reuses the test bed's real payloads)
 from tests.fakes.github import FakeGitHub  # noqa: E402
+from tests.fakes.ports import free_port  # noqa: E402
 
 REPO = "octo-org/widgets"
 EVENT = "issue_comment"
@@ -52,12 +52,6 @@ class Figures:
     p50_ms: float
     p99_ms: float
     errors: int
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout: float = 30.0) -> None:

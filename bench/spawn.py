@@ -29,7 +29,6 @@ import asyncio
 import logging
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from bot.settings import load_settings  # noqa: E402
 from tests.fakes import payloads  # noqa: E402  (the bench reuses the test bed's real payloads)
 from tests.fakes.git_remote import TOKEN_USER, GitRemote  # noqa: E402
 from tests.fakes.github import FakeGitHub  # noqa: E402
+from tests.fakes.ports import free_port  # noqa: E402
 
 REPO = "octo-org/monorepo"
 INSTALLATION = 4242
@@ -99,12 +99,6 @@ class Results:
     files: int = 0
     commits: int = 0
     write_spacing: float = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def disk_kb(path: Path) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
-import socket
 import struct
 import subprocess
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 from bot.app import SERVICES, create_app
 from tests.conftest import settings_for
 from tests.test_views import TOKEN, sample_sessions, store_session
+from tests.fakes.ports import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -30,17 +30,11 @@ STUCK_BACKGROUND = "rgba(255, 248, 197, 1)"  # tr.stuck td in templates/dashboar
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 async def chromedriver(tmp_path):
     if not (shutil.which(CHROMEDRIVER) and shutil.which(CHROMIUM)):
         pytest.skip("chromium and chromedriver are not installed (scripts/setup --test installs them)")
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "chromedriver.log").open("wb")
     process = subprocess.Popen(
         [CHROMEDRIVER, f"--port={port}", "--allowed-ips=127.0.0.1"], stdout=log, stderr=subprocess.STDOUT

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bot.doctor import Level, check_agent, check_git, render_findings, run_checks
 from bot.settings import load_settings
+from tests.fakes.ports import free_port
 
 CLAUDE = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
 FULL_PERMISSIONS = {
@@ -43,12 +43,6 @@ def _other_key() -> str:
     ).decode()
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_good_app_and_installation_pass_and_nothing_is_written(fake_github, tmp_path):
     fake_github.add_installation(7, account="octo-org", permissions=FULL_PERMISSIONS)
     app = _checks(_environ(fake_github, tmp_path), "app")
@@ -77,7 +71,7 @@ def test_refused_credentials_are_reported_with_the_fix(fake_github, tmp_path):
 
 
 def test_unreachable_api_is_reported(tmp_path, fake_github):
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     findings = run_checks(_environ(fake_github, tmp_path, GITHUB_API_URL=url), env_file=None, which=lambda n: None)
     [app] = [f for f in findings if f.check == "app"]
     assert app.level == Level.FAIL

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,15 +30,10 @@ from tests.e2e_support import (
 )
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+from tests.fakes.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Server:
