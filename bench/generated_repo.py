@@ -17,6 +17,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+# The developer's git configuration must not shape the benchmark's repository.
+from tests.fakes.git_remote import plain_env
+
 CACHE = Path(__file__).resolve().parent / ".cache"
 # Bump when the generated content changes, so older caches are not reused.
 GENERATOR_VERSION = 1
@@ -24,17 +27,6 @@ BRANCH = "main"
 AUTHOR = "Bench Author <bench@example.com>"
 EPOCH = 1_700_000_000
 EDITS_PER_COMMIT = 2
-
-
-def _plain_env() -> dict[str, str]:
-    # The developer's git configuration (hooks, gc settings) must not shape the benchmark's repository.
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": tempfile.gettempdir(),
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_CONFIG_GLOBAL": "/dev/null",
-        "LANG": "C.UTF-8",
-    }
 
 
 def file_path(number: int) -> str:
@@ -107,7 +99,7 @@ def write_stream(out: io.BufferedWriter, files: int, commits: int) -> None:
 
 def build_repo(target: Path, files: int, commits: int) -> None:
     """Create the bare repository at `target` from a generated fast-import stream."""
-    env = _plain_env()
+    env = plain_env()
     subprocess.run(
         ["git", "init", "--quiet", "--bare", f"--initial-branch={BRANCH}", str(target)],
         env=env, check=True,
@@ -149,7 +141,7 @@ def cached_repo(files: int, commits: int) -> Path:
 
 def describe(repo: Path) -> tuple[int, int]:
     """(files at the tip, commits on the branch) of a generated repository."""
-    env = _plain_env()
+    env = plain_env()
     listed = subprocess.run(
         ["git", "--git-dir", str(repo), "ls-tree", "-r", "--name-only", BRANCH],
         env=env, check=True, capture_output=True,

@@ -47,8 +47,8 @@ def accept_test_token(token: str, repo: str, write: bool) -> bool:
     return token == TEST_TOKEN
 
 
-def _plain_env() -> dict[str, str]:
-    # The fixture's own git must not see the developer's configuration either.
+def plain_env() -> dict[str, str]:
+    """An environment for git that sees none of the developer's configuration (hooks, gc settings)."""
     return {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": tempfile.gettempdir(),
@@ -121,7 +121,7 @@ class GitRemote:
 
     def _run_backend(self, handler: BaseHTTPRequestHandler, path: str, query: str, user: str) -> None:
         env = {
-            **_plain_env(),
+            **plain_env(),
             "GIT_PROJECT_ROOT": str(self.root),
             "GIT_HTTP_EXPORT_ALL": "1",
             "PATH_INFO": path,
@@ -187,7 +187,7 @@ class GitRemote:
         """Run plain git in the bare repository and return stdout."""
         return subprocess.run(
             ["git", "--git-dir", str(self.path_of(full_name)), *args],
-            env={**_plain_env(), **(env or {})},
+            env={**plain_env(), **(env or {})},
             check=True,
             capture_output=True,
             text=True,
@@ -205,7 +205,7 @@ class GitRemote:
         path.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(
             ["git", "init", "--quiet", "--bare", f"--initial-branch={default_branch}", str(path)],
-            env=_plain_env(),
+            env=plain_env(),
             check=True,
         )
         self.commit_on(full_name, default_branch, files, message="Initial commit")
@@ -236,7 +236,7 @@ class GitRemote:
                 subprocess.run(
                     ["git", "--git-dir", str(self.path_of(full_name)), "--work-tree", str(work),
                      "add", "--", "."],
-                    env={**_plain_env(), **index_env},
+                    env={**plain_env(), **index_env},
                     check=True,
                     capture_output=True,
                 )
@@ -263,7 +263,7 @@ class GitRemote:
         """The text of `path` at `ref`, or None when it does not exist there."""
         result = subprocess.run(
             ["git", "--git-dir", str(self.path_of(full_name)), "show", f"{ref}:{path}"],
-            env=_plain_env(),
+            env=plain_env(),
             capture_output=True,
             text=True,
         )
