@@ -70,10 +70,14 @@ async def test_retry_starts_a_new_session_from_the_kept_branch(bed: Bed) -> None
     assert reactions(bed, retry) == ["+1"]
 
 
-async def test_status_refreshes_the_status_comment(bed: Bed) -> None:
+async def test_status_on_a_live_session_is_acknowledged_and_keeps_one_status_comment(bed: Bed) -> None:
     await start(bed)
+    before = [b for b in bed.bot_bodies() if "shepherd:status" in b]
     status = await command(bed, "/agent status")
     assert reactions(bed, status) == ["+1"]
+    # The status comment is brought up to date in place: still one, never a second one.
+    after = [b for b in bed.bot_bodies() if "shepherd:status" in b]
+    assert len(before) == 1 and len(after) == 1
 
 
 async def test_status_without_a_session_does_not_apply(bed: Bed) -> None:
