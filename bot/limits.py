@@ -18,9 +18,9 @@ Where. ``shepherd/<name>`` below the root of each hierarchy: on cgroup v2 one fo
 cgroup2 mount (``memory``, ``pids`` and, when available, ``cpu`` enabled through
 ``cgroup.subtree_control``); on cgroup v1 one folder under each of the ``memory``, ``pids`` and,
 when mounted, ``cpu`` hierarchies. v2 is used when it is usable (its controllers may all be bound
-to v1 hierarchies on a hybrid host, as on Shepherd's reference machine), else v1. The groups live under
-the hierarchy's root rather than under Shepherd's own cgroup so that a restarted Shepherd, whatever
-cgroup its new process starts in, finds a running turn again (``open``).
+to v1 hierarchies on a hybrid host, as on Shepherd's reference machine), else v1. The groups live
+under the hierarchy's root rather than under Shepherd's own cgroup so that a restarted Shepherd,
+whatever cgroup its new process starts in, finds a running turn again (``open``).
 
 What counts as "exceeded". Reaching the memory limit is normal (the page cache fills up to it and
 is reclaimed), so ``memory_exceeded`` needs both the limit reached (v1 ``failcnt``, or the
