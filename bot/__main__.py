@@ -9,7 +9,34 @@ import sys
 
 from aiohttp import web
 
-from bot.settings import SettingsError, load_settings
+from bot import redaction
+from bot.secrecy import make_undumpable, scrub_environment
+from bot.settings import (
+    DASHBOARD_TOKEN_VAR,
+    PRIVATE_KEY_PATH_VAR,
+    PRIVATE_KEY_VAR,
+    WEBHOOK_SECRET_VAR,
+    Settings,
+    SettingsError,
+    load_settings,
+)
+
+# Read once into the settings, then gone from the process's environment (SPEC §4.1). The key's
+# path is not secret, but it says where the key is.
+SCRUBBED_VARIABLES = (PRIVATE_KEY_VAR, PRIVATE_KEY_PATH_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR)
+
+
+def protect_secrets(settings: Settings) -> None:
+    """Make the settings' secrets unreadable to other processes and masked in every redacted text.
+
+    Called right after the settings are built, before the server starts anything; nothing later
+    reads these variables from the environment (the agents' allow-list is drawn from what is left).
+    """
+    scrub_environment(SCRUBBED_VARIABLES)
+    make_undumpable()
+    for secret in (settings.private_key, settings.webhook_secret, settings.dashboard_token):
+        if secret is not None:
+            redaction.register_secret(secret.get_secret_value(), lasting=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,17 +57,23 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"shepherd: cannot start: {error}\n")
         return 2
 
-    from bot.app import create_app  # imported late: settings errors must not need the whole app
+    from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
 
     if args.command == "serve":
+        protect_secrets(settings)
         logging.getLogger("bot").info(
             "Shepherd %s mode, listening on %s:%s (public URL %s)",
             settings.mode, args.host, settings.port, settings.public_url,
         )
+        app = create_app(settings, parent_env=os.environ)
+
+        async def register_dashboard_token(app: web.Application) -> None:
+            # Runs after the app's own start-up, which may have generated the token.
+            redaction.register_secret(app[SERVICES].dashboard_token, lasting=True)
+
+        app.on_startup.append(register_dashboard_token)
         # Per-request access lines would cost more than storing a delivery; errors are logged anyway.
-        web.run_app(
-            create_app(settings, parent_env=os.environ), host=args.host, port=settings.port, print=None, access_log=None
-        )
+        web.run_app(app, host=args.host, port=settings.port, print=None, access_log=None)
     return 0
 
 

@@ -4,7 +4,8 @@ This file is self-contained and uses the standard library only: ``install_agent_
 into a session's tool folder, where it runs with Shepherd's interpreter in isolated mode (``-I``),
 whatever Python the repository under work uses. It must therefore never import ``bot``.
 
-Each command appends one JSON line to ``$SHEPHERD_SESSION_DIR/reports.jsonl``. The lines carry a
+Each command appends one JSON line to ``$SHEPHERD_SESSION_DIR/channel/reports.jsonl``, the one folder of
+the session that the sandbox lets the agent write besides its worktree, home and /tmp. The lines carry a
 sequence number taken under an exclusive ``flock`` and are written with a single ``O_APPEND`` write,
 so concurrent calls neither interleave nor repeat numbers. ``status.json`` is Shepherd's: this tool
 only reads it. Exit codes: 0 recorded, 2 bad usage, 1 the report could not be recorded.
@@ -17,11 +18,15 @@ import datetime
 import fcntl
 import json
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
 
 REPORTS_NAME = "reports.jsonl"
+CHANNEL_NAME = "channel"
+# Shepherd reads at most this much of the channel; a report is a few KiB, a flood only hurts its writer.
+REPORTS_LIMIT_BYTES = 4 * 1024 * 1024
 STATUS_NAME = "status.json"
 TOOL_NAME = "shepherd"
 KINDS = ("progress", "ask", "plan", "done")
@@ -97,11 +102,8 @@ def read_reports(session_dir: str | os.PathLike[str], after_seq: int = 0) -> lis
     The agent can write to the file directly, so anything that is not a whole line holding a known
     kind with an integer ``seq`` is skipped rather than trusted.
     """
-    path = Path(session_dir) / REPORTS_NAME
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return []
+    path = Path(session_dir) / CHANNEL_NAME / REPORTS_NAME
+    text = read_channel_file(path, REPORTS_LIMIT_BYTES)
     reports = {}
     for line in text.splitlines(keepends=True):
         if not line.endswith("\n"):
@@ -177,9 +179,33 @@ def _read_plan(file: str) -> str:
     return _text(data.decode("utf-8", errors="replace"), "The plan")
 
 
+def read_channel_file(path: str | os.PathLike[str], limit: int) -> str:
+    """The first ``limit`` bytes of a file the agent may have replaced: never a link, a FIFO or a device."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    try:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return ""
+        chunks = []
+        remaining = limit
+        while remaining > 0:
+            chunk = os.read(descriptor, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        return b"".join(chunks).decode("utf-8", errors="replace")
+    finally:
+        os.close(descriptor)
+
+
 def append_report(session_dir: str | os.PathLike[str], report: dict) -> dict:
     """Give ``report`` the next ``seq`` and a timestamp, and append it as one line."""
-    path = os.path.join(os.fspath(session_dir), REPORTS_NAME)
+    channel = os.path.join(os.fspath(session_dir), CHANNEL_NAME)
+    os.makedirs(channel, exist_ok=True)
+    path = os.path.join(channel, REPORTS_NAME)
     descriptor = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)

@@ -13,6 +13,8 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
+from bot import redaction
+
 log = logging.getLogger(__name__)
 
 JWT_BACKDATE_SECONDS = 60
@@ -29,6 +31,11 @@ def make_jwt(app_id: int | str, private_key_pem: str | bytes, now: float) -> str
     derives `exp` from its backdated `iat`, so neither the clock nor the exact claims can be pinned
     by a caller or a test; here both `iat` and `exp` are stated from the `now` we are given.
     """
+    # The key may come from the setup flow rather than the settings built at start: register it here.
+    if isinstance(private_key_pem, bytes):
+        redaction.register_secret(private_key_pem.decode(errors="replace"), lasting=True)
+    else:
+        redaction.register_secret(private_key_pem, lasting=True)
     now = int(now)
     claims = {
         "iat": now - JWT_BACKDATE_SECONDS,
@@ -44,6 +51,10 @@ class InstallationToken:
 
     token: str
     expires_at: float
+
+    def __post_init__(self) -> None:
+        # Every installation token Shepherd holds is minted through here: mask it wherever it shows.
+        redaction.register_secret(self.token)
 
     def __repr__(self) -> str:  # tokens must never reach a log line through repr()
         return f"InstallationToken(token=<redacted>, expires_at={self.expires_at})"

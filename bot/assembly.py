@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.confinement import build_sandbox
 from bot.actors import PermissionCache
 from bot.conversation import Publisher
 from bot.coordination import Coordinator
@@ -78,7 +79,8 @@ def assemble(
     )
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
-    workspaces = Workspaces(settings.data_dir, pool_size=settings.worktree_pool)
+    sandbox = build_sandbox(settings, parent_env, settings.data_dir / "sandbox")
+    workspaces = Workspaces(settings.data_dir, pool_size=settings.worktree_pool, sandbox=sandbox)
     publisher = Publisher(github, store, clock=clock)
     finisher = Finisher(
         github, workspaces, workspaces.git, store, settings, clock=clock, parent_env=parent_env

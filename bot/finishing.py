@@ -35,7 +35,8 @@ import gidgethub
 from bot.agent_env import build_agent_env
 from bot.git import Git, GitError, Mirror, redact
 from bot.operations import OperationRefused
-from bot.processes import REASON_EXITED, log_tail, spawn_turn, wait_turn
+from bot.confinement import for_session as confinement_for
+from bot.processes import REASON_EXITED, log_tail
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
 from bot.render import environment, fence
@@ -72,6 +73,7 @@ TEST_STOP_REASONS = {
     "runtime": "it ran longer than max_runtime_minutes",
     "idle": "it printed nothing for idle_timeout_minutes",
     "vanished": "its process was lost",
+    "limit": "it went past a limit of its sandbox",
 }
 
 TEST_LOG = "test.log"
@@ -177,20 +179,23 @@ class Finisher:
         bot_name, bot_email = await self._github.bot_identity(context.installation_id)
 
         await self._workspaces.commit_all(worktree, LEFTOVER_COMMIT_MESSAGE, bot_name, bot_email)
+        # From here on every fact comes from the mirror, where the agent's work arrived as checked data.
+        head = await self._workspaces.export_branch(worktree, branch)
+        ref = f"refs/heads/{branch}"
 
-        changed = await self._workspaces.changed_files(worktree, base)
+        changed = await self._workspaces.branch_changes(full_name, ref, base)
         touched = touched_protected_paths([path for path, _, _ in changed], context.policy.protected_paths)
         if touched:
             raise FinishRefused(PROTECTED_REFUSED.format(paths=", ".join(touched)))
 
-        commits, commit_count = await self._commits(full_name, worktree, base)
+        commits, commit_count = await self._commits(full_name, ref, base)
         if commit_count == 0:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
-        conflicts = await self._test_merge(context, worktree, base)
+        conflicts = await self._test_merge(context, head, base)
         if conflicts:
             log.info("%s does not merge into %s: %s", branch, base, ", ".join(conflicts))
             return MergeConflict(conflicts)
-        diffstat = await self._diffstat(full_name, worktree, base)
+        diffstat = await self._diffstat(full_name, ref, base)
 
         test = None
         if context.policy.test:
@@ -202,7 +207,7 @@ class Finisher:
         draft = bool(context.policy.draft) or (test is not None and not test.passed)
         return await self._open_or_update(session, command, context, branch, base, body, draft, head_sha)
 
-    async def _test_merge(self, context: Any, worktree: Path, base: str) -> tuple[str, ...]:
+    async def _test_merge(self, context: Any, head: str, base: str) -> tuple[str, ...]:
         """Fetch the base as it is now, then merge the branch into it in a scratch worktree."""
         mirror = Mirror(context.full_name, self._workspaces.mirror_path(context.full_name), context.clone_url)
         token = await self._github.mint_push_token(context.installation_id, context.owner, context.repo)
@@ -214,17 +219,16 @@ class Finisher:
             )
         finally:
             del token
-        head = (await self._git.run("rev-parse", "HEAD", mirror=mirror, worktree=worktree)).strip()
         return await test_merge(self._git, self._workspaces, context.full_name, head, base)
 
-    async def _commits(self, full_name: str, worktree: Path, base: str) -> tuple[list[Commit], int]:
+    async def _commits(self, full_name: str, ref: str, base: str) -> tuple[list[Commit], int]:
         mirror = self._workspaces.mirror(full_name)
-        span = f"refs/remotes/origin/{base}..HEAD"
-        count = int((await self._git.run("rev-list", "--count", span, mirror=mirror, worktree=worktree)).strip() or 0)
+        span = f"refs/remotes/origin/{base}..{ref}"
+        count = int((await self._git.run("rev-list", "--count", span, mirror=mirror)).strip() or 0)
         out = await self._git.run(
             "log", "--no-decorate", "--no-color", f"--max-count={MAX_COMMITS_LISTED}",
             "--format=%h%x09%s", span, "--",
-            mirror=mirror, worktree=worktree,
+            mirror=mirror,
         )
         commits = []
         for line in out.splitlines():
@@ -232,11 +236,11 @@ class Finisher:
             commits.append(Commit(sha, neutralise_for_github(subject) or "(no message)"))
         return commits, count
 
-    async def _diffstat(self, full_name: str, worktree: Path, base: str) -> str:
+    async def _diffstat(self, full_name: str, ref: str, base: str) -> str:
         out = await self._git.run(
             "diff", "--stat=100", "--no-color", "--no-ext-diff", "--no-textconv",
-            f"refs/remotes/origin/{base}...HEAD", "--",
-            mirror=self._workspaces.mirror(full_name), worktree=worktree,
+            f"refs/remotes/origin/{base}...{ref}", "--",
+            mirror=self._workspaces.mirror(full_name),
         )
         return neutralise_for_github(out) or NO_DIFF
 
@@ -272,20 +276,12 @@ class Finisher:
                 bot_email=bot_email,
                 tool_bin_dir=session_dir / "bin",
             )
-            handle = spawn_turn(
-                context.policy.test,
-                cwd=worktree,
-                env=env,
-                log_path=log_path,
-                exit_path=session_dir / TEST_EXIT,
-                run_as_user=getattr(self._settings, "agent_user", None),
+            confinement = confinement_for(
+                self._workspaces, self._settings, session_dir.name, worktree, context.full_name
             )
-            outcome = await wait_turn(
-                handle,
-                max_runtime_s=context.policy.max_runtime_seconds,
-                idle_timeout_s=context.policy.idle_timeout_seconds,
-                heartbeat=lambda: None,
-                poll=self._poll,
+            outcome = await confinement.run(
+                context.policy.test, name="test", env=env, log_path=log_path,
+                exit_path=session_dir / TEST_EXIT, timeout_s=context.policy.max_runtime_seconds, poll=self._poll,
             )
         finally:
             if allocated is not None:

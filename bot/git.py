@@ -14,8 +14,10 @@ so write the mirror's shared `config`. Each command therefore runs with
   so the rewrite is what removes them;
 - for commands in a worktree, `GIT_DIR`, `GIT_COMMON_DIR` and `GIT_WORK_TREE` set from Shepherd's
   own knowledge, so a `.git` file or `commondir` edited by the agent cannot point git elsewhere;
-- a token, when one is needed, only in the environment of the askpass helper git runs: never in
-  argv, a file or any configuration.
+- a token, when one is needed, only in a pipe git inherits: Shepherd writes the credential into it
+  and closes the write end before git starts, and a credential helper named on the command line
+  (no secret in it) reads it back. Never in an environment variable, argv, a file or any
+  configuration; the askpass helper answers nothing, so git fails rather than prompts.
 """
 
 from __future__ import annotations
@@ -30,47 +32,58 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
+from bot import redaction
+
 log = logging.getLogger(__name__)
 
 TOKEN_USER = "x-access-token"
-PASSWORD_VARIABLE = "SHEPHERD_GIT_PASSWORD"
 FETCH_REFSPEC = "+refs/heads/*:refs/remotes/origin/*"
 REMOTE_NAME = "origin"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ALLOWED_SCHEMES = ("https", "http")
 
-# Answers git's two prompts. The username is not secret; the password comes from this process's
-# environment only, which is the environment Shepherd gave the one git command.
-ASKPASS_SCRIPT = f"""#!/bin/sh
-case "$1" in
-  Username*|username*) printf '%s\\n' '{TOKEN_USER}' ;;
-  *) printf '%s\\n' "${PASSWORD_VARIABLE}" ;;
-esac
+# git asks askpass only when no credential helper answered. Shepherd never answers a prompt (the
+# token comes through the helper's pipe or not at all): it fails, and with terminal prompts off git
+# then stops with "could not read Username" instead of waiting.
+ASKPASS_SCRIPT = """#!/bin/sh
+exit 1
 """
 
+# What git's credential helper prints for a credentialed command (git's credential protocol).
+CREDENTIAL_TEXT = "username={user}\npassword={token}\n"
+# git runs a `!` helper as `sh -c '<helper> <action>'`. This one drains the request git writes to it
+# and answers only `get`, by reading the pipe whose write end Shepherd closed before git started:
+# the first `get` reads the credential, any later one reads end-of-file at once and answers nothing,
+# so git fails cleanly instead of hanging. `/dev/fd/N` because dash refuses `<&N` past 9.
+CREDENTIAL_HELPER = '!f() {{ cat >/dev/null; if test "$1" = get; then cat /dev/fd/{fd}; fi; }}; f'
+# The credential must fit the pipe's buffer, which is written whole before git starts; POSIX
+# guarantees at least PIPE_BUF (4096 bytes) and GitHub tokens are far shorter.
+MAX_CREDENTIAL_BYTES = 4096
+BAD_TOKEN = "refusing a token that {why}"
+TOKEN_WITHOUT_MIRROR = "a token is only used in a mirror with a known clone URL"
+
 BAD_CLONE_URL = "refusing clone URL {url!r}: {why}"
-_USERINFO = re.compile(r"(?i)(://)[^/@\s]*@")
-_TOKEN_LIKE = re.compile(r"\b(?:ghs|ghu|gho|ghp|ghr|github_pat)_[A-Za-z0-9_]{8,}")
 _CONFIG_UNSAFE = re.compile(r'[\x00-\x20\x7f"\\;#]')
 
 
 class GitError(Exception):
     """A git command failed; the message and stderr are redacted."""
 
-    def __init__(self, args: list[str], returncode: int | None, stderr: str) -> None:
-        self.args_run = args
+    def __init__(
+        self, args: list[str], returncode: int | None, stderr: str, secrets: tuple[str, ...] = ()
+    ) -> None:
+        # Redacted here, whoever raises it: the message reaches logs and issue comments.
+        self.args_run = [redact(arg, secrets) for arg in args]
         self.returncode = returncode
-        self.stderr = stderr
-        super().__init__(f"git {' '.join(args[:3])} failed ({returncode}): {stderr.strip()[-2000:]}")
+        self.stderr = redact(stderr, secrets)
+        super().__init__(
+            f"git {' '.join(self.args_run[:3])} failed ({returncode}): {self.stderr.strip()[-2000:]}"
+        )
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Mask the given secrets, URL userinfo and anything shaped like a GitHub token."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    text = _USERINFO.sub(r"\1***@", text)
-    return _TOKEN_LIKE.sub("***", text)
+    """Mask secrets and credential-shaped text; the same redactor as every other (bot/redaction.py)."""
+    return redaction.redact(text, secrets)
 
 
 def check_clone_url(url: str) -> str:
@@ -81,7 +94,7 @@ def check_clone_url(url: str) -> str:
     if parts.scheme not in ALLOWED_SCHEMES:
         raise ValueError(BAD_CLONE_URL.format(url=url, why="only https (or http) is allowed"))
     if parts.username or parts.password or "@" in parts.netloc:
-        raise ValueError(BAD_CLONE_URL.format(url=url, why="credentials belong in askpass"))
+        raise ValueError(BAD_CLONE_URL.format(url=url, why="credentials never go in the URL"))
     if not parts.hostname:
         raise ValueError(BAD_CLONE_URL.format(url=url, why="it has no host"))
     return url
@@ -133,7 +146,7 @@ class Git:
         self._write_askpass()
 
     def _write_askpass(self) -> None:
-        # Rewritten before each credentialed command so an edited helper never sees a token.
+        # Rewritten before each credentialed command so an edited helper cannot answer for git.
         _replace_file(self.askpass, ASKPASS_SCRIPT, 0o700)
 
     def overrides(self, allowed_scheme: str | None) -> list[str]:
@@ -172,10 +185,8 @@ class Git:
             options += ["-c", f"{key}={value}"]
         return options
 
-    def environment(
-        self, token: str | None = None, extra: Mapping[str, str] | None = None
-    ) -> dict[str, str]:
-        """The whole environment of one git command."""
+    def environment(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The whole environment of one git command; it never holds a token."""
         env = {
             "PATH": self.path,
             "HOME": str(self.home),
@@ -193,8 +204,6 @@ class Git:
         }
         if extra:
             env.update(extra)
-        if token is not None:
-            env[PASSWORD_VARIABLE] = token
         return env
 
     async def run(
@@ -225,22 +234,37 @@ class Git:
             else:
                 extra["GIT_DIR"] = str(mirror.path)
                 cwd = mirror.path
+        credential: list[str] = []
+        pass_fds: tuple[int, ...] = ()
         if token is not None:
             if mirror is None or mirror.clone_url is None:
-                raise ValueError("a token is only used in a mirror with a known clone URL")
+                raise ValueError(TOKEN_WITHOUT_MIRROR)
             scheme = urlsplit(mirror.clone_url).scheme
             self._write_askpass()
-        argv = [self.binary, *self.overrides(scheme), *args]
+            # Whatever git or the remote prints later, this token is masked in every log line.
+            redaction.register_secret(token)
+            reader = credential_pipe(token)
+            pass_fds = (reader,)
+            # The empty value drops every helper configured anywhere; then only ours is asked.
+            helper = CREDENTIAL_HELPER.format(fd=reader)
+            credential = ["-c", "credential.helper=", "-c", f"credential.helper={helper}"]
+        argv = [self.binary, *self.overrides(scheme), *credential, *args]
         secrets = (token,) if token else ()
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd) if cwd is not None else str(self.home),
-            env=self.environment(token, extra),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd) if cwd is not None else str(self.home),
+                env=self.environment(extra),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=pass_fds,
+            )
+        finally:
+            # git holds its own copy now; ours must not outlive the spawn.
+            for descriptor in pass_fds:
+                os.close(descriptor)
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -248,10 +272,32 @@ class Git:
             await process.wait()
             raise
         if process.returncode != 0:
-            raise GitError(
-                list(args), process.returncode, redact(stderr.decode(errors="replace"), secrets)
-            )
+            raise GitError(list(args), process.returncode, stderr.decode(errors="replace"), secrets)
         return stdout.decode(errors="replace")
+
+
+def credential_pipe(token: str) -> int:
+    """The read end of a pipe already holding git's credential for `token`, its write end closed.
+
+    Both ends are created non-inheritable, so no other child of Shepherd gets them; git gets the
+    read end through `pass_fds` only. Written whole before git starts, so nothing waits on git.
+    """
+    if not token or any(character in token for character in "\n\r\0"):
+        raise ValueError(BAD_TOKEN.format(why="is empty or holds a line break or NUL"))
+    data = CREDENTIAL_TEXT.format(user=TOKEN_USER, token=token).encode()
+    if len(data) > MAX_CREDENTIAL_BYTES:
+        raise ValueError(BAD_TOKEN.format(why=f"is longer than {MAX_CREDENTIAL_BYTES} bytes"))
+    reader, writer = os.pipe()
+    try:
+        written = 0
+        while written < len(data):
+            written += os.write(writer, data[written:])
+    except BaseException:
+        os.close(reader)
+        raise
+    finally:
+        os.close(writer)
+    return reader
 
 
 def _replace_file(path: Path, text: str, mode: int) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import os
 import pwd
-import re
+import shlex
 import signal
 import subprocess
 import time
@@ -22,14 +22,10 @@ from pathlib import Path
 
 import psutil
 
+from bot import redaction
+
 log = logging.getLogger(__name__)
 
-# "$1" is the exit file; the rest is the turn's command. The temporary name plus rename means a
-# reader never sees a half-written code.
-WRAPPER_SCRIPT = (
-    'exit_file=$1; shift; "$@"; code=$?; '
-    'printf "%s\\n" "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"'
-)
 WRAPPER_NAME = "shepherd-turn"
 # psutil derives create time from clock ticks since boot; equal processes agree to well below this.
 CREATE_TIME_TOLERANCE_S = 0.05
@@ -37,19 +33,16 @@ KILL_VERIFY_S = 5.0
 TAIL_READ_BYTES = 64 * 1024
 REDACTED = "[redacted]"
 
-# Credentials that must never reach an issue comment, whatever the agent printed.
-TOKEN_PATTERNS = (
-    re.compile(r"\bgh[opsur]_[A-Za-z0-9]{20,}"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"),
-    re.compile(r"(?<=x-access-token:)[^@\s]+(?=@)"),
-    re.compile(r"(?i)(?<=authorization: )(bearer|token|basic) \S+"),
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S),
-)
+# Credentials that must never reach an issue comment, whatever the agent printed: the shapes the one
+# redactor (bot/redaction.py) masks, named here for callers that look for them.
+TOKEN_PATTERNS = tuple(pattern for pattern, _ in redaction.PATTERNS)
 
 REASON_EXITED = "exited"
 REASON_RUNTIME = "runtime"
 REASON_IDLE = "idle"
 REASON_VANISHED = "vanished"
+REASON_LIMIT = "limit"
+LIMIT_CHECK_SECONDS = 5.0
 
 # Popen objects of turns this process started, so that finished children are reaped, not left
 # as zombies; a re-attached turn has none and is polled through psutil and its exit file.
@@ -65,6 +58,7 @@ class TurnHandle:
     log_path: str
     exit_path: str
     started_at: float
+    cgroup: str | None = None
 
     @property
     def pgid(self) -> int:
@@ -82,6 +76,7 @@ class TurnHandle:
             log_path=str(data["log_path"]),
             exit_path=str(data["exit_path"]),
             started_at=float(data["started_at"]),
+            cgroup=data.get("cgroup"),
         )
 
 
@@ -92,6 +87,27 @@ class TurnOutcome:
     exit_code: int | None
     reason: str
     elapsed_s: float
+    detail: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prelude:
+    """What the wrapper does before the command: join the turn's cgroups, start its egress proxy."""
+
+    cgroup: str | None = None
+    cgroup_procs: tuple[str, ...] = ()
+    proxy: tuple[str, ...] = ()
+
+    def script(self) -> str:
+        lines = []
+        for procs in self.cgroup_procs:
+            lines.append(f"echo $$ > {shlex.quote(procs)} || echo 'shepherd: could not join {procs}' >&2")
+        if self.proxy:
+            lines.append(f"{shlex.join(self.proxy)} </dev/null >/dev/null & proxy=$!")
+        return "".join(line + "; " for line in lines)
+
+    def epilogue(self) -> str:
+        return "kill $proxy 2>/dev/null; " if self.proxy else ""
 
 
 def spawn_turn(
@@ -102,22 +118,32 @@ def spawn_turn(
     log_path: str | os.PathLike[str],
     exit_path: str | os.PathLike[str],
     run_as_user: str | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    prelude: Prelude | None = None,
 ) -> TurnHandle:
     """Start one turn: argv, or a shell command line if ``command`` is a string.
 
-    Standard input is ``/dev/null``; stdout and stderr append to ``log_path``. With ``run_as_user``,
-    only the command drops to that user (``setpriv``); the wrapper stays Shepherd's, so the agent
-    can neither kill it nor forge the exit file.
+    Standard input is ``/dev/null``; stdout and stderr append to ``log_path``. ``wrap`` puts the
+    command in its sandbox (``bot.sandbox``); the wrapper itself stays Shepherd's, so the agent can
+    neither kill it nor forge the exit file. ``run_as_user`` (no sandbox) drops only the command to
+    that user with ``setpriv``.
     """
     argv = ["/bin/sh", "-c", command] if isinstance(command, str) else list(command)
-    if run_as_user is not None:
+    if wrap is not None:
+        argv = wrap(argv)
+    elif run_as_user is not None:
         argv = _drop_privileges(run_as_user) + argv
+    prelude = prelude or Prelude()
+    script = (
+        "exit_file=$1; shift; " + prelude.script() + '"$@"; code=$?; ' + prelude.epilogue()
+        + 'umask 077; printf "%s\\n" "$code" > "$exit_file.tmp" && mv -f "$exit_file.tmp" "$exit_file"'
+    )
     Path(exit_path).unlink(missing_ok=True)
     Path(exit_path).with_name(Path(exit_path).name + ".tmp").unlink(missing_ok=True)
     log_descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         process = subprocess.Popen(
-            ["/bin/sh", "-c", WRAPPER_SCRIPT, WRAPPER_NAME, os.fspath(exit_path), *argv],
+            ["/bin/sh", "-c", script, WRAPPER_NAME, os.fspath(exit_path), *argv],
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
@@ -140,6 +166,7 @@ def spawn_turn(
         log_path=os.fspath(log_path),
         exit_path=os.fspath(exit_path),
         started_at=time.time(),
+        cgroup=prelude.cgroup,
     )
     log.info("turn started", extra={"pid": handle.pid, "log_path": handle.log_path})
     return handle
@@ -228,7 +255,9 @@ def group_members(handle: TurnHandle) -> list[psutil.Process]:
 def kill_group(handle: TurnHandle, grace_s: float = 5.0) -> None:
     """SIGTERM the turn's whole group, SIGKILL what remains after ``grace_s``; safe if already gone.
 
-    Raises ``RuntimeError`` if members survive SIGKILL (for example, a process stuck in the kernel).
+    A sandboxed turn's processes live in their own pid namespace and session, out of the group's
+    reach: they die with the namespace when bwrap goes, and whatever is left in the turn's cgroup
+    is killed last. Raises ``RuntimeError`` if members survive SIGKILL (e.g. stuck in the kernel).
     """
     _signal_group(handle, signal.SIGTERM)
     _, alive = psutil.wait_procs(group_members(handle), timeout=grace_s)
@@ -243,6 +272,12 @@ def kill_group(handle: TurnHandle, grace_s: float = 5.0) -> None:
             raise RuntimeError(f"processes {[p.pid for p in alive]} of turn {handle.pid} survived SIGKILL")
         psutil.wait_procs(alive, timeout=0.1)
     _reap(handle.pid)
+    if handle.cgroup is not None:
+        from bot import limits
+
+        cgroup = limits.open(handle.cgroup)
+        if cgroup is not None:
+            cgroup.kill_all()
     log.info("turn group killed", extra={"pid": handle.pid})
 
 
@@ -269,14 +304,17 @@ async def wait_turn(
     heartbeat: Callable[[], float | None],
     poll: float = 0.2,
     grace_s: float = 5.0,
+    limit_check: Callable[[], str | None] | None = None,
 ) -> TurnOutcome:
     """Wait until the turn ends; kill its group when it runs too long or goes idle.
 
     Idle means neither log growth nor a ``heartbeat()`` (a timestamp, e.g. the reports file's
     mtime) for ``idle_timeout_s``. Times are wall-clock so a re-attached turn keeps its deadlines.
     Processes left in the group after the command exits are killed too: a turn must not outlive
-    itself, holding the worktree or the session's port.
+    itself, holding the worktree or the session's port. ``limit_check`` (run in a thread every few
+    seconds) names a sandbox limit the turn went past, such as the size of its worktree.
     """
+    next_check = time.monotonic() + LIMIT_CHECK_SECONDS
     while True:
         code = read_exit_code(handle)
         if code is None and not attach(handle):
@@ -292,6 +330,12 @@ async def wait_turn(
             return await _stop(handle, REASON_RUNTIME, grace_s)
         if now - _last_activity(handle, heartbeat) > idle_timeout_s:
             return await _stop(handle, REASON_IDLE, grace_s)
+        if limit_check is not None and time.monotonic() >= next_check:
+            next_check = time.monotonic() + LIMIT_CHECK_SECONDS
+            exceeded = await asyncio.to_thread(limit_check)
+            if exceeded is not None:
+                outcome = await _stop(handle, REASON_LIMIT, 0)
+                return dataclasses.replace(outcome, detail=exceeded)
         await asyncio.sleep(poll)
 
 
@@ -334,8 +378,4 @@ def log_tail(
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """Replace each of ``secrets`` and anything that looks like a credential with ``[redacted]``."""
-    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
-    for pattern in TOKEN_PATTERNS:
-        text = pattern.sub(REDACTED, text)
-    return text
+    return redaction.redact(text, tuple(secrets))

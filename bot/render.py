@@ -74,6 +74,7 @@ DETAIL_SENTENCES = {
     Detail.TIMED_OUT: "The turn ran out of time.",
     Detail.IDLE: "The agent went silent.",
     Detail.CRASHED: "The agent process was lost.",
+    Detail.LIMIT_EXCEEDED: "The turn went past a limit of its sandbox and was stopped.",
     Detail.MAX_TURNS: "The session used all its turns.",
     Detail.PUSH_FAILED: "Shepherd could not push the branch or open the pull request.",
     Detail.WORKSPACE_FAILED: "Shepherd could not prepare the workspace.",

@@ -25,6 +25,7 @@ from bot.actors import PermissionCache
 from bot.agent_tool import write_status
 from bot.agents import Adapter, make_adapter
 from bot.agent_env import build_agent_env
+from bot.confinement import Confinement, for_session as confinement_for
 from bot.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
 from bot.policy import EffectivePolicy, load_policy
 from bot.prompt import gather_comments, render_prompt, render_turn_message
@@ -512,7 +513,7 @@ class Engine:
             if not context.get("port"):
                 context["port"] = self.workspaces.allocate_port()
             self.sessions.save_context(session.id, context)
-            self.workspaces.install_env_files(worktree, policy.env_files)
+            await self.workspaces.install_env_files(worktree, policy.env_files)
         except (WorkspaceError, Exception) as error:  # noqa: BLE001 - every failure is the session's
             if not isinstance(error, (WorkspaceError, OSError)) and not _is_git_or_http(error):
                 raise
@@ -529,9 +530,19 @@ class Engine:
                 port=int(context["port"]), reply=None, reply_file=None, bot_name=bot_name,
                 bot_email=bot_email, tool_bin_dir=session_dir / "bin",
             )
+            confinement = self.confinement(session, worktree)
+
+            async def run_one(command: str, index: int, timeout: float | None) -> int | None:
+                outcome = await confinement.run(
+                    command, name=f"setup-{index}", env=env, log_path=session_dir / SETUP_LOG,
+                    exit_path=session_dir / f"setup-{index}.exit", timeout_s=timeout or SETUP_TIMEOUT_SECONDS,
+                    poll=self.poll,
+                )
+                return outcome.exit_code if outcome.reason == processes.REASON_EXITED else None
+
             result = await self.workspaces.run_setup(
                 list(policy.setup), env, worktree, session_dir / SETUP_LOG,
-                timeout=min(SETUP_TIMEOUT_SECONDS, policy.max_runtime_seconds),
+                timeout=min(SETUP_TIMEOUT_SECONDS, policy.max_runtime_seconds), run=run_one,
             )
             if not result.ok:
                 return (WorkspaceFailed(result.message or "setup failed"),)
@@ -557,7 +568,7 @@ class Engine:
             session_dir=session_dir, worktree=worktree, repo=session.repo, issue=session.issue_number,
             branch=session.branch, turn=command.turn, port=int(context["port"]), bot_name=bot_name,
             bot_email=bot_email, parent_env=self.parent_env, extra_env_names=self.settings.agent_env,
-            run_as_user=self.settings.agent_user,
+            confinement=self.confinement(session, worktree),
         )
         first = command.kind == TurnKind.FIRST or (
             command.kind == TurnKind.PLAN and command.reply is None and command.resume_session_id is None
@@ -640,6 +651,7 @@ class Engine:
                 handle, session_dir=session_dir, after_seq=int(stored.context.get("reports_seq") or 0),
                 emit=emit, measure=measure, max_runtime_s=policy.max_runtime_seconds,
                 idle_timeout_s=policy.idle_timeout_seconds, poll=self.poll,
+                confinement=self.confinement(stored.session, worktree),
             )
         except asyncio.CancelledError:
             raise
@@ -650,6 +662,10 @@ class Engine:
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))
         await self.apply(session_id, end)
+
+    def confinement(self, session: Session, worktree: Path) -> Confinement:
+        """The box, egress proxy and limits of `session`'s turns, setup and test commands."""
+        return confinement_for(self.workspaces, self.settings, session_folder(session.id), worktree, session.repo)
 
     def _stop_agent(self, stored: StoredSession, grace_seconds: float) -> None:
         known = stored.context.get("turn") or {}

@@ -51,6 +51,7 @@ FAILURE_EXIT_CODE = "The agent exited with code {code}."
 FAILURE_RUNTIME = "The turn ran longer than max_runtime_minutes."
 FAILURE_IDLE = "The agent was silent for longer than idle_timeout_minutes."
 FAILURE_CRASH = "The agent process was lost."
+FAILURE_LIMIT = "The turn went past a limit of its sandbox (memory, processes or disk) and was stopped."
 FAILURE_MAX_TURNS = "The limit of {limit} agent turns is reached."
 FAILURE_PROTECTED = "The agent changed protected paths again after being asked to revert them: {paths}."
 FAILURE_PUSH = "Shepherd could not finish the work: {reason}"
@@ -90,6 +91,7 @@ class Detail(enum.StrEnum):
     TIMED_OUT = "timed-out"  # failed: max_runtime_minutes
     IDLE = "idle"  # failed: idle_timeout_minutes
     CRASHED = "crashed"  # failed
+    LIMIT_EXCEEDED = "limit-exceeded"  # failed: a sandbox resource limit
     MAX_TURNS = "max-turns"  # failed
     PUSH_FAILED = "push-failed"  # failed
     WORKSPACE_FAILED = "workspace-failed"  # failed
@@ -126,6 +128,7 @@ class FailureKind(enum.StrEnum):
     RUNTIME = "runtime"
     IDLE = "idle"
     CRASH = "crash"
+    LIMIT = "limit"
 
 
 class LabelKind(enum.StrEnum):
@@ -409,6 +412,7 @@ class TurnExited(Event):
     has_new_commits: bool = False
     has_changes: bool = False
     protected_paths_touched: tuple[str, ...] = ()
+    log_tail: str = ""
 
 
 @dataclass(frozen=True)
@@ -1102,7 +1106,7 @@ def _on_turn_exited(s: Session, e: TurnExited, now: datetime) -> Decision:
         return Decision(s, (*commands, RequestSlot(front=s.pending_turn.front), PostStatus()))
     if s.state == State.PLANNING:
         if e.exit_code != 0:
-            return _fail(s, Detail.EXIT_CODE, FAILURE_EXIT_CODE.format(code=e.exit_code), commands)
+            return _fail(s, Detail.EXIT_CODE, FAILURE_EXIT_CODE.format(code=e.exit_code), commands, e.log_tail)
         return _fail(s, Detail.NO_PLAN, FAILURE_NO_PLAN, commands)
     if s.state != State.WORKING:
         return Decision(s, tuple(commands))
@@ -1119,7 +1123,7 @@ def _on_turn_exited(s: Session, e: TurnExited, now: datetime) -> Decision:
         commands += [FinishWork(s.branch, s.done_summary, s.pr_number), PostStatus()]
         return Decision(s, tuple(commands))
     if e.exit_code != 0:
-        return _fail(s, Detail.EXIT_CODE, FAILURE_EXIT_CODE.format(code=e.exit_code), commands)
+        return _fail(s, Detail.EXIT_CODE, FAILURE_EXIT_CODE.format(code=e.exit_code), commands, e.log_tail)
     if s.pr_number is not None:
         # A round that needed no change: nothing to push, the PR stands as it is.
         return _end_round_without_push(s, commands, now)
@@ -1136,6 +1140,7 @@ def _on_turn_failed(s: Session, e: TurnFailed, now: datetime) -> Decision:
         FailureKind.RUNTIME: (Detail.TIMED_OUT, FAILURE_RUNTIME),
         FailureKind.IDLE: (Detail.IDLE, FAILURE_IDLE),
         FailureKind.CRASH: (Detail.CRASHED, FAILURE_CRASH),
+        FailureKind.LIMIT: (Detail.LIMIT_EXCEEDED, FAILURE_LIMIT),
     }[e.reason]
     return _fail(s, detail, reason, [], e.log_tail)
 

@@ -51,6 +51,9 @@ MAX_PER_REPO_VAR = "SHEPHERD_MAX_PER_REPO"
 DASHBOARD_TOKEN_VAR = "SHEPHERD_DASHBOARD_TOKEN"
 WRITE_SPACING_VAR = "SHEPHERD_WRITE_SPACING_SECONDS"
 WORKTREE_POOL_VAR = "SHEPHERD_WORKTREE_POOL"
+SANDBOX_VAR = "SHEPHERD_SANDBOX"
+SANDBOX_PATHS_VAR = "SHEPHERD_SANDBOX_PATHS"
+EGRESS_VAR = "SHEPHERD_EGRESS"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -72,6 +75,9 @@ VARIABLES = (
     DASHBOARD_TOKEN_VAR,
     WRITE_SPACING_VAR,
     WORKTREE_POOL_VAR,
+    SANDBOX_VAR,
+    SANDBOX_PATHS_VAR,
+    EGRESS_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -228,7 +234,34 @@ class Settings(BaseModel):
     agent_user: str | None = Field(
         None,
         validation_alias=AGENT_USER_VAR,
-        description="A separate, unprivileged OS user that agents run as.",
+        description=(
+            "The unprivileged OS user agents run as inside the sandbox (when Shepherd runs as root); "
+            "by default a uid of Shepherd's own choosing (64000-64999), never Shepherd's."
+        ),
+    )
+    sandbox: Literal["bwrap", "none"] = Field(
+        "bwrap",
+        validation_alias=SANDBOX_VAR,
+        description=(
+            "`bwrap`: every agent turn, setup and test command runs in a bubblewrap sandbox. `none`: no "
+            "sandbox at all (loudly warned about at start, in `shepherd doctor` and in every status comment)."
+        ),
+    )
+    sandbox_paths: tuple[str, ...] = Field(
+        (),
+        validation_alias=SANDBOX_PATHS_VAR,
+        description=(
+            "Comma-separated absolute paths agents see read-only beside the system folders; `PATH:rw` "
+            "makes one writable."
+        ),
+    )
+    egress: tuple[str, ...] = Field(
+        (),
+        validation_alias=EGRESS_VAR,
+        description=(
+            "Comma-separated `host[:port]` patterns (`*.example.com` allowed) agents may reach through "
+            "the egress proxy besides their model endpoint; `*` allows any public host."
+        ),
     )
     max_workers: int = Field(
         4, ge=1, validation_alias=MAX_WORKERS_VAR, description="Agent processes running at once."
@@ -311,6 +344,29 @@ class Settings(BaseModel):
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
+
+    @field_validator("sandbox", mode="before")
+    @classmethod
+    def _sandbox_mode(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("sandbox_paths", "egress", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @field_validator("sandbox_paths")
+    @classmethod
+    def _check_sandbox_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from bot.sandbox import parse_sandbox_paths
+
+        try:
+            parse_sandbox_paths(",".join(value))
+        except ValueError as error:
+            raise PydanticCustomError("sandbox_paths", "{why}", {"why": str(error)}) from None
+        return value
 
     @field_validator("agent_env", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from pathlib import Path
 from bot import agent_tool, processes
 from bot.agent_env import build_agent_env, write_reply_file
 from bot.agents import Adapter
+from bot.confinement import Confinement
 from bot.processes import TurnHandle, TurnOutcome
 from bot.protected import touched_protected_paths
 from bot.session import (
@@ -62,6 +63,7 @@ class TurnSetup:
     parent_env: Mapping[str, str]
     extra_env_names: Sequence[str] = ()
     run_as_user: str | None = None
+    confinement: Confinement | None = None
 
     @property
     def prompt_file(self) -> Path:
@@ -92,9 +94,11 @@ def start_turn(
     """Spawn one turn. A first turn passes `prompt`; a resumed one passes `message` (what the agent
     is told) and `reply` (the human text it answers, for `SHEPHERD_REPLY` and its file)."""
     bin_dir = setup.session_dir / "bin"
-    agent_tool.install_agent_tool(bin_dir)
+    python = setup.confinement.sandbox.python if setup.confinement is not None else None
+    agent_tool.install_agent_tool(bin_dir, **({"python": python} if python else {}))
     if prompt is not None:
         setup.prompt_file.write_text(prompt, encoding="utf-8")
+        setup.prompt_file.chmod(0o644)
     reply_file = None
     if reply is not None:
         reply_file = write_reply_file(setup.reply_file, reply)
@@ -124,6 +128,10 @@ def start_turn(
         # No agent session to resume: a fresh turn carrying the earlier prompt and the new message.
         earlier = setup.prompt_file.read_text(encoding="utf-8") if setup.prompt_file.is_file() else ""
         command = adapter.first_turn(f"{earlier}\n\n{message or ''}".strip(), setup.prompt_file)
+    if setup.confinement is not None:
+        return setup.confinement.spawn(
+            command, name=f"turn-{setup.turn}", env=env, log_path=setup.log_path, exit_path=setup.exit_path
+        )
     return processes.spawn_turn(
         command,
         cwd=setup.worktree,
@@ -179,29 +187,36 @@ async def watch_turn(
     idle_timeout_s: float,
     redact: Sequence[str] = (),
     poll: float = WATCH_POLL_SECONDS,
+    confinement: Confinement | None = None,
 ) -> Event:
     """Feed the turn's reports to `emit(event, seq)` as they come; return its end as an event."""
-    reports_path = session_dir / agent_tool.REPORTS_NAME
+    reports_path = session_dir / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME
 
     def heartbeat() -> float | None:
         try:
-            return os.stat(reports_path).st_mtime
-        except FileNotFoundError:
+            return os.lstat(reports_path).st_mtime
+        except OSError:
             return None
 
+    limit_check = confinement.limit_check(handle) if confinement is not None else None
     waiting = asyncio.create_task(
         processes.wait_turn(handle, max_runtime_s=max_runtime_s, idle_timeout_s=idle_timeout_s,
-                            heartbeat=heartbeat, poll=poll)
+                            heartbeat=heartbeat, poll=poll, limit_check=limit_check)
     )
     seq = after_seq
+    seen: tuple[int, int] | None = None
     try:
         while True:
             done = waiting.done()
-            for report in agent_tool.read_reports(session_dir, seq):
-                event = report_event(report)
-                seq = int(report["seq"])
-                if event is not None:
-                    await emit(event, seq)
+            stamp = _stamp(reports_path)
+            if stamp != seen or done:
+                seen = stamp
+                # The channel is the agent's to write: read it off the loop, bounded, never through a link.
+                for report in await asyncio.to_thread(agent_tool.read_reports, session_dir, seq):
+                    event = report_event(report)
+                    seq = int(report["seq"])
+                    if event is not None:
+                        await emit(event, seq)
             if done:
                 break
             await asyncio.wait({waiting}, timeout=poll)
@@ -209,11 +224,26 @@ async def watch_turn(
         waiting.cancel()
         raise
     outcome: TurnOutcome = waiting.result()
+    exceeded = confinement.finish(handle) if confinement is not None else None
+    if exceeded is None and outcome.reason == processes.REASON_LIMIT:
+        exceeded = outcome.detail
+    if exceeded is not None:
+        tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
+        return TurnFailed(FailureKind.LIMIT, f"Shepherd: {exceeded}\n{tail}".rstrip())
     if outcome.reason == processes.REASON_EXITED and outcome.exit_code is not None:
         new_commits, changes, touched = await measure()
-        return TurnExited(outcome.exit_code, new_commits, changes, touched)
+        tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact) if outcome.exit_code != 0 else ""
+        return TurnExited(outcome.exit_code, new_commits, changes, touched, tail)
     tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
     return TurnFailed(FAILURE_OF.get(outcome.reason, FailureKind.CRASH), tail)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return (info.st_size, info.st_mtime_ns)
 
 
 def agent_session_id(adapter: Adapter, handle: TurnHandle) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.confinement import build_sandbox
 from bot.effects import IssueRef, SessionContext
 from bot.git import Mirror
 from bot.github import GitHubApp
@@ -74,6 +75,7 @@ class PushingFinisher:
         self.calls.append((session.id, command))
         assert context.worktree is not None
         await self.workspaces.commit_all(context.worktree, "Shepherd: leftovers", "shepherd[bot]", "1+shepherd[bot]@users.noreply.github.com")
+        await self.workspaces.export_branch(context.worktree, command.branch)
         token = await self.github.mint_push_token(context.installation_id, context.owner, context.repo)
         mirror = Mirror(context.full_name, self.workspaces.mirror_path(context.full_name), context.clone_url)
         sha = await push_branch(self.workspaces.git, mirror, command.branch, token, created_by_shepherd=True)
@@ -169,11 +171,13 @@ async def build_harness(fake, data_dir: Path, *, parent_env: dict[str, str] | No
     http = aiohttp.ClientSession()
     github = GitHubApp(http, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
                        api_url=settings.api_url, metrics=Metrics(), write_spacing=0)
-    workspaces = Workspaces(settings.data_dir)
+    parent_env = parent_env if parent_env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(data_dir)}
+    sandbox = build_sandbox(settings, parent_env, settings.data_dir / "sandbox")
+    workspaces = Workspaces(settings.data_dir, sandbox=sandbox)
     publisher = RecordingPublisher()
     finisher = PushingFinisher(github, workspaces)
     engine = Engine(store, workspaces, github, publisher, finisher, settings,
-                    parent_env=parent_env if parent_env is not None else {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(data_dir)},
+                    parent_env=parent_env,
                     adapter_factory=adapter_factory, poll=0.05, retry_delay=0.05)
     return Harness(engine, store, workspaces, publisher, finisher, github, settings, http)
 

@@ -9,9 +9,11 @@ import subprocess
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
-from bot.git import Git, Mirror, check_clone_url, redact
+from bot.git import REMOTE_NAME as REMOTE
+from bot.git import Git, GitError, Mirror, check_clone_url, redact
 from bot.push import push_branch
 from bot.workspace import Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, accept_test_token, git_remote  # noqa: F401
@@ -91,7 +93,7 @@ async def test_git_runs_with_a_minimal_environment(tmp_path, monkeypatch):
     assert env["GIT_CONFIG_NOSYSTEM"] == "1"
     assert env["GIT_TERMINAL_PROMPT"] == "0"
     assert env["GIT_ASKPASS"] == str(git.askpass)
-    assert "SHEPHERD_GIT_PASSWORD" not in env  # no token asked for, none given
+    assert not any(name.endswith("PASSWORD") for name in env)  # a token never travels in the environment
 
 
 async def test_overrides_alone_stop_planted_hooks_and_fsmonitor(tmp_path):
@@ -247,7 +249,7 @@ def test_redaction_masks_tokens_and_url_credentials():
     text = "fatal: unable to access 'https://x-access-token:abc123@github.com/a/b.git/': ghs_abcdefghijklmnop"
     masked = redact(text, ("abc123",))
     assert "abc123" not in masked and "ghs_abcdefghijklmnop" not in masked
-    assert "https://***@github.com/a/b.git/" in masked
+    assert "https://x-access-token:[redacted]@github.com/a/b.git/" in masked
 
 
 @pytest.mark.parametrize(
@@ -270,3 +272,154 @@ async def test_unsafe_clone_urls_are_refused_before_git_runs(tmp_path, url):
     assert not spaces.mirror_path(REPO).exists()
     with pytest.raises(ValueError):
         Mirror(REPO, tmp_path / "m.git", url).known_good_config()
+
+
+# -- the token travels through an inherited pipe --------------------------------------------------
+
+
+async def bare_mirror(tmp_path: Path, git: Git, url: str) -> Mirror:
+    """A bare mirror of `url` made with Shepherd's runner alone (no workspace layer)."""
+    path = tmp_path / "mirror.git"
+    await git.run("init", "--quiet", "--bare", str(path))
+    return Mirror(REPO, path, url)
+
+
+def recording_git(folder: Path, runs: int = 1) -> Path:
+    """A stand-in for the git binary that records its environment and arguments, then runs git `runs` times."""
+    script = folder / "recording-git"
+    body = "\n".join(['git "$@" || exit $?'] * (runs - 1) + ['exec git "$@"'])
+    script.write_text(
+        "#!/bin/sh\n"
+        f"env > '{folder / 'environment'}'\n"
+        f"printf '%s\\n' \"$@\" > '{folder / 'arguments'}'\n"
+        f"{body}\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def descendants_holding(needle: bytes, ancestor: int) -> tuple[list[str], list[str]]:
+    """Scan every process below `ancestor`: where `needle` shows, and every command line seen."""
+    hits, seen = [], []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if ancestor not in {parent.pid for parent in psutil.Process(int(entry.name)).parents()}:
+                continue
+            for name in ("environ", "cmdline"):
+                data = Path(entry.path, name).read_bytes()
+                if name == "cmdline":
+                    seen.append(data.replace(b"\0", b" ").decode(errors="replace"))
+                if needle in data:
+                    hits.append(f"{entry.name}/{name}")
+        except (OSError, psutil.Error):
+            continue  # it ended while we looked
+    return hits, seen
+
+
+async def test_the_token_is_in_no_environment_or_command_line_of_any_process_during_fetch_and_push(tmp_path):
+    """Every process below the test, read while a fetch and a push are held open by the remote."""
+    sweeps_done = threading.Condition()
+    sweeps = [0]
+    held: set[bool] = set()
+    hits: list[str] = []
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def authorize(token: str, repo: str, write: bool) -> bool:
+        if accept_test_token(token, repo, write) and write not in held:
+            held.add(write)
+            with sweeps_done:  # hold this request until the scanner swept a few times meanwhile
+                target = sweeps[0] + 3
+                sweeps_done.wait_for(lambda: sweeps[0] >= target, timeout=20)
+        return accept_test_token(token, repo, write)
+
+    def scan() -> None:
+        while not stop.is_set():
+            found, lines = descendants_holding(TEST_TOKEN.encode(), os.getpid())
+            hits.extend(found)
+            seen.extend(lines)
+            with sweeps_done:
+                sweeps[0] += 1
+                sweeps_done.notify_all()
+
+    remote = GitRemote(tmp_path / "remote", authorize)
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
+    try:
+        url = remote.create_repo(REPO, {"README.md": "# web\n"})
+        git = Git(tmp_path / "git")
+        mirror = await bare_mirror(tmp_path, git, url)
+        await git.run("fetch", "--quiet", REMOTE, mirror=mirror, token=TEST_TOKEN, timeout=60)
+        await git.run("update-ref", f"refs/heads/{BRANCH}", "refs/remotes/origin/main", mirror=mirror)
+        await git.run(
+            "push", "--quiet", url, f"refs/heads/{BRANCH}:refs/heads/{BRANCH}",
+            mirror=mirror, token=TEST_TOKEN, timeout=60,
+        )
+    finally:
+        stop.set()
+        scanner.join(10)
+        remote.stop()
+    assert held == {False, True}  # both the fetch and the push were held while the scanner swept
+    assert f"refs/heads/{BRANCH}" in remote.refs(REPO)
+    # The scanner did see the credentialed commands, helper included, with no token anywhere.
+    assert any("fetch" in line and "credential.helper=!" in line for line in seen)
+    assert any("push" in line and "credential.helper=!" in line for line in seen)
+    assert hits == []
+
+
+async def test_a_credentialed_git_gets_no_token_in_its_environment_or_arguments(tmp_path, git_remote):
+    url = git_remote.create_repo(REPO, {"README.md": "# web\n"})
+    records = tmp_path / "records"
+    records.mkdir()
+    git = Git(tmp_path / "git", binary=str(recording_git(records)))
+    mirror = await bare_mirror(tmp_path, git, url)
+    await git.run("fetch", "--quiet", REMOTE, mirror=mirror, token=TEST_TOKEN, timeout=60)
+
+    environment = (records / "environment").read_text()
+    arguments = (records / "arguments").read_text()
+    assert git_remote.refs(REPO)["refs/heads/main"] == (
+        await git.run("rev-parse", "refs/remotes/origin/main", mirror=mirror)
+    ).strip()  # the token did reach the remote, through the helper
+    assert TEST_TOKEN not in environment and TEST_TOKEN not in arguments
+    assert "GIT_TERMINAL_PROMPT=0" in environment.splitlines()
+    assert "credential.helper=" in arguments.splitlines()  # every other helper dropped first
+    assert any(line.startswith("credential.helper=!") for line in arguments.splitlines())
+    # The askpass git would fall back to answers nothing.
+    answer = subprocess.run([str(git.askpass), "Password for 'http://x-access-token@host': "],
+                            capture_output=True, text=True)
+    assert answer.returncode != 0 and answer.stdout == ""
+    # And the environment the runner builds has no token to give.
+    built = git.environment({"GIT_DIR": str(mirror.path)})
+    assert TEST_TOKEN not in "".join(built.values())
+    assert not any("PASSWORD" in name or "TOKEN" in name for name in built)
+
+
+async def test_a_second_credential_request_gets_nothing_and_git_fails_instead_of_hanging(tmp_path, git_remote):
+    """Two git runs share the one pipe: the first reads the credential, the second reads end-of-file."""
+    url = git_remote.create_repo(REPO, {"README.md": "# web\n"})
+    records = tmp_path / "records"
+    records.mkdir()
+    git = Git(tmp_path / "git", binary=str(recording_git(records, runs=2)))
+    mirror = await bare_mirror(tmp_path, git, url)
+    with pytest.raises(GitError) as failure:
+        await git.run("fetch", "--quiet", REMOTE, mirror=mirror, token=TEST_TOKEN, timeout=30)
+    message = str(failure.value)
+    assert "terminal prompts disabled" in message  # no answer, no prompt: git gave up
+    assert TEST_TOKEN not in message
+    authorised = [r for r in git_remote.requests_for(REPO) if r.authorised]
+    assert authorised  # the first run fetched with the token from the pipe
+
+
+async def test_git_errors_never_carry_the_token(tmp_path, git_remote):
+    url = git_remote.create_repo(REPO, {"README.md": "# web\n"})
+    git = Git(tmp_path / "git")
+    mirror = await bare_mirror(tmp_path, git, url)
+    wrong = "ghs_" + "W" * 36
+    with pytest.raises(GitError) as failure:
+        await git.run("fetch", REMOTE, f"https://x-access-token:{wrong}@example.invalid/a/b.git",
+                      mirror=mirror, token=wrong, timeout=60)
+    error = failure.value
+    assert wrong not in str(error) and wrong not in error.stderr and wrong not in " ".join(error.args_run)
+    assert "x-access-token:[redacted]@example.invalid" in " ".join(error.args_run)

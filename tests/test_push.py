@@ -25,6 +25,7 @@ async def session(tmp_path: Path, git_remote: GitRemote):
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
     (tree / "fix.txt").write_text("fixed\n")
     sha = await spaces.commit_all(tree, "Fix the typo", *BOT)
+    await spaces.export_branch(tree, BRANCH)  # the agent's commits reach the mirror only this way
     return spaces, mirror, tree, sha
 
 
@@ -137,6 +138,7 @@ async def test_two_sessions_push_at_once_from_one_mirror(session, git_remote):
     tree = await spaces.create_worktree(REPO, other, "main")
     (tree / "second.txt").write_text("2\n")
     second = await spaces.commit_all(tree, "Second", *BOT)
+    await spaces.export_branch(tree, other)
     await asyncio.gather(
         push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True),
         push_branch(spaces.git, mirror, other, TEST_TOKEN, created_by_shepherd=True),

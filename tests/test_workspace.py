@@ -31,8 +31,7 @@ async def test_worktree_is_on_the_session_branch_at_the_remote_tip(workspace, gi
     assert tree == spaces.data_dir / "worktrees" / "acme" / "web" / "issue-7-add-export"
     assert (tree / "src" / "app.py").read_text() == "print('hi')\n"
     assert await spaces.current_branch(tree) == BRANCH
-    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=tree)
-    assert head.strip() == git_remote.refs(REPO)["refs/heads/main"]
+    assert await spaces.head(tree) == git_remote.refs(REPO)["refs/heads/main"]
     fetches = git_remote.requests_for(REPO)
     assert any(r.authorised and r.user == "x-access-token" for r in fetches)
 
@@ -40,8 +39,11 @@ async def test_worktree_is_on_the_session_branch_at_the_remote_tip(workspace, gi
 async def test_data_folders_are_private(workspace):
     spaces, _ = workspace
     session = spaces.session_dir("s-1")
-    for folder in (spaces.data_dir, spaces.data_dir / "mirrors", spaces.data_dir / "worktrees", session):
+    for folder in (spaces.data_dir, spaces.data_dir / "mirrors", spaces.data_dir / "worktrees",
+                   spaces.data_dir / "sessions"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    # The agent reads its prompt inside its box, where only this folder (never its parents) is shown.
+    assert stat.S_IMODE(session.stat().st_mode) == 0o755
     assert not session.is_relative_to(spaces.data_dir / "worktrees")
 
 
@@ -60,24 +62,25 @@ async def test_continue_from_a_pushed_branch_after_the_worktree_was_removed(work
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
     (tree / "export.py").write_text("def export():\n    return 1\n")
     sha = await spaces.commit_all(tree, "Add export", *BOT)
+    await spaces.export_branch(tree, BRANCH)
     await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
     await spaces.remove_worktree(tree)
     assert not tree.exists()
     again = await spaces.create_worktree(REPO, BRANCH, "main", continue_from_existing=True)
     assert (again / "export.py").read_text().startswith("def export")
-    head = await spaces.git.run("rev-parse", "HEAD", mirror=mirror, worktree=again)
-    assert head.strip() == sha
+    assert await spaces.head(again) == sha
 
 
 async def test_env_files_are_copied_and_never_committed(workspace, git_remote):
     spaces, mirror = workspace
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
-    copied = spaces.install_env_files(tree, {".env.example": ".env"})
+    copied = await spaces.install_env_files(tree, {".env.example": ".env"})
     assert copied == [tree.resolve() / ".env"]
     assert (tree / ".env").read_text() == "PORT=0\n"
     assert not await spaces.is_dirty(tree)
     (tree / "feature.txt").write_text("new\n")
     await spaces.commit_all(tree, "Leftovers", *BOT)
+    await spaces.export_branch(tree, BRANCH)
     await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
     assert git_remote.show(REPO, BRANCH, "feature.txt") == "new\n"
     assert git_remote.show(REPO, BRANCH, ".env") is None
@@ -90,9 +93,9 @@ async def test_env_files_may_not_leave_the_worktree(workspace, tmp_path):
     secret.write_text("not yours\n")
     (tree / "link.example").symlink_to(secret)
     with pytest.raises(WorkspaceError):
-        spaces.install_env_files(tree, {"link.example": ".env"})
+        await spaces.install_env_files(tree, {"link.example": ".env"})
     with pytest.raises(WorkspaceError):
-        spaces.install_env_files(tree, {".env.example": "../../escape.env"})
+        await spaces.install_env_files(tree, {".env.example": "../../escape.env"})
     assert not (tree / ".env").exists()
     assert not (tree.parent.parent / "escape.env").exists()
 
@@ -148,6 +151,7 @@ async def test_remove_refuses_unpushed_commits_then_succeeds_after_push(workspac
         await spaces.remove_worktree(tree)
     assert "never pushed" in kept.value.reason
     assert (tree / "work.txt").exists()
+    await spaces.export_branch(tree, BRANCH)
     await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
     assert not await spaces.has_unpushed(tree)
     await spaces.remove_worktree(tree)
@@ -174,7 +178,7 @@ async def test_remove_refuses_uncommitted_changes(workspace):
 async def test_removing_an_untouched_worktree_drops_it_and_its_branch(workspace):
     spaces, mirror = workspace
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
-    spaces.install_env_files(tree, {".env.example": ".env"})
+    await spaces.install_env_files(tree, {".env.example": ".env"})
     await spaces.remove_worktree(tree)
     assert not tree.exists()
     assert BRANCH not in await spaces.git.run("branch", "--list", mirror=mirror)
@@ -188,8 +192,7 @@ async def test_fetch_brings_a_human_commit_and_new_worktrees_start_from_it(works
     second = await spaces.create_worktree(REPO, "agent/issue-9-other", "main")
     assert (second / "CHANGELOG.md").read_text() == "v2\n"
     assert not (first / "CHANGELOG.md").exists()  # a fetch never moves a session's branch
-    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=second)
-    assert head.strip() == human
+    assert await spaces.head(second) == human
 
 
 async def test_pool_worktree_is_claimed_and_switched_to_the_session_branch(workspace, git_remote):
@@ -202,15 +205,18 @@ async def test_pool_worktree_is_claimed_and_switched_to_the_session_branch(works
     assert sum(1 for p in ready if p.exists()) == 1  # one claimed, moved away
     assert await spaces.current_branch(tree) == BRANCH
     assert (tree / "late.txt").read_text() == "late\n"  # switched to the newer tip
-    head = await spaces.git.run("rev-parse", "HEAD", mirror=spaces.mirror(REPO), worktree=tree)
-    assert head.strip() == human
+    assert await spaces.head(tree) == human
     assert not await spaces.is_dirty(tree)
 
 
 async def test_a_dirty_pool_worktree_is_not_handed_out(workspace):
+    # No agent can see the pool (it is never bound into a box); this is the second line of defence
+    # should something else have written there: an ignored file counts as dirt too.
     spaces, _ = workspace
     (ready,) = await spaces.fill_pool(REPO, "main", size=1)
+    (ready / ".git" / "info").mkdir(exist_ok=True)
+    (ready / ".git" / "info" / "exclude").write_text("planted.txt\n")
     (ready / "planted.txt").write_text("x\n")
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
-    assert ready.exists()
+    assert not ready.exists()  # thrown away, not kept for another session
     assert not (tree / "planted.txt").exists()
