@@ -35,45 +35,48 @@ def scrub_environment(names: Iterable[str]) -> list[str]:
     Both the name and the value are zeroed, so `/proc/<pid>/environ` shows neither; the entry
     reads as empty.
     """
+    names = list(dict.fromkeys(names))
+    present = [name for name in names if name in os.environ]
     wanted = {name.encode() + b"=" for name in names}
-    present = [name for name in (w[:-1].decode() for w in wanted) if name in os.environ]
     try:
-        _zero_original_block(wanted)
-        _zero_libc_environ(wanted)
+        strings = _strings_in_block(wanted) + _strings_in_libc_environ(wanted)
     except (OSError, ValueError, IndexError) as error:
         log.warning(SCRUB_FAILED, error)
-    import posix  # os.environ's source: a snapshot of the block that os.environ does not update
-
-    for prefix in wanted:
-        name = prefix[:-1]
-        posix.environ.pop(name, None)
-        os.environ.pop(name.decode(), None)
+        strings = []
+    # Unset first, while libc can still find the names; then zero the strings it no longer points
+    # at (libc never frees them), so children inherit no empty leftover entry either.
+    for name in names:
+        os.environ.pop(name, None)  # unsetenv, and out of posix.environ (the same dictionary)
+    for address, length in strings:
+        ctypes.memset(address, 0, length)
     return sorted(present)
 
 
-def _zero_original_block(wanted: set[bytes]) -> None:
-    """Zero matching `NAME=value` strings in the block the kernel set up at exec time."""
+def _strings_in_block(wanted: set[bytes]) -> list[tuple[int, int]]:
+    """Address and length of each matching `NAME=value` in the block the kernel set up at exec time."""
     start, end = _environment_block()
     if not start or end <= start:
-        return
-    block = ctypes.string_at(start, end - start)
+        return []
+    found = []
     offset = 0
-    for entry in block.split(b"\0"):
+    for entry in ctypes.string_at(start, end - start).split(b"\0"):
         if _matches(entry, wanted):
-            ctypes.memset(start + offset, 0, len(entry))
+            found.append((start + offset, len(entry)))
         offset += len(entry) + 1
+    return found
 
 
-def _zero_libc_environ(wanted: set[bytes]) -> None:
-    """Zero matching strings libc's `environ` points at (a `setenv` copy lives on the heap)."""
+def _strings_in_libc_environ(wanted: set[bytes]) -> list[tuple[int, int]]:
+    """Matching strings libc's `environ` points at (a `setenv` copy lives on the heap)."""
     environ = ctypes.POINTER(ctypes.c_void_p).in_dll(_libc, "environ")
+    found = []
     index = 0
     while environ[index]:
-        address = environ[index]
-        entry = ctypes.string_at(address)
+        entry = ctypes.string_at(environ[index])
         if _matches(entry, wanted):
-            ctypes.memset(address, 0, len(entry))
+            found.append((environ[index], len(entry)))
         index += 1
+    return found
 
 
 def _matches(entry: bytes, wanted: set[bytes]) -> bool:
