@@ -23,6 +23,7 @@ from bot.processes import Prelude, TurnHandle
 from bot.sandbox import (
     CHANNEL_FOLDER,
     HOME_FOLDER,
+    SOCKET_PATH,
     STATS_NAME,
     TMP_FOLDER,
     Box,
@@ -92,7 +93,7 @@ class Confinement:
         endpoints = egress.model_endpoints(adjusted, _codex_config(adjusted))
         net = None
         if network and self.sandbox.enabled:
-            net = Network(socket=str(self.channel / "egress.sock"), tunnels=loopback_tunnels(endpoints))
+            net = Network(socket=SOCKET_PATH, tunnels=loopback_tunnels(endpoints))
         box = Box(
             worktree=str(self.worktree), session_dir=str(self.session_dir), home=str(self.home),
             tmp=str(self.tmp), channel=str(self.channel),

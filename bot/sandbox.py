@@ -35,6 +35,10 @@ from pathlib import Path
 EGRESS_SCRIPT = Path(__file__).with_name("egress.py")
 PROXY_PORT = 3128
 SOCKET_NAME = "egress.sock"
+# The channel is also shown here, in both the agent's box and the proxy's: a Unix socket path must be
+# short (108 bytes), and a data folder's may not be.
+SOCKET_MOUNT = "/run/shepherd"
+SOCKET_PATH = f"{SOCKET_MOUNT}/{SOCKET_NAME}"
 STATS_NAME = "egress.json"
 CHANNEL_FOLDER = "channel"
 HOME_FOLDER = "home"
@@ -298,6 +302,7 @@ class Sandbox:
             mounts.bind(box.session_dir, readonly=True)
         if box.channel is not None:
             mounts.bind(box.channel, readonly=False)
+            mounts.bind(box.channel, SOCKET_MOUNT, readonly=False)
         if box.home is not None:
             mounts.bind(box.home, readonly=False)
         if box.worktree is not None:
@@ -346,7 +351,7 @@ def proxy_argv(sandbox: Sandbox, channel: str, allow: Sequence[str]) -> list[str
     an attacker no more than the agent already has.
     """
     argv = [sandbox.python, "-I", str(EGRESS_SCRIPT), "proxy",
-            "--socket", os.path.join(channel, SOCKET_NAME), "--stats", os.path.join(channel, STATS_NAME)]
+            "--socket", SOCKET_PATH, "--stats", os.path.join(channel, STATS_NAME)]
     for pattern in allow:
         argv += ["--allow", pattern]
     return sandbox.wrap(argv, Box(channel=channel, share_net=True, cwd=channel))

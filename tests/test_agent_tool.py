@@ -41,7 +41,7 @@ def tool(tmp_path: Path, session: Path):
 
 
 def lines(session: Path) -> list[dict]:
-    path = session / agent_tool.REPORTS_NAME
+    path = session / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
@@ -132,7 +132,8 @@ def test_concurrent_calls_get_distinct_sequence_numbers(tmp_path: Path, session:
 
 
 def test_read_reports_skips_what_is_not_a_whole_known_report(session: Path) -> None:
-    (session / agent_tool.REPORTS_NAME).write_text(
+    (session / agent_tool.CHANNEL_NAME).mkdir(exist_ok=True)
+    (session / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME).write_text(
         '{"seq": 1, "kind": "progress", "note": "a"}\n'
         "not json\n"
         '{"seq": 2, "kind": "merge"}\n'
