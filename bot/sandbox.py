@@ -308,7 +308,7 @@ class Sandbox:
         if box.worktree is not None:
             mounts.bind(box.worktree, readonly=False)
         cwd = box.cwd or box.worktree or box.home or "/"
-        return [*mounts.options, "--chdir", cwd]
+        return [*options, *mounts.options, "--chdir", cwd]
 
 
 class _Mounts:
