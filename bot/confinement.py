@@ -10,6 +10,8 @@ group and cgroup, not to Shepherd, so a turn outlives a restart of Shepherd and 
 
 from __future__ import annotations
 
+import hashlib
+import hashlib
 import logging
 import os
 import re
@@ -88,7 +90,7 @@ class Confinement:
         adjusted = dict(env)
         for name in COPIED_CONFIG:
             source = adjusted.get(name)
-            if source and os.path.isdir(source):
+            if source and self.sandbox.enabled:
                 adjusted[name] = str(self._copy_config(name, Path(source)))
         endpoints = egress.model_endpoints(adjusted, _codex_config(adjusted))
         net = None
@@ -113,7 +115,10 @@ class Confinement:
         target = self.home / COPIES_FOLDER / name.lower()
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(source, target, symlinks=True)
+            if source.is_dir():
+                shutil.copytree(source, target, symlinks=True)
+            else:
+                target.mkdir()
             if self.sandbox.drops_uid:
                 for root, folders, files in os.walk(target.parent):
                     for entry in [root, *(os.path.join(root, item) for item in (*folders, *files))]:
@@ -135,7 +140,10 @@ class Confinement:
         if not self.sandbox.enabled:
             return processes.spawn_turn(command, cwd=self.worktree, env=adjusted, log_path=log_path,
                                         exit_path=exit_path)
-        cgroup_name = _CGROUP_NAME.sub("-", f"{self.cgroup_prefix}-{name}")[:200]
+        # cgroups are machine-wide: the session folder's own path keeps two Shepherds (or two test
+        # runs) with the same session names out of each other's groups.
+        where = hashlib.sha256(str(self.session_dir.resolve()).encode()).hexdigest()[:12]
+        cgroup_name = _CGROUP_NAME.sub("-", f"{where}-{self.cgroup_prefix}-{name}")[:200]
         cgroup = limits.create(cgroup_name, self.turn_limits) if os.geteuid() == 0 else None
         if cgroup is not None:
             cgroup.kill_all()  # a leftover of an earlier try of the same turn
@@ -257,5 +265,15 @@ def for_session(workspaces: object, settings: object, folder: str, worktree: Pat
         worktree=Path(worktree),
         mirror_objects=mirror_objects,
         egress=tuple(getattr(settings, "egress", ()) or ()),
-        cgroup_prefix=folder,
+        cgroup_prefix=f"{instance_tag(workspaces.data_dir)}-{folder}",  # type: ignore[attr-defined]
     )
+
+
+def instance_tag(data_dir: os.PathLike[str] | str) -> str:
+    """A short tag of this Shepherd's data folder for its cgroup names.
+
+    Turn cgroups live under the hierarchy's root, shared by every Shepherd on the host; session
+    folders (`owner__repo__issue__n`) repeat from one data folder to the next, so without the tag a
+    second instance's "kill the leftover group of this turn" would kill the first one's running turn.
+    """
+    return hashlib.sha256(os.path.realpath(os.fspath(data_dir)).encode()).hexdigest()[:10]

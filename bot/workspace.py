@@ -349,7 +349,7 @@ class Workspaces:
         head = ["symbolic-ref", "HEAD", f"refs/heads/{branch}"] if branch else ["update-ref", "--no-deref", "HEAD", start]
         script = (
             'set -e; objects=$1; start=$2; shift 2; '
-            'git init --quiet --template= . ; '
+            'git init --quiet --template= . ; mkdir -p .git/info; '
             'printf "%s\\n" "$objects" > .git/objects/info/alternates; '
             + (f'git update-ref refs/heads/{branch} "$start"; ' if branch else "")
             + '"$@"; '

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.egress import read_stats
 from bot.agents import make_adapter
 from bot.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
@@ -35,7 +36,7 @@ async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, g
     scratch.mkdir()
     parent_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": str(scratch),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": "/tmp",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
         "ANTHROPIC_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
     }
@@ -43,6 +44,8 @@ async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, g
         fake_github, tmp_path / "data", parent_env=parent_env,
         adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
         SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
+        # The CLI is not on PATH here, so the operator shows its folder to the box.
+        SHEPHERD_SANDBOX_PATHS=str(CLAUDE_BIN.parent.parent),
     )
     try:
         await harness.engine.start()
@@ -54,7 +57,7 @@ async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, g
             lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.STUCK, State.FAILED)
             and not s.running_turn and s, timeout=120,
         )
-        assert stuck.state == State.STUCK and stuck.question.text == "Which port?"
+        assert stuck.state == State.STUCK and stuck.question.text == "Which port?", stuck.failure_reason
         first_id = stuck.agent_session_id
         assert first_id
         await harness.engine.signal(REPO, 1, ReplyReceived(77, "alice", "9090",
@@ -69,5 +72,8 @@ async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, g
         assert first_id in log2
         assert git_remote.show(REPO, f"refs/heads/{session.branch}", "server.txt") == "listen\n"
         assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090"
+        # The box has no network: the model was reached only through Shepherd's egress proxy.
+        stats = read_stats(harness.engine.session_dir(session.id) / "channel" / "egress.json")
+        assert stats["allowed"] >= 1 and stats["refused"] == 0
     finally:
         await harness.close()

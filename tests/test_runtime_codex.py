@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.egress import read_stats
 from bot.agents import make_adapter
 from bot.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
@@ -101,6 +102,8 @@ async def test_codex_asks_is_resumed_with_the_reply_and_finishes(
         fake_github, tmp_path / "data", parent_env=parent_env,
         adapter_factory=lambda policy: make_adapter("codex", codex_bin=str(CODEX_BIN)),
         SHEPHERD_AGENT="codex", SHEPHERD_AGENT_ENV=f"{KEY_NAME},TMPDIR",
+        # The CLI is not on PATH here, so the operator shows its folder to the box.
+        SHEPHERD_SANDBOX_PATHS=str(CODEX_BIN.parent.parent),
     )
     try:
         await harness.engine.start()
@@ -147,5 +150,8 @@ async def test_codex_asks_is_resumed_with_the_reply_and_finishes(
         assert git_remote.show(REPO, branch, "server.txt") == "listen\n"
         assert git_remote.show(REPO, branch, "port.txt") == "9090"
         assert "Port" in git_remote.messages(REPO, branch)
+        # The box has no network: the model was reached only through Shepherd's egress proxy.
+        stats = read_stats(session_dir / "channel" / "egress.json")
+        assert stats["allowed"] >= 1 and stats["refused"] == 0
     finally:
         await harness.close()
