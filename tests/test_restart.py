@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from bot.processes import WRAPPER_NAME
 from tests.conftest import settings_for
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, prepare_repo
@@ -32,12 +33,19 @@ def _wait(predicate, timeout: float = 45.0) -> None:
 @pytest.fixture
 def driver(fake_github, git_remote, tmp_path):
     started: list[subprocess.Popen] = []
+    # The agent runs in its box as its own uid: the operator widens the box with this folder, where the
+    # agent leaves its marks and the test drops the release file.
+    observed = _observed(tmp_path)
+    observed.mkdir(exist_ok=True)
+    observed.chmod(0o777)
 
     def run(script_body: str, *, trigger: bool) -> subprocess.Popen:
         script = tmp_path / "agent.sh"
         script.write_text(script_body)
+        script.chmod(0o644)
         settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
-                                SHEPHERD_AGENT_COMMAND=f"sh {script}")
+                                SHEPHERD_AGENT_COMMAND=f"sh {script}",
+                                SHEPHERD_SANDBOX_PATHS=f"{observed}:rw")
         environ = {
             "GITHUB_APP_ID": str(fake_github.app_id),
             "GITHUB_PRIVATE_KEY": fake_github.private_key_pem,
@@ -48,6 +56,7 @@ def driver(fake_github, git_remote, tmp_path):
             "SHEPHERD_DASHBOARD_TOKEN": "test-dashboard-token",
             "SHEPHERD_AGENT": "command",
             "SHEPHERD_AGENT_COMMAND": f"sh {script}",
+            "SHEPHERD_SANDBOX_PATHS": f"{observed}:rw",
         }
         issue = fake_github.issue(REPO, 1)
         config = {
@@ -80,11 +89,28 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def _kill_group_of(pid: int) -> None:
-    try:
-        os.killpg(os.getpgid(pid), signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def _observed(tmp_path: Path) -> Path:
+    return tmp_path / "observed"
+
+
+def _agent_process(script: Path) -> psutil.Process | None:
+    """The agent's shell on the host: inside its box `$$` is the box's own pid, so find it by command line."""
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["status"] != psutil.STATUS_ZOMBIE and cmdline[:2] == ["sh", str(script)]:
+            return process
+    return None
+
+
+def _kill_turn_of(agent: psutil.Process) -> None:
+    """Kill the turn's whole process group, led by Shepherd's turn wrapper, the box and the agent with it."""
+    wrappers = [p for p in agent.parents() if WRAPPER_NAME in (p.cmdline() or [])]
+    assert wrappers, "the agent runs under no turn wrapper"
+    for wrapper in wrappers:
+        try:
+            os.killpg(wrapper.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 AGENT = """
@@ -100,7 +126,8 @@ shepherd done "Worked"
 
 
 def _agent(tmp_path: Path) -> tuple[str, Path, Path, Path]:
-    pids, started, release = tmp_path / "pids", tmp_path / "started", tmp_path / "release"
+    observed = _observed(tmp_path)
+    pids, started, release = observed / "pids", observed / "started", observed / "release"
     return AGENT.format(pids=pids, started=started, release=release), pids, started, release
 
 
@@ -110,15 +137,19 @@ def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_re
     body, pids, started, release = _agent(tmp_path)
     first = driver(body, trigger=True)
     _wait(started.exists)
+    agent = _agent_process(tmp_path / "agent.sh")
+    assert agent is not None
     first.send_signal(signal.SIGKILL)
     first.wait()
-    [agent_pid] = map(int, pids.read_text().split())
-    assert psutil.pid_exists(agent_pid)  # the agent outlives Shepherd in its own process group
+    [agent_pid] = pids.read_text().split()  # the agent's pid inside its box
+    assert agent.is_running() and agent.status() != psutil.STATUS_ZOMBIE  # it outlives Shepherd
     second = driver(body, trigger=False)
     time.sleep(0.5)
+    assert agent.is_running()
     release.touch()
     assert second.wait(timeout=60) == 0, (tmp_path / "driver-1.log").read_text()
-    assert pids.read_text().split() == [str(agent_pid)]  # re-attached, never re-run
+    assert pids.read_text().split() == [agent_pid]  # re-attached, never re-run
+    assert _agent_process(tmp_path / "agent.sh") is None
     [push] = _lines(tmp_path / "finished.jsonl")
     assert git_remote.show(REPO, f"refs/heads/{push['branch']}", "work.txt") == "turn 1\n"
 
@@ -129,10 +160,12 @@ def test_agent_lost_with_shepherd_is_rerun_and_finishes_once(fake_github, git_re
     body, pids, started, release = _agent(tmp_path)
     first = driver(body, trigger=True)
     _wait(started.exists)
-    [agent_pid] = map(int, pids.read_text().split())
+    agent = _agent_process(tmp_path / "agent.sh")
+    assert agent is not None
     first.send_signal(signal.SIGKILL)
     first.wait()
-    _kill_group_of(agent_pid)  # the machine lost the agent too
+    _kill_turn_of(agent)  # the machine lost the agent too
+    _wait(lambda: _agent_process(tmp_path / "agent.sh") is None, timeout=10)
     release.touch()
     second = driver(body, trigger=False)
     assert second.wait(timeout=60) == 0, (tmp_path / "driver-1.log").read_text()
