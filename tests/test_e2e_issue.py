@@ -74,7 +74,7 @@ if [ "$SHEPHERD_TURN" = 1 ]; then
   shepherd ask "Which port?" --option 8080 --option 9090
   exit 0
 fi
-printf '%s' "$SHEPHERD_REPLY" > "$SHEPHERD_SESSION_DIR/../seen-reply"
+printf '%s' "$SHEPHERD_REPLY" > "$HOME/seen-reply"
 echo "$SHEPHERD_REPLY" > port.txt
 git add port.txt
 git commit -q -m "Set the port"
@@ -118,8 +118,9 @@ async def test_question_answered_by_an_authorised_person(shepherd_with, fake_git
     edited = next(c for c in fake_github.comments(REPO, 1) if c["id"] == question["id"])
     assert "Question answered by @bob" in edited["body"]
     assert edited["body"] != question["body"]
-    data_dir = shepherd.services.settings.data_dir
-    assert (data_dir / "sessions" / "seen-reply").read_text() == "9090"
+    # What the resumed turn saw, left in the agent's private HOME (its box shows it nothing else of ours).
+    home = shepherd.engine.session_dir(session.id) / "home"
+    assert (home / "seen-reply").read_text() == "9090"
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
     [pull] = fake_github.pulls(REPO)
     assert pull["body"].startswith("Closes #1\n")
@@ -137,34 +138,42 @@ fi
 echo "first" > first.txt
 git add first.txt
 git commit -q -m "First try"
-echo $$ > "$SHEPHERD_SESSION_DIR/../agent.pid"
-sleep 300
+touch "$HOME/started"
+sleep 300.6161
 """
 
 
-async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(shepherd_with, fake_github, git_remote):
+async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(shepherd_with, fake_github, git_remote,
+                                                                           tmp_path):
     import psutil
 
     shepherd = await shepherd_with(STOPPABLE_AGENT)
     fake_github.add_issue(REPO, title="Long job", user="carol")
     await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
-    pid_file = shepherd.services.settings.data_dir / "sessions" / "agent.pid"
-    await shepherd.until(pid_file.exists)
-    pid = int(await shepherd.until(lambda: pid_file.read_text().strip()))
+    await shepherd.until(lambda: (s := shepherd.session(1)) is not None
+                         and (shepherd.engine.session_dir(s.id) / "home" / "started").exists())
     first = shepherd.session(1)
+    script = str(tmp_path / "agent.sh")
+
+    # Inside its box the agent's `$$` is the box's own pid: the host finds the agent and its child by
+    # their command lines.
+    def running() -> list[psutil.Process]:
+        found = []
+        for process in psutil.process_iter(["cmdline", "status"]):
+            line = " ".join(process.info["cmdline"] or ())
+            if process.info["status"] != psutil.STATUS_ZOMBIE and ("300.6161" in line or script in line):
+                found.append(process)
+        return found
+
+    names = {" ".join(p.info["cmdline"]) for p in running()}
+    assert any("300.6161" in name for name in names) and any(script in name for name in names)
 
     stop = fake_github.add_comment(REPO, 1, "/agent stop", user=MAINTAINER)
     await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, stop))
     stopped = await shepherd.ended(1)
     assert stopped.state == State.CANCELLED and stopped.id == first.id
 
-    def gone() -> bool:
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    await shepherd.until(gone, timeout=20)
+    await shepherd.until(lambda: not running(), timeout=20)
     assert fake_github.pulls(REPO) == []
 
     retry = fake_github.add_comment(REPO, 1, "/agent retry", user=MAINTAINER)
