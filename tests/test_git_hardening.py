@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from bot.git import REMOTE_NAME as REMOTE
 from bot.git import Git, GitError, Mirror, check_clone_url, redact
 from bot.push import push_branch
-from bot.workspace import Workspaces
+from bot.workspace import WorkspaceError, Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, accept_test_token, git_remote  # noqa: F401
 
 REPO = "acme/web"
@@ -27,7 +28,8 @@ BOT = ("shepherd[bot]", "1+shepherd[bot]@users.noreply.github.com")
 def agent_git(cwd: Path, *args: str) -> str:
     """Run git the way an agent in its worktree could: plain git, its own environment."""
     return subprocess.run(
-        ["git", *args],
+        # The session repository belongs to the agent's uid; this test plays the agent as root.
+        ["git", "-c", "safe.directory=*", *args],
         cwd=cwd,
         env={
             "PATH": os.environ["PATH"],
@@ -164,10 +166,13 @@ async def test_tampered_config_cannot_redirect_run_code_or_see_the_token(
         ("diff.external", str(marker_script(evil / "diff", marker))),
         ("http.extraHeader", "X-Leak: yes"),
     ]
+    # In its own repository, and (as if it had escaped its box) in the mirror too.
     for key, value in planted:
         agent_git(tree, "config", "--add", key, value)
+        agent_git(mirror.path, "config", "--add", key, value)
     (mirror.path / "info").mkdir(exist_ok=True)
     (mirror.path / "info" / "attributes").write_text("* filter=evil diff=evil\n")
+    (tree / ".git" / "info" / "attributes").write_text("* filter=evil diff=evil\n")
     assert str(helper) in agent_git(tree, "config", "--list")
 
     # Shepherd carries on: fetch, commit the leftovers, diff, push.
@@ -176,6 +181,7 @@ async def test_tampered_config_cannot_redirect_run_code_or_see_the_token(
     (tree / "work.txt").write_text("work\n")
     sha = await spaces.commit_all(tree, "Leftovers", *BOT)
     assert await spaces.changed_files(tree, "main") == [("work.txt", 1, 0)]
+    assert await spaces.export_branch(tree, BRANCH) == sha
     await push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
 
     # It went to the right remote, and nowhere else.
@@ -204,11 +210,15 @@ async def test_a_redirected_git_file_does_not_steer_shepherds_commands(tmp_path,
     marker = tmp_path / "marker"
     agent_git(decoy, "config", "filter.evil.clean", str(marker_script(tmp_path / "f", marker)))
     (decoy / ".git" / "info" / "attributes").write_text("* filter=evil\n")
+    shutil.rmtree(tree / ".git")
     (tree / ".git").write_text(f"gitdir: {decoy / '.git'}\n")
     (tree / "work.txt").write_text("work\n")
-    sha = await spaces.commit_all(tree, "Work", *BOT)
+    # Shepherd's git on the session repository runs in the agent's box, where the decoy does not
+    # exist: the commit fails with a clear error instead of landing anywhere.
+    with pytest.raises(WorkspaceError):
+        await spaces.commit_all(tree, "Work", *BOT)
     assert not marker.exists()
-    assert (await spaces.git.run("rev-parse", f"refs/heads/{BRANCH}", mirror=mirror)).strip() == sha
+    assert await spaces.git.run("for-each-ref", f"refs/heads/{BRANCH}", mirror=mirror) == ""
     assert agent_git(decoy, "rev-list", "--all") == ""  # nothing was committed into the decoy
 
 
@@ -230,6 +240,7 @@ async def test_token_is_never_on_a_command_line_while_a_push_is_in_flight(tmp_pa
         tree = await spaces.create_worktree(REPO, BRANCH, "main")
         (tree / "work.txt").write_text("work\n")
         sha = await spaces.commit_all(tree, "Work", *BOT)
+        await spaces.export_branch(tree, BRANCH)
         push = asyncio.create_task(
             push_branch(spaces.git, mirror, BRANCH, TEST_TOKEN, created_by_shepherd=True)
         )
