@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(180)
 # First turn writes hello.txt; a later round (hello.txt already there) addresses the review.
 ROUND_AGENT = """
 if [ -f hello.txt ]; then
-  cat "$SHEPHERD_REPLY_FILE" > "$SHEPHERD_SESSION_DIR/../round-message.md"
+  cat "$SHEPHERD_REPLY_FILE" > "$HOME/round-message.md"
   echo "hello, politely" > hello.txt
   git commit -q -am "Address the review"
   shepherd done "Made it polite"
@@ -62,7 +62,8 @@ async def test_changes_requested_review_adds_a_commit_to_the_same_pull_request(s
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello, politely\n"
     [still_one] = fake_github.pulls(REPO)
     assert still_one["number"] == pull["number"] and still_one["head"]["ref"] == session.branch
-    message = (shepherd.services.settings.data_dir / "sessions" / "round-message.md").read_text()
+    # The round's message as the agent saw it, left in its private HOME (its box shows it nothing else of ours).
+    message = (shepherd.engine.session_dir(session.id) / "home" / "round-message.md").read_text()
     assert "Please be polite." in message
     assert len(status_comments(fake_github, 1)) == 1
 
