@@ -170,8 +170,13 @@ def test_delivery_stored_before_kill_is_handled_after_restart(server_for, fake_g
 
 
 def test_kill_during_a_turn_finishes_once_with_the_same_agent(server_for, fake_github, git_remote, tmp_path):
-    pids = tmp_path / "pids"
-    go = tmp_path / "go"
+    # The agent runs in its box as its own uid: the operator widens the box with this folder, where the
+    # agent notes each start and the test drops the go file.
+    observed = tmp_path / "observed"
+    observed.mkdir()
+    observed.chmod(0o777)
+    pids = observed / "pids"
+    go = observed / "go"
     server = server_for(f"""
 echo $$ >> {pids}
 while [ ! -f {go} ]; do sleep 0.1; done
@@ -180,22 +185,35 @@ git add hello.txt
 git commit -q -m "Add hello"
 shepherd done "Added hello.txt"
 """)
+    server.environ["SHEPHERD_SANDBOX_PATHS"] = f"{observed}:rw"
+    script = str(tmp_path / "agent.sh")
+
+    def agent() -> psutil.Process | None:
+        """The agent's shell on the host: its `$$` is the box's own pid, so find it by command line."""
+        for process in psutil.process_iter(["cmdline", "status"]):
+            cmdline = process.info["cmdline"] or []
+            if process.info["status"] != psutil.STATUS_ZOMBIE and cmdline[:2] == ["sh", script]:
+                return process
+        return None
+
     fake_github.add_issue(REPO, title="Add a greeting", user="carol")
     server.start()
     assert server.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER)) == 202
     wait_blocking(lambda: pids.exists() and pids.read_text().strip())
-    [agent_pid] = [int(line) for line in pids.read_text().split()]
+    [agent_pid] = pids.read_text().split()  # the agent's pid inside its box
+    process = wait_blocking(agent, timeout=10)
     try:
         server.kill()
-        assert psutil.pid_exists(agent_pid)  # the agent outlives Shepherd
+        assert process.is_running() and process.status() != psutil.STATUS_ZOMBIE  # the agent outlives Shepherd
         server.start()
         go.write_text("go")
         finished_once(fake_github, server)
     finally:
-        if psutil.pid_exists(agent_pid):
+        if process.is_running():
             try:
-                os.kill(agent_pid, signal.SIGKILL)
-            except ProcessLookupError:
+                process.kill()
+            except psutil.NoSuchProcess:
                 pass
-    assert [int(line) for line in pids.read_text().split()] == [agent_pid]
+    assert pids.read_text().split() == [agent_pid]  # the same agent finished: it was never started again
+    assert agent() is None
     assert git_remote.show(REPO, "refs/heads/agent/issue-1-add-a-greeting", "hello.txt") == "hello\n"
