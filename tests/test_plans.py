@@ -14,16 +14,16 @@ pytestmark = pytest.mark.timeout(180)
 
 PLAN_AGENT = """
 # Turn 1 plans; a reply that is an approved plan (it starts with "Plan v") means implement; any other
-# reply is a revision request.
+# reply is a revision request. The draft goes in the agent's HOME: its session folder is read-only in its box.
 if [ "$SHEPHERD_TURN" = 1 ]; then
-  echo "Plan v1: add hello.txt" > "$SHEPHERD_SESSION_DIR/p.md"; shepherd plan "$SHEPHERD_SESSION_DIR/p.md"
+  echo "Plan v1: add hello.txt" > "$HOME/p.md"; shepherd plan "$HOME/p.md"
   exit 0
 fi
 case "$SHEPHERD_REPLY" in
 "Plan v"*) cp "$SHEPHERD_SESSION_DIR/plan.md" plan-used.txt; echo hello > hello.txt; git add -A
    git commit -q -m "Implement the plan"; shepherd done "Implemented the approved plan" ;;
-*) printf 'Plan v2: add hello.txt, %s\\n' "$SHEPHERD_REPLY" > "$SHEPHERD_SESSION_DIR/p.md"
-   shepherd plan "$SHEPHERD_SESSION_DIR/p.md" ;;
+*) printf 'Plan v2: add hello.txt, %s\\n' "$SHEPHERD_REPLY" > "$HOME/p.md"
+   shepherd plan "$HOME/p.md" ;;
 esac
 """
 
