@@ -34,6 +34,7 @@ from pathlib import Path
 
 EGRESS_SCRIPT = Path(__file__).with_name("egress.py")
 PROXY_PORT = 3128
+READY_WAIT_STEPS = 500  # 0.02 s each: at most 10 s for the forwarder and the proxy to come up
 SOCKET_NAME = "egress.sock"
 # The channel is also shown here, in both the agent's box and the proxy's: a Unix socket path must be
 # short (108 bytes), and a data folder's may not be.
@@ -246,7 +247,15 @@ class Sandbox:
         inner = list(argv)
         if box.network is not None and self.enabled:
             forwarder = shlex.join(box.network.forwarder(self.python))
-            inner = ["/bin/sh", "-c", f'{forwarder} </dev/null & exec "$@"', "shepherd-box", *inner]
+            # The agent starts once its proxy answers: the forwarder listens on the box's loopback
+            # (/proc/net/tcp of the box's own network) and the egress proxy's socket is there.
+            # Otherwise the agent's first requests race both and fail as "connection refused".
+            ready = (
+                f"grep -q ':{PROXY_PORT:04X} 00000000:0000 0A' /proc/net/tcp 2>/dev/null "
+                f"&& [ -S {shlex.quote(box.network.socket)} ]"
+            )
+            wait = f"i=0; until {ready} || [ $i -ge {READY_WAIT_STEPS} ]; do sleep 0.02; i=$((i+1)); done; "
+            inner = ["/bin/sh", "-c", f'{forwarder} </dev/null & {wait}exec "$@"', "shepherd-box", *inner]
         if not self.enabled:
             return inner
         if self.drops_uid:
