@@ -14,7 +14,8 @@ from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
 
-# Both agents change shared.txt, report progress, and wait for the test's go-ahead before finishing.
+# Both agents change shared.txt, report progress, and wait for the test's go-ahead before finishing. The go
+# file is in `{gate}`, a folder the operator shows the agents' boxes (SHEPHERD_SANDBOX_PATHS).
 OVERLAP_AGENT = """
 echo "from issue $SHEPHERD_ISSUE" > shared.txt
 echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
@@ -22,7 +23,7 @@ git add -A
 git commit -q -m "Issue $SHEPHERD_ISSUE"
 shepherd progress "changed shared.txt"
 i=0
-while [ ! -f "$SHEPHERD_SESSION_DIR/../../go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+while [ ! -f "{gate}/go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 shepherd done "Changed shared.txt"
 """
 
@@ -31,7 +32,7 @@ CONFLICT_AGENT = """
 if [ "$SHEPHERD_TURN" = 1 ]; then
   echo "agent line" > README.md; git commit -q -am "Agent edits README"
   i=0
-  while [ ! -f "$SHEPHERD_SESSION_DIR/../../go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+  while [ ! -f "{gate}/go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
   shepherd done "Edited README"
   exit 0
 fi
@@ -48,11 +49,19 @@ def test_overlaps_are_symmetric_and_only_shared_files():
 
 @pytest.fixture
 async def shepherd_for(aiohttp_client, fake_github, git_remote, tmp_path):
+    gate = _gate(tmp_path)
+    gate.mkdir()
+
     async def start(agent: str):
         prepare_repo(fake_github, git_remote, files={"README.md": "# widgets\n"})
-        settings = agent_settings(fake_github, tmp_path / "data", agent_script(tmp_path, agent))
+        command = agent_script(tmp_path, agent.replace("{gate}", str(gate)))
+        settings = agent_settings(fake_github, tmp_path / "data", command, SHEPHERD_SANDBOX_PATHS=str(gate))
         return await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
     return start
+
+
+def _gate(tmp_path):
+    return tmp_path / "gate"
 
 
 def coordination_comments(fake, number):
@@ -66,7 +75,7 @@ async def test_two_sessions_on_the_same_file_get_one_comment_each(shepherd_for, 
         await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go",
                                                                 sender=MAINTAINER))
     await shepherd.until(lambda: all(coordination_comments(fake_github, n) for n in numbers))
-    (tmp_path / "data" / "go").write_text("go")
+    (_gate(tmp_path) / "go").write_text("go")
     for number in numbers:
         assert (await shepherd.ended(number)).state == State.COMPLETE
     first, second = numbers
@@ -83,7 +92,7 @@ async def test_conflict_with_the_base_leads_to_a_rebase_turn_before_the_pr(sheph
     await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
     await shepherd.until(lambda: (s := shepherd.session(number)) and s.turn_running)
     git_remote.commit_on(REPO, "main", {"README.md": "human line\n"}, "A person edits README")
-    (tmp_path / "data" / "go").write_text("go")
+    (_gate(tmp_path) / "go").write_text("go")
     session = await shepherd.ended(number)
     assert session.state == State.COMPLETE
     starts = [c for c in _commands(shepherd, session.id) if isinstance(c, StartTurn)]
