@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from bot.confinement import build_sandbox
+from bot.sandbox import SANDBOX_OFF_WARNING
 from bot.actors import PermissionCache
 from bot.conversation import Publisher
 from bot.coordination import Coordinator
@@ -80,6 +81,8 @@ def assemble(
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
     sandbox = build_sandbox(settings, parent_env, settings.data_dir / "sandbox")
+    if not sandbox.enabled:
+        log.warning(SANDBOX_OFF_WARNING)
     workspaces = Workspaces(settings.data_dir, pool_size=settings.worktree_pool, sandbox=sandbox)
     publisher = Publisher(github, store, clock=clock)
     finisher = Finisher(

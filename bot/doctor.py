@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -298,6 +299,29 @@ def check_agent(
     return [Finding(Level.OK, "agent", AGENT_OK.format(name=name, version=version))]
 
 
+SANDBOX_OK = "agents run in a bubblewrap sandbox{who}; resource limits: {limits}"
+SANDBOX_OFF_FIX = "remove SHEPHERD_SANDBOX=none (bwrap is the default) and install Debian's bubblewrap"
+SANDBOX_BROKEN_FIX = "install Debian's bubblewrap (scripts/setup does) or fix the value named above"
+
+
+def check_sandbox(settings: Settings) -> list[Finding]:
+    """Agents must run in their sandbox; `SHEPHERD_SANDBOX=none` is a failing line, never a quiet one."""
+    from bot import limits
+    from bot.sandbox import SANDBOX_OFF_WARNING, Sandbox, SandboxError
+
+    if settings.sandbox == "none":
+        return [Finding(Level.FAIL, "sandbox", SANDBOX_OFF_WARNING, SANDBOX_OFF_FIX)]
+    try:
+        sandbox = Sandbox.build(settings.sandbox, agent_user=settings.agent_user,
+                                state_dir=Path(tempfile.mkdtemp(prefix="shepherd-doctor-")))
+    except (SandboxError, KeyError, ValueError) as error:
+        return [Finding(Level.FAIL, "sandbox", str(error), SANDBOX_BROKEN_FIX)]
+    who = f" as uid {sandbox.agent_uid}" if sandbox.agent_uid is not None else " (user namespaces, Shepherd's own uid)"
+    support = limits.detect()
+    level = Level.OK if support.usable else Level.WARN
+    return [Finding(level, "sandbox", SANDBOX_OK.format(who=who, limits=str(support)))]
+
+
 def run_checks(
     environ: Mapping[str, str] | None = None,
     *,
@@ -313,6 +337,7 @@ def run_checks(
             findings += check_github(settings)
     findings += check_git(which, run)
     if settings is not None:
+        findings += check_sandbox(settings)
         findings += check_agent(settings, which, run)
     return findings
 

@@ -173,8 +173,30 @@ def _files(files: Sequence[ChangedFile]) -> dict[str, Any]:
     }
 
 
+SANDBOX_OFF_POLICY_LINE = "sandbox: none  # WARNING: agents run WITHOUT a sandbox (SHEPHERD_SANDBOX=none)"
+SANDBOX_OFF_SENTENCE = (
+    "**Warning: no sandbox.** This Shepherd runs agents with `SHEPHERD_SANDBOX=none`: the agent ran as "
+    "Shepherd's own user and could reach its data folder, its secrets and other sessions."
+)
+
+
 def _policy_yaml(context: SessionContext) -> str:
-    return yaml.safe_dump(context.policy.as_dict(), sort_keys=False, allow_unicode=True).strip()
+    text = yaml.safe_dump(context.policy.as_dict(), sort_keys=False, allow_unicode=True).strip()
+    sandbox = context.extra.get("sandbox", "bwrap") if isinstance(context.extra, dict) else "bwrap"
+    return text + "\n" + (SANDBOX_OFF_POLICY_LINE if sandbox == "none" else "sandbox: bwrap")
+
+
+def _egress_refusals(context: SessionContext) -> str:
+    """`host:port (n)` for what the egress proxy refused, or an empty string."""
+    stats = context.extra.get("egress") if isinstance(context.extra, dict) else None
+    if not stats or not stats.get("refused"):
+        return ""
+    # Host names come from the agent: defused like any agent text, and kept out of code spans' way.
+    hosts = ", ".join(
+        f"`{agent_text(str(host))[:100].replace('`', '')}` ({int(count)})"
+        for host, count in sorted(stats.get("refused_hosts", {}).items())[:10]
+    )
+    return f"{stats['refused']} connection(s) refused" + (f": {hosts}" if hosts else "")
 
 
 def _detail_sentence(session: Session) -> str:
@@ -227,6 +249,8 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
         policy_yaml=_policy_yaml(context),
+        sandbox_off=SANDBOX_OFF_SENTENCE if context.extra.get("sandbox") == "none" else "",
+        egress_refused=_egress_refusals(context),
         waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
     )
 

@@ -472,7 +472,9 @@ class Engine:
                 )
             except Exception:  # noqa: BLE001 - the status still renders without the file list
                 log.warning("could not list changed files of %s", session.id, exc_info=True)
-        extra = {"policy_problems": list(context.get("policy_problems", []))}
+        extra = {"policy_problems": list(context.get("policy_problems", [])), "sandbox": self.workspaces.sandbox.mode}
+        if worktree is not None:
+            extra["egress"] = self.confinement(session, worktree).refused_hosts()
         handle = self._turn_handle(session, context)
         log_tail = None
         if handle is not None:

@@ -1,0 +1,75 @@
+"""The sandbox switch: on by default and said so; `SHEPHERD_SANDBOX=none` loud in the log, the status comment and doctor."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from bot.doctor import Level, check_sandbox
+from bot.sandbox import SANDBOX_OFF_WARNING, Sandbox, parse_sandbox_paths
+from bot.session import State
+from tests.conftest import settings_for
+from tests.e2e_support import MAINTAINER, REPO, shepherd_with, status_comments  # noqa: F401 - fixture
+from tests.fakes import payloads
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.timeout(120)
+
+DONE_AGENT = """
+echo hello > hello.txt
+git add hello.txt && git commit -q -m "Add hello"
+shepherd done "Added hello.txt"
+"""
+
+
+async def test_no_sandbox_is_loud_in_the_log_the_status_comment_and_doctor(
+    shepherd_with, fake_github, git_remote, caplog, tmp_path
+):
+    caplog.set_level(logging.WARNING)
+    shepherd = await shepherd_with(DONE_AGENT, SHEPHERD_SANDBOX="none")
+    assert SANDBOX_OFF_WARNING in caplog.text  # at start, before any agent ran
+    fake_github.add_issue(REPO, title="Add a greeting")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE
+    [status] = status_comments(fake_github, 1)
+    assert "**Warning: no sandbox.**" in status["body"]
+    assert "sandbox: none  # WARNING: agents run WITHOUT a sandbox" in status["body"]
+
+    settings = settings_for(fake_github, tmp_path / "doctor", SHEPHERD_SANDBOX="none")
+    [finding] = check_sandbox(settings)
+    assert finding.level == Level.FAIL and "WITHOUT a sandbox" in finding.message
+
+
+async def test_the_default_is_the_sandbox_and_the_status_comment_says_so(shepherd_with, fake_github, git_remote):
+    shepherd = await shepherd_with(DONE_AGENT)
+    fake_github.add_issue(REPO, title="Add a greeting")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    assert (await shepherd.ended(1)).state == State.COMPLETE
+    [status] = status_comments(fake_github, 1)
+    assert "sandbox: bwrap" in status["body"] and "no sandbox" not in status["body"]
+
+
+def test_doctor_reports_the_sandbox_and_the_agent_uid(fake_github, tmp_path):
+    [finding] = check_sandbox(settings_for(fake_github, tmp_path / "data"))
+    assert finding.level in (Level.OK, Level.WARN)
+    assert "bubblewrap sandbox" in finding.message
+
+
+def test_agent_uid_is_never_shepherds_own(tmp_path):
+    sandbox = Sandbox.build("bwrap", agent_user=None, state_dir=tmp_path)
+    import os
+
+    if os.geteuid() == 0:
+        assert sandbox.agent_uid not in (None, 0)
+    with pytest.raises(Exception, match="must not be Shepherd's own user or root"):
+        Sandbox.build("bwrap", agent_user="root", state_dir=tmp_path)
+
+
+def test_sandbox_paths_parse_and_refuse_relative_ones():
+    assert [(p.path, p.writable) for p in parse_sandbox_paths("/opt/tools, /var/cache/x:rw")] == [
+        ("/opt/tools", False), ("/var/cache/x", True)
+    ]
+    with pytest.raises(ValueError, match="not an absolute path"):
+        parse_sandbox_paths("relative/dir")
