@@ -257,7 +257,11 @@ class Sandbox:
             wait = f"i=0; until {ready} || [ $i -ge {READY_WAIT_STEPS} ]; do sleep 0.02; i=$((i+1)); done; "
             inner = ["/bin/sh", "-c", f'{forwarder} </dev/null & {wait}exec "$@"', "shepherd-box", *inner]
         if not self.enabled:
-            return inner
+            # No box to --chdir: the command must still run where the box would have put it, never
+            # in Shepherd's own working folder (a session repository's `git init .` / `reset --hard`
+            # there would wipe Shepherd's checkout). `env -C` fails rather than fall back.
+            cwd = box.cwd or box.worktree
+            return ["env", "-C", cwd, "--", *inner] if cwd else inner
         if self.drops_uid:
             inner = [
                 "setpriv", f"--reuid={self.agent_uid}", f"--regid={self.agent_gid}", "--clear-groups",
