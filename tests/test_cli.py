@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
 import pytest
 
 from bot.cli import main
 from bot.settings import VARIABLES
 from bot.store import Store
+from tests import test_views
 from tests.test_views import sample_sessions, store_session
 
 
@@ -22,7 +24,10 @@ def operator_env(monkeypatch, tmp_path):
     return tmp_path / "data"
 
 
-def test_status_lists_sessions_stuck_first(operator_env, capsys):
+def test_status_lists_sessions_stuck_first(operator_env, capsys, monkeypatch):
+    # Ages are counted from the real clock: the sample sessions start relative to now, not to the time
+    # tests.test_views was imported (minutes earlier when slow end-to-end tests ran in between).
+    monkeypatch.setattr(test_views, "NOW", datetime.now(timezone.utc).replace(microsecond=0))
     store = Store.open(operator_env / "shepherd.db")
     for session in sample_sessions():
         store_session(store, session)
