@@ -661,7 +661,9 @@ class Stats:
         self.refused += 1
         if target in self.refused_hosts or len(self.refused_hosts) < STATS_MAX_HOSTS:
             self.refused_hosts[target] = self.refused_hosts.get(target, 0) + 1
-        self.dirty = True
+        # Written at once, not at the next tick: the proxy is killed with its turn, and a refusal
+        # in a turn's last moments must still reach the status comment.
+        self.write()
 
     def snapshot(self) -> dict:
         return {"allowed": self.allowed, "refused": self.refused, "refused_hosts": dict(self.refused_hosts)}
