@@ -565,6 +565,10 @@ class Engine:
         adapter = self.adapter_factory(policy)
         worktree = Path(context["worktree"])
         session_dir = self.workspaces.session_dir(session_folder(session.id))
+        try:
+            await self.workspaces.share_base(worktree, session.base_branch)
+        except WorkspaceError as error:  # the turn can still run; a rebase would say what is missing
+            log.warning("could not show %s its base branch: %s", session.id, error)
         bot_name, bot_email = await self.github.bot_identity()
         setup = turns.TurnSetup(
             session_dir=session_dir, worktree=worktree, repo=session.repo, issue=session.issue_number,

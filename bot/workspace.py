@@ -527,6 +527,17 @@ class Workspaces:
     async def has_unpushed(self, worktree: Path) -> bool:
         return await self.unpushed_count(worktree) > 0
 
+    async def share_base(self, worktree: Path, base: str) -> None:
+        """Show the agent the base as the mirror has it now, as `origin/<base>` (e.g. for a rebase turn).
+
+        Only a ref is written; its objects are already there through the mirror's alternates.
+        """
+        mirror = self.mirror(self.repo_of(worktree))
+        sha = await self._rev(mirror, f"refs/remotes/origin/{base}")
+        if sha is None or not _SHA.match(sha):
+            return
+        await self._git_in(worktree, "update-ref", f"refs/remotes/origin/{base}", sha)
+
     async def head(self, worktree: Path) -> str:
         """The commit the agent's HEAD points at (as the agent's repository says)."""
         _, out = await self._git_in(worktree, "rev-parse", "--verify", "HEAD^{commit}")
