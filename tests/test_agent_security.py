@@ -33,23 +33,29 @@ async def _run(fake, tmp_path, script: str, issues: list[int], **env: str):
 async def test_no_secret_reaches_the_agent_even_while_a_push_runs(fake_github, git_remote, tmp_path):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
     plain = git_remote.authorize
+    pushing: list[tuple[float, float]] = []  # when a push's git processes were alive, on the host's clock
 
     def slow_writes(token: str, repo: str, write: bool) -> bool:
         if write:
+            start = time.time()
             time.sleep(1.0)  # keeps the push's git processes alive while the other agent looks
+            pushing.append((start, time.time()))
         return plain(token, repo, write)
 
     git_remote.authorize = slow_writes
     fake_github.add_issue(REPO, title="Observer")
     fake_github.add_issue(REPO, title="Pusher")
+    # The agent runs in its box as its own uid: the operator shows it this folder (SHEPHERD_SANDBOX_PATHS).
     seen = tmp_path / "seen"
     seen.mkdir()
+    seen.chmod(0o777)
     script = agent_script(tmp_path, f"""
 if [ "$SHEPHERD_ISSUE" = 1 ]; then
   env > {seen}/env.txt
   git config --list > {seen}/gitconfig.txt
   end=$(( $(date +%s) + 20 ))
   while [ ! -e {seen}/pushed ] && [ $(date +%s) -lt $end ]; do
+    date +%s.%N >> {seen}/looked.txt
     ps -eo args >> {seen}/ps.txt
     sleep 0.02
   done
@@ -61,7 +67,7 @@ echo "$SHEPHERD_ISSUE" > "file-$SHEPHERD_ISSUE.txt"
 git add . && git commit -q -m "Work $SHEPHERD_ISSUE"
 shepherd done "done $SHEPHERD_ISSUE"
 """)
-    harness_env = {"SHEPHERD_MAX_WORKERS": "2"}
+    harness_env = {"SHEPHERD_MAX_WORKERS": "2", "SHEPHERD_SANDBOX_PATHS": f"{seen}:rw"}
     # The pushed marker is written by the finisher of issue 2, after its push.
     from tests import runtime_support
 
@@ -79,8 +85,14 @@ shepherd done "done $SHEPHERD_ISSUE"
     finally:
         runtime_support.PushingFinisher.finish = original
     assert {s.state for s in sessions.values()} == {State.COMPLETE}
+    # The observer looked while a push ran. Inside its box it cannot see the push's processes (nor any
+    # other process of Shepherd's), so the overlap is checked on the host's clock.
+    looked = [float(line) for line in (seen / "looked.txt").read_text().split()]
+    assert pushing, "no push was observed"
+    assert any(start <= moment <= end for start, end in pushing for moment in looked), "no look during a push"
     ps = (seen / "ps.txt").read_text()
-    assert any("git" in line and "push" in line for line in ps.splitlines()), "no push was observed"
+    assert "ps -eo args" in ps  # the listing worked: it shows the observer's own processes
+    assert not any("git" in line and "push" in line for line in ps.splitlines()), "the agent saw Shepherd's push"
     secrets = [fake_github.webhook_secret, "test-dashboard-token"]
     secrets += [line for line in fake_github.private_key_pem.splitlines() if "-----" not in line][:3]
     secrets += [token.token for token in fake_github.tokens()]
