@@ -32,13 +32,14 @@ from bot.session import (
     TurnExited,
     TurnFailed,
 )
-from bot.workspace import Workspaces
+from bot.workspace import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
 
 PROMPT_NAME = "prompt.md"
 STATUS_NAME = agent_tool.STATUS_NAME
 LOG_TAIL_LINES = 40
+REPOSITORY_UNREADABLE = "Shepherd: after the turn, the session's repository could not be read: {why}"
 WATCH_POLL_SECONDS = 0.2
 FAILURE_OF = {
     processes.REASON_RUNTIME: FailureKind.RUNTIME,
@@ -231,7 +232,13 @@ async def watch_turn(
         tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
         return TurnFailed(FailureKind.LIMIT, f"Shepherd: {exceeded}\n{tail}".rstrip())
     if outcome.reason == processes.REASON_EXITED and outcome.exit_code is not None:
-        new_commits, changes, touched = await measure()
+        try:
+            new_commits, changes, touched = await measure()
+        except WorkspaceError as error:
+            # The agent broke its own repository (e.g. `.git` swapped for a link): say so, with the tail.
+            tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
+            why = processes.redact_text(str(error), redact)
+            return TurnFailed(FailureKind.CRASH, f"{REPOSITORY_UNREADABLE.format(why=why)}\n{tail}".rstrip())
         tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact) if outcome.exit_code != 0 else ""
         return TurnExited(outcome.exit_code, new_commits, changes, touched, tail)
     tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)

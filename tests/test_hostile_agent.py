@@ -459,7 +459,7 @@ shepherd done "swapped .git for a link to the mirror"
     else:
         assert state == State.FAILED
         failure = bed.failure(number)
-        assert failure is not None and failure.reason
+        assert failure is not None and "the session's repository could not be read" in failure.log_tail, failure
     await bed.benign_session_completes()
 
 
@@ -656,7 +656,8 @@ sleep 120
     await bed.benign_session_completes("Work next to a fork bomb")
     assert await bed.settle(number) == State.FAILED
     failure = bed.failure(number)
-    assert failure is not None and "processes" in failure.reason, failure
+    assert failure is not None and "limit" in failure.reason, failure
+    assert "processes at once and was stopped" in failure.log_tail, failure  # the limit, named
     await bed.benign_session_completes()
 
 
@@ -678,7 +679,8 @@ sleep 120
     await bed.benign_session_completes("Work next to a memory hog")
     assert await bed.settle(number) == State.FAILED
     failure = bed.failure(number)
-    assert failure is not None and "memory" in failure.reason, failure
+    assert failure is not None and "limit" in failure.reason, failure
+    assert "of memory and was stopped" in failure.log_tail, failure  # the limit, named
 
 
 # --- 9. the failure log tail -----------------------------------------------------------------------
