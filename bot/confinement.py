@@ -1,16 +1,15 @@
 """One session's confinement: its box, its egress proxy and its cgroup, for turns, `setup` and `test` alike.
 
-`Confinement.for_session` lays out the session's folders (a report channel, HOME and /tmp owned by the
-agent's uid, next to Shepherd's read-only control files), works out what the box may reach (the
-model endpoint of the adapter's own configuration plus the operator's `SHEPHERD_EGRESS`, narrowed by
-the repository's `network.allow`) and hands `processes.spawn_turn` the wrapped command and the
+`for_session` builds it; `Confinement` lays out the session's folders (a report channel, HOME and /tmp
+owned by the agent's uid, next to Shepherd's read-only control files), works out what the box may reach
+(the model endpoint of the adapter's own configuration plus the operator's `SHEPHERD_EGRESS`, narrowed
+by the repository's `network.allow`) and hands `processes.spawn_turn` the wrapped command and the
 wrapper's prelude. Everything the prelude starts (the proxy, the box) belongs to the turn's process
 group and cgroup, not to Shepherd, so a turn outlives a restart of Shepherd and is found again.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hashlib
 import logging
 import os
@@ -19,6 +18,7 @@ import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bot import egress, limits, processes
 from bot.processes import Prelude, TurnHandle
@@ -32,9 +32,16 @@ from bot.sandbox import (
     Network,
     Sandbox,
     agent_environment,
+    cli_folders,
+    command_files,
     loopback_tunnels,
+    parse_sandbox_paths,
     proxy_argv,
 )
+
+if TYPE_CHECKING:
+    from bot.settings import Settings
+    from bot.workspace import Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +49,6 @@ COPIED_CONFIG = ("CLAUDE_CONFIG_DIR", "CODEX_HOME")
 COPIES_FOLDER = ".shepherd-config"
 DISK_EXCEEDED = "the worktree and home grew past {limit} and the turn was stopped"
 _CGROUP_NAME = re.compile(r"[^A-Za-z0-9_.-]")
-
-
-def narrow(operator: Sequence[str], repository: Sequence[str] | None) -> tuple[str, ...]:
-    """The egress list: the repository's `network.allow` can only keep entries the operator allows."""
-    if repository is None:
-        return tuple(operator)
-    allowed = set(operator)
-    if "*" in allowed:
-        return tuple(dict.fromkeys(repository))
-    return tuple(entry for entry in dict.fromkeys(repository) if entry in allowed)
 
 
 @dataclass
@@ -140,10 +137,7 @@ class Confinement:
         if not self.sandbox.enabled:
             return processes.spawn_turn(command, cwd=self.worktree, env=adjusted, log_path=log_path,
                                         exit_path=exit_path)
-        # cgroups are machine-wide: the session folder's own path keeps two Shepherds (or two test
-        # runs) with the same session names out of each other's groups.
-        where = hashlib.sha256(str(self.session_dir.resolve()).encode()).hexdigest()[:12]
-        cgroup_name = _CGROUP_NAME.sub("-", f"{where}-{self.cgroup_prefix}-{name}")[:200]
+        cgroup_name = _CGROUP_NAME.sub("-", f"{self.cgroup_prefix}-{name}")[:200]
         cgroup = limits.create(cgroup_name, self.turn_limits) if os.geteuid() == 0 else None
         if cgroup is not None:
             cgroup.kill_all()  # a leftover of an earlier try of the same turn
@@ -194,7 +188,7 @@ class Confinement:
                 if reason is not None:
                     return reason
             if limits.tree_size(folders, budget) > budget:
-                return DISK_EXCEEDED.format(limit=_human(budget))
+                return DISK_EXCEEDED.format(limit=limits.human_size(budget))
             return None
 
         return check
@@ -227,45 +221,35 @@ def _codex_config(env: Mapping[str, str]) -> str | None:
         return None
 
 
-def _human(size: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024  # type: ignore[assignment]
-    return str(size)
 
-
-def build_sandbox(settings: object, parent_env: Mapping[str, str], state_dir: Path) -> Sandbox:
+def build_sandbox(settings: Settings, parent_env: Mapping[str, str], state_dir: Path) -> Sandbox:
     """The operator's sandbox: its mode, the agent's uid, and the folders of the configured agent CLIs."""
-    from bot.sandbox import cli_folders, command_files, parse_sandbox_paths
-
-    mode = getattr(settings, "sandbox", "bwrap")
     path_env = parent_env.get("PATH") or os.environ.get("PATH")
     agent_paths: list[str] = []
     for program in ("claude", "codex"):
         agent_paths += cli_folders(program, path_env)
-    command = getattr(settings, "agent_command", None)
-    agent_paths += command_files(command)
+    agent_paths += command_files(settings.agent_command)
     return Sandbox.build(
-        mode,
-        agent_user=getattr(settings, "agent_user", None),
-        extra_paths=parse_sandbox_paths(",".join(getattr(settings, "sandbox_paths", ()) or ())),
+        settings.sandbox,
+        agent_user=settings.agent_user,
+        extra_paths=parse_sandbox_paths(",".join(settings.sandbox_paths)),
         agent_paths=agent_paths,
         state_dir=state_dir,
     )
 
 
-def for_session(workspaces: object, settings: object, folder: str, worktree: Path, full_name: str) -> Confinement:
-    """The confinement of the session whose control folder is `sessions/<folder>`."""
-    session_dir = workspaces.session_dir(folder)  # type: ignore[attr-defined]
-    mirror_objects = workspaces.mirror_path(full_name) / "objects"  # type: ignore[attr-defined]
+def for_session(
+    workspaces: Workspaces, folder: str, worktree: Path, full_name: str, egress: Sequence[str]
+) -> Confinement:
+    """The confinement of the session whose control folder is `sessions/<folder>`; `egress` is the
+    effective policy's `network.allow` (the operator's SHEPHERD_EGRESS, perhaps narrowed)."""
     return Confinement(
-        sandbox=workspaces.sandbox,  # type: ignore[attr-defined]
-        session_dir=session_dir,
+        sandbox=workspaces.sandbox,
+        session_dir=workspaces.session_dir(folder),
         worktree=Path(worktree),
-        mirror_objects=mirror_objects,
-        egress=tuple(getattr(settings, "egress", ()) or ()),
-        cgroup_prefix=f"{instance_tag(workspaces.data_dir)}-{folder}",  # type: ignore[attr-defined]
+        mirror_objects=workspaces.mirror_path(full_name) / "objects",
+        egress=tuple(egress),
+        cgroup_prefix=f"{instance_tag(workspaces.data_dir)}-{folder}",
     )
 
 

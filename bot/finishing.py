@@ -277,7 +277,7 @@ class Finisher:
                 tool_bin_dir=session_dir / "bin",
             )
             confinement = confinement_for(
-                self._workspaces, self._settings, session_dir.name, worktree, context.full_name
+                self._workspaces, session_dir.name, worktree, context.full_name, context.policy.network.allow
             )
             outcome = await confinement.run(
                 context.policy.test, name="test", env=env, log_path=log_path,

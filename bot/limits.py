@@ -584,7 +584,8 @@ def open(name: str, mountinfo: str = MOUNTINFO) -> TurnCgroup | None:  # noqa: A
 # --- what the maintainer reads ---------------------------------------------------------------
 
 
-def _size(amount: int) -> str:
+def human_size(amount: int) -> str:
+    """`4 GiB`, `1.5 MiB`, `12 bytes`: a size as a maintainer reads it."""
     for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if amount >= size:
             value = amount / size
@@ -598,7 +599,7 @@ def exceeded_reason(cgroup: TurnCgroup | None) -> str | None:
         return None
     if cgroup.memory_exceeded():
         limit = cgroup.memory_limit()
-        amount = f"more than {_size(limit)} of memory" if limit else "more memory than allowed"
+        amount = f"more than {human_size(limit)} of memory" if limit else "more memory than allowed"
         return f"the turn used {amount} and was stopped"
     if cgroup.pids_exceeded():
         limit = cgroup.pids_limit()

@@ -12,7 +12,7 @@ import binascii
 import difflib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -93,6 +93,8 @@ EXPECTATIONS = {
     "protected_paths": 'a list of path patterns, like [".github/workflows/**"]',
     "protected_paths[]": "a path pattern (text)",
     "stack": "true or false",
+    "network": "a mapping with allow, like {allow: [registry.npmjs.org]}",
+    "network.*": "a list of host[:port] patterns, like [registry.npmjs.org]",
 }
 
 PositiveMinutes = Annotated[StrictFloat | StrictInt, Field(gt=0)]
@@ -114,6 +116,40 @@ class OperatorLimits(BaseModel):
         description="Adapters a repository may pick; `command` only when SHEPHERD_AGENT_COMMAND is set.",
     )
     max_per_repo: int = Field(2, ge=1, description="SHEPHERD_MAX_PER_REPO.")
+    egress: tuple[str, ...] = Field((), description="SHEPHERD_EGRESS: hosts agents may reach besides their model.")
+
+
+class Network(BaseModel):
+    """What the agents of a repository may reach through the egress proxy, besides their model endpoint."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: list[Annotated[StrictStr, Field(min_length=1)]] | None = Field(
+        None,
+        description=(
+            "`host[:port]` patterns, a subset of the operator's SHEPHERD_EGRESS (anything else is left out). "
+            "When unset, the operator's list."
+        ),
+    )
+
+
+class EffectiveNetwork(BaseModel):
+    """The egress allow-list a session runs with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    allow: tuple[str, ...] = ()
+
+
+def narrow_egress(operator: Sequence[str], repository: Sequence[str] | None) -> tuple[str, ...]:
+    """The repository's `network.allow` keeps only what the operator allows: an entry the operator
+    lists, or any entry when the operator allows `*` (whose meaning, public hosts only, still holds)."""
+    if repository is None:
+        return tuple(operator)
+    if "*" in operator:
+        return tuple(dict.fromkeys(repository))
+    allowed = set(operator)
+    return tuple(entry for entry in dict.fromkeys(repository) if entry in allowed)
 
 
 class Labels(BaseModel):
@@ -259,6 +295,10 @@ class RepoPolicy(BaseModel):
     stack: StrictBool = Field(
         False, description="Stack a session's branch on the branch of the issue it depends on."
     )
+    network: Network = Field(
+        Network(),
+        description="`allow`: the hosts agents may reach, which can only narrow the operator's SHEPHERD_EGRESS.",
+    )
 
     @field_validator("min_permission")
     @classmethod
@@ -314,6 +354,7 @@ class EffectivePolicy(BaseModel):
     ci_rounds: int
     protected_paths: tuple[str, ...]
     stack: bool
+    network: EffectiveNetwork = EffectiveNetwork()  # a default, so sessions stored before it still load
 
     @property
     def max_runtime_seconds(self) -> float:
@@ -457,6 +498,7 @@ def apply_operator(
         ci_rounds=policy.ci_rounds,
         protected_paths=tuple(policy.protected_paths),
         stack=policy.stack,
+        network=EffectiveNetwork(allow=narrow_egress(operator.egress, policy.network.allow)),
     )
 
 

@@ -474,7 +474,7 @@ class Engine:
                 log.warning("could not list changed files of %s", session.id, exc_info=True)
         extra = {"policy_problems": list(context.get("policy_problems", [])), "sandbox": self.workspaces.sandbox.mode}
         if worktree is not None:
-            extra["egress"] = self.confinement(session, worktree).refused_hosts()
+            extra["egress"] = self.confinement(session, worktree, self._policy(context)).refused_hosts()
         handle = self._turn_handle(session, context)
         log_tail = None
         if handle is not None:
@@ -532,7 +532,7 @@ class Engine:
                 port=int(context["port"]), reply=None, reply_file=None, bot_name=bot_name,
                 bot_email=bot_email, tool_bin_dir=session_dir / "bin",
             )
-            confinement = self.confinement(session, worktree)
+            confinement = self.confinement(session, worktree, policy)
 
             async def run_one(command: str, index: int, timeout: float | None) -> int | None:
                 outcome = await confinement.run(
@@ -574,7 +574,7 @@ class Engine:
             session_dir=session_dir, worktree=worktree, repo=session.repo, issue=session.issue_number,
             branch=session.branch, turn=command.turn, port=int(context["port"]), bot_name=bot_name,
             bot_email=bot_email, parent_env=self.parent_env, extra_env_names=self.settings.agent_env,
-            confinement=self.confinement(session, worktree),
+            confinement=self.confinement(session, worktree, policy),
         )
         first = command.kind == TurnKind.FIRST or (
             command.kind == TurnKind.PLAN and command.reply is None and command.resume_session_id is None
@@ -657,7 +657,7 @@ class Engine:
                 handle, session_dir=session_dir, after_seq=int(stored.context.get("reports_seq") or 0),
                 emit=emit, measure=measure, max_runtime_s=policy.max_runtime_seconds,
                 idle_timeout_s=policy.idle_timeout_seconds, poll=self.poll,
-                confinement=self.confinement(stored.session, worktree),
+                confinement=self.confinement(stored.session, worktree, policy),
             )
         except asyncio.CancelledError:
             raise
@@ -669,9 +669,10 @@ class Engine:
             await self.apply(session_id, TurnStarted(agent_id))
         await self.apply(session_id, end)
 
-    def confinement(self, session: Session, worktree: Path) -> Confinement:
+    def confinement(self, session: Session, worktree: Path, policy: EffectivePolicy) -> Confinement:
         """The box, egress proxy and limits of `session`'s turns, setup and test commands."""
-        return confinement_for(self.workspaces, self.settings, session_folder(session.id), worktree, session.repo)
+        return confinement_for(self.workspaces, session_folder(session.id), worktree, session.repo,
+                               policy.network.allow)
 
     def _stop_agent(self, stored: StoredSession, grace_seconds: float) -> None:
         known = stored.context.get("turn") or {}

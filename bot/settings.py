@@ -412,7 +412,8 @@ class Settings(BaseModel):
     def operator_limits(self) -> OperatorLimits:
         """The limits a repository's `.github/shepherd.yml` may tighten but never loosen."""
         adapters = ("claude", "codex", "command") if self.agent_command else ("claude", "codex")
-        return OperatorLimits(agent=self.agent, adapters=adapters, max_per_repo=self.max_per_repo)
+        return OperatorLimits(agent=self.agent, adapters=adapters, max_per_repo=self.max_per_repo,
+                              egress=self.egress)
 
     def with_credentials(self, app_id: int, private_key: str, webhook_secret: str) -> Settings:
         """These settings in GitHub mode, e.g. right after the setup flow registered the App."""

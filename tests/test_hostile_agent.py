@@ -638,6 +638,24 @@ shepherd done "used the allowed host"
     assert server.requests == 1
 
 
+async def test_a_repository_policy_narrows_what_the_operator_allows(bed, server):
+    allowed = f"127.0.0.1:{server.port}"
+    attack = f"""
+{{ echo "== proxy env"; curl -s -m 5 http://{allowed}/; echo " rc=$?"; }} > $O/network 2>&1
+echo net > net.txt && git add net.txt && git commit -q -m net
+shepherd done "tried a host the repository closed"
+"""
+    # The operator allows the host; the repository's own policy takes it away again.
+    bed.fake.set_file(REPO, ".github/shepherd.yml", POLICY + "network:\n  allow: []\n")
+    await bed.start(bed.script(attack), SHEPHERD_EGRESS=allowed)
+    number = bed.issue("Reach a host the repository closed")
+    session = await bed.trigger(number)
+    assert await bed.settle(number) == State.COMPLETE, bed.failure(number)
+    assert server.secret not in bed.seen("network") and server.requests == 0
+    stats = json.loads((bed.harness.engine.session_dir(session.id) / "channel" / "egress.json").read_text())
+    assert allowed in stats["refused_hosts"], stats
+
+
 # --- 8. resources -------------------------------------------------------------------------------------
 
 

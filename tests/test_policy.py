@@ -57,6 +57,7 @@ DEFAULTS = {
     "ci_rounds": 2,
     "protected_paths": [".github/workflows/**"],
     "stack": False,
+    "network": {"allow": []},
 }
 
 FULL_FILE = """\
@@ -139,6 +140,7 @@ def test_every_key_is_read() -> None:
         "ci_rounds": 1,
         "protected_paths": ["migrations/**", ".github/**"],
         "stack": True,
+        "network": {"allow": []},
     }
     assert loaded.policy.max_runtime_seconds == 30
     assert loaded.policy.idle_timeout_seconds == 150
@@ -500,3 +502,27 @@ def test_effective_policy_round_trips_its_dict() -> None:
 def test_env_file_keys_are_named_as_written() -> None:
     loaded = parse("env_files:\n  int: 3\n")
     assert loaded.problems == [Problem("env_files.int", "must be a relative path (text), got 3")]
+
+
+def test_network_allow_only_narrows_the_operators_egress() -> None:
+    operator = OperatorLimits(agent="claude", adapters=("claude",), egress=("registry.npmjs.org", "pypi.org:443"))
+    assert parse(None, operator).policy.network.allow == ("registry.npmjs.org", "pypi.org:443")
+    narrowed = parse("network:\n  allow: [pypi.org:443, evil.example.com, '*']\n", operator)
+    assert narrowed.problems == []
+    # What the operator never allowed is left out, `*` included: a repository cannot widen the list.
+    assert narrowed.policy.network.allow == ("pypi.org:443",)
+    assert narrowed.policy.as_dict()["network"] == {"allow": ["pypi.org:443"]}
+    closed = parse("network:\n  allow: []\n", operator)
+    assert closed.policy.network.allow == ()
+
+
+def test_network_allow_under_an_operator_star_keeps_the_repositorys_list() -> None:
+    operator = OperatorLimits(agent="claude", adapters=("claude",), egress=("*",))
+    loaded = parse("network:\n  allow: [registry.npmjs.org]\n", operator)
+    assert loaded.policy.network.allow == ("registry.npmjs.org",)
+
+
+def test_a_bad_network_key_is_reported_with_what_it_expects() -> None:
+    loaded = parse("network:\n  allow: registry.npmjs.org\n")
+    assert [problem.key for problem in loaded.problems] == ["network.allow"]
+    assert "a list of host[:port] patterns" in loaded.problems[0].message
