@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 EGRESS_SCRIPT = Path(__file__).with_name("egress.py")
+BOX_GIT_SCRIPT = Path(__file__).with_name("box_git.py")
 PROXY_PORT = 3128
 READY_WAIT_STEPS = 500  # 0.02 s each: at most 10 s for the forwarder and the proxy to come up
 SOCKET_NAME = "egress.sock"
@@ -291,6 +292,7 @@ class Sandbox:
         if box.tmp is not None:
             mounts.bind(box.tmp, "/tmp", readonly=False)
         else:
+            mounts.options += ["--perms", "1777"]  # bwrap's tmpfs would be root's alone
             mounts.raw("--tmpfs", "/tmp")
         if self.passwd_file is not None:
             mounts.bind(self.passwd_file, "/etc/passwd", readonly=True)
@@ -302,6 +304,7 @@ class Sandbox:
             mounts.bind(os.path.dirname(self.python), readonly=True)
         if box.network is not None or box.share_net:
             mounts.bind(str(EGRESS_SCRIPT), readonly=True)
+        mounts.bind(str(BOX_GIT_SCRIPT), readonly=True)
         for folder in self.agent_paths:
             if os.path.exists(folder):
                 mounts.bind(folder, readonly=True)

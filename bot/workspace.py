@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import socket
 import stat
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from bot.git import FETCH_REFSPEC, Git, GitError, Mirror, check_clone_url
-from bot.sandbox import Box, Sandbox
+from bot.sandbox import BOX_GIT_SCRIPT, Box, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -66,17 +67,17 @@ OUTPUT_LIMIT = 8 * 1024 * 1024
 BUNDLE_LIMIT = 4 * 1024 * 1024 * 1024
 BUNDLE_NAME = "work.bundle"
 
-# Inside the box: options every git command of Shepherd's gets, so that nothing in the agent's
-# repository runs a program even there (a hung hook or monitor would only cost a timeout).
-BOX_GIT = ("git", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.pager=cat",
-           "-c", "commit.gpgSign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false")
+# Inside the box, every git command of Shepherd's starts through `bot/box_git.py`: these options switch
+# hooks, the fsmonitor and the pager off by name, and the script resets every filter driver the
+# agent's configuration names, in nested repositories too.
+GIT_OPTIONS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false", "-c", "core.pager=cat",
+               "-c", "commit.gpgSign=false", "-c", "gc.auto=0", "-c", "maintenance.auto=false")
 
 # Run inside the box with Shepherd's interpreter: lines added and removed per changed file since the
 # merge base, untracked files counted without following links and without reading FIFOs or devices.
 CHANGED_FILES_SCRIPT = r"""
 import json, os, stat, subprocess, sys
-git = sys.argv[1:sys.argv.index("--")]
-base = sys.argv[sys.argv.index("--") + 1]
+base, git = sys.argv[1], sys.argv[2:]
 def run(*args):
     return subprocess.run(git + list(args), capture_output=True, check=True).stdout.decode("utf-8", "replace")
 try:
@@ -84,7 +85,7 @@ try:
 except subprocess.CalledProcessError:
     merge_base = base
 changes = {}
-for record in run("diff", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", merge_base, "--").split("\0"):
+for record in run("diff", "--numstat", "-z", "--no-renames", "--no-ext-diff", "--no-textconv", "--ignore-submodules=dirty", merge_base, "--").split("\0"):
     if record and record.count("\t") >= 2:
         added, removed, path = record.split("\t", 2)
         changes[path] = (int(added) if added.isdigit() else 0, int(removed) if removed.isdigit() else 0)
@@ -226,6 +227,11 @@ class Workspaces:
 
     # -- the box -----------------------------------------------------------------------------
 
+    @property
+    def box_git(self) -> list[str]:
+        """The command that starts git in the box, with everything the agent could make it run off."""
+        return [self.sandbox.python, "-I", str(BOX_GIT_SCRIPT), *GIT_OPTIONS, "--"]
+
     def _box(self, repo: Path, mirror: Mirror, *, extra: Sequence[str] = ()) -> Box:
         return Box(worktree=str(repo), readonly=(str(mirror.path / "objects"), *extra), cwd=str(repo))
 
@@ -282,7 +288,7 @@ class Workspaces:
     async def _git_in(self, repo: Path, *args: str, env: Mapping[str, str] | None = None,
                       stdin: bytes | None = None, check: bool = True) -> tuple[int, str]:
         mirror = self.mirror(self.repo_of(repo))
-        return await self.run_boxed([*BOX_GIT, *args], self._box(repo, mirror), env=env, stdin=stdin, check=check)
+        return await self.run_boxed([*self.box_git, *args], self._box(repo, mirror), env=env, stdin=stdin, check=check)
 
     async def _script_in(self, repo: Path, script: str, *args: str, env: Mapping[str, str] | None = None,
                          mirror: Mirror | None = None) -> str:
@@ -376,7 +382,8 @@ class Workspaces:
             os.rename(candidate, claimed)
             try:
                 _, status = await self.run_boxed(
-                    [*BOX_GIT, "status", "--porcelain", "--untracked-files=all", "--ignored=matching"],
+                    [*self.box_git, "status", "--porcelain", "--untracked-files=all", "--ignored=matching",
+                     "--ignore-submodules=dirty"],
                     self._box(claimed, mirror),
                 )
             except WorkspaceError:
@@ -498,7 +505,7 @@ class Workspaces:
         if base_sha is None:
             raise WorkspaceError(f"the remote has no branch {base!r}")
         _, out = await self.run_boxed(
-            [self.sandbox.python, "-I", "-c", CHANGED_FILES_SCRIPT, *BOX_GIT, "--", base_sha],
+            [self.sandbox.python, "-I", "-c", CHANGED_FILES_SCRIPT, base_sha, *self.box_git],
             self._box(worktree, mirror),
         )
         try:
@@ -509,7 +516,7 @@ class Workspaces:
 
     async def is_dirty(self, worktree: Path) -> bool:
         """Whether the worktree has uncommitted changes or untracked files (excluded ones aside)."""
-        _, out = await self._git_in(worktree, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=none")
+        _, out = await self._git_in(worktree, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=dirty")
         return bool(out.strip())
 
     async def unpushed_count(self, worktree: Path) -> int:
@@ -557,7 +564,7 @@ class Workspaces:
             "GIT_COMMITTER_NAME": author_name,
             "GIT_COMMITTER_EMAIL": author_email,
         }
-        git = " ".join(BOX_GIT)
+        git = shlex.join(self.box_git)
         script = (
             f'set -e; {git} add --all -- . ; '
             f'if {git} diff --cached --quiet --no-ext-diff; then exit 0; fi; '
@@ -584,7 +591,7 @@ class Workspaces:
         known = await self._known_commits(mirror, branch)
         outbox = self.sandbox.own(self.data_dir / "exports" / secrets.token_hex(8))
         try:
-            git = " ".join(BOX_GIT)
+            git = shlex.join(self.box_git)
             script = (
                 f'set -e; out=$1; head=$({git} rev-parse --verify "HEAD^{{commit}}"); '
                 f'count=$({git} rev-list --count --ignore-missing HEAD --stdin < "$out/known"); '

@@ -428,6 +428,11 @@ shepherd done "planted git traps"
     state = await bed.settle(number)
     assert bed.host_markers() == []  # nothing the agent planted ran outside its box
     assert (bed.obs / "evil.sh").exists()  # the traps were laid
+    # Inside the box too, none of it ran for Shepherd's own git (status, diff, commit, bundle): only the
+    # agent's own git commands, which carry its session variables, ever ran its filters.
+    ran = (bed.obs / "ran").read_text().splitlines() if (bed.obs / "ran").exists() else []
+    assert any(line.endswith("by=agent") for line in ran), ran  # the agent's own git did run them
+    assert [line for line in ran if not line.endswith("by=agent")] == []
     mirror_config = (bed.data / "mirrors" / f"{REPO}.git" / "config").read_text()
     assert "evil" not in mirror_config and "insteadOf" not in mirror_config and "proxy" not in mirror_config
     # Shepherd finished the work all the same: the agent's commit and the leftovers were pushed.
