@@ -682,58 +682,48 @@ class Workspaces:
     ) -> SetupResult:
         """Run each setup command through the shell, in the agent's box; stop at the first failure.
 
-        `run(command, index, timeout)` runs one command (the runtime's runs it with the session's egress
-        proxy and limits) and returns its exit code, or None when it timed out or was stopped.
+        `run(command, index, timeout)` runs one command and returns its exit code, or None when it
+        timed out or was stopped; the runtime's runs it with the session's egress proxy and limits,
+        the default in a plain box of the worktree.
         """
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        run = run or self._setup_runner(env, cwd, log_path)
         total = len(commands)
-        mirror = self.mirror(self.repo_of(cwd))
-        box = self._box(cwd, mirror)
         for index, command in enumerate(commands, start=1):
-            with open(log_path, "ab") as output:
-                output.write(f"$ {command}\n".encode())
-            if run is not None:
-                code = await run(command, index, timeout)
-                if code is None:
-                    message = SETUP_TIMED_OUT.format(index=index, total=total, command=command)
-                    with open(log_path, "ab") as output:
-                        output.write(f"{message}\n".encode())
-                    return SetupResult(False, command, index, None, message)
-                if code != 0:
-                    message = SETUP_FAILED.format(index=index, total=total, code=code, command=command)
-                    with open(log_path, "ab") as output:
-                        output.write(f"{message}\n".encode())
-                    return SetupResult(False, command, index, code, message)
+            _append(log_path, f"$ {command}\n")
+            code = await run(command, index, timeout)
+            if code == 0:
                 continue
+            if code is None:
+                message = SETUP_TIMED_OUT.format(index=index, total=total, command=command)
+            else:
+                message = SETUP_FAILED.format(index=index, total=total, code=code, command=command)
+            _append(log_path, f"{message}\n")
+            return SetupResult(False, command, index, code, message)
+        return SetupResult(True)
+
+    def _setup_runner(
+        self, env: Mapping[str, str], cwd: Path, log_path: Path
+    ) -> Callable[[str, int, float | None], Awaitable[int | None]]:
+        box = self._box(cwd, self.mirror(self.repo_of(cwd)))
+
+        async def run(command: str, index: int, timeout: float | None) -> int | None:
             with open(log_path, "ab") as output:
                 process = await asyncio.create_subprocess_exec(
                     *self.sandbox.wrap(["/bin/sh", "-c", command], box),
-                    cwd=str(cwd),
-                    env=dict(env),
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=asyncio.subprocess.STDOUT,
-                    start_new_session=True,
+                    cwd=str(cwd), env=dict(env), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output, stderr=asyncio.subprocess.STDOUT, start_new_session=True,
                 )
-                try:
-                    code = await asyncio.wait_for(process.wait(), timeout)
-                except asyncio.TimeoutError:
+            try:
+                return await asyncio.wait_for(process.wait(), timeout)
+            except asyncio.TimeoutError:
+                return None
+            finally:
+                if process.returncode is None:
                     _kill_group(process.pid)
                     await process.wait()
-                    message = SETUP_TIMED_OUT.format(index=index, total=total, command=command)
-                    output.write(f"{message}\n".encode())
-                    return SetupResult(False, command, index, None, message)
-                except asyncio.CancelledError:
-                    _kill_group(process.pid)
-                    await process.wait()
-                    raise
-                if code != 0:
-                    message = SETUP_FAILED.format(
-                        index=index, total=total, code=code, command=command
-                    )
-                    output.write(f"{message}\n".encode())
-                    return SetupResult(False, command, index, code, message)
-        return SetupResult(True)
+
+        return run
 
 
 async def _bounded_communicate(process: asyncio.subprocess.Process, stdin: bytes | None) -> tuple[bytes, bytes]:
@@ -796,6 +786,11 @@ def _copy_out(source: Path, target: Path) -> Path | None:
     finally:
         os.close(descriptor)
     return target
+
+
+def _append(path: Path, text: str) -> None:
+    with open(path, "ab") as output:
+        output.write(text.encode())
 
 
 def _kill_group(pid: int) -> None:

@@ -202,3 +202,46 @@ shepherd done "did task $SHEPHERD_ISSUE"
     for number in range(1, 7):
         branch = harness.engine.last_session(REPO, number).branch
         assert git_remote.show(REPO, f"refs/heads/{branch}", f"issue-{number}.txt") == f"{number}\n"
+
+
+async def test_setup_commands_run_in_the_agents_box_before_the_first_turn(fake_github, git_remote, harness_for,
+                                                                            tmp_path):
+    policy = FAST_POLICY + (
+        "setup:\n"
+        "  - id -u > \"$HOME/setup-uid\" && cat .env > \"$HOME/setup-saw-env\"\n"
+        "  - ls /proc | grep -c '^[0-9]' > \"$HOME/setup-processes\"\n"
+        "env_files:\n  .env.example: .env\n"
+    )
+    prepare_repo(fake_github, git_remote, files={"README.md": "# widgets\n", ".env.example": "PORT=0\n"}, policy=policy)
+    fake_github.add_issue(REPO, title="Set up first")
+    script = agent_script(tmp_path, """
+cp "$HOME/setup-uid" seen-setup-uid.txt
+git add seen-setup-uid.txt && git commit -q -m "What setup left"
+shepherd done "read what setup left"
+""")
+    harness = await harness_for(script)
+    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    assert await settle(harness, 1) == State.COMPLETE
+    home = harness.engine.session_dir(session.id) / "home"
+    # The setup commands ran in order, as the agent's uid, in a box of their own, with the env_files copy.
+    uid = int((home / "setup-uid").read_text())
+    assert uid != 0 and uid == harness.workspaces.sandbox.agent_uid
+    assert (home / "setup-saw-env").read_text() == "PORT=0\n"
+    assert int((home / "setup-processes").read_text()) < 10  # its own pid namespace, not the host's
+    # What setup left in HOME reached the agent's turn; the .env copy was never committed.
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "seen-setup-uid.txt") == f"{uid}\n"
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", ".env") is None
+
+
+async def test_a_failing_setup_command_fails_the_session_with_the_command_named(fake_github, git_remote,
+                                                                                 harness_for, tmp_path):
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY + "setup:\n  - \"true\"\n  - exit 7\n  - touch never\n")
+    fake_github.add_issue(REPO, title="Broken setup")
+    harness = await harness_for(agent_script(tmp_path, "touch $HOME/agent-ran\n"))
+    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    assert await settle(harness, 1) == State.FAILED
+    final = harness.engine.last_session(REPO, 1)
+    assert final.detail == Detail.WORKSPACE_FAILED
+    assert "setup command 2 of 2" not in final.failure_reason  # three commands, the second failed
+    assert "setup command 2 of 3 failed with exit code 7: exit 7" in final.failure_reason
+    assert not (harness.engine.session_dir(session.id) / "home" / "agent-ran").exists()
