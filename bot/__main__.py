@@ -58,8 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
+    from bot.sandbox import Sandbox, SandboxError
 
     if args.command == "serve":
+        try:  # a sandbox this machine cannot make is a start-up error, not a failed first session
+            Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
+        except SandboxError as error:
+            sys.stderr.write(f"shepherd: cannot start: {error}\n")
+            return 2
         protect_secrets(settings)
         logging.getLogger("bot").info(
             "Shepherd %s mode, listening on %s:%s (public URL %s)",

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
 from bot.doctor import Level, check_sandbox
-from bot.sandbox import SANDBOX_OFF_WARNING, Sandbox, parse_sandbox_paths
+from bot.sandbox import NO_BWRAP, SANDBOX_OFF_WARNING, Sandbox, parse_sandbox_paths
 from bot.session import State
 from tests.conftest import settings_for
 from tests.e2e_support import MAINTAINER, REPO, shepherd_with, status_comments  # noqa: F401 - fixture
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 
+ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(120)
 
 DONE_AGENT = """
@@ -73,3 +75,20 @@ def test_sandbox_paths_parse_and_refuse_relative_ones():
     ]
     with pytest.raises(ValueError, match="not an absolute path"):
         parse_sandbox_paths("relative/dir")
+
+
+def test_a_machine_without_bubblewrap_refuses_to_start_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"  # a PATH with git and sh but no bwrap
+    bin_dir.mkdir()
+    for tool in ("sh", "git", "setpriv", "unshare"):
+        (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
+    done = subprocess.run(
+        [sys.executable, "-m", "bot", "serve"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        env={"PATH": str(bin_dir), "SHEPHERD_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"shepherd: cannot start: {NO_BWRAP}"
+    assert "Traceback" not in done.stderr
