@@ -467,10 +467,27 @@ class TurnCgroup:
             return False
         return _keyed(os.path.join(directory, "pids.events")).get("max", 0) > 0
 
+    def release_memory(self) -> None:
+        """Reclaim the page cache charged to the (empty) group.
+
+        A removed memory group still charged with the files its turn wrote lingers in the kernel as
+        a dying group; one per turn, hundreds of them slowed every file operation on this host (file
+        creation several times slower until `drop_caches`). v1's `memory.force_empty` lets it go at
+        once; v2 has no such file and reparents the pages itself.
+        """
+        for group in self._groups():
+            force_empty = os.path.join(group, "memory.force_empty")
+            if os.path.exists(force_empty):
+                try:
+                    _write(force_empty, "0")
+                except OSError:
+                    pass
+
     def remove(self, timeout: float = 5.0) -> bool:
         """Kill every member, then remove the group folder(s), nested ones first. A folder that is
         already gone is fine. Returns whether everything is gone."""
         self.kill_all(timeout)
+        self.release_memory()
         gone = True
         for group in sorted(self._groups(), key=len, reverse=True):
             gone = _rmdir_patiently(group, timeout) and gone

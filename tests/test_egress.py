@@ -8,16 +8,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from bot import egress
+from tests.fakes.http_target import HttpTarget
 from tests.fakes.ports import free_port
 
 EGRESS_SCRIPT = Path(egress.__file__)
@@ -25,44 +24,9 @@ NOT_LISTED = "is not in the egress allow-list (SHEPHERD_EGRESS / the repository'
 ZERO_STATS = {"allowed": 0, "refused": 0, "refused_hosts": {}}
 
 
-class Target:
-    """A tiny HTTP server on 127.0.0.1 that records what reached it."""
-
-    def __init__(self) -> None:
-        self.requests: list[dict] = []
-        target = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.reply(f"hello from target {self.path}".encode())
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                self.reply(b"echo " + body)
-
-            def reply(self, body: bytes) -> None:
-                target.requests.append({"line": self.requestline, "headers": dict(self.headers.items())})
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def target():
-    server = Target()
+    server = HttpTarget()
     yield server
     server.close()
 

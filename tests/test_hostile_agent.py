@@ -12,12 +12,10 @@ cannot see at all: if one appears, something the agent planted ran Shepherd-side
 from __future__ import annotations
 
 import asyncio
-import http.server
 import json
 import os
 import secrets
 import socket
-import threading
 from pathlib import Path
 
 import psutil
@@ -25,6 +23,7 @@ import pytest
 
 from bot.session import FinishWork, Mode, ReportFailure, State
 from bot.settings import load_settings
+from tests.fakes.http_target import HttpTarget
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import REPO, build_harness, issue_ref, prepare_repo, wait_for
 
@@ -538,34 +537,12 @@ echo "replaced $SHEPHERD_ISSUE" >> $O/replaced
 # --- 7. network -------------------------------------------------------------------------------------
 
 
-class LoopbackServer:
-    """A loopback HTTP server the agent must (not) reach; it counts the requests it answers."""
+class LoopbackServer(HttpTarget):
+    """A loopback HTTP server the agent must (not) reach: its answers carry a secret."""
 
     def __init__(self) -> None:
         self.secret = "server-secret-" + secrets.token_hex(8)
-        self.requests = 0
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # noqa: ANN002
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802
-                outer.requests += 1
-                body = outer.secret.encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(greeting=self.secret + " ")
 
 
 @pytest.fixture
@@ -613,7 +590,7 @@ async def test_a_host_that_is_not_allowed_is_refused(bed, server):
     seen = bed.seen("network")
     assert "== raw socket" in seen
     assert server.secret not in seen, seen
-    assert server.requests == 0
+    assert server.requests == []
     stats_file = bed.harness.engine.session_dir(session.id) / "channel" / "egress.json"
     # The proxy answered (the agent's first proxied request did not race the forwarder) and refused.
     proxied = seen.split("== proxy env")[1].split("== connect")[0]
@@ -640,7 +617,7 @@ shepherd done "used the allowed host"
     proxied, direct = bed.seen("network").split("== direct")
     assert server.secret in proxied and " rc=0" in proxied
     assert server.secret not in direct and " rc=0" not in direct
-    assert server.requests == 1
+    assert len(server.requests) == 1
 
 
 async def test_a_repository_policy_narrows_what_the_operator_allows(bed, server):
@@ -656,7 +633,7 @@ shepherd done "tried a host the repository closed"
     number = bed.issue("Reach a host the repository closed")
     session = await bed.trigger(number)
     assert await bed.settle(number) == State.COMPLETE, bed.failure(number)
-    assert server.secret not in bed.seen("network") and server.requests == 0
+    assert server.secret not in bed.seen("network") and server.requests == []
     stats = json.loads((bed.harness.engine.session_dir(session.id) / "channel" / "egress.json").read_text())
     assert allowed in stats["refused_hosts"], stats
 
