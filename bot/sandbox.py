@@ -248,13 +248,11 @@ class Sandbox:
         inner = list(argv)
         if box.network is not None and self.enabled:
             forwarder = shlex.join(box.network.forwarder(self.python))
-            # The agent starts once its proxy answers: the forwarder listens on the box's loopback
-            # (/proc/net/tcp of the box's own network) and the egress proxy's socket is there.
-            # Otherwise the agent's first requests race both and fail as "connection refused".
-            ready = (
-                f"grep -q ':{PROXY_PORT:04X} 00000000:0000 0A' /proc/net/tcp 2>/dev/null "
-                f"&& [ -S {shlex.quote(box.network.socket)} ]"
-            )
+            # The agent starts once the forwarder listens on the box's loopback (/proc/net/tcp of the
+            # box's own network; its tunnels open before this port). Otherwise the agent's first
+            # requests race it and fail as "connection refused". The forwarder itself waits for the
+            # egress proxy's socket, which starts at the same moment, so the agent need not.
+            ready = f"grep -q ':{PROXY_PORT:04X} 00000000:0000 0A' /proc/net/tcp 2>/dev/null"
             wait = f"i=0; until {ready} || [ $i -ge {READY_WAIT_STEPS} ]; do sleep 0.02; i=$((i+1)); done; "
             inner = ["/bin/sh", "-c", f'{forwarder} </dev/null & {wait}exec "$@"', "shepherd-box", *inner]
         if not self.enabled:

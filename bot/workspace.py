@@ -62,6 +62,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _BRANCH = re.compile(r"^agent/[A-Za-z0-9._/-]+$")
 _SHA = re.compile(r"^[0-9a-f]{40}(?:[0-9a-f]{24})?$")
 POOL_FOLDER = ".pool"
+DIRTY_EXIT = 3
 BOX_TIMEOUT_S = 600.0
 OUTPUT_LIMIT = 8 * 1024 * 1024
 BUNDLE_LIMIT = 4 * 1024 * 1024 * 1024
@@ -229,8 +230,15 @@ class Workspaces:
 
     @property
     def box_git(self) -> list[str]:
-        """The command that starts git in the box, with everything the agent could make it run off."""
+        """The command that starts git in the box, with everything the agent could make it run off:
+        for commands that read the working tree (status, add, diff, checkout), which could meet a filter."""
         return [self.sandbox.python, "-I", str(BOX_GIT_SCRIPT), *GIT_OPTIONS, "--"]
+
+    @property
+    def box_plumbing(self) -> list[str]:
+        """Plain git with the same options, for commands that never read the working tree (refs,
+        commits, bundles): no filter can run there, so no need to look for one."""
+        return ["git", *GIT_OPTIONS]
 
     def _box(self, repo: Path, mirror: Mirror, *, extra: Sequence[str] = ()) -> Box:
         return Box(worktree=str(repo), readonly=(str(mirror.path / "objects"), *extra), cwd=str(repo))
@@ -286,9 +294,11 @@ class Workspaces:
         return code, stdout.decode(errors="replace")
 
     async def _git_in(self, repo: Path, *args: str, env: Mapping[str, str] | None = None,
-                      stdin: bytes | None = None, check: bool = True) -> tuple[int, str]:
+                      stdin: bytes | None = None, check: bool = True, files: bool = False) -> tuple[int, str]:
+        """git in the box of `repo`; `files` when the command reads the working tree."""
         mirror = self.mirror(self.repo_of(repo))
-        return await self.run_boxed([*self.box_git, *args], self._box(repo, mirror), env=env, stdin=stdin, check=check)
+        git = self.box_git if files else self.box_plumbing
+        return await self.run_boxed([*git, *args], self._box(repo, mirror), env=env, stdin=stdin, check=check)
 
     async def _script_in(self, repo: Path, script: str, *args: str, env: Mapping[str, str] | None = None,
                          mirror: Mirror | None = None) -> str:
@@ -330,38 +340,37 @@ class Workspaces:
                 start = imported or await self._rev(mirror, f"refs/remotes/origin/{branch}")
                 if start is None:
                     raise WorkspaceError(NO_BRANCH_TO_CONTINUE.format(branch=branch))
-                await self._make_repo(mirror, path, branch, start)
+                await self._make_repo(mirror, path, branch, start, base)
                 return path
             if imported is not None or path.exists():
                 raise WorkspaceError(BRANCH_EXISTS.format(branch=branch))
             start = await self._rev(mirror, f"refs/remotes/origin/{base}")
             if start is None:
                 raise WorkspaceError(f"the remote has no branch {base!r}")
-            ready = await self._claim_ready(mirror)
-            if ready is not None:
-                _mkdir_private(path.parent)
-                os.rename(ready, path)
-                await self._git_in(path, "checkout", "--quiet", "--no-track", "-B", branch, start)
+            if await self._claim_ready(mirror, path, branch, start, base):
                 return path
-            await self._make_repo(mirror, path, branch, start)
+            await self._make_repo(mirror, path, branch, start, base)
         return path
 
-    async def _make_repo(self, mirror: Mirror, path: Path, branch: str | None, start: str) -> None:
-        """A new repository at `path`, made in the box, borrowing the mirror's objects, checked out at `start`."""
+    async def _make_repo(self, mirror: Mirror, path: Path, branch: str | None, start: str, base: str) -> None:
+        """A new repository at `path`, made in the box, borrowing the mirror's objects, checked out at
+        `start`, with `origin/<base>` where the mirror has it (the agent rebases onto it)."""
         if not _SHA.match(start):
             raise WorkspaceError(f"not a commit id: {start!r}")
+        base_sha = await self._rev(mirror, f"refs/remotes/origin/{base}") or start
         _mkdir_private(path.parent)
         self.sandbox.own(path, 0o755)
         head = ["symbolic-ref", "HEAD", f"refs/heads/{branch}"] if branch else ["update-ref", "--no-deref", "HEAD", start]
         script = (
-            'set -e; objects=$1; start=$2; shift 2; '
+            'set -e; objects=$1; start=$2; base=$3; base_sha=$4; shift 4; '
             'git init --quiet --template= . ; mkdir -p .git/info; '
             'printf "%s\\n" "$objects" > .git/objects/info/alternates; '
             + (f'git update-ref refs/heads/{branch} "$start"; ' if branch else "")
-            + '"$@"; '
+            + 'git update-ref "refs/remotes/origin/$base" "$base_sha"; "$@"; '
             'git -c core.hooksPath=/dev/null reset --quiet --hard "$start"'
         )
-        await self._script_in(path, script, str(mirror.path / "objects"), start, "git", *head, mirror=mirror)
+        await self._script_in(path, script, str(mirror.path / "objects"), start, base, base_sha, "git", *head,
+                              mirror=mirror)
 
     # -- the pool of ready repositories ----------------------------------------------------------
 
@@ -369,30 +378,38 @@ class Workspaces:
         owner, repo = _split_name(full_name)
         return self.data_dir / "worktrees" / owner / repo / POOL_FOLDER
 
-    async def _claim_ready(self, mirror: Mirror) -> Path | None:
-        """A ready repository, or None. Only the box that made it ever saw it; one that is not
-        spotless (ignored files included) is thrown away rather than handed to a session."""
+    async def _claim_ready(self, mirror: Mirror, path: Path, branch: str, start: str, base: str) -> bool:
+        """Move a ready repository to `path` on `branch` at `start`; False when none is ready.
+
+        Only the box that made it ever saw it; one that is not spotless (ignored files included) is
+        thrown away rather than handed to a session. Check and switch are one box.
+        """
         pool = self.pool_dir(mirror.full_name)
         if not pool.is_dir():
-            return None
+            return False
+        git = shlex.join(self.box_git)
+        script = (
+            f'set -e; test -d .git; test -z "$({git} status --porcelain --untracked-files=all --ignored=matching '
+            f'--ignore-submodules=dirty)" || exit {DIRTY_EXIT}; '
+            # At the tip it was made at (the usual case), the branch is only a ref: no index to refresh.
+            f'if [ "$({shlex.join(self.box_plumbing)} rev-parse HEAD)" = "$2" ]; then '
+            f'{shlex.join(self.box_plumbing)} update-ref "refs/heads/$1" "$2" && '
+            f'{shlex.join(self.box_plumbing)} symbolic-ref HEAD "refs/heads/$1"; '
+            f'else {git} checkout --quiet --no-track -B "$1" "$2"; fi; '
+            f'{shlex.join(self.box_plumbing)} update-ref "refs/remotes/origin/$3" "$2"'
+        )
         for candidate in sorted(pool.iterdir()):
             if not candidate.name.endswith(".ready"):
                 continue
-            claimed = candidate.with_name(candidate.name.removesuffix(".ready") + ".claimed")
-            os.rename(candidate, claimed)
-            try:
-                _, status = await self.run_boxed(
-                    [*self.box_git, "status", "--porcelain", "--untracked-files=all", "--ignored=matching",
-                     "--ignore-submodules=dirty"],
-                    self._box(claimed, mirror),
-                )
-            except WorkspaceError:
-                status = "broken"
-            if not status.strip() and (claimed / ".git").is_dir():
-                return claimed
-            log.warning("discarding a ready repository that is not clean: %s", claimed)
-            await asyncio.to_thread(shutil.rmtree, claimed, True)
-        return None
+            _mkdir_private(path.parent)
+            os.rename(candidate, path)
+            code, _ = await self.run_boxed(["/bin/sh", "-c", script, "shepherd-claim", branch, start, base],
+                                           self._box(path, mirror), check=False)
+            if code == 0:
+                return True
+            log.warning("discarding a ready repository that is not clean (%s): %s", code, candidate.name)
+            await asyncio.to_thread(shutil.rmtree, path, True)
+        return False
 
     async def fill_pool(self, full_name: str, base: str, size: int | None = None) -> list[Path]:
         """Pre-create detached repositories at the tip of `base` until the pool holds `size`."""
@@ -408,7 +425,7 @@ class Workspaces:
         while len(existing) + len(created) < wanted:
             name = secrets.token_hex(6)
             building = pool / f"{name}.building"
-            await self._make_repo(mirror, building, None, tip)
+            await self._make_repo(mirror, building, None, tip, base)
             ready = pool / f"{name}.ready"
             os.rename(building, ready)  # only a whole repository is ever claimed
             created.append(ready)
@@ -516,7 +533,9 @@ class Workspaces:
 
     async def is_dirty(self, worktree: Path) -> bool:
         """Whether the worktree has uncommitted changes or untracked files (excluded ones aside)."""
-        _, out = await self._git_in(worktree, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=dirty")
+        _, out = await self._git_in(
+            worktree, "status", "--porcelain", "--untracked-files=all", "--ignore-submodules=dirty", files=True
+        )
         return bool(out.strip())
 
     async def unpushed_count(self, worktree: Path) -> int:
@@ -564,12 +583,12 @@ class Workspaces:
             "GIT_COMMITTER_NAME": author_name,
             "GIT_COMMITTER_EMAIL": author_email,
         }
-        git = shlex.join(self.box_git)
+        git, plumbing = shlex.join(self.box_git), shlex.join(self.box_plumbing)
         script = (
             f'set -e; {git} add --all -- . ; '
-            f'if {git} diff --cached --quiet --no-ext-diff; then exit 0; fi; '
+            f'if {plumbing} diff --cached --quiet --no-ext-diff; then exit 0; fi; '
             f'{git} commit --quiet --no-verify --no-gpg-sign -m "$1"; '
-            f'{git} rev-parse HEAD'
+            f'{plumbing} rev-parse HEAD'
         )
         out = await self._script_in(worktree, script, message, env=identity)
         return out.strip() or None
@@ -591,7 +610,7 @@ class Workspaces:
         known = await self._known_commits(mirror, branch)
         outbox = self.sandbox.own(self.data_dir / "exports" / secrets.token_hex(8))
         try:
-            git = shlex.join(self.box_git)
+            git = shlex.join(self.box_plumbing)  # refs, commits and a bundle: no working tree read
             script = (
                 f'set -e; out=$1; head=$({git} rev-parse --verify "HEAD^{{commit}}"); '
                 f'count=$({git} rev-list --count --ignore-missing HEAD --stdin < "$out/known"); '
