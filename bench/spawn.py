@@ -15,11 +15,19 @@ twice: with the pool off (`SHEPHERD_WORKTREE_POOL=0`) and with a pool of `--pool
 (Shepherd ships with one), which the runtime refills in the background after every claim; before each pooled round
 the benchmark waits until the refill is done, as it would be between two labels in practice.
 
-In the same run it times the two baselines the target is stated against: a fresh `git clone` over the
-same smart-HTTP remote, and `git archive | tar -x` of the same tree from the mirror. It prints the disk
-each session uses (`du -sk` of its worktree, of its worktree's administrative folder inside the mirror,
-of its session folder) and of the mirror once. Target: the whole path at least 10x faster than the
-clone and within 2x of the extraction. Benchmarks print figures; nothing here asserts on timing.
+Shepherd runs as shipped: every agent in its bubblewrap sandbox (the session repository made and
+checked out inside the box, as the agent's uid, borrowing the mirror's objects). The agent stamps its
+start into a folder the benchmark shows it with `SHEPHERD_SANDBOX_PATHS`.
+
+In the same run it times the two baselines the target is stated against, like for like: a fresh
+`git clone` over the same smart-HTTP remote and `git archive | tar -x` of the same tree from the mirror,
+into the same file system as Shepherd's worktrees, one of each beside every measured session, taking
+turns in which goes first, each from the same state: dirty pages written back and, as root, the caches
+dropped before every step (see `settled`). It
+prints the sandbox's own start cost (a box that runs `true`, against `true` alone), the disk each
+session uses (`du -sk` of its worktree, of that repository's own `.git`, of its session folder) and of
+the mirror once. Target: the whole path at least 10x faster than the clone and within 2x of the
+extraction. Benchmarks print figures; nothing here asserts on timing.
 """
 
 from __future__ import annotations
@@ -83,7 +91,7 @@ class SessionFigures:
 
     seconds: float
     worktree_kb: int
-    admin_kb: int
+    git_kb: int
     session_kb: int
     # (command, seconds after the POST it started, seconds it took), up to the agent's start
     steps: list[tuple[str, float, float]] = field(default_factory=list)
@@ -96,6 +104,8 @@ class Results:
     archive_tar: list[float] = field(default_factory=list)
     clone_kb: int = 0
     mirror_kb: int = 0
+    box_start: list[float] = field(default_factory=list)
+    bare_start: list[float] = field(default_factory=list)
     files: int = 0
     commits: int = 0
     write_spacing: float = 1.0
@@ -109,13 +119,33 @@ def disk_kb(path: Path) -> int:
     return int(out.split()[0])
 
 
-def admin_folder(worktree: Path) -> Path | None:
-    """The worktree's folder inside the mirror (its index and HEAD), from the `.git` file."""
-    marker = worktree / ".git"
-    if not marker.is_file():
-        return None
-    text = marker.read_text().strip()
-    return Path(text.removeprefix("gitdir:").strip()) if text.startswith("gitdir:") else None
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def settled() -> None:
+    """The same state of the file system before every measured step: what earlier steps left dirty is
+    written back and (as root) the caches are dropped, so every step starts cold and none pays for or
+    profits from the one before. Without the drop, creating the same 20,000 files took anywhere from
+    0.5 s to 14 s here, growing with every tree written and deleted before; cold, 0.48-0.52 s."""
+    os.sync()
+    try:
+        DROP_CACHES.write_text("3\n")
+    except OSError:
+        pass
+
+
+def time_box_start(workspaces: Any, worktree: Path, times: int) -> tuple[list[float], list[float]]:
+    """The sandbox's own start cost: a box of the worktree running `true`, and `true` alone."""
+    from bot.sandbox import Box
+
+    box, bare = [], []
+    argv = workspaces.sandbox.wrap(["true"], Box(worktree=str(worktree), cwd=str(worktree)))
+    for _ in range(times):
+        for command, into in ((argv, box), (["true"], bare)):
+            start = time.perf_counter()
+            subprocess.run(command, check=True)
+            into.append(time.perf_counter() - start)
+    return box, bare
 
 
 def plain_git_env(scratch: Path, token: str) -> dict[str, str]:
@@ -158,6 +188,20 @@ def time_archive_tar(mirror: Path, target: Path, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def time_baselines(results: Results, bed: Bed, mirror: Path, env: dict[str, str], where: Path) -> None:
+    """One fresh clone and one extraction, each into a new folder after a `sync`, then removed."""
+    where.mkdir(parents=True)
+    settled()
+    clone = where / "clone"
+    results.fresh_clone.append(time_fresh_clone(bed.url, clone, env))
+    results.clone_kb = disk_kb(clone)
+    shutil.rmtree(clone)
+    settled()
+    export = where / "export"
+    results.archive_tar.append(time_archive_tar(mirror, export, env))
+    shutil.rmtree(where)
+
+
 class Bed:
     """Fake GitHub, git remote and an in-process Shepherd served on loopback."""
 
@@ -189,6 +233,7 @@ class Bed:
     async def start(self) -> None:
         script = self.scratch / "agent.sh"
         script.write_text(AGENT_SCRIPT.format(stamps=self.stamps, hold_ticks=HOLD_SECONDS * 10))
+        self.stamps.chmod(0o777)  # the agents' uid writes its stamps here
         settings = load_settings({
             "GITHUB_APP_ID": str(self.fake.app_id),
             "GITHUB_PRIVATE_KEY": self.fake.private_key_pem,
@@ -200,6 +245,7 @@ class Bed:
             "SHEPHERD_AGENT_COMMAND": f"sh {script}",
             "PORT": str(self.port),
             "SHEPHERD_WRITE_SPACING_SECONDS": str(self.write_spacing),
+            "SHEPHERD_SANDBOX_PATHS": f"{self.stamps}:rw",
         }, env_file=None)
         home = self.scratch / "agent-home"
         home.mkdir()
@@ -274,14 +320,15 @@ class Bed:
             await asyncio.sleep(POLL)
         return posted_at, float(stamp.read_text()), number
 
-    def disk_of(self, number: int) -> tuple[int, int, int]:
-        """(worktree, its folder in the mirror, session folder) in KiB, while the agent runs."""
+    def worktree_of(self, number: int) -> Path:
         session = self.engine.last_session(REPO, number)
-        context = self.engine.context_of(session.id)
-        worktree = Path(context["worktree"])
-        admin = admin_folder(worktree)
-        return (disk_kb(worktree), disk_kb(admin) if admin else 0,
-                disk_kb(self.engine.session_dir(session.id)))
+        return Path(self.engine.context_of(session.id)["worktree"])
+
+    def disk_of(self, number: int) -> tuple[int, int, int]:
+        """(worktree, its own `.git`, session folder) in KiB, while the agent runs."""
+        session = self.engine.last_session(REPO, number)
+        worktree = self.worktree_of(number)
+        return (disk_kb(worktree), disk_kb(worktree / ".git"), disk_kb(self.engine.session_dir(session.id)))
 
     async def finish(self, number: int) -> None:
         """Let the agent exit, then wait until its session stops and the engine is idle."""
@@ -325,11 +372,11 @@ class Bed:
         """Wait until the background refill has put `size` ready worktrees in the pool."""
         pool = self.engine.workspaces.pool_dir(REPO)
         deadline = time.monotonic() + SESSION_TIMEOUT
-        while sum(1 for p in (pool.iterdir() if pool.is_dir() else ()) if (p / ".git").exists()) < size:
+        while sum(1 for p in (pool.iterdir() if pool.is_dir() else ()) if p.name.endswith(".ready")) < size:
             if time.monotonic() > deadline:
                 raise RuntimeError("the pool was never refilled")
             await asyncio.sleep(POLL)
-        # The refill's task ends after its last `git worktree add`; let it finish before timing.
+        # The refill's task ends after its last repository is ready; let it finish before timing.
         while self.engine._tasks:  # noqa: SLF001 - the benchmark waits for the runtime's background work
             await asyncio.sleep(POLL)
 
@@ -357,25 +404,26 @@ async def measure(files: int, commits: int, rounds: int, pool: int, write_spacin
                 await bed.finish(number)
             figures: list[SessionFigures] = []
             for round_number in range(rounds):
+                # The baselines take turns with the session in going first, on the same file system.
+                baselines_first = round_number % 2 == 1
+                if baselines_first:
+                    time_baselines(results, bed, mirror, env, scratch / f"{size}-{round_number}")
                 if size:
                     await bed.pool_ready(size)
                 await bed.quiet()
+                settled()
                 posted_at, started_at, number = await bed.label_to_start(
                     f"Measured session {round_number} ({name})")
-                worktree_kb, admin_kb, session_kb = bed.disk_of(number)
-                figures.append(SessionFigures(started_at - posted_at, worktree_kb, admin_kb, session_kb,
+                worktree_kb, git_kb, session_kb = bed.disk_of(number)
+                figures.append(SessionFigures(started_at - posted_at, worktree_kb, git_kb, session_kb,
                                               bed.steps_of(number, posted_at, started_at)))
+                if not results.box_start:
+                    results.box_start, results.bare_start = time_box_start(
+                        bed.engine.workspaces, bed.worktree_of(number), 20)
                 await bed.finish(number)
+                if not baselines_first:
+                    time_baselines(results, bed, mirror, env, scratch / f"{size}-{round_number}")
             results.label_to_start[name] = figures
-
-        for round_number in range(rounds):
-            clone = scratch / f"clone-{round_number}"
-            results.fresh_clone.append(time_fresh_clone(bed.url, clone, env))
-            results.clone_kb = disk_kb(clone)
-            shutil.rmtree(clone)
-            export = scratch / f"export-{round_number}"
-            results.archive_tar.append(time_archive_tar(mirror, export, env))
-            shutil.rmtree(export)
         results.mirror_kb = disk_kb(mirror)
     finally:
         await bed.stop()
@@ -398,6 +446,10 @@ def report(results: Results) -> str:
     for name, values in (("fresh git clone over HTTP", results.fresh_clone),
                          ("git archive | tar -x", results.archive_tar)):
         lines.append(f"  {name:<46} {statistics.median(values):8.3f} {min(values):8.3f} {max(values):8.3f}")
+    if results.box_start:
+        box, bare = statistics.median(results.box_start), statistics.median(results.bare_start)
+        lines.append(f"  {'the sandbox itself: a box running true':<46} {box:8.3f} {min(results.box_start):8.3f}"
+                     f" {max(results.box_start):8.3f}   (true alone: {bare:.3f})")
     lines.append("  against the targets (medians):")
     for name, figures in results.label_to_start.items():
         whole = statistics.median(f.seconds for f in figures)
@@ -407,7 +459,7 @@ def report(results: Results) -> str:
     for name, figures in results.label_to_start.items():
         lines.append(
             f"    {name:<24} worktree {statistics.median(f.worktree_kb for f in figures):>8.0f}"
-            f"  its folder in the mirror {statistics.median(f.admin_kb for f in figures):>6.0f}"
+            f"  its .git {statistics.median(f.git_kb for f in figures):>6.0f}"
             f"  session folder {statistics.median(f.session_kb for f in figures):>5.0f}"
         )
     lines.append(f"    shared once: mirror {results.mirror_kb} KiB; for comparison a fresh clone takes "
