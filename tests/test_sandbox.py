@@ -92,3 +92,18 @@ def test_a_machine_without_bubblewrap_refuses_to_start_with_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"shepherd: cannot start: {NO_BWRAP}"
     assert "Traceback" not in done.stderr
+
+
+async def test_shepherd_agent_user_is_who_the_agent_runs_as(shepherd_with, fake_github, git_remote):
+    # The operator's choice of uid works end to end: the agent reads its prompt, writes its worktree,
+    # runs git and the shepherd tool, and Shepherd commits, exports and pushes what it did.
+    shepherd = await shepherd_with("""
+id -u > uid.txt
+git add uid.txt && git commit -q -m "Who am I"
+shepherd done "wrote my uid"
+""", SHEPHERD_AGENT_USER="nobody")
+    fake_github.add_issue(REPO, title="Who runs me")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE, session.failure_reason
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "uid.txt") == "65534\n"
