@@ -107,3 +107,32 @@ shepherd done "wrote my uid"
     session = await shepherd.ended(1)
     assert session.state == State.COMPLETE, session.failure_reason
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "uid.txt") == "65534\n"
+
+
+async def test_webhooks_are_answered_while_an_agent_fork_bombs(shepherd_with, fake_github, git_remote):
+    # The bomb is held to its own turn's cgroup: the server keeps answering, and the turn fails with
+    # the limit named.
+    shepherd = await shepherd_with("""
+echo bomb > bomb.txt && git add bomb.txt && git commit -q -m bomb
+touch "$HOME/bomb-started"
+bomb() { bomb | bomb & }
+bomb
+sleep 120
+""")
+    fake_github.add_issue(REPO, title="Fork bomb")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    started = await shepherd.until(lambda: (s := shepherd.session(1)) and s.running_turn and s)
+    home = shepherd.engine.session_dir(started.id) / "home"
+    await shepherd.until(lambda: (home / "bomb-started").exists())
+    answers = []
+    for _ in range(5):
+        health = await shepherd.client.get("/healthz")
+        answers.append(health.status)
+        answers.append(await shepherd.deliver("ping", {"zen": "Keep it logically awesome.", "hook_id": 1}))
+    assert answers == [200, 200] * 5
+    session = await shepherd.ended(1, timeout=120)
+    assert session.state == State.FAILED
+    await shepherd.settle()
+    [status] = status_comments(fake_github, 1)
+    assert "went past a limit of its sandbox" in status["body"]
+    assert "processes at once and was stopped" in status["body"]  # the limit, named in the log tail
