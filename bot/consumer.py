@@ -18,10 +18,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from gidgethub import routing, sansio
 
 from bot.delivery_writer import DeliveryWriter, Outcome
+from bot.payload import load_payload
 from bot.pressure import IngestPressure
 from bot.store import PENDING, Store
 
@@ -237,10 +237,7 @@ class Consumer:
         if head.event is None and head.body is not None:
             body, head.body = head.body, None
             self._held_bytes -= len(body)
-            try:
-                payload = orjson.loads(body)
-            except orjson.JSONDecodeError:  # the webhook checked it; never expected
-                payload = None
+            payload = load_payload(body)
             if isinstance(payload, dict):
                 assert head.event_name is not None
                 head.event = sansio.Event(payload, event=head.event_name, delivery_id=head.id)

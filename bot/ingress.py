@@ -11,6 +11,7 @@ consumer parses the body in full when the delivery's turn comes.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,6 +22,7 @@ from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
 from bot.delivery_writer import DeliveryWriter
+from bot.payload import load_payload
 from bot.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ ACCEPTED = "accepted"
 ALREADY_SEEN = "already received"
 PONG = "pong"
 
+
+# Only GitHub's SHA-256 signature counts: not the legacy SHA-1 header, not `sha1=` in this one (which
+# gidgethub would check as SHA-1), and nothing that is not exactly 64 hex digits (a non-ASCII value
+# would make the constant-time comparison raise).
+_SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}", re.ASCII)
+# simdjson's own words for valid JSON it cannot hold: a number past 64 bits, nesting past its depth.
+_UNREPRESENTABLE = ("BIGINT_ERROR", "DEPTH_ERROR", "NUMBER_ERROR")
 
 # A JSON object or array, parsed in full (dict, list) or lazily (simdjson's proxies).
 _OBJECT = (dict, simdjson.Object)
@@ -95,15 +104,20 @@ class FactReader:
         """The facts, or None when the body is not a JSON object (malformed, not UTF-8, an array...)."""
         try:
             return self._facts(event, self._parser.parse(body))
-        except RuntimeError:  # the parser still had a live proxy: never expected, but never fatal
+        except RuntimeError as error:
+            if str(error).startswith(_UNREPRESENTABLE):
+                # Valid JSON simdjson cannot hold: the full parser decides (a number past 64 bits
+                # is fine; nesting deeper than Python can hold is not a payload).
+                return self._facts(event, load_payload(body))
+            # The parser still had a live proxy: never expected, but never fatal.
             self._parser = simdjson.Parser()
-            return self._facts(event, self._parser.parse(body))
+            return self.read(event, body)
         except ValueError:  # simdjson's errors, UnicodeDecodeError included
             return None
 
     @staticmethod
     def _facts(event: str, document: Any) -> Facts | None:
-        if not isinstance(document, simdjson.Object):
+        if not isinstance(document, _OBJECT):
             return None
         installation_id = _field(document.get("installation"), "id")
         action = document.get("action")
@@ -159,8 +173,8 @@ def make_webhook_handler(
             return answer(400, MISSING_HEADERS)
         signature = request.headers.get("X-Hub-Signature-256", "")
         try:
-            if not signature:
-                raise ValidationFailure("no signature")
+            if not _SIGNATURE.fullmatch(signature):
+                raise ValidationFailure("no SHA-256 signature")
             validate_event(body, signature=signature, secret=secret)
         except ValidationFailure:
             log.warning("delivery %s refused: bad signature", delivery_id)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import orjson
+
+from bot.payload import load_payload
 
 # Delivery ids are remembered at least this long (SPEC §6: at least 7 days).
 DELIVERY_RETENTION_SECONDS = 8 * 24 * 3600
@@ -209,7 +210,11 @@ class Delivery:
     last_error: str | None
 
     def payload(self) -> dict[str, Any]:
-        return orjson.loads(self.body)
+        """The body parsed; ValueError when it is not a JSON object (the webhook let only those in)."""
+        payload = load_payload(self.body)
+        if not isinstance(payload, dict):
+            raise ValueError("the stored delivery is not a JSON object")
+        return payload
 
 
 class Store:

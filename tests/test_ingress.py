@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 
 import pytest
@@ -52,6 +54,10 @@ async def _post(client, body: bytes, headers: dict[str, str]):
         ("an empty body", 400),
         ("an object followed by more", 400),
         ("a string that is not utf-8", 400),
+        ("nesting deeper than any payload", 400),
+        ("a sha1 signature in the sha256 header", 401),
+        ("only the legacy sha1 header", 401),
+        ("a signature header that is not ascii", 401),
     ],
 )
 async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
@@ -90,10 +96,31 @@ async def test_rejected_deliveries_get_their_code_and_nothing_is_stored(
         body = body.replace(b'"Add export"', b'"Add \xff export"')
         assert b"\xff" in body
         headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "nesting deeper than any payload":
+        body = b'{"action": "labeled", "deep": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+        headers["X-Hub-Signature-256"] = payloads.sign(body, secret)
+    elif case == "a sha1 signature in the sha256 header":
+        headers["X-Hub-Signature-256"] = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+    elif case == "only the legacy sha1 header":
+        del headers["X-Hub-Signature-256"]
+        headers["X-Hub-Signature"] = "sha1=" + hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+    elif case == "a signature header that is not ascii":
+        headers["X-Hub-Signature-256"] = "sha256=" + "é" * 64
     got, answer = await _post(shepherd, body, headers)
     assert got == status, answer
     assert answer["message"]
     assert _stored(shepherd) == []
+
+
+async def test_a_valid_payload_with_a_number_beyond_64_bits_is_stored_and_handled(shepherd, fake_github):
+    payload = _labeled(fake_github)
+    payload["issue"]["huge"] = 2**70  # valid JSON; a 64-bit parser cannot hold it
+    body, headers = payloads.fake_delivery(fake_github, "issues", payload)
+    assert str(2**70).encode() in body
+    got, answer = await _post(shepherd, body, headers)
+    assert got == 202, answer
+    [stored] = _stored(shepherd)
+    assert stored.payload()["issue"]["huge"] == 2**70
 
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "Application/JSON"])
