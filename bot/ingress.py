@@ -10,6 +10,7 @@ consumer parses the body in full when the delivery's turn comes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import Callable
@@ -30,7 +31,15 @@ log = logging.getLogger(__name__)
 # GitHub does not deliver payloads over 25 MB; anything larger is not from GitHub.
 MAX_BODY_BYTES = 25 * 1024 * 1024
 
+# A body must arrive within this time, and only so many large ones are read at once: a stranger who
+# opens many connections and sends 24 MB bodies slowly must not grow the server's memory without end.
+BODY_TIMEOUT_SECONDS = 30.0
+LARGE_BODY_BYTES = 1024 * 1024  # a typical delivery is under 100 KB; unknown lengths count as large
+MAX_LARGE_BODIES = 4
+
 MISSING_HEADERS = "missing X-GitHub-Event or X-GitHub-Delivery header"
+BODY_TOO_SLOW = "the body did not arrive in time"
+TOO_BUSY = "too many large deliveries at once; GitHub can redeliver this one"
 BAD_SIGNATURE = "missing or invalid X-Hub-Signature-256"
 NOT_JSON = "content type must be application/json"
 MALFORMED_JSON = "body is not a JSON object"
@@ -91,6 +100,10 @@ class Facts(NamedTuple):
     ordering_key: str
 
 
+class TooBusy(Exception):
+    """As many large bodies as allowed are already being read."""
+
+
 class FactReader:
     """Validates a body as a JSON object and reads its `Facts`, building no more Python objects than those.
 
@@ -131,7 +144,8 @@ class FactReader:
 _BODIES = {
     text: orjson.dumps({"message": text})
     for text in (
-        MISSING_HEADERS, BAD_SIGNATURE, NOT_JSON, MALFORMED_JSON, TOO_LARGE, ACCEPTED, ALREADY_SEEN, PONG
+        MISSING_HEADERS, BAD_SIGNATURE, NOT_JSON, MALFORMED_JSON, TOO_LARGE, ACCEPTED, ALREADY_SEEN, PONG,
+        BODY_TOO_SLOW, TOO_BUSY,
     )
 }
 
@@ -142,6 +156,8 @@ def make_webhook_handler(
     writer: DeliveryWriter,
     metrics: Metrics,
     on_stored: Callable[..., None],
+    body_timeout: float | None = None,
+    max_large_bodies: int | None = None,
 ) -> Callable[[web.Request], Any]:
     """Build the aiohttp handler for `POST /webhook`; deliveries are stored through `writer`.
 
@@ -149,6 +165,19 @@ def make_webhook_handler(
     delivery is committed."""
     facts_of = FactReader().read
     counters: dict[int, Any] = {}  # answer code -> its labelled counter, looked up once
+    body_timeout = BODY_TIMEOUT_SECONDS if body_timeout is None else body_timeout
+    max_large_bodies = MAX_LARGE_BODIES if max_large_bodies is None else max_large_bodies
+    large_bodies = asyncio.Semaphore(max_large_bodies)
+
+    async def read_body(request: web.Request) -> bytes:
+        """The body within `body_timeout`; a large one only while fewer than the limit are read."""
+        length = request.content_length
+        if length is not None and length <= LARGE_BODY_BYTES:
+            return await asyncio.wait_for(request.read(), body_timeout)
+        if large_bodies.locked():
+            raise TooBusy
+        async with large_bodies:
+            return await asyncio.wait_for(request.read(), body_timeout)
 
     def answer(status: int, text: str) -> web.Response:
         counter = counters.get(status)
@@ -164,9 +193,15 @@ def make_webhook_handler(
         event = request.headers.get("X-GitHub-Event")
         delivery_id = request.headers.get("X-GitHub-Delivery")
         try:
-            body = await request.read()
+            body = await read_body(request)
         except web.HTTPRequestEntityTooLarge:
             return answer(413, TOO_LARGE)
+        except asyncio.TimeoutError:
+            log.warning("delivery %s refused: its body did not arrive within %.0f s", delivery_id, body_timeout)
+            return answer(408, BODY_TOO_SLOW)
+        except TooBusy:
+            log.warning("delivery %s refused: %d large bodies already being read", delivery_id, max_large_bodies)
+            return answer(503, TOO_BUSY)
         if len(body) > MAX_BODY_BYTES:
             return answer(413, TOO_LARGE)
         if not event or not delivery_id:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 
 import pytest
 
+from bot import ingress
 from bot.app import SERVICES, create_app
 from bot.consumer import RetryPolicy
 from bot.store import DONE
@@ -251,3 +253,49 @@ async def test_setup_mode_refuses_deliveries(aiohttp_client, tmp_path):
     response = await client.post("/webhook", data=b"{}", headers={"X-GitHub-Event": "ping"})
     assert response.status == 503
     assert (await (await client.get("/healthz")).json())["mode"] == "setup"
+
+
+async def _open_body(port: int, length: int, sent: bytes = b"x" * 100):
+    """A delivery whose headers promise `length` bytes, of which only `sent` arrive."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        f"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-GitHub-Event: issues\r\nX-GitHub-Delivery: slow-{length}-{id(reader)}\r\n"
+        f"X-Hub-Signature-256: sha256={'0' * 64}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    writer.write(head.encode() + sent)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_a_body_that_never_ends_gets_408_and_others_are_answered(
+    aiohttp_client, shepherd_settings, fake_github, monkeypatch
+):
+    monkeypatch.setattr(ingress, "BODY_TIMEOUT_SECONDS", 1.0)
+    client = await aiohttp_client(create_app(shepherd_settings, retry=RetryPolicy(max_attempts=2, first_delay=0.01)))
+    reader, writer = await _open_body(client.port, 5000)
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github))
+    assert (await _post(client, body, headers))[0] == 202  # served while the slow one hangs
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 408"), status_line
+    writer.close()
+    assert [d.id for d in _stored(client)] == [headers["X-GitHub-Delivery"]]
+
+
+async def test_large_bodies_are_read_a_few_at_a_time_and_small_ones_still_pass(
+    aiohttp_client, shepherd_settings, fake_github, monkeypatch
+):
+    monkeypatch.setattr(ingress, "MAX_LARGE_BODIES", 2)
+    monkeypatch.setattr(ingress, "BODY_TIMEOUT_SECONDS", 5.0)
+    client = await aiohttp_client(create_app(shepherd_settings, retry=RetryPolicy(max_attempts=2, first_delay=0.01)))
+    slow = [await _open_body(client.port, 24 * 1024 * 1024) for _ in range(2)]
+    await asyncio.sleep(0.2)  # both are being read now
+    reader, writer = await _open_body(client.port, 24 * 1024 * 1024)
+    status_line = await asyncio.wait_for(reader.readline(), 10)
+    assert status_line.startswith(b"HTTP/1.1 503"), status_line  # a third large one waits for no one
+    writer.close()
+    body, headers = payloads.fake_delivery(fake_github, "issues", _labeled(fake_github))
+    assert (await _post(client, body, headers))[0] == 202
+    for slow_reader, slow_writer in slow:  # the two large ones end as slow bodies, not as errors
+        assert (await asyncio.wait_for(slow_reader.readline(), 15)).startswith(b"HTTP/1.1 408")
+        slow_writer.close()
