@@ -647,15 +647,19 @@ class Stats:
 
     def __init__(self, path: str) -> None:
         self.path = os.path.abspath(path)
-        self.allowed = 0
-        self.refused = 0
-        self.refused_hosts: dict[str, int] = {}
+        # Each turn starts its own proxy; the counts are the session's, so carry on from the last turn's.
+        earlier = read_stats(self.path)
+        self.allowed = int(earlier["allowed"])
+        self.refused = int(earlier["refused"])
+        self.refused_hosts: dict[str, int] = dict(earlier["refused_hosts"])
         self.dirty = True
         self._failed = False
 
     def count_allowed(self) -> None:
         self.allowed += 1
-        self.dirty = True
+        # At once, like a refusal: the proxy is killed with its turn, and a turn's last connection
+        # must be counted too. Connections are few (a model's requests), so the writes are too.
+        self.write()
 
     def count_refused(self, target: str) -> None:
         self.refused += 1

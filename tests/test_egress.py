@@ -506,3 +506,16 @@ def test_model_endpoints():
         "api.anthropic.com:443",
         "api.openai.com:443",
     ]
+
+
+def test_counts_are_the_sessions_and_each_connection_is_written_at_once(egress_env, target):
+    # Each turn starts its own proxy, and the proxy dies with its turn (SIGKILL, no goodbye): the
+    # counts carry on from the last turn's and a connection is on disk as soon as it is let through.
+    egress_env.stats.write_text(json.dumps({"allowed": 2, "refused": 1, "refused_hosts": {"a.example:443": 1}}))
+    egress_env.start_proxy(f"127.0.0.1:{target.port}")
+    forward = egress_env.start_forwarder()
+    status, _ = proxied_get(forward, f"http://127.0.0.1:{target.port}/hello")
+    assert status == 200
+    egress_env.proxy.kill()
+    egress_env.proxy.wait(timeout=10)
+    assert egress.read_stats(egress_env.stats) == {"allowed": 3, "refused": 1, "refused_hosts": {"a.example:443": 1}}
