@@ -115,6 +115,17 @@ def fence(text: str) -> str:
     return "`" * max(3, longest + 1)
 
 
+def code_span(text: str) -> str:
+    """`text` as one inline code span whatever it holds: a backtick run longer than any inside it,
+    padded when it starts or ends with one, and line breaks and control characters shown, not kept
+    (a file name with a backtick, a `](url)` or a newline must not become a link or a new line)."""
+    flat = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{ticks}{pad}{flat}{pad}{ticks}"
+
+
 def quote(text: str) -> str:
     """Markdown block quote of every line."""
     return "\n".join(f"> {line}" if line else ">" for line in text.split("\n"))
@@ -165,7 +176,7 @@ def render(name: str, **values: Any) -> str:
 def _files(files: Sequence[ChangedFile]) -> dict[str, Any]:
     shown = sorted(files, key=lambda f: f.path)[:MAX_FILES_SHOWN]
     return {
-        "shown": [{"path": agent_text(f.path), "added": f.added, "removed": f.removed} for f in shown],
+        "shown": [{"path": code_span(agent_text(f.path)), "added": f.added, "removed": f.removed} for f in shown],
         "count": len(files),
         "hidden": max(0, len(files) - len(shown)),
         "added": sum(f.added for f in files),

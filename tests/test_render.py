@@ -87,3 +87,26 @@ def test_templates_refuse_a_missing_value() -> None:
 def test_fence_outgrows_backticks() -> None:
     assert render.fence("a ```` b") == "`````"
     assert render.fence("plain") == "```"
+
+
+@pytest.mark.parametrize("name", [
+    "a`b.txt",
+    "x`](https://evil.example)`y.md",
+    "``two``",
+    "pipe|and|more.txt",
+    "line\nbreak - [ ] task.md",
+    "tail`",
+])
+def test_a_hostile_file_name_stays_one_code_span_on_one_line(name: str) -> None:
+    from bot.effects import ChangedFile
+
+    body = render.render_status(session(state=State.WORKING), replace(CONTEXT, changed_files=(ChangedFile(name, 1, 0),)))
+    [line] = [line for line in body.splitlines() if line.startswith("- ") and "+1 −0" in line]
+    span = line[2:].rsplit(" +1 −0", 1)[0]
+    ticks = len(span) - len(span.lstrip("`"))
+    # One code span: opened and closed by the same run of backticks, none that long inside it.
+    assert ticks >= 1 and span.endswith("`" * ticks) and not span.endswith("`" * (ticks + 1))
+    inside = span[ticks:-ticks]
+    assert "`" * ticks not in inside
+    assert "\n" not in inside and len(body.splitlines()) == len(render.render_status(
+        session(state=State.WORKING), replace(CONTEXT, changed_files=(ChangedFile("plain.txt", 1, 0),))).splitlines())
