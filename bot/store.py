@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-
 from bot.payload import load_payload
 
 # Delivery ids are remembered at least this long (SPEC §6: at least 7 days).
