@@ -294,6 +294,11 @@ class Engine:
         found = self.sessions.last_for_branch(full_name, branch)
         return found.session if found else None
 
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        """The session whose pull request is `number`, from Shepherd's own records (no GitHub call)."""
+        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
     async def cancel_installation(self, installation_id: int, *, reason: str) -> None:
         for stored in self.sessions.for_installation(installation_id):
             log.info("cancelling %s: %s", stored.session.id, reason)

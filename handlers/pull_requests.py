@@ -118,6 +118,8 @@ async def start_comment_round(
     if is_bot(comment.get("user")):
         return
     owner, repo, full_name = _repo(event)
+    if engine.session_for_pull(full_name, issue["number"]) is None:
+        return  # not a pull request Shepherd opened, by its own records: no call on the budget
     pull = await gh.getitem(
         "/repos/{owner}/{repo}/pulls/{pull_number}", {"owner": owner, "repo": repo, "pull_number": issue["number"]}
     )

@@ -127,6 +127,13 @@ class MemoryEngine:
                     return session
         return None
 
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        for (repo, _number), sessions in self.sessions.items():
+            for session in reversed(sessions):
+                if repo == full_name and session.pr_number == number:
+                    return session
+        return None
+
     async def cancel_installation(self, installation_id: int, *, reason: str) -> None:  # pragma: no cover
         raise NotImplementedError
 

@@ -193,6 +193,10 @@ class MemoryEngine:
         found = [s for s in self.sessions.values() if s.repo == full_name and s.branch == branch]
         return max(found, key=lambda s: s.attempt) if found else None
 
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        found = [s for s in self.sessions.values() if s.repo == full_name and s.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
 
 async def opened_session(bed: Bed, engine: MemoryEngine, limits: Limits = Limits(), files: dict[str, str] | None = None):
     """A session whose work is pushed and whose PR is open, as the core sees it; returns (session, worktree)."""

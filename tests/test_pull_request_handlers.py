@@ -245,3 +245,17 @@ async def test_the_repository_policy_can_raise_who_may_start_a_round(bed):
         await _run(bed, engine, "pull_request_review", payload, policies=RepoPolicies())
 
     assert [e.author for e in engine.events] == ["lead"]
+
+
+async def test_comments_on_a_pr_shepherd_did_not_open_cost_no_github_call(bed):
+    # Anyone can comment on a public repository's PRs: the cheap check (is this one of Shepherd's
+    # PRs, by its own records) comes before any call on the installation's budget.
+    engine = MemoryEngine(bed)
+    await opened_session(bed, engine)
+    pull = bed.fake.add_pull(REPO, head="feature/human", title="A human's PR")
+    before = len(bed.fake.calls)
+    for n in range(20):
+        comment = bed.fake.add_comment(REPO, pull["number"], f"spam {n}", user="mallory")
+        await _run(bed, engine, "issue_comment", payloads.issue_comment_created(bed.fake, REPO, pull["number"], comment))
+    assert bed.fake.calls[before:] == []
+    assert engine.events == []
