@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sqlite3
 import sys
 from dataclasses import dataclass
@@ -114,12 +115,13 @@ def status_line(session: Session, now: datetime) -> str:
     """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow`."""
     mark = STATUS_MARKS.get(session.state, LIVE_MARK)
     age = format_age(session.created_at, now)
-    line = f"{mark} {session.repo}#{session.issue_number} {str(session.state).upper()} ({age}) {session.issue_title}"
+    title = _one_line(session.issue_title, limit=200)
+    line = f"{mark} {session.repo}#{session.issue_number} {str(session.state).upper()} ({age}) {title}"
     question = open_question(session)
     if question:
         line += f"\n      ? {_one_line(question)}"
     if session.pr_url:
-        line += f"\n      PR {session.pr_url}"
+        line += f"\n      PR {_one_line(session.pr_url)}"
     return line
 
 
@@ -131,9 +133,14 @@ def render_status(rows: list[SessionRow], now: datetime | None = None) -> str:
     return "\n".join(status_line(row.session, now) for row in rows)
 
 
+# Titles and questions are written by strangers and agents: an escape sequence must be shown, never
+# obeyed by the operator's terminal (C0 and C1 controls, DEL; whitespace becomes single spaces).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
 def _one_line(text: str, limit: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    shown = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(text.split()))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def run_status(args: argparse.Namespace) -> int:

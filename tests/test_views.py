@@ -208,3 +208,18 @@ async def test_load_sessions_skips_a_broken_row(views):
         "INSERT INTO sessions VALUES ('x', 'a/b', 1, 7, 'agent/x', 'working', '{not json', '{}', 0, 0)"
     )
     assert [row.session.issue_number for row in load_sessions(store.db)] == [124, 7, 120, 121]
+
+
+def test_terminal_lines_carry_no_escape_sequence_from_a_title_or_a_question():
+    from bot.session import Question
+    from bot.status_view import SessionRow
+
+    hostile = make_session("acme/web", 9, "Fix \x1b]0;pwned\x07 the \x1b[2J title\r\rand more", State.WORKING,
+                           minutes_ago=5)
+    asking = make_session("acme/web", 10, "Ask", State.STUCK, minutes_ago=5,
+                          question=Question("q1", "Which \x1b[31mred\x1b[0m one?\x9b2J", (), None, 1, NOW))
+    text = render_status([SessionRow(hostile), SessionRow(asking)], now=NOW)
+    assert "\x1b" not in text and "\x07" not in text and "\r" not in text and "\x9b" not in text
+    lines = text.splitlines()
+    assert lines[0].startswith("[>] acme/web#9 WORKING (5m) Fix ") and "pwned" in lines[0]  # shown, not obeyed
+    assert len(lines) == 3  # the title did not add or rewrite a line
