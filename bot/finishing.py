@@ -39,8 +39,8 @@ from bot.confinement import for_session as confinement_for
 from bot.processes import REASON_EXITED, log_tail
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
-from bot.render import environment, fence
-from bot.sanitize import marker, neutralise_for_github
+from bot.render import code_span, environment, fence
+from bot.sanitize import closing_references, marker, neutralise_for_github
 from bot.coordination import test_merge
 from bot.session import (
     Event,
@@ -64,6 +64,10 @@ GITHUB_REFUSED = "GitHub refused to {what} ({status}): {message}"
 GIT_FAILED = "git failed: {message}"
 WORKSPACE_FAILED = "the worktree cannot be used: {message}"
 NO_SUMMARY = "_The agent did not write a summary._"
+CLOSING_COMMIT = (
+    "> ⚠️ Merged, the message of commit `{sha}` would close {references} as well (GitHub reads closing "
+    "keywords in commit messages): reword the commit before merging, or reopen what it closes."
+)
 NO_DIFF = "(no file changes)"
 TEST_NONE = "no `test` command is configured in `.github/shepherd.yml`."
 TEST_PASSED = "`{command}` exited with code 0."
@@ -189,6 +193,7 @@ class Finisher:
             raise FinishRefused(PROTECTED_REFUSED.format(paths=", ".join(touched)))
 
         commits, commit_count = await self._commits(full_name, ref, base)
+        closing = await self._closing_commits(full_name, ref, base, session.issue_number)
         if commit_count == 0:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
         conflicts = await self._test_merge(context, head, base)
@@ -203,7 +208,7 @@ class Finisher:
 
         head_sha = await self._push(context, branch)
 
-        body = self._body(session, branch, base, commits, commit_count, diffstat, test)
+        body = self._body(session, branch, base, commits, commit_count, diffstat, test, closing)
         draft = bool(context.policy.draft) or (test is not None and not test.passed)
         return await self._open_or_update(session, command, context, branch, base, body, draft, head_sha)
 
@@ -235,6 +240,21 @@ class Finisher:
             sha, _, subject = line.partition("\t")
             commits.append(Commit(sha, neutralise_for_github(subject) or "(no message)"))
         return commits, count
+
+    async def _closing_commits(self, full_name: str, ref: str, base: str, issue: int) -> list[str]:
+        """A warning per commit whose message would close issues other than this one when merged."""
+        out = await self._git.run(
+            "log", "--no-decorate", "--no-color", f"--max-count={MAX_COMMITS_LISTED}", "--format=%h%x00%B%x1e",
+            f"refs/remotes/origin/{base}..{ref}", "--", mirror=self._workspaces.mirror(full_name),
+        )
+        warnings = []
+        for record in out.split("\x1e"):
+            sha, _, message = record.strip("\n").partition("\x00")
+            others = [r for r in closing_references(message) if r not in (f"#{issue}", f"GH-{issue}")]
+            if sha and others:
+                shown = ", ".join(code_span(r) for r in dict.fromkeys(others))
+                warnings.append(CLOSING_COMMIT.format(sha=sha, references=shown))
+        return warnings
 
     async def _diffstat(self, full_name: str, ref: str, base: str) -> str:
         out = await self._git.run(
@@ -316,6 +336,7 @@ class Finisher:
         commit_count: int,
         diffstat: str,
         test: TestRun | None,
+        closing: list[str] = (),  # type: ignore[assignment]
     ) -> str:
         tail = neutralise_for_github(test.tail) if test is not None else ""
         return render(
@@ -326,6 +347,7 @@ class Finisher:
             base=base,
             commits=commits,
             commit_count=commit_count,
+            closing=list(closing),
             diffstat=diffstat,
             diffstat_fence=fence(diffstat),
             test_line=test.line() if test is not None else TEST_NONE,

@@ -29,13 +29,22 @@ _HIDDEN_ATTRIBUTE_ELEMENT = re.compile(
 )
 _MARKER = re.compile(r"shepherd\s*:\s*[a-z-]+(?:\s+[a-z_]+=\S*)*", re.IGNORECASE)
 _MENTION = re.compile(r"(?<![\w`/])@(?=[A-Za-z0-9][A-Za-z0-9-]*)")
+# Every way GitHub reads "this closes that": a closing keyword, a colon and/or spaces, then an issue
+# reference in any of its spellings: `#2`, `owner/repo#2`, `GH-2`, an issue or pull URL, a Markdown link
+# (`[#2](url)`), or `#` written as an HTML entity. The reference is kept; "issue " goes between them.
+_REFERENCE = (
+    r"(?:[\w.-]+/[\w.-]+)?#\d+"
+    r"|GH-\d+"
+    r"|https?://\S+/(?:issues|pull)/\d+"
+    r"|\[[^\]\n]*\]\("
+    r"|&(?:#0*35|#[xX]0*23|num);\d+"
+)
 _CLOSING = re.compile(
-    r"\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(\s*:?\s+)(?=(?:[\w.-]+/[\w.-]+)?#\d+)",
+    rf"\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(\s*:\s*|\s+)(?=(?:{_REFERENCE}))",
     re.IGNORECASE,
 )
-_CLOSING_URL = re.compile(
-    r"\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)(\s*:?\s+)(?=https?://\S+/(?:issues|pull)/\d+)",
-    re.IGNORECASE,
+_CLOSED_REFERENCE = re.compile(
+    rf"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)(?:\s*:\s*|\s+)({_REFERENCE})", re.IGNORECASE
 )
 _ZERO_WIDTH_JOINER = "\u200d"
 
@@ -76,8 +85,12 @@ def neutralise_for_github(text: str | None) -> str:
     text = _MARKER.sub("(marker removed)", text)
     text = _MENTION.sub("@" + _ZERO_WIDTH_JOINER, text)  # renders as "@name" but notifies nobody
     text = _CLOSING.sub(lambda m: f"{m.group(1)}{m.group(2)}issue ", text)
-    text = _CLOSING_URL.sub(lambda m: f"{m.group(1)}{m.group(2)}issue ", text)
     return text.strip()
+
+
+def closing_references(text: str | None) -> list[str]:
+    """The issue references `text` would close on GitHub (`#2`, `GH-2`, a URL, ...), in order."""
+    return [match.group(1) for match in _CLOSED_REFERENCE.finditer(text or "")]
 
 
 def marker(kind: str, **fields: object) -> str:

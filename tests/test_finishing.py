@@ -219,3 +219,22 @@ def test_fences_outgrow_the_text_they_hold():
 
 def test_session_ids_become_safe_folder_names():
     assert session_folder_name("acme/web#3/1") == "acme-web-3-1"
+
+
+async def test_a_commit_message_that_would_close_another_issue_is_reported_in_the_pr(bed):
+    # GitHub closes the issues a merged commit's message names with a closing keyword; Shepherd does
+    # not rewrite the agent's commits, so it tells the reviewer before anyone merges.
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    sha = await agent_commit(bed, tree, {"a.txt": "a\n"}, "Refactor the exporter\n\nFixes #77 and resolves GH-78")
+    await agent_commit(bed, tree, {"b.txt": "b\n"}, f"Finish\n\nCloses #{session.issue_number}")
+    session = turn_done(bed, session, SUMMARY)
+
+    events = await _finish(bed, session)
+
+    assert isinstance(events[0], PullRequestOpened), events
+    body = bed.fake.pulls(REPO)[0]["body"]
+    warnings = [line for line in body.splitlines() if "would close" in line]
+    assert len(warnings) == 1, body  # its own issue is meant to close: no warning for that commit
+    assert sha[:7] in warnings[0] and "#77" in warnings[0] and "GH-78" in warnings[0]
+    assert "\n\n**Diff stat:**" in body  # its own paragraph, not swallowed by the last commit's bullet

@@ -1,5 +1,9 @@
 """Text between people and agents: hidden content removed, re-posted agent text defused."""
 
+import re
+
+import pytest
+
 from bot.sanitize import clean_for_agent, find_marker, marker, neutralise_for_github
 
 
@@ -30,3 +34,23 @@ def test_markers_round_trip():
     body = "Status\n" + marker("status", session="octo/widgets#1/1")
     assert find_marker(body, "status") == {"session": "octo/widgets#1/1"}
     assert find_marker(body, "question") is None
+
+
+@pytest.mark.parametrize("text", [
+    "Fixes #2",
+    "Fixes:#2",
+    "fixes: #2",
+    "fixes owner/repo#2",
+    "Closes [#2](https://github.com/o/r/issues/2)",
+    "Resolves GH-2",
+    "fixes https://github.com/o/r/issues/2",
+    "Fixes &#35;2",
+    "Fixes &#x23;2",
+    "closes &num;2",
+    "FIXED #2",
+    "Fixes\t#2",
+])
+def test_every_closing_reference_github_knows_is_defused(text: str) -> None:
+    defused = neutralise_for_github(text)
+    assert defused != text
+    assert re.search(r"(?i)\b(close[sd]?|fix(?:e[sd])?|resolve[sd]?)\W*issue ", defused), defused
