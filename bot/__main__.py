@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from bot.ingress import QuietBadRequests
+
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     try:
         settings = load_settings()
     except SettingsError as error:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import orjson
 import simdjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 from gidgethub import ValidationFailure
 from gidgethub.sansio import validate_event
 
@@ -38,6 +39,7 @@ LARGE_BODY_BYTES = 1024 * 1024  # a typical delivery is under 100 KB; unknown le
 MAX_LARGE_BODIES = 4
 
 MISSING_HEADERS = "missing X-GitHub-Event or X-GitHub-Delivery header"
+BAD_HEADERS = "X-GitHub-Event and X-GitHub-Delivery must be short printable ASCII"
 BODY_TOO_SLOW = "the body did not arrive in time"
 TOO_BUSY = "too many large deliveries at once; GitHub can redeliver this one"
 BAD_SIGNATURE = "missing or invalid X-Hub-Signature-256"
@@ -55,6 +57,9 @@ PONG = "pong"
 _SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}", re.ASCII)
 # simdjson's own words for valid JSON it cannot hold: a number past 64 bits, nesting past its depth.
 _UNREPRESENTABLE = ("BIGINT_ERROR", "DEPTH_ERROR", "NUMBER_ERROR")
+# GitHub's event names and delivery GUIDs are short printable ASCII; anything else is not GitHub's and
+# could not even be stored (a header's non-UTF-8 byte arrives as a lone surrogate).
+_HEADER_VALUE = re.compile(r"[\x21-\x7e]{1,100}", re.ASCII)
 
 # A JSON object or array, parsed in full (dict, list) or lazily (simdjson's proxies).
 _OBJECT = (dict, simdjson.Object)
@@ -98,6 +103,22 @@ class Facts(NamedTuple):
     installation_id: int | None
     action: str | None
     ordering_key: str
+
+
+class QuietBadRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a header with a control character, a broken
+    request line) with 400 by itself, then logs the parser's traceback at ERROR: a stranger's
+    garbage would fill the operator's log with stack traces. Here it becomes one warning line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            record.msg, record.args, record.levelno, record.levelname = (
+                "refused a request that is not valid HTTP (400): %s", (str(error).splitlines()[0],),
+                logging.WARNING, "WARNING",
+            )
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 class TooBusy(Exception):
@@ -144,7 +165,7 @@ class FactReader:
 _BODIES = {
     text: orjson.dumps({"message": text})
     for text in (
-        MISSING_HEADERS, BAD_SIGNATURE, NOT_JSON, MALFORMED_JSON, TOO_LARGE, ACCEPTED, ALREADY_SEEN, PONG,
+        MISSING_HEADERS, BAD_HEADERS, BAD_SIGNATURE, NOT_JSON, MALFORMED_JSON, TOO_LARGE, ACCEPTED, ALREADY_SEEN, PONG,
         BODY_TOO_SLOW, TOO_BUSY,
     )
 }
@@ -206,6 +227,8 @@ def make_webhook_handler(
             return answer(413, TOO_LARGE)
         if not event or not delivery_id:
             return answer(400, MISSING_HEADERS)
+        if not _HEADER_VALUE.fullmatch(event) or not _HEADER_VALUE.fullmatch(delivery_id):
+            return answer(400, BAD_HEADERS)
         signature = request.headers.get("X-Hub-Signature-256", "")
         try:
             if not _SIGNATURE.fullmatch(signature):
