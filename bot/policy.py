@@ -436,7 +436,7 @@ def _problem_from_error(error: Mapping[str, Any]) -> Problem:
 
 
 def _unknown_key_problem(key: Any) -> Problem:
-    name = str(key)
+    name = str(key) if str(key).strip() else f"{str(key)!r}"  # an empty or blank key is still named
     message = UNKNOWN_KEY_TEXT
     close = difflib.get_close_matches(name, list(RepoPolicy.model_fields), n=1, cutoff=0.7)
     if close:
