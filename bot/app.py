@@ -21,7 +21,7 @@ from bot.consumer import Consumer, RetryPolicy
 from bot.delivery_writer import DeliveryWriter
 from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github import GitHubApp
-from bot.metrics import Metrics
+from bot.metrics import Metrics, watch_event_loop_lag
 from bot.reconcile import reconcile
 from bot.redelivery import redeliver_failed, utc_now
 from bot.runtime import Engine
@@ -122,6 +122,7 @@ def create_app(
                 services.setup = None
                 await enter_github_mode(registered)
 
+            background.append(asyncio.create_task(watch_event_loop_lag(metrics)))
             if settings.mode == "github":
                 await enter_github_mode(settings)
             else:

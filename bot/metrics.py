@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LAG_PROBE_SECONDS = 0.1
+
+
+async def watch_event_loop_lag(metrics: Metrics) -> None:
+    """Sleep 100 ms again and again; how much later than that the loop woke is its lag (a blocked
+    loop answers no webhook). Runs for the app's life."""
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    while True:
+        start = loop.time()
+        await asyncio.sleep(LAG_PROBE_SECONDS)
+        lag = max(0.0, loop.time() - start - LAG_PROBE_SECONDS)
+        worst = max(worst, lag)
+        metrics.event_loop_lag.labels("last").set(lag)
+        metrics.event_loop_lag.labels("max").set(worst)
 
 
 class Metrics:
@@ -40,6 +58,13 @@ class Metrics:
             "shepherd_turn_seconds",
             "Wall time of agent turns.",
             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+
+        self.event_loop_lag = Gauge(
+            "shepherd_event_loop_lag_seconds",
+            "How late the event loop woke a 100 ms timer, most recently, and at worst since start.",
+            ["which"],
             registry=self.registry,
         )
 

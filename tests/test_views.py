@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
 import sys
+import time
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
@@ -223,3 +225,12 @@ def test_terminal_lines_carry_no_escape_sequence_from_a_title_or_a_question():
     lines = text.splitlines()
     assert lines[0].startswith("[>] acme/web#9 WORKING (5m) Fix ") and "pwned" in lines[0]  # shown, not obeyed
     assert len(lines) == 3  # the title did not add or rewrite a line
+
+
+async def test_metrics_show_the_event_loop_lag_and_a_blocked_loop_raises_it(views):
+    await asyncio.sleep(0.25)  # let the probe wake a couple of times
+    time.sleep(0.4)  # block the loop, as a slow synchronous call would
+    await asyncio.sleep(0.25)
+    text = await (await views.get(f"/metrics?token={TOKEN}")).text()
+    worst = [line for line in text.splitlines() if line.startswith('shepherd_event_loop_lag_seconds{which="max"}')]
+    assert worst and float(worst[0].split()[-1]) >= 0.2
