@@ -4,6 +4,7 @@ refused: `.github/shepherd.yml`, slash commands, and the agent's reports channel
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -17,6 +18,8 @@ from bot.turns import report_event
 
 OPERATOR = OperatorLimits(agent="claude", adapters=("claude", "codex"), max_per_repo=2, egress=("pypi.org",))
 KEYS = sorted(RepoPolicy.model_fields)
+# A fixed seed (derandomize) and a few thousand cases in CI; SHEPHERD_FUZZ_EXAMPLES=50000 runs more.
+EXAMPLES = int(os.environ.get("SHEPHERD_FUZZ_EXAMPLES", "2000"))
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
@@ -25,7 +28,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None)
 @given(st.one_of(
     st.text(max_size=400),
     st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=12), json_values, max_size=6).map(
@@ -44,7 +47,7 @@ def test_a_policy_file_past_the_size_limit_is_refused_whole() -> None:
     assert loaded.problems and loaded.policy.max_turns == 20
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None)
 @given(st.text(max_size=300) | st.text(alphabet="/agent stop retry approve revise budget help\n \t\r", max_size=80))
 def test_any_comment_is_a_command_or_not_and_never_an_error(body: str) -> None:
     command = slash.first_command(body)
@@ -52,7 +55,8 @@ def test_any_comment_is_a_command_or_not_and_never_an_error(body: str) -> None:
         assert any(line.strip().lower().startswith("/agent") for line in body.replace("\r", "\n").split("\n"))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(lines=st.lists(st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
