@@ -39,8 +39,8 @@ from bot.confinement import for_session as confinement_for
 from bot.processes import REASON_EXITED, log_tail
 from bot.protected import touched_protected_paths
 from bot.push import PushRefused, agent_branch, push_branch
-from bot.render import code_span, environment, fence
-from bot.sanitize import closing_references, marker, neutralise_for_github
+from bot.render import environment, fence
+from bot.sanitize import closing_references, code_span, marker, neutralise_for_github
 from bot.coordination import test_merge
 from bot.session import (
     Event,

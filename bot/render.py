@@ -21,7 +21,7 @@ import yaml
 from bot.effects import ChangedFile, SessionContext
 from bot.policy import Problem
 from bot.processes import redact_text
-from bot.sanitize import marker, neutralise_for_github
+from bot.sanitize import code_span, marker, neutralise_for_github
 from bot.session import Detail, Mode, Session, State
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
@@ -113,17 +113,6 @@ def fence(text: str) -> str:
     """A code fence longer than any backtick run inside `text`, so the text cannot close it early."""
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     return "`" * max(3, longest + 1)
-
-
-def code_span(text: str) -> str:
-    """`text` as one inline code span whatever it holds: a backtick run longer than any inside it,
-    padded when it starts or ends with one, and line breaks and control characters shown, not kept
-    (a file name with a backtick, a `](url)` or a newline must not become a link or a new line)."""
-    flat = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
-    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
-    ticks = "`" * (longest + 1)
-    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
-    return f"{ticks}{pad}{flat}{pad}{ticks}"
 
 
 def quote(text: str) -> str:

@@ -6,6 +6,9 @@ Two directions, two jobs:
   so nobody can hide instructions from the maintainer who vouches for the text.
 - `neutralise_for_github`: text an agent wrote and Shepherd re-posts cannot @mention people, close
   issues through closing keywords, or forge a Shepherd marker.
+
+It is also the one home of escaping for where that text lands: `code_span` for a name in Markdown
+(file names), `terminal_line` for the operator's terminal (`shepherd status`).
 """
 
 from __future__ import annotations
@@ -111,3 +114,25 @@ def find_marker(body: str | None, kind: str) -> dict[str, str] | None:
         key, _, value = part.partition("=")
         fields[key] = value
     return fields
+
+
+def code_span(text: str) -> str:
+    """`text` as one inline code span whatever it holds: a backtick run longer than any inside it,
+    padded when it starts or ends with one, and line breaks and control characters shown, not kept
+    (a file name with a backtick, a `](url)` or a newline must not become a link or a new line)."""
+    flat = re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", text)
+    longest = max((len(run) for run in re.findall(r"`+", flat)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if flat.startswith("`") or flat.endswith("`") else ""
+    return f"{ticks}{pad}{flat}{pad}{ticks}"
+
+
+# Text from strangers and agents on the operator's terminal: an escape sequence must be shown, never
+# obeyed (C0 and C1 controls, DEL; whitespace runs become single spaces).
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def terminal_line(text: str, limit: int = 160) -> str:
+    """`text` as one terminal line: controls written as \\xNN, cut at `limit` characters."""
+    shown = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(text.split()))
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from bot.sanitize import terminal_line
 from bot.session import Detail, Session, State, to_status_json
 
 log = logging.getLogger(__name__)
@@ -115,13 +116,13 @@ def status_line(session: Session, now: datetime) -> str:
     """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow`."""
     mark = STATUS_MARKS.get(session.state, LIVE_MARK)
     age = format_age(session.created_at, now)
-    title = _one_line(session.issue_title, limit=200)
+    title = terminal_line(session.issue_title, limit=200)
     line = f"{mark} {session.repo}#{session.issue_number} {str(session.state).upper()} ({age}) {title}"
     question = open_question(session)
     if question:
-        line += f"\n      ? {_one_line(question)}"
+        line += f"\n      ? {terminal_line(question)}"
     if session.pr_url:
-        line += f"\n      PR {_one_line(session.pr_url)}"
+        line += f"\n      PR {terminal_line(session.pr_url)}"
     return line
 
 
@@ -133,14 +134,6 @@ def render_status(rows: list[SessionRow], now: datetime | None = None) -> str:
     return "\n".join(status_line(row.session, now) for row in rows)
 
 
-# Titles and questions are written by strangers and agents: an escape sequence must be shown, never
-# obeyed by the operator's terminal (C0 and C1 controls, DEL; whitespace becomes single spaces).
-_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    shown = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", " ".join(text.split()))
-    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def run_status(args: argparse.Namespace) -> int:
