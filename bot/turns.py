@@ -143,22 +143,37 @@ def start_turn(
     )
 
 
+MAX_OPTIONS = 20
+PHASES = ("planning", "working")
+
+
+def _text(value: object, limit: int = agent_tool.TEXT_LIMIT_CHARS) -> str:
+    """A report's field as text within the tool's own budget: the agent can write the channel directly,
+    around the tool's checks, so the budget is kept here too."""
+    return str(value)[:limit]
+
+
 def report_event(report: Mapping) -> Event | None:
     """The core event of one `shepherd` report, or None for a malformed one."""
     kind = report.get("kind")
     try:
         if kind == "progress":
-            return Progress(note=str(report["note"]), phase=report.get("phase"))
+            phase = report.get("phase")
+            return Progress(note=_text(report["note"]), phase=phase if phase in PHASES else None)
         if kind == "ask":
+            options = report.get("options") or ()
+            if not isinstance(options, (list, tuple)):
+                return None
+            context = report.get("context")
             return Asked(
-                question=str(report["question"]),
-                options=tuple(str(option) for option in report.get("options") or ()),
-                context=report.get("context"),
+                question=_text(report["question"]),
+                options=tuple(_text(option) for option in options[:MAX_OPTIONS]),
+                context=_text(context) if context is not None else None,
             )
         if kind == "plan":
-            return PlanSubmitted(text=str(report["plan"]))
+            return PlanSubmitted(text=_text(report["plan"], agent_tool.PLAN_LIMIT_BYTES))
         if kind == "done":
-            return DoneReported(summary=str(report["summary"]))
+            return DoneReported(summary=_text(report["summary"]))
     except (KeyError, TypeError):
         return None
     return None

@@ -72,3 +72,23 @@ def test_whatever_the_agent_writes_to_its_channel_is_read_as_known_reports_or_sk
     for report in agent_tool.read_reports(tmp_path):
         assert report["kind"] in agent_tool.KINDS and isinstance(report["seq"], int)
         report_event(report)  # an event, or None for a malformed one: never an exception
+
+
+def test_a_report_written_around_the_tool_is_held_to_the_tools_budgets(tmp_path: Path) -> None:
+    # The agent can write its channel directly, past the tool's own checks.
+    channel = tmp_path / agent_tool.CHANNEL_NAME
+    channel.mkdir()
+    huge = "x" * (300 * 1024)
+    reports = [
+        {"seq": 1, "kind": "ask", "question": huge, "options": [huge] * 2 + ["o"] * 100, "context": huge},
+        {"seq": 2, "kind": "plan", "plan": huge},
+        {"seq": 3, "kind": "progress", "note": huge, "phase": {"not": "a phase"}},
+        {"seq": 4, "kind": "ask", "question": "options that are not a list", "options": 7},
+    ]
+    (channel / agent_tool.REPORTS_NAME).write_text("".join(json.dumps(r) + "\n" for r in reports))
+    asked, plan, progress, bad = [report_event(r) for r in agent_tool.read_reports(tmp_path)]
+    assert len(asked.question) == agent_tool.TEXT_LIMIT_CHARS and len(asked.context) == agent_tool.TEXT_LIMIT_CHARS
+    assert len(asked.options) <= 20 and all(len(o) <= agent_tool.TEXT_LIMIT_CHARS for o in asked.options)
+    assert len(plan.text) == agent_tool.PLAN_LIMIT_BYTES
+    assert len(progress.note) == agent_tool.TEXT_LIMIT_CHARS and progress.phase is None
+    assert bad is None
