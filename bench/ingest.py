@@ -4,7 +4,7 @@ Both servers run as their own processes on loopback and take the same signed `is
 deliveries (real example payloads, about 9 KB: people commenting on 64 issues that have no agent session,
 the bulk of what an App receives), each request with its own `X-GitHub-Delivery`, from `wrk` at a fixed
 concurrency. Shepherd stores every delivery in SQLite before answering 202, as in production; during
-the burst its consumer handles only a trickle of them (`bot/pressure.py`) and the rest right after, so
+the burst its consumer handles only a trickle of them (`bot/ingest/pressure.py`) and the rest right after, so
 the benchmark also waits for Shepherd to finish every stored delivery and prints how long that took.
 The bare handler only verifies the signature.
 

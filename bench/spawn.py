@@ -54,8 +54,8 @@ from aiohttp import web  # noqa: E402
 
 from bench.generated_repo import cached_repo, describe  # noqa: E402
 from bot.app import SERVICES, create_app  # noqa: E402
-from bot.consumer import RetryPolicy  # noqa: E402
-from bot.session import TERMINAL_STATES, State  # noqa: E402
+from bot.ingest.consumer import RetryPolicy  # noqa: E402
+from bot.core.session import TERMINAL_STATES, State  # noqa: E402
 from bot.settings import load_settings  # noqa: E402
 from tests.fakes import payloads  # noqa: E402  (the bench reuses the test bed's real payloads)
 from tests.fakes.git_remote import TOKEN_USER, GitRemote  # noqa: E402
@@ -136,7 +136,7 @@ def settled() -> None:
 
 def time_box_start(workspaces: Any, worktree: Path, times: int) -> tuple[list[float], list[float]]:
     """The sandbox's own start cost: a box of the worktree running `true`, and `true` alone."""
-    from bot.sandbox import Box
+    from bot.agent.sandbox import Box
 
     box, bare = [], []
     argv = workspaces.sandbox.wrap(["true"], Box(worktree=str(worktree), cwd=str(worktree)))

@@ -9,8 +9,8 @@ import sys
 
 from aiohttp import web
 
-from bot import redaction
-from bot.secrecy import make_undumpable, scrub_environment
+from bot.core import redaction
+from bot.agent.secrecy import make_undumpable, scrub_environment
 from bot.settings import (
     DASHBOARD_TOKEN_VAR,
     PRIVATE_KEY_PATH_VAR,
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from bot.ingress import QuietBadRequests
+    from bot.ingest.webhook import QuietBadRequests
 
     logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     try:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
-    from bot.sandbox import Sandbox, SandboxError
+    from bot.agent.sandbox import Sandbox, SandboxError
 
     if args.command == "serve":
         try:  # a sandbox this machine cannot make is a start-up error, not a failed first session

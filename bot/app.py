@@ -14,19 +14,21 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from bot import ingress, setup_flow, views
-from bot.assembly import Assembly, assemble
-from bot.checkpointer import Checkpointer
-from bot.consumer import Consumer, RetryPolicy
-from bot.delivery_writer import DeliveryWriter
-from bot.dashboard_token import ensure_dashboard_token, log_dashboard_url
-from bot.github import GitHubApp
+from bot.ingest import webhook as ingress
+from bot.github import setup_flow
+from bot.views import http as views
+from bot.runtime.assembly import Assembly, assemble
+from bot.store.checkpointer import Checkpointer
+from bot.ingest.consumer import Consumer, RetryPolicy
+from bot.ingest.writer import DeliveryWriter
+from bot.views.dashboard_token import ensure_dashboard_token, log_dashboard_url
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics, watch_event_loop_lag
-from bot.reconcile import reconcile
-from bot.redelivery import redeliver_failed, utc_now
-from bot.runtime import Engine
+from bot.ingest.reconcile import reconcile
+from bot.ingest.redelivery import redeliver_failed, utc_now
+from bot.runtime.engine import Engine
 from bot.settings import Settings
-from bot.store import Store
+from bot.store.database import Store
 from handlers import compose_router
 
 log = logging.getLogger(__name__)

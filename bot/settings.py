@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from bot.policy import OperatorLimits
+from bot.core.policy import OperatorLimits
 
 APP_ID_VAR = "GITHUB_APP_ID"
 PRIVATE_KEY_VAR = "GITHUB_PRIVATE_KEY"
@@ -360,7 +360,7 @@ class Settings(BaseModel):
     @field_validator("sandbox_paths")
     @classmethod
     def _check_sandbox_paths(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        from bot.sandbox import parse_sandbox_paths
+        from bot.agent.sandbox import parse_sandbox_paths
 
         try:
             parse_sandbox_paths(",".join(value))

@@ -14,10 +14,10 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot import commands as slash
-from bot import render
-from bot.actors import PermissionCache, is_bot
-from bot.conversation import (
+from bot.core import commands as slash
+from bot.views import render
+from bot.github.permissions import PermissionCache, is_bot
+from bot.runtime.publisher import (
     COMMAND,
     HELP,
     PostedRecords,
@@ -26,11 +26,11 @@ from bot.conversation import (
     parse_time,
     react_once,
 )
-from bot.dashboard_issue import is_dashboard_issue
-from bot.labels import RepoPolicies
-from bot.pacing import Priority
-from bot.sanitize import clean_for_agent
-from bot.session import (
+from bot.runtime.dashboard_issue import is_dashboard_issue
+from bot.github.labels import RepoPolicies
+from bot.github.pacing import Priority
+from bot.core.sanitize import clean_for_agent
+from bot.core.session import (
     Approve,
     Cancel,
     CancelReason,

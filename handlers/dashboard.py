@@ -14,11 +14,11 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.actors import PermissionCache, is_bot
-from bot.conversation import PostedRecords, issue_scope, react_once
-from bot.dashboard_issue import is_dashboard_issue, ticked_sessions
-from bot.labels import RepoPolicies
-from bot.session import Approve, Detail, Session, State
+from bot.github.permissions import PermissionCache, is_bot
+from bot.runtime.publisher import PostedRecords, issue_scope, react_once
+from bot.runtime.dashboard_issue import is_dashboard_issue, ticked_sessions
+from bot.github.labels import RepoPolicies
+from bot.core.session import Approve, Detail, Session, State
 
 log = logging.getLogger(__name__)
 

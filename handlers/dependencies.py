@@ -12,10 +12,10 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.actors import PermissionCache, is_bot
-from bot.dashboard_issue import is_dashboard_issue
-from bot.labels import RepoPolicies
-from bot.session import Detail
+from bot.github.permissions import PermissionCache, is_bot
+from bot.runtime.dashboard_issue import is_dashboard_issue
+from bot.github.labels import RepoPolicies
+from bot.core.session import Detail
 
 log = logging.getLogger(__name__)
 

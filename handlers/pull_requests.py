@@ -2,7 +2,7 @@
 rounds; a closed or merged PR ends the session's work.
 
 Feedback counts only from authorised people (never bots, Shepherd included) and only on a PR whose head
-is an `agent/` branch of this repository that a session works on. The texts are built in `bot/rounds.py`;
+is an `agent/` branch of this repository that a session works on. The texts are built in `bot/runtime/rounds.py`;
 the handlers read only what the payload lacks (a review's inline comments, a PR's head, the failing
 runs of a commit) and hand one event to the runtime.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.actors import PermissionCache, is_bot
-from bot.rounds import (
+from bot.github.permissions import PermissionCache, is_bot
+from bot.runtime.rounds import (
     became_needs_human,
     ci_feedback,
     comment_feedback,
@@ -26,7 +26,7 @@ from bot.rounds import (
     review_comments,
     review_feedback,
 )
-from bot.session import BRANCH_PREFIX, PullRequestClosed, Session
+from bot.core.session import BRANCH_PREFIX, PullRequestClosed, Session
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.actors import PermissionCache, is_bot
-from bot.conversation import post_refusal
-from bot.effects import IssueRef
-from bot.labels import RepoPolicies, has_label, trigger_label, trigger_mode
-from bot.session import Cancel, CancelReason
+from bot.github.permissions import PermissionCache, is_bot
+from bot.runtime.publisher import post_refusal
+from bot.core.effects import IssueRef
+from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
+from bot.core.session import Cancel, CancelReason
 
 log = logging.getLogger(__name__)
 

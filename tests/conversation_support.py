@@ -14,14 +14,14 @@ import aiohttp
 import pytest
 from gidgethub import sansio
 
-from bot.actors import PermissionCache
-from bot.conversation import Publisher
-from bot.effects import IssueRef, SessionContext
-from bot.github import GitHubApp
-from bot.labels import RepoPolicies
+from bot.github.permissions import PermissionCache
+from bot.runtime.publisher import Publisher
+from bot.core.effects import IssueRef, SessionContext
+from bot.github.client import GitHubApp
+from bot.github.labels import RepoPolicies
 from bot.metrics import Metrics
-from bot.policy import OperatorLimits, default_policy
-from bot.session import (
+from bot.core.policy import OperatorLimits, default_policy
+from bot.core.session import (
     AddLabel,
     Command,
     EditQuestion,
@@ -42,7 +42,7 @@ from bot.session import (
     decide,
     decide_trigger,
 )
-from bot.store import Store
+from bot.store.database import Store
 from handlers import compose_router
 
 INSTALLATION = 23
@@ -77,7 +77,7 @@ Finish = Callable[[Session, FinishWork, SessionContext], Awaitable[list[Event]]]
 
 @dataclass
 class MemoryEngine:
-    """`bot.effects.Engine` in memory: the core decides, the Publisher carries out what shows on GitHub."""
+    """`bot.core.effects.Engine` in memory: the core decides, the Publisher carries out what shows on GitHub."""
 
     publisher: Publisher
     clock: Clock

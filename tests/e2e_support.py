@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from bot.app import SERVICES, create_app
-from bot.consumer import RetryPolicy
-from bot.session import Session, State
+from bot.ingest.consumer import RetryPolicy
+from bot.core.session import Session, State
 from bot.settings import Settings
 from tests.conftest import settings_for
 from tests import runtime_support

@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.effects import SessionContext
-from bot.finishing import Finisher
-from bot.github import GitHubApp
+from bot.core.effects import SessionContext
+from bot.runtime.finisher import Finisher
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics
-from bot.policy import OperatorLimits, default_policy
-from bot.session import (
+from bot.core.policy import OperatorLimits, default_policy
+from bot.core.session import (
     Command,
     Decision,
     DoneReported,
@@ -33,8 +33,8 @@ from bot.session import (
     WorkspaceReady,
     decide,
 )
-from bot.store import Store
-from bot.workspace import Workspaces
+from bot.store.database import Store
+from bot.workspace.workspaces import Workspaces
 from tests.fakes.git_remote import GitRemote
 
 REPO = "acme/web"

@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from bot.effects import IssueRef
-from bot.session import Mode, State
+from bot.core.effects import IssueRef
+from bot.core.session import Mode, State
 from bot.settings import load_settings
 from tests.runtime_support import build_harness
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import aiohttp
 
-from bot.confinement import build_sandbox
-from bot.effects import IssueRef, SessionContext
-from bot.git import Mirror
-from bot.github import GitHubApp
+from bot.agent.confinement import build_sandbox
+from bot.core.effects import IssueRef, SessionContext
+from bot.workspace.git import Mirror
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics
-from bot.push import push_branch
-from bot.runtime import Engine
-from bot.session import (
+from bot.workspace.push import push_branch
+from bot.runtime.engine import Engine
+from bot.core.session import (
     Command,
     Event,
     FinishWork,
@@ -30,8 +30,8 @@ from bot.session import (
     Session,
 )
 from bot.settings import Settings
-from bot.store import Store
-from bot.workspace import Workspaces
+from bot.store.database import Store
+from bot.workspace.workspaces import Workspaces
 from tests.conftest import settings_for
 from tests.fakes.model import bash, text, write
 
@@ -47,7 +47,7 @@ class RecordingPublisher:
     log_file: Path | None = None
 
     async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
-        from bot.session import QuestionPosted
+        from bot.core.session import QuestionPosted
 
         self.calls.append((session.id, command, context))
         if self.log_file is not None:

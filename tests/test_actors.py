@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.actors import PermissionCache, is_bot, is_self, level_of
-from bot.github import GitHubApp
+from bot.github.permissions import PermissionCache, is_bot, is_self, level_of
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics
 
 INSTALLATION = 23

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from bot.session import Mode, State
+from bot.core.session import Mode, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import FAST_POLICY, REPO, agent_script, build_harness, issue_ref, prepare_repo, wait_for
 

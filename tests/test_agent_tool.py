@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import agent_tool
+from bot.agent import tool as agent_tool
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from bot import agent_tool
-from bot.agent_env import (
+from bot.agent import tool as agent_tool
+from bot.agent.environment import (
     REPLY_LIMIT_BYTES,
     SECRET_NAMES,
     build_agent_env,
@@ -19,7 +19,7 @@ from bot.agent_env import (
     truncate_reply,
     write_reply_file,
 )
-from bot.agents import (
+from bot.agent.adapters import (
     PROMPT_ARG_LIMIT_BYTES,
     AgentRunInfo,
     ClaudeAdapter,
@@ -27,7 +27,7 @@ from bot.agents import (
     CommandAdapter,
     make_adapter,
 )
-from bot.processes import kill_group, spawn_turn, wait_turn
+from bot.agent.processes import kill_group, spawn_turn, wait_turn
 from tests.fakes.model import bash, model_server, text, tool, write  # noqa: F401 - fixture
 
 SECRETS = {

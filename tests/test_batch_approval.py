@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.dashboard_issue import TITLE
-from bot.session import Detail, State
+from bot.runtime.dashboard_issue import TITLE
+from bot.core.session import Detail, State
 from tests.e2e_support import MAINTAINER, REPO, shepherd_with  # noqa: F401 - fixture
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from bot import agent_tool
-from bot.agent_env import build_agent_env, write_reply_file
-from bot.agents import make_adapter
-from bot.processes import log_tail, spawn_turn, wait_turn
+from bot.agent import tool as agent_tool
+from bot.agent.environment import build_agent_env, write_reply_file
+from bot.agent.adapters import make_adapter
+from bot.agent.processes import log_tail, spawn_turn, wait_turn
 from tests.fakes.model import bash, model_server, text, write  # noqa: F401 - fixture
 
 CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"

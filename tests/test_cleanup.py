@@ -6,9 +6,9 @@ import asyncio
 import json
 from dataclasses import replace
 
-from bot.cleanup import prune, remove_session_worktree
-from bot.cli import main
-from bot.session import PullRequestState
+from bot.workspace.cleanup import prune, remove_session_worktree
+from bot.views.cli import main
+from bot.core.session import PullRequestState
 from tests.finishing_bed import MemoryEngine, bed, opened_session  # noqa: F401 - the fixture
 
 

@@ -7,9 +7,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from bot.cli import main
+from bot.views.cli import main
 from bot.settings import VARIABLES
-from bot.store import Store
+from bot.store.database import Store
 from tests import test_views
 from tests.test_views import sample_sessions, store_session
 

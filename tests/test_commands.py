@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.commands import SlashCommand, first_command, is_command, parse_commands
+from bot.core.commands import SlashCommand, first_command, is_command, parse_commands
 
 
 @pytest.mark.parametrize("body, expected", [

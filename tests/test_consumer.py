@@ -8,8 +8,8 @@ import json
 import pytest
 from gidgethub import routing
 
-from bot.consumer import Consumer, RetryPolicy
-from bot.store import DONE, FAILED, PENDING, Store
+from bot.ingest.consumer import Consumer, RetryPolicy
+from bot.store.database import DONE, FAILED, PENDING, Store
 
 
 class Clock:

@@ -11,10 +11,10 @@ from typing import Any
 import gidgethub
 import pytest
 
-from bot.conversation import Publisher
-from bot.effects import ChangedFile
-from bot.pacing import Priority
-from bot.session import (
+from bot.runtime.publisher import Publisher
+from bot.core.effects import ChangedFile
+from bot.github.pacing import Priority
+from bot.core.session import (
     Asked,
     DoneReported,
     PostStatus,
@@ -29,7 +29,7 @@ from bot.session import (
     TurnStarted,
     WorkspaceReady,
 )
-from bot.store import Store
+from bot.store.database import Store
 from tests.conversation_support import INSTALLATION, OWNER, NAME, REPO, Bed, bed  # noqa: F401 - fixture
 from tests.fakes import payloads
 
@@ -70,7 +70,7 @@ async def test_a_502_whose_create_did_land_is_found_by_its_marker(bed: Bed) -> N
     session = bed.engine.last_session(REPO, 1)
     context = bed.engine.contexts[session.id]
     # GitHub did create it although every answer was a 502.
-    from bot.render import render_status
+    from bot.views.render import render_status
     landed = bed.fake.add_comment(REPO, 1, render_status(session, context), user=bed.fake.bot_login)
     creates = len(bed.fake.calls_to(CREATE_COMMENT))
     await bed.publisher.publish(session, PostStatus(urgent=True), context)

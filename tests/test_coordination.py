@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.coordination import find_overlaps
-from bot.session import State, StartTurn, TurnKind
+from bot.runtime.coordination import find_overlaps
+from bot.core.session import State, StartTurn, TurnKind
 from tests.e2e_support import MAINTAINER, REPO, agent_script, agent_settings, bot_comments, prepare_repo, \
     start_shepherd
 from tests.fakes import payloads
@@ -106,7 +106,7 @@ async def test_conflict_with_the_base_leads_to_a_rebase_turn_before_the_pr(sheph
 
 
 def _commands(shepherd, session_id):
-    from bot.session import command_from_dict
+    from bot.core.session import command_from_dict
     import json
 
     rows = shepherd.engine.sessions.db.execute(

@@ -7,12 +7,12 @@ from dataclasses import replace
 import aiohttp
 import pytest
 
-from bot.dashboard_issue import TITLE, refresh_dashboard, render_dashboard_issue
-from bot.github import GitHubApp
+from bot.runtime.dashboard_issue import TITLE, refresh_dashboard, render_dashboard_issue
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics
-from bot.sanitize import find_marker
-from bot.session import State
-from bot.store import Store
+from bot.core.sanitize import find_marker
+from bot.core.session import State
+from bot.store.database import Store
 from tests.test_views import make_session, sample_sessions
 
 REPO = "acme/web"

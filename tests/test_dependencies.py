@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.session import Detail, State
+from bot.core.session import Detail, State
 from tests.e2e_support import FAST_POLICY, MAINTAINER, REPO, agent_script, agent_settings, bot_comments, wait_for, \
     prepare_repo, start_shepherd
 from tests.fakes import payloads

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from bot.dependencies import (
+from bot.runtime.dependencies import (
     DependencyFacts,
     IssueKey,
     find_cycle,
@@ -14,7 +14,7 @@ from bot.dependencies import (
     render_cycle,
     resolve,
 )
-from bot.session import (
+from bot.core.session import (
     Cancel,
     CancelReason,
     DependenciesSatisfied,

@@ -8,7 +8,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.doctor import Level, check_agent, check_git, render_findings, run_checks
+from bot.views.doctor import Level, check_agent, check_git, render_findings, run_checks
 from bot.settings import load_settings
 from tests.fakes.ports import free_port
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.session import State
+from bot.core.session import State
 from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
     MAINTAINER,
     REPO,

@@ -1,4 +1,4 @@
-"""The egress proxy (bot/egress.py), run as Shepherd runs it: real `proxy` and `forward` processes on loopback."""
+"""The egress proxy (bot/agent/egress.py), run as Shepherd runs it: real `proxy` and `forward` processes on loopback."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import egress
+from bot.agent import egress
 from tests.fakes.http_target import HttpTarget
 from tests.fakes.ports import free_port
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from bot.finishing import LEFTOVER_COMMIT_MESSAGE, session_folder_name
-from bot.render import fence
-from bot.sanitize import find_marker
-from bot.session import (
+from bot.runtime.finisher import LEFTOVER_COMMIT_MESSAGE, session_folder_name
+from bot.views.render import fence
+from bot.core.sanitize import find_marker
+from bot.core.session import (
     FinishWork,
     PullRequestOpened,
     PullRequestUpdated,

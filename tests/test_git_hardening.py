@@ -13,10 +13,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.git import REMOTE_NAME as REMOTE
-from bot.git import Git, GitError, Mirror, check_clone_url, redact
-from bot.push import push_branch
-from bot.workspace import WorkspaceError, Workspaces
+from bot.workspace.git import REMOTE_NAME as REMOTE
+from bot.workspace.git import Git, GitError, Mirror, check_clone_url, redact
+from bot.workspace.push import push_branch
+from bot.workspace.workspaces import WorkspaceError, Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, accept_test_token, git_remote  # noqa: F401
 
 REPO = "acme/web"

@@ -17,11 +17,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.appauth import InstallationToken, TokenCache, make_jwt
-from bot.github import GitHubApp, GitHubClient, GitHubRetry
+from bot.github.auth import InstallationToken, TokenCache, make_jwt
+from bot.github.client import GitHubApp, GitHubClient, GitHubRetry
 from bot.metrics import Metrics
-from bot.operations import REFUSED_GRAPHQL, REFUSED_MERGE, REFUSED_NOT_LISTED, OperationRefused
-from bot.pacing import Priority, WriteBudget, WriteGate
+from bot.github.operations import REFUSED_GRAPHQL, REFUSED_MERGE, REFUSED_NOT_LISTED, OperationRefused
+from bot.github.pacing import Priority, WriteBudget, WriteGate
 
 INSTALLATION = 17
 REPO = "octo-org/widgets"

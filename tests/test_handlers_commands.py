@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.session import (
+from bot.core.session import (
     Asked,
     Detail,
     PlanSubmitted,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.session import (
+from bot.core.session import (
     Asked,
     DoneReported,
     Progress,
@@ -128,7 +128,7 @@ async def test_comments_after_complete_are_not_forwarded(bed: Bed) -> None:
     session = await label_and_start(bed)
 
     async def finish(session: Any, command: Any, context: Any) -> list:
-        from bot.session import PullRequestOpened
+        from bot.core.session import PullRequestOpened
         return [PullRequestOpened(7, "https://github.com/octo-org/widgets/pull/7", "abc")]
 
     bed.engine.finish = finish

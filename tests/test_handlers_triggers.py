@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.session import (
+from bot.core.session import (
     Asked,
     Detail,
     PullRequestClosed,
@@ -152,7 +152,7 @@ async def test_the_repository_policy_names_the_labels(bed: Bed) -> None:
 
 
 async def test_policy_problems_are_reported_once_per_session(bed: Bed) -> None:
-    from bot.policy import Problem
+    from bot.core.policy import Problem
     session = await label(bed)
     bed.engine.set_context(session, extra={"policy_problems": [Problem("max_turns", "must be a whole number")]})
     await bed.engine.feed(session, WorkspaceReady(), SlotGranted())

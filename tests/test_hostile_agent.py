@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.session import FinishWork, Mode, ReportFailure, State
+from bot.core.session import FinishWork, Mode, ReportFailure, State
 from bot.settings import load_settings
 from tests.fakes.http_target import HttpTarget
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture

@@ -9,11 +9,11 @@ import time
 
 from gidgethub import routing
 
-from bot.checkpointer import Checkpointer
-from bot.consumer import Consumer
-from bot.delivery_writer import DeliveryWriter
-from bot.pressure import IngestPressure
-from bot.store import DONE, PENDING, Store
+from bot.store.checkpointer import Checkpointer
+from bot.ingest.consumer import Consumer
+from bot.ingest.writer import DeliveryWriter
+from bot.ingest.pressure import IngestPressure
+from bot.store.database import DONE, PENDING, Store
 
 
 def _row(delivery_id: str, number: int = 1) -> dict:

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from bot import ingress
+from bot.ingest import webhook as ingress
 from bot.app import SERVICES, create_app
-from bot.consumer import RetryPolicy
-from bot.store import DONE
+from bot.ingest.consumer import RetryPolicy
+from bot.store.database import DONE
 from tests.fakes import payloads
 
 SUBSCRIBED = payloads.SUBSCRIBED_EVENTS

@@ -1,4 +1,4 @@
-"""Per-turn resource limits (bot/limits.py) against the host's real cgroups.
+"""Per-turn resource limits (bot/agent/limits.py) against the host's real cgroups.
 
 Processes join a turn's group the way the turn wrapper does: ``sh`` writes its own pid into each
 ``cgroup.procs`` file and then execs the command. Every test kills what it started and removes its
@@ -20,8 +20,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot import limits
-from bot.limits import TurnCgroup, TurnLimits
+from bot.agent import limits
+from bot.agent.limits import TurnCgroup, TurnLimits
 
 SUPPORT = limits.detect()
 needs_cgroups = pytest.mark.skipif(

@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from bot.operations import OperationRefused, resolve
-from bot.push import PushRefused, push_branch
-from bot.session import FinishWork, PushFailed
+from bot.github.operations import OperationRefused, resolve
+from bot.workspace.push import PushRefused, push_branch
+from bot.core.session import FinishWork, PushFailed
 from tests.finishing_bed import (  # noqa: F401 - the fixture
     INSTALLATION,
     NAME,
@@ -88,7 +88,7 @@ def test_no_merge_operation_of_githubs_whole_rest_description_is_allowed(bed):
 
 
 def test_every_write_shepherd_may_send_is_listed_and_none_is_a_merge():
-    from bot.operations import ALLOWED
+    from bot.github.operations import ALLOWED
 
     for operation in ALLOWED:
         assert "merge" not in operation.operation_id and "merge" not in operation.template

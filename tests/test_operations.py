@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from gidgethub import sansio
 
-from bot.operations import (
+from bot.github.operations import (
     ALLOWED,
     REFUSED_CONTENTS_WRITE,
     REFUSED_GRAPHQL,

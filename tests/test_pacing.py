@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.pacing import Pacer, Priority, WriteBudget, WriteGate
+from bot.github.pacing import Pacer, Priority, WriteBudget, WriteGate
 
 
 class FakeTime:

@@ -11,10 +11,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import agent_tool
-from bot import commands as slash
-from bot.policy import MAX_POLICY_BYTES, OperatorLimits, RepoPolicy, parse_policy
-from bot.turns import report_event
+from bot.agent import tool as agent_tool
+from bot.core import commands as slash
+from bot.core.policy import MAX_POLICY_BYTES, OperatorLimits, RepoPolicy, parse_policy
+from bot.agent.turns import report_event
 
 OPERATOR = OperatorLimits(agent="claude", adapters=("claude", "codex"), max_per_repo=2, egress=("pypi.org",))
 KEYS = sorted(RepoPolicy.model_fields)

@@ -13,7 +13,7 @@ import pytest
 from gidgethub import BadRequest
 from gidgethub.abc import GitHubAPI
 
-from bot.policy import (
+from bot.core.policy import (
     FILE_KEY,
     MAX_POLICY_BYTES,
     EffectivePolicy,
@@ -471,7 +471,7 @@ async def test_load_passes_on_other_errors() -> None:
 def test_readme_reference_matches_the_schema() -> None:
     readme = README.read_text(encoding="utf-8")
     assert read_reference_block(readme) == policy_reference_markdown(), (
-        "README.md's configuration reference is stale: run `python -m bot.policy README.md`"
+        "README.md's configuration reference is stale: run `python -m bot.core.policy README.md`"
     )
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot import processes
-from bot.processes import TurnHandle, attach, kill_group, log_tail, spawn_turn, wait_turn
+from bot.agent import processes
+from bot.agent.processes import TurnHandle, attach, kill_group, log_tail, spawn_turn, wait_turn
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ async def test_attach_after_restart_then_read_exit_code(tmp_path: Path) -> None:
     # Another Python process plays the Shepherd that started the turn and then died.
     starter = (
         "import json, sys\n"
-        "from bot.processes import spawn_turn\n"
+        "from bot.agent.processes import spawn_turn\n"
         "h = spawn_turn('while [ ! -e go ]; do sleep 0.02; done; exit 3', cwd=sys.argv[1],"
         " env={'PATH': '/usr/bin:/bin'}, log_path=sys.argv[1] + '/turn.log', exit_path=sys.argv[1] + '/turn.exit')\n"
         "print(json.dumps(h.to_json()))\n"

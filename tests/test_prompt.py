@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from bot.actors import PermissionCache
-from bot.prompt import PromptComment, gather_comments, render_prompt, render_turn_message
-from bot.session import Note, TurnKind
+from bot.github.permissions import PermissionCache
+from bot.agent.prompt import PromptComment, gather_comments, render_prompt, render_turn_message
+from bot.core.session import Note, TurnKind
 
 
 class Comments:

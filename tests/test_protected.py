@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.protected import is_protected, touched_protected_paths
+from bot.core.protected import is_protected, touched_protected_paths
 
 DEFAULT = [".github/workflows/**"]
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from gidgethub import sansio
 
-from bot.cleanup import remove_session_worktree
-from bot.rounds import InlineCollector
-from bot.sanitize import find_marker
-from bot.session import (
+from bot.workspace.cleanup import remove_session_worktree
+from bot.runtime.rounds import InlineCollector
+from bot.core.sanitize import find_marker
+from bot.core.session import (
     CIFailed,
     CleanupWorkspace,
     Detail,
@@ -232,7 +232,7 @@ async def test_prs_on_other_branches_are_ignored(bed):
 
 
 async def test_the_repository_policy_can_raise_who_may_start_a_round(bed):
-    from bot.labels import RepoPolicies
+    from bot.github.labels import RepoPolicies
 
     engine = MemoryEngine(bed)
     session, _ = await opened_session(bed, engine)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.git import GitError
-from bot.push import PushRefused, agent_branch, push_branch
-from bot.workspace import Workspaces
+from bot.workspace.git import GitError
+from bot.workspace.push import PushRefused, agent_branch, push_branch
+from bot.workspace.workspaces import Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, git_remote  # noqa: F401
 
 REPO = "acme/web"

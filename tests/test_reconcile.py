@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.reconcile import reconcile
-from bot.session import State
+from bot.ingest.reconcile import reconcile
+from bot.core.session import State
 from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
     MAINTAINER,
     REPO,

@@ -6,9 +6,9 @@ from datetime import datetime, timedelta, timezone
 
 import aiohttp
 
-from bot.github import GitHubApp
+from bot.github.client import GitHubApp
 from bot.metrics import Metrics
-from bot.redelivery import redeliver_failed
+from bot.ingest.redelivery import redeliver_failed
 
 
 def _iso(moment: datetime) -> str:

@@ -8,10 +8,10 @@ from dataclasses import replace
 import jinja2
 import pytest
 
-from bot import render
-from bot.effects import SessionContext
-from bot.policy import OperatorLimits, Problem, default_policy
-from bot.session import Mode, PullRequestState, State, Trigger, decide_trigger
+from bot.views import render
+from bot.core.effects import SessionContext
+from bot.core.policy import OperatorLimits, Problem, default_policy
+from bot.core.session import Mode, PullRequestState, State, Trigger, decide_trigger
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 CONTEXT = SessionContext(installation_id=1, owner="octo-org", repo="widgets",
@@ -98,7 +98,7 @@ def test_fence_outgrows_backticks() -> None:
     "tail`",
 ])
 def test_a_hostile_file_name_stays_one_code_span_on_one_line(name: str) -> None:
-    from bot.effects import ChangedFile
+    from bot.core.effects import ChangedFile
 
     body = render.render_status(session(state=State.WORKING), replace(CONTEXT, changed_files=(ChangedFile(name, 1, 0),)))
     [line] = [line for line in body.splitlines() if line.startswith("- ") and "+1 −0" in line]

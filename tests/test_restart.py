@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.processes import WRAPPER_NAME
+from bot.agent.processes import WRAPPER_NAME
 from tests.conftest import settings_for
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import FAST_POLICY, INSTALLATION, REPO, prepare_repo

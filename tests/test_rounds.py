@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from bot.rounds import (
+from bot.runtime.rounds import (
     InlineCollector,
     became_needs_human,
     ci_feedback,
@@ -14,7 +14,7 @@ from bot.rounds import (
     is_slash_command,
     review_feedback,
 )
-from bot.session import Detail, State
+from bot.core.session import Detail, State
 from tests.finishing_bed import REPO, MemoryEngine, bed, opened_session  # noqa: F401 - the fixture
 
 

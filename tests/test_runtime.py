@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.session import Cancel, CancelReason, Detail, Mode, ReplyReceived, State
+from bot.core.session import Cancel, CancelReason, Detail, Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import (
     FAST_POLICY,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.egress import read_stats
-from bot.agents import make_adapter
-from bot.session import Mode, ReplyReceived, State
+from bot.agent.egress import read_stats
+from bot.agent.adapters import make_adapter
+from bot.core.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import model_server  # noqa: F401 - fixture
 from tests.runtime_support import (

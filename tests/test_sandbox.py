@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.doctor import Level, check_sandbox
-from bot.sandbox import NO_BWRAP, SANDBOX_OFF_WARNING, Sandbox, parse_sandbox_paths
-from bot.session import State
+from bot.views.doctor import Level, check_sandbox
+from bot.agent.sandbox import NO_BWRAP, SANDBOX_OFF_WARNING, Sandbox, parse_sandbox_paths
+from bot.core.session import State
 from tests.conftest import settings_for
 from tests.e2e_support import MAINTAINER, REPO, shepherd_with, status_comments  # noqa: F401 - fixture
 from tests.fakes import payloads

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from bot.sanitize import clean_for_agent, find_marker, marker, neutralise_for_github
+from bot.core.sanitize import clean_for_agent, find_marker, marker, neutralise_for_github
 
 
 def test_hidden_html_invisible_characters_and_markers_never_reach_an_agent():

@@ -23,7 +23,7 @@ SECRET = "s3cret-value-for-the-scrub-test"
 # Run in a fresh interpreter: the test process's own environment must not be scrubbed.
 SCRUB_PROGRAM = """
 import os, subprocess, sys
-from bot.secrecy import scrub_environment
+from bot.agent.secrecy import scrub_environment
 os.environ["HEAP_SECRET"] = sys.argv[1] + "-heap"  # setenv copies it to the heap, outside the block
 removed = scrub_environment(["BLOCK_SECRET", "HEAP_SECRET", "NEVER_SET"])
 block = open("/proc/self/environ", "rb").read()
@@ -35,7 +35,7 @@ print("BLOCK_SECRET" in os.environ, "HEAP_SECRET" in os.environ, os.environ["KEE
 """
 
 UNDUMPABLE_PROGRAM = """
-from bot.secrecy import is_dumpable, make_undumpable
+from bot.agent.secrecy import is_dumpable, make_undumpable
 before = is_dumpable()
 print(before, make_undumpable(), is_dumpable())
 """

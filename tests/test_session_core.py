@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot import session as core
-from bot.session import (
+from bot.core import session as core
+from bot.core.session import (
     AddLabel, Approve, Asked, Cancel, CancelReason, CIFailed, CleanupWorkspace, Decision, Detail,
     DependenciesSatisfied, DependenciesWaiting, DoneReported, EditQuestion, EnsureWorkspace,
     FailureKind, FinishWork, HoldSlot, LabelKind, Limits, MarkQuestionAnswered, MarkQuestionCancelled,

@@ -9,15 +9,15 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot import session as core
-from bot.session import (
+from bot.core import session as core
+from bot.core.session import (
     Approve, Asked, Cancel, CancelReason, CIFailed, Command, DependenciesSatisfied, DependenciesWaiting,
     DoneReported, FailureKind, Limits, MergeConflict, Mode, PlanSubmitted, Progress, PullRequestClosed,
     PullRequestOpened, PullRequestUpdated, PushFailed, QuestionPosted, Recovered, ReplyReceived, Retry,
     ReviewFeedback, Revise, Session, SlotGranted, StartTurn, State, StatusRequested, StopAgent, Trigger,
     TurnExited, TurnFailed, TurnStarted, WorkspaceFailed, WorkspaceReady, decide,
 )
-from bot.slots import SlotLimits, SlotQueue
+from bot.core.slots import SlotLimits, SlotQueue
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
 

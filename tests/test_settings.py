@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from bot.policy import OperatorLimits
+from bot.core.policy import OperatorLimits
 from bot.settings import Settings, SettingsError, load_settings
 
 

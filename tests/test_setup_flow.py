@@ -12,10 +12,10 @@ from html.parser import HTMLParser
 import pytest
 
 from bot.app import SERVICES, create_app
-from bot.consumer import RetryPolicy
-from bot.manifest import build_manifest, registration_url, required_permissions
+from bot.ingest.consumer import RetryPolicy
+from bot.github.manifest import build_manifest, registration_url, required_permissions
 from bot.settings import load_settings
-from bot.setup_flow import write_env
+from bot.github.setup_flow import write_env
 from tests.fakes import payloads
 
 PUBLIC_URL = "https://shepherd.example.com"

@@ -7,7 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.slots import SlotLimits, SlotQueue
+from bot.core.slots import SlotLimits, SlotQueue
 
 
 def test_admits_in_fifo_order_up_to_the_global_limit():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.store import DELIVERY_RETENTION_SECONDS, DONE, Store
+from bot.store.database import DELIVERY_RETENTION_SECONDS, DONE, Store
 
 DAY = 24 * 3600
 
@@ -62,7 +62,7 @@ def test_only_deliveries_older_than_the_retention_period_are_forgotten(tmp_path)
 def test_a_version_4_database_is_migrated_with_its_deliveries_and_their_numbers(tmp_path):
     import sqlite3
 
-    from bot.store import _SCHEMA
+    from bot.store.database import _SCHEMA
 
     path = tmp_path / "shepherd.db"
     old = sqlite3.connect(path, isolation_level=None)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.session import Asked, DoneReported, PlanSubmitted, Progress
-from bot.turns import report_event
+from bot.core.session import Asked, DoneReported, PlanSubmitted, Progress
+from bot.agent.turns import report_event
 
 
 def test_reports_map_to_events():

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from bot.app import SERVICES, create_app
-from bot.dashboard_token import ensure_dashboard_token, token_path
-from bot.session import (
+from bot.views.dashboard_token import ensure_dashboard_token, token_path
+from bot.core.session import (
     Detail,
     Mode,
     PullRequestState,
@@ -26,7 +26,7 @@ from bot.session import (
     make_slug,
     to_status_json,
 )
-from bot.status_view import load_sessions, render_status
+from bot.views.status_view import load_sessions, render_status
 from tests.conftest import settings_for
 
 TOKEN = "test-dashboard-token"
@@ -191,7 +191,7 @@ async def test_generated_token_is_kept_private_and_reused(aiohttp_client, fake_g
 
 
 def test_terminal_status_lines():
-    from bot.status_view import SessionRow
+    from bot.views.status_view import SessionRow
 
     rows = sorted((SessionRow(s) for s in sample_sessions()), key=lambda row: row.sort_key)
     text = render_status(rows, now=NOW)
@@ -213,8 +213,8 @@ async def test_load_sessions_skips_a_broken_row(views):
 
 
 def test_terminal_lines_carry_no_escape_sequence_from_a_title_or_a_question():
-    from bot.session import Question
-    from bot.status_view import SessionRow
+    from bot.core.session import Question
+    from bot.views.status_view import SessionRow
 
     hostile = make_session("acme/web", 9, "Fix \x1b]0;pwned\x07 the \x1b[2J title\r\rand more", State.WORKING,
                            minutes_ago=5)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.push import push_branch
-from bot.workspace import WorkspaceError, WorkspaceKept, Workspaces
+from bot.workspace.push import push_branch
+from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, git_remote  # noqa: F401
 
 REPO = "acme/web"

@@ -1,0 +1,115 @@
+"""The seams between the session runtime and the parts that act on GitHub, as protocols and plain data.
+
+The runtime (`bot/runtime/engine.py`) stores sessions and carries out the core's commands. Commands that touch
+the issue or the PR are handed to a `Publisher` (`bot/runtime/publisher.py`); `FinishWork` is handed to a
+`Finisher` (`bot/runtime/finisher.py`). Handlers talk to the runtime only through `Engine`. Keeping these seams
+as protocols lets each side be built and tested on its own, and lets a Temporal runtime (SPEC §7) host
+the same parts later.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bot.core.policy import EffectivePolicy
+from bot.core.session import Command, Event, FinishWork, Mode, Session
+
+
+@dataclass(frozen=True)
+class ChangedFile:
+    """One file of the session's diff against its base, for the status comment and the PR body."""
+
+    path: str
+    added: int
+    removed: int
+
+
+@dataclass(frozen=True)
+class SessionContext:
+    """What a publisher or finisher needs beyond the session itself; built by the runtime per command."""
+
+    installation_id: int
+    owner: str
+    repo: str  # the repository's name, without the owner
+    clone_url: str
+    default_branch: str
+    policy: EffectivePolicy
+    worktree: Path | None = None
+    session_dir: Path | None = None
+    queue_position: int | None = None
+    changed_files: tuple[ChangedFile, ...] = ()
+    log_tail: str | None = None  # already redacted
+    notes: tuple[str, ...] = ()  # extra lines for the status comment, e.g. "re-run after a restart"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+
+class Publisher(Protocol):
+    """Carries out the commands that show up on the issue or PR: status, questions, labels, reactions."""
+
+    async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
+        """Carry out one command idempotently; return the events it produced (e.g. `QuestionPosted`)."""
+        ...
+
+
+class Finisher(Protocol):
+    """Turns finished work into a pushed branch and one pull request (SPEC §1.8)."""
+
+    async def finish(self, session: Session, command: FinishWork, context: SessionContext) -> Sequence[Event]:
+        """Commit leftovers, check protected paths, run tests, push, open or update the PR.
+
+        Returns `PullRequestOpened`, `PullRequestUpdated`, `PushFailed` or `MergeConflict` (and nothing else)."""
+        ...
+
+
+@dataclass(frozen=True)
+class IssueRef:
+    """The issue a webhook is about, as the handlers know it from the payload."""
+
+    installation_id: int
+    owner: str
+    repo: str
+    number: int
+    title: str
+    body: str
+    clone_url: str
+    default_branch: str
+    author: str | None = None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.owner}/{self.repo}"
+
+
+class Engine(Protocol):
+    """What handlers may ask of the session runtime. Every method returns quickly; work happens later."""
+
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str) -> Session | None:
+        """A go or plan label was added by an authorised person: start, continue, or point to the PR."""
+        ...
+
+    async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
+        """Feed one event to the issue's newest session; returns the session after the event, if any."""
+        ...
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        """The issue's newest session, live or not."""
+        ...
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        """The newest session working on `branch` (for PR events)."""
+        ...
+
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        """The newest session whose pull request is `number`, from Shepherd's own records."""
+        ...
+
+    async def cancel_installation(self, installation_id: int, *, reason: str) -> None: ...
+
+    async def cancel_repository(self, full_name: str, *, reason: str) -> None: ...

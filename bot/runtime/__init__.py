@@ -1,0 +1,1 @@
+"""The engine that hosts the core, and the executors that carry out its commands (publisher, finisher, rounds)."""

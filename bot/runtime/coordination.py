@@ -1,0 +1,157 @@
+"""Coordination of parallel sessions in one repository: shared files between live sessions, and the test merge before a PR.
+
+`find_overlaps` is pure. `Coordinator.check` measures each live session's changed files against its
+base, stores each session's overlaps in its context (the next turn's message names them) and keeps one
+coordination comment per issue, edited when the overlap changes and never repeated. `test_merge` merges
+the branch's head into the current base in a scratch worktree of the mirror and reports the conflicting
+files; the scratch worktree is always removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bot.runtime.publisher import PostedRecords, ensure_comment
+from bot.workspace.git import Git, GitError, Mirror
+from bot.github.pacing import Priority
+from bot.views.render import environment
+from bot.core.sanitize import marker
+from bot.core.session import Progress, Session, TurnExited
+from bot.workspace.workspaces import Workspaces
+
+log = logging.getLogger(__name__)
+
+COORDINATION_KIND = "coordination"
+COORDINATION_TITLE = "### 🤝 Another agent changes the same files"
+COORDINATION_SENTENCE = (
+    "Shepherd runs several agents in this repository at once. The work on this issue and on the issues "
+    "below changes the same files, so their pull requests may conflict. Both agents were told."
+)
+COORDINATION_CLEARED = "The overlap is gone: the sessions no longer change the same files."
+SCRATCH_USER = ("Shepherd test merge", "shepherd@invalid")
+
+
+def find_overlaps(changes: Mapping[str, set[str]]) -> dict[str, dict[str, tuple[str, ...]]]:
+    """For each session, the other sessions it shares files with, and those files (sorted)."""
+    overlaps: dict[str, dict[str, tuple[str, ...]]] = {}
+    names = sorted(changes)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            shared = tuple(sorted(changes[first] & changes[second]))
+            if shared:
+                overlaps.setdefault(first, {})[second] = shared
+                overlaps.setdefault(second, {})[first] = shared
+    return overlaps
+
+
+def render_coordination(session_id: str, others: list[dict[str, Any]]) -> str:
+    """The coordination comment; `others` holds `issue` (`#12`), `link` and `paths` per other session."""
+    return environment().get_template("coordination.md.j2").render(
+        marker=marker(COORDINATION_KIND, session=session_id), title=COORDINATION_TITLE,
+        sentence=COORDINATION_SENTENCE, cleared=COORDINATION_CLEARED, others=others,
+    )
+
+
+class Coordinator:
+    """Finds the files that live sessions of a repository share and tells both sides, once."""
+
+    def __init__(self, engine: Any, github: Any, store: Any, *, clock: Callable[[], float]) -> None:
+        self.engine = engine
+        self.github = github
+        self.posted = PostedRecords(store)
+        self.clock = clock
+
+    async def observe(self, before: Session | None, after: Session, event: Any) -> None:
+        """A runtime observer: after each turn and on each progress report, compare the repository's sessions."""
+        if isinstance(event, (TurnExited, Progress)):
+            await self.check(after.repo)
+
+    async def _changed(self, session: Session, context: Mapping[str, Any]) -> set[str]:
+        worktree = Path(context["worktree"]) if context.get("worktree") else None
+        if worktree is None or not worktree.is_dir():
+            return set()
+        try:
+            files = await self.engine.workspaces.changed_files(worktree, session.base_branch)
+        except Exception:  # noqa: BLE001 - a worktree being removed has nothing to compare
+            log.warning("could not list changed files of %s", session.id, exc_info=True)
+            return set()
+        return {path for path, _, _ in files}
+
+    async def check(self, full_name: str) -> dict[str, dict[str, tuple[str, ...]]]:
+        """Compare the live sessions of `full_name`; store and post what overlaps."""
+        live = [s for s in self.engine.sessions.live() if s.session.repo == full_name]
+        changes = {stored.session.id: await self._changed(stored.session, stored.context) for stored in live}
+        overlaps = find_overlaps(changes)
+        by_id = {stored.session.id: stored for stored in live}
+        for session_id, stored in by_id.items():
+            mine = overlaps.get(session_id, {})
+            shown = {f"#{by_id[other].session.issue_number}": list(paths) for other, paths in mine.items()}
+            current = self.engine.sessions.get(session_id)
+            if current is None:
+                continue
+            if (current.context.get("overlaps") or {}) != shown:
+                self.engine.sessions.save_context(session_id, {**current.context, "overlaps": shown})
+            await self._post(stored, mine, by_id)
+        return overlaps
+
+    async def _post(self, stored: Any, mine: Mapping[str, tuple[str, ...]], by_id: Mapping[str, Any]) -> None:
+        session, context = stored.session, stored.context
+        if not mine and self.posted.get(session.id, COORDINATION_KIND) is None:
+            return  # never overlapped: nothing to say
+        web = _web_repo(context.get("clone_url", ""))
+        others = [
+            {
+                "issue": f"#{by_id[other].session.issue_number}",
+                "link": f"{web}/issues/{by_id[other].session.issue_number}" if web else "",
+                "paths": list(paths),
+            }
+            for other, paths in sorted(mine.items(), key=lambda item: by_id[item[0]].session.issue_number)
+        ]
+        body = render_coordination(session.id, others)
+        gh = self.github.installation(stored.installation_id)
+        bot_login, _ = await self.github.bot_identity(stored.installation_id)
+        await ensure_comment(
+            gh, self.posted, scope=session.id, kind=COORDINATION_KIND, key="", owner=context["owner"],
+            repo=context["repo"], number=session.issue_number, bot_login=bot_login,
+            marker_fields={"session": session.id}, body=body, now=self.clock(), priority=Priority.NORMAL,
+        )
+
+
+def _web_repo(clone_url: str) -> str:
+    return clone_url[:-4] if clone_url.endswith(".git") else clone_url
+
+
+async def test_merge(git: Git, workspaces: Workspaces, full_name: str, head: str, base: str) -> tuple[str, ...]:
+    """Merge `head` (a commit) into `refs/remotes/origin/<base>` in a scratch worktree; the conflicting
+    files, or () when it merges cleanly. Nothing of the scratch merge survives the call."""
+    mirror: Mirror = workspaces.mirror(full_name)
+    scratch_root = workspaces.data_dir / "scratch"
+    scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch_root))
+    shutil.rmtree(scratch)  # git worktree add wants to create it
+    base_ref = f"refs/remotes/origin/{base}"
+    await git.run("worktree", "add", "--quiet", "--detach", str(scratch), base_ref, mirror=mirror)
+    try:
+        name, email = SCRATCH_USER
+        try:
+            await git.run(
+                "-c", f"user.name={name}", "-c", f"user.email={email}",
+                "merge", "--no-commit", "--no-ff", "--quiet", head,
+                mirror=mirror, worktree=scratch,
+            )
+        except GitError:
+            out = await git.run("diff", "--name-only", "--diff-filter=U", "-z", mirror=mirror, worktree=scratch)
+            conflicts = tuple(sorted(path for path in out.split("\0") if path))
+            return conflicts or ("(unknown)",)
+        return ()
+    finally:
+        try:
+            await git.run("worktree", "remove", "--force", str(scratch), mirror=mirror)
+        except GitError:
+            shutil.rmtree(scratch, ignore_errors=True)
+            await git.run("worktree", "prune", mirror=mirror)

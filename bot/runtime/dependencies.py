@@ -1,0 +1,329 @@
+"""Dependencies between issues: `depends on #N` / `blocked by owner/repo#N` parsed, resolved and checked for cycles.
+
+The parsing, the verdict on one issue's dependencies (`resolve`) and the cycle search (`find_cycle`) are
+pure. `DependencyTracker` is the shell around them: it reads dependency issues through the installation's
+client and the runtime's sessions, and feeds `DependenciesWaiting` / `DependenciesSatisfied` to the
+engine. A dependency is done when its PR is merged, or when its issue was closed as completed. With
+`stack: true` a dependency whose PR is open (and only one such) is enough, and the session starts on that
+PR's branch. A dependency Shepherd cannot see is reported once and ignored; a cycle is reported on every
+issue in it, and the session keeps waiting until a person edits the issues.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import gidgethub
+
+from bot.runtime.publisher import PostedRecords, ensure_comment, issue_scope
+from bot.github.pacing import Priority
+from bot.core.sanitize import marker
+from bot.core.session import (
+    Detail,
+    DependenciesSatisfied,
+    DependenciesWaiting,
+    PullRequestState,
+    Session,
+    State,
+)
+
+log = logging.getLogger(__name__)
+
+ISSUE_URL = "/repos/{owner}/{repo}/issues/{issue_number}"
+DEPENDENCY_BODY = "dependency_body"  # the issue body as last edited by an authorised person
+MAX_GRAPH_ISSUES = 50  # how far the cycle search reads through other issues' bodies
+
+UNSEEN_KIND = "dependency-unseen"
+CYCLE_KIND = "dependency-cycle"
+UNSEEN_HEADING = "### ⚠️ Shepherd cannot see some dependencies"
+UNSEEN_SENTENCE = (
+    "This issue says it depends on {refs}, but Shepherd cannot see {them} (another installation, or the "
+    "issue does not exist). Shepherd ignores {them} and does not wait."
+)
+CYCLE_HEADING = "### ⛔ Dependency cycle"
+CYCLE_SENTENCE = (
+    "These issues depend on each other in a circle, so none of them can start: {chain}. "
+    "Edit one of them to remove a `depends on` line; Shepherd then checks again."
+)
+
+_REF = r"(?:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+)?#\d+"
+_KEYWORDS = re.compile(
+    rf"\b(?:depends\s+on|blocked\s+by)\s*:?\s*((?:{_REF})(?:\s*(?:,|and|&)?\s*(?:{_REF}))*)", re.IGNORECASE
+)
+_ONE_REF = re.compile(r"(?:(?P<repo>[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+))?#(?P<number>\d+)")
+_FENCE = re.compile(r"^(`{3,}|~{3,}).*?^\1", re.MULTILINE | re.DOTALL)
+
+
+@dataclass(frozen=True, order=True)
+class IssueKey:
+    """One issue anywhere: `owner/repo` (lowercase, as GitHub compares) and its number."""
+
+    repo: str
+    number: int
+
+    @property
+    def owner(self) -> str:
+        return self.repo.split("/", 1)[0]
+
+    @property
+    def name(self) -> str:
+        return self.repo.split("/", 1)[1]
+
+    def ref(self, home: str) -> str:
+        """`#12` inside `home`, `owner/repo#12` elsewhere."""
+        return f"#{self.number}" if self.repo == home.lower() else f"{self.repo}#{self.number}"
+
+
+def issue_key(repo: str, number: int) -> IssueKey:
+    return IssueKey(repo.lower(), int(number))
+
+
+def parse_dependencies(body: str | None, home: str) -> list[IssueKey]:
+    """Every issue `body` says it depends on or is blocked by, in order, without repeats or itself.
+
+    Code blocks are skipped: an example in a fence is not a dependency."""
+    text = _FENCE.sub("", body or "")
+    found: list[IssueKey] = []
+    for match in _KEYWORDS.finditer(text):
+        for ref in _ONE_REF.finditer(match.group(1)):
+            key = issue_key(ref.group("repo") or home, int(ref.group("number")))
+            if key not in found:
+                found.append(key)
+    return found
+
+
+@dataclass(frozen=True)
+class DependencyFacts:
+    """What Shepherd knows about one dependency."""
+
+    visible: bool = True
+    closed_completed: bool = False
+    pr_state: PullRequestState | None = None
+    branch: str | None = None  # the dependency session's branch (stacking starts there)
+
+    @property
+    def done(self) -> bool:
+        return self.closed_completed or self.pr_state == PullRequestState.MERGED
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The verdict on one issue's dependencies."""
+
+    waiting: tuple[IssueKey, ...] = ()
+    unseen: tuple[IssueKey, ...] = ()
+    stack_base: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return not self.waiting
+
+
+def resolve(dependencies: Sequence[IssueKey], facts: Mapping[IssueKey, DependencyFacts], *, stack: bool) -> Resolution:
+    """Which dependencies still hold the issue back; in stacked mode, the branch to start from."""
+    unseen = tuple(key for key in dependencies if not facts.get(key, DependencyFacts()).visible)
+    open_ = [key for key in dependencies if key not in unseen and not facts.get(key, DependencyFacts()).done]
+    if stack and len(open_) == 1:
+        only = facts.get(open_[0], DependencyFacts())
+        if only.pr_state == PullRequestState.OPEN and only.branch:
+            return Resolution((), unseen, only.branch)
+    return Resolution(tuple(open_), unseen, None)
+
+
+def find_cycle(start: IssueKey, edges: Mapping[IssueKey, Sequence[IssueKey]]) -> list[IssueKey] | None:
+    """A shortest path of dependencies from `start` back to itself (start first), or None."""
+    previous: dict[IssueKey, IssueKey] = {}
+    frontier = [start]
+    seen = {start}
+    while frontier:
+        following: list[IssueKey] = []
+        for node in frontier:
+            for nxt in edges.get(node, ()):
+                if nxt == start:
+                    path = [node]
+                    while path[-1] != start:
+                        path.append(previous[path[-1]])
+                    return list(reversed(path))
+                if nxt not in seen:
+                    seen.add(nxt)
+                    previous[nxt] = node
+                    following.append(nxt)
+        frontier = following
+    return None
+
+
+def render_unseen(home: str, keys: Iterable[IssueKey]) -> str:
+    keys = list(keys)
+    refs = ", ".join(f"`{key.ref(home)}`" for key in keys)
+    them = "it" if len(keys) == 1 else "them"
+    return f"{marker(UNSEEN_KIND, issue=home)}\n{UNSEEN_HEADING}\n\n{UNSEEN_SENTENCE.format(refs=refs, them=them)}\n"
+
+
+def render_cycle(home: str, cycle: Sequence[IssueKey]) -> str:
+    chain = " → ".join([*(key.ref(home) for key in cycle), cycle[0].ref(home)])
+    return f"{marker(CYCLE_KIND, cycle=cycle_id(cycle))}\n{CYCLE_HEADING}\n\n{CYCLE_SENTENCE.format(chain=chain)}\n"
+
+
+def cycle_id(cycle: Sequence[IssueKey]) -> str:
+    """The same id for a cycle whichever issue it was found from."""
+    return ",".join(f"{key.repo}#{key.number}" for key in sorted(cycle))
+
+
+# -- the shell ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Seen:
+    """One evaluation's reads of dependency issues (each issue read once)."""
+
+    issues: dict[IssueKey, dict[str, Any] | None] = field(default_factory=dict)
+
+
+class DependencyTracker:
+    """Checks dependencies when a session is triggered and re-checks waiting sessions when work lands.
+
+    `engine` is the runtime (`sessions`, `apply`, `last_session`); `github` the `GitHubApp`."""
+
+    def __init__(self, github: Any, store: Any, *, clock: Callable[[], float]) -> None:
+        self.github = github
+        self.clock = clock
+        self.posted = PostedRecords(store)
+        self.engine: Any = None
+
+    async def _read_issue(self, gh: Any, key: IssueKey, seen: _Seen) -> dict[str, Any] | None:
+        if key in seen.issues:
+            return seen.issues[key]
+        try:
+            issue = await gh.getitem(ISSUE_URL, {"owner": key.owner, "repo": key.name, "issue_number": key.number})
+        except gidgethub.BadRequest as error:
+            if int(error.status_code) not in (403, 404, 410):
+                raise
+            issue = None
+        if issue is not None and "pull_request" in issue:
+            issue = None  # a PR number is not an issue to wait for
+        seen.issues[key] = issue
+        return issue
+
+    def _session_of(self, key: IssueKey, home: str) -> Session | None:
+        """The dependency issue's newest Shepherd session, if it had one (`home` gives the name's case)."""
+        if self.engine is None:
+            return None
+        name = home if key.repo == home.lower() else key.repo
+        stored = self.engine.sessions.last_for_issue(name, key.number)
+        return stored.session if stored is not None else None
+
+    async def _facts(self, gh: Any, key: IssueKey, home: str, seen: _Seen) -> DependencyFacts:
+        issue = await self._read_issue(gh, key, seen)
+        if issue is None:
+            return DependencyFacts(visible=False)
+        session = self._session_of(key, home)
+        closed_completed = issue.get("state") == "closed" and (issue.get("state_reason") or "completed") == "completed"
+        if session is None:
+            return DependencyFacts(closed_completed=closed_completed)
+        return DependencyFacts(closed_completed=closed_completed, pr_state=session.pr_state, branch=session.branch)
+
+    async def _cycle(self, gh: Any, start: IssueKey, body: str | None, seen: _Seen) -> list[IssueKey] | None:
+        edges: dict[IssueKey, list[IssueKey]] = {start: parse_dependencies(body, start.repo)}
+        queue = list(edges[start])
+        while queue and len(edges) < MAX_GRAPH_ISSUES:
+            key = queue.pop(0)
+            if key in edges:
+                continue
+            issue = await self._read_issue(gh, key, seen)
+            edges[key] = parse_dependencies(issue.get("body") if issue else None, key.repo)
+            queue.extend(k for k in edges[key] if k not in edges)
+        return find_cycle(start, edges)
+
+    async def evaluate(
+        self, installation_id: int, full_name: str, number: int, body: str | None, *, stack: bool
+    ) -> Resolution:
+        """The verdict on an issue's dependencies; reports unseen dependencies and cycles on GitHub."""
+        home = full_name.lower()
+        dependencies = [key for key in parse_dependencies(body, home) if key != issue_key(home, number)]
+        if not dependencies:
+            return Resolution()
+        gh = self.github.installation(installation_id)
+        seen = _Seen()
+        facts = {key: await self._facts(gh, key, full_name, seen) for key in dependencies}
+        resolution = resolve(dependencies, facts, stack=stack)
+        if resolution.unseen:
+            await self._report_unseen(gh, issue_key(home, number), resolution.unseen, installation_id)
+        if not resolution.ready:
+            cycle = await self._cycle(gh, issue_key(home, number), body, seen)
+            if cycle:
+                await self._report_cycle(gh, cycle, installation_id)
+        return resolution
+
+    async def _report_unseen(self, gh: Any, key: IssueKey, unseen: Sequence[IssueKey], installation_id: int) -> None:
+        scope = issue_scope(key.repo, key.number)
+        name = ",".join(f"{k.repo}#{k.number}" for k in unseen)
+        if self.posted.get(scope, UNSEEN_KIND, name) is not None:
+            return  # reported once
+        bot_login, _ = await self.github.bot_identity(installation_id)
+        await ensure_comment(
+            gh, self.posted, scope=scope, kind=UNSEEN_KIND, key=name, owner=key.owner, repo=key.name,
+            number=key.number, bot_login=bot_login, marker_fields={"issue": key.repo}, body=render_unseen(key.repo, unseen),
+            now=self.clock(), priority=Priority.NORMAL, edit=False,
+        )
+
+    async def _report_cycle(self, gh: Any, cycle: Sequence[IssueKey], installation_id: int) -> None:
+        bot_login, _ = await self.github.bot_identity(installation_id)
+        ident = cycle_id(cycle)
+        for key in cycle:
+            scope = issue_scope(key.repo, key.number)
+            if self.posted.get(scope, CYCLE_KIND, ident) is not None:
+                continue
+            try:
+                await ensure_comment(
+                    gh, self.posted, scope=scope, kind=CYCLE_KIND, key=ident, owner=key.owner, repo=key.name,
+                    number=key.number, bot_login=bot_login, marker_fields={"cycle": ident},
+                    body=render_cycle(key.repo, cycle), now=self.clock(), priority=Priority.NORMAL, edit=False,
+                )
+            except gidgethub.BadRequest as error:
+                log.warning("could not report the cycle on %s#%s: %s", key.repo, key.number, error)
+
+    # -- re-checking waiting sessions ----------------------------------------------------------
+
+    async def recheck(self, only_repo: str | None = None) -> None:
+        """Feed every waiting session its current verdict (after a merge, a close or an edit)."""
+        if self.engine is None:
+            return
+        for stored in list(self.engine.sessions.live()):
+            session = stored.session
+            if session.detail != Detail.WAITING_FOR_DEPENDENCIES or session.state != State.QUEUED:
+                continue
+            if only_repo is not None and session.repo.lower() != only_repo.lower():
+                continue
+            await self.recheck_session(stored)
+
+    async def observe(self, before: Session | None, after: Session, event: Any) -> None:
+        """A runtime observer: a dependency's PR merged (or, for stacking, opened) may free waiting issues."""
+        if before is None or before.pr_state == after.pr_state:
+            return
+        if after.pr_state in (PullRequestState.MERGED, PullRequestState.OPEN):
+            await self.recheck()
+
+    async def recheck_issue(self, full_name: str, number: int, body: str) -> None:
+        """A person edited the waiting issue's body: check its dependencies as they read now."""
+        stored = self.engine.sessions.last_for_issue(full_name, number)
+        if stored is None:
+            return
+        self.engine.sessions.save_context(stored.session.id, {**stored.context, DEPENDENCY_BODY: body})
+        await self.recheck_session(self.engine.sessions.get(stored.session.id))
+
+    async def recheck_session(self, stored: Any) -> None:
+        session, context = stored.session, stored.context
+        body = context.get(DEPENDENCY_BODY, context.get("issue_body"))
+        policy = context.get("policy") or {}
+        resolution = await self.evaluate(
+            stored.installation_id, session.repo, session.issue_number, body, stack=bool(policy.get("stack"))
+        )
+        if resolution.ready:
+            await self.engine.apply(session.id, DependenciesSatisfied(resolution.stack_base))
+        else:
+            refs = tuple(key.ref(session.repo) for key in resolution.waiting)
+            await self.engine.apply(session.id, DependenciesWaiting(refs))

@@ -1,0 +1,768 @@
+"""The local session runtime: hosts the pure core (`bot/core/session.py`) on SQLite and asyncio (SPEC §1, §4, §6).
+
+`apply` runs `decide` under the issue's lock and stores the new session, the event and the commands
+in one transaction; a per-session runner then carries out the outbox in order, marking each row done
+only after it succeeded. Events that executors return are applied in turn. On `start()` every live
+session gets `Recovered` (re-attaching a still-running agent by pid and start time), and pending
+outbox rows are carried out again, which is why every executor is idempotent. One `SlotQueue` for the
+whole engine decides which queued turns may start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bot.agent import processes
+from bot.agent import turns
+from bot.github.permissions import PermissionCache
+from bot.agent.tool import write_status
+from bot.agent.adapters import Adapter, make_adapter
+from bot.agent.environment import build_agent_env
+from bot.agent.confinement import Confinement, for_session as confinement_for
+from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
+from bot.core.policy import EffectivePolicy, load_policy
+from bot.agent.prompt import gather_comments, render_prompt, render_turn_message
+from bot.core.session import (
+    Cancel,
+    CancelReason,
+    CleanupWorkspace,
+    Detail,
+    Command,
+    EnsureWorkspace,
+    Event,
+    FinishWork,
+    HoldSlot,
+    Limits,
+    Mode,
+    PostPlan,
+    PostStatus,
+    PullRequestState,
+    Recovered,
+    ReleaseSlot,
+    RequestSlot,
+    Session,
+    SlotGranted,
+    StartTurn,
+    State,
+    StopAgent,
+    Trigger,
+    TurnKind,
+    TurnStarted,
+    WorkspaceFailed,
+    WorkspaceReady,
+    decide,
+    decide_trigger,
+    to_status_json,
+)
+from bot.store.sessions import SessionStore, StoredSession
+from bot.settings import Settings
+from bot.core.slots import SlotLimits, SlotQueue
+from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
+
+log = logging.getLogger(__name__)
+
+SETUP_LOG = "setup.log"
+STATUS_FILE = "status.json"
+PLAN_NAME = "plan.md"
+PLAN_FILE = "plan-{revision}.md"
+NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
+NOTE_RECOVERED_ATTACHED = "Shepherd restarted and found the agent still running."
+NOTE_WORKTREE_KEPT = "The worktree was kept: {reason}."
+SETUP_TIMEOUT_SECONDS = 30 * 60
+RETRY_FIRST_DELAY = 0.5
+RETRY_MAX_DELAY = 60.0
+MAX_ATTEMPTS = 6
+
+AdapterFactory = Callable[[EffectivePolicy], Adapter]
+# Called after every stored change: (session before, session after, the event). Observers (the dashboard
+# issue, dependency re-checks, coordination of parallel sessions) run as their own tasks, never under
+# the issue's lock, so they may apply events themselves.
+Observer = Callable[[Session | None, Session, Event], Awaitable[None]]
+
+
+def utc(moment: float) -> datetime:
+    return datetime.fromtimestamp(moment, tz=timezone.utc)
+
+
+def session_folder(session_id: str) -> str:
+    """`owner/repo#12/3` → `owner__repo__12__3`: one folder name per session id (owners have no `_`)."""
+    issue, _, attempt = session_id.rpartition("/")
+    repo, _, number = issue.rpartition("#")
+    owner, _, name = repo.partition("/")
+    return f"{owner}__{name}__{number}__{attempt}"
+
+
+def issue_key(session_id: str) -> str:
+    return session_id.rpartition("/")[0]
+
+
+@dataclass(frozen=True)
+class StatusRequest:
+    """A status post carried out outside the outbox (shaped like an outbox row for `_carry_out`)."""
+
+    session_id: str
+    command: PostStatus
+    attempts: int
+    seq: int = -1
+
+
+class Engine:
+    """Stores sessions and carries out the core's commands (implements `bot.core.effects.Engine`)."""
+
+    def __init__(
+        self,
+        store: Any,
+        workspaces: Workspaces,
+        github: Any,
+        publisher: Publisher,
+        finisher: Finisher,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        adapter_factory: AdapterFactory | None = None,
+        parent_env: Mapping[str, str] | None = None,
+        permissions: PermissionCache | None = None,
+        poll: float = turns.WATCH_POLL_SECONDS,
+        retry_delay: float = RETRY_FIRST_DELAY,
+        max_attempts: int = MAX_ATTEMPTS,
+        dependencies: Any = None,
+    ) -> None:
+        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait."""
+        self.sessions = SessionStore(store.db)
+        self.workspaces = workspaces
+        self.github = github
+        self.publisher = publisher
+        self.finisher = finisher
+        self.settings = settings
+        self.clock = clock
+        self.adapter_factory = adapter_factory or self._default_adapter
+        # The agent's allow-listed environment is drawn from this (agent CLIs' keys live there); the
+        # entry point passes Shepherd's own environment, so nothing here reads it.
+        self.parent_env = dict(parent_env or {})
+        self.permissions = permissions or PermissionCache()
+        self.poll = poll
+        self.retry_delay = retry_delay
+        self.max_attempts = max_attempts
+        self.queue = SlotQueue()
+        self.limits = SlotLimits(global_limit=settings.max_workers, per_repo=settings.max_per_repo)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._runners: dict[str, asyncio.Task[None]] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._status_wanted: dict[str, PostStatus] = {}
+        self._status_posters: dict[str, asyncio.Task[None]] = {}
+        self._holding_admission = False
+        self._stopped = False
+        self.observers: list[Observer] = []
+        self.dependencies = dependencies
+        if dependencies is not None:
+            dependencies.engine = self
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Recover every unfinished session (SPEC §6), then carry out what is pending."""
+        self._holding_admission = True
+        try:
+            for stored in self.sessions.live():
+                await self._recover(stored)
+        finally:
+            self._holding_admission = False
+        for row in self.sessions.pending():
+            self._kick(row.session_id)
+        for stored in self.sessions.live():
+            # A status post lost to a crash is made good; unchanged text costs no GitHub write.
+            self._refresh_status(stored.session.id, PostStatus())
+        await self._admit()
+
+    async def stop(self) -> None:
+        """Stop watching and carrying out; agent processes keep running for the next start."""
+        self._stopped = True
+        tasks = [*self._runners.values(), *self._watchers.values(), *self._status_posters.values(), *self._tasks]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _recover(self, stored: StoredSession) -> None:
+        session, context = stored.session, stored.context
+        if context.get("port"):
+            self.workspaces.reserve_port(int(context["port"]))
+        self._note_policy_limits(session.repo, context)
+        handle = self._turn_handle(session, context)
+        alive = False
+        if handle is not None:
+            # A turn that ended while Shepherd was down left its exit code: watch it to read the end.
+            alive = processes.attach(handle) or processes.read_exit_code(handle) is not None
+        if alive:
+            self.queue.hold(session.id, session.repo)
+        note = NOTE_RECOVERED_ATTACHED if alive else (NOTE_RECOVERED_RERUN if session.running_turn else None)
+        if note:
+            context = {**context, "notes": [*context.get("notes", []), note]}
+            self.sessions.save_context(session.id, context)
+        after = await self.apply(session.id, Recovered(turn_alive=alive))
+        if alive and after is not None and after.running_turn is not None and handle is not None:
+            self._watch(session.id, handle)
+
+    # -- the Engine protocol --------------------------------------------------------------------
+
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str) -> Session | None:
+        """Start, continue, or point to the PR (SPEC §1.1)."""
+        key = f"{issue.full_name}#{issue.number}"
+        async with self._lock(key):
+            last = self.sessions.last_for_issue(issue.full_name, issue.number)
+            if last is not None and last.session.is_live:
+                return last.session
+            gh = self.github.installation(issue.installation_id)
+            loaded = await load_policy(
+                gh, issue.owner, issue.repo, issue.default_branch, self.settings.operator_limits()
+            )
+            policy = loaded.policy
+            waiting: tuple[str, ...] = ()
+            base_branch = policy.base_branch or issue.default_branch
+            if self.dependencies is not None and (last is None or last.session.state != State.COMPLETE
+                                                  or last.session.pr_state != PullRequestState.OPEN):
+                verdict = await self.dependencies.evaluate(
+                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=policy.stack
+                )
+                waiting = tuple(key.ref(issue.full_name) for key in verdict.waiting)
+                base_branch = verdict.stack_base or base_branch
+            now = self.clock()
+            event = Trigger(
+                repo=issue.full_name,
+                issue_number=issue.number,
+                issue_title=issue.title,
+                mode=mode,
+                actor=actor,
+                base_branch=base_branch,
+                limits=Limits(policy.max_turns, policy.review_rounds, policy.ci_rounds),
+                waiting_for=waiting,
+            )
+            decision = decide_trigger(last.session if last else None, event, utc(now))
+            session = decision.session
+            if session is None:
+                return None
+            if last is not None and session.id == last.session.id:
+                context = last.context
+            else:
+                context = {
+                    "installation_id": issue.installation_id,
+                    "owner": issue.owner,
+                    "repo": issue.repo,
+                    "clone_url": issue.clone_url,
+                    "default_branch": issue.default_branch,
+                    "issue_body": issue.body,
+                    "issue_author": issue.author,
+                    "trigger_label": label,
+                    "trigger_at": now,
+                    "policy": policy.as_dict(),
+                    "policy_problems": [str(problem) for problem in loaded.problems],
+                }
+            self._note_policy_limits(session.repo, context)
+            self.sessions.record(session, context, event, decision.commands, now=now)
+        self._write_status(session, context)
+        self._kick(session.id)
+        self._notify(last.session if last else None, session, event)
+        return session
+
+    async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
+        last = self.sessions.last_for_issue(full_name, issue_number)
+        if last is None:
+            return None
+        return await self.apply(last.session.id, event)
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        last = self.sessions.last_for_issue(full_name, issue_number)
+        return last.session if last else None
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        """The repository's sessions whose plan waits for approval (for `/agent approve all`)."""
+        return [
+            stored.session for stored in self.sessions.for_repository(full_name)
+            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
+        ]
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        found = self.sessions.last_for_branch(full_name, branch)
+        return found.session if found else None
+
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        """The session whose pull request is `number`, from Shepherd's own records (no GitHub call)."""
+        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+    async def cancel_installation(self, installation_id: int, *, reason: str) -> None:
+        for stored in self.sessions.for_installation(installation_id):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.apply(stored.session.id, Cancel(CancelReason.UNINSTALLED))
+
+    async def cancel_repository(self, full_name: str, *, reason: str) -> None:
+        for stored in self.sessions.for_repository(full_name):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.apply(stored.session.id, Cancel(CancelReason.UNINSTALLED))
+
+    # -- applying events ------------------------------------------------------------------------
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
+
+    async def apply(self, session_id: str, event: Event) -> Session | None:
+        """Decide, store session + event + commands in one transaction, then let the runner carry out."""
+        async with self._lock(issue_key(session_id)):
+            stored = self.sessions.get(session_id)
+            if stored is None:
+                return None
+            now = self.clock()
+            decision = decide(stored.session, event, utc(now))
+            session = decision.session
+            if session is None:
+                return None
+            if session.id != stored.session.id:
+                # A retry on a finished session starts a new one with the same facts.
+                context = {key: value for key, value in stored.context.items()
+                           if key not in ("turn", "reports_seq", "worktree", "port", "notes")}
+            else:
+                context = stored.context
+            self.sessions.record(session, context, event, decision.commands, now=now)
+        self._write_status(session, context)
+        if decision.commands:
+            self._kick(session.id)
+        if session != stored.session:
+            self._notify(stored.session, session, event)
+        return session
+
+    def _notify(self, before: Session | None, after: Session, event: Event) -> None:
+        if self._stopped:
+            return
+        for observer in self.observers:
+            self._spawn(self._observe(observer, before, after, event))
+
+    async def _observe(self, observer: Observer, before: Session | None, after: Session, event: Event) -> None:
+        try:
+            await observer(before, after, event)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - an observer's trouble must not touch the session itself
+            log.warning("observer %s failed for %s", getattr(observer, "__name__", observer), after.id, exc_info=True)
+
+    def _kick(self, session_id: str) -> None:
+        if self._stopped:
+            return
+        runner = self._runners.get(session_id)
+        if runner is None or runner.done():
+            self._runners[session_id] = asyncio.create_task(self._run_outbox(session_id), name=f"outbox {session_id}")
+
+    async def _run_outbox(self, session_id: str) -> None:
+        while True:
+            rows = self.sessions.pending(session_id)
+            if not rows:
+                return
+            for row in rows:
+                if isinstance(row.command, PostStatus):
+                    # The status comment is "latest wins" and paced at one write a second: posting it
+                    # in the background keeps it off the path to the agent's start (SPEC §1.5).
+                    self.sessions.mark_done(row.seq, now=self.clock())
+                    self._refresh_status(session_id, row.command)
+                    continue
+                events = await self._carry_out(row)
+                for event in events:
+                    await self.apply(session_id, event)
+
+    def _refresh_status(self, session_id: str, command: PostStatus) -> None:
+        """Post the session's status soon, coalescing requests that arrive while one is being posted."""
+        waiting = self._status_wanted.get(session_id)
+        if waiting is not None:
+            command = PostStatus(
+                urgent=waiting.urgent or command.urgent, throttled=waiting.throttled and command.throttled
+            )
+        self._status_wanted[session_id] = command
+        task = self._status_posters.get(session_id)
+        if (task is None or task.done()) and not self._stopped:
+            self._status_posters[session_id] = asyncio.create_task(
+                self._post_statuses(session_id), name=f"status {session_id}"
+            )
+
+    async def _post_statuses(self, session_id: str) -> None:
+        while (command := self._status_wanted.pop(session_id, None)) is not None:
+            row = StatusRequest(session_id, command, attempts=0)
+            for event in await self._carry_out(row, stored=False):
+                await self.apply(session_id, event)
+
+    async def _carry_out(self, row: Any, *, stored: bool = True) -> Sequence[Event]:
+        """Run one command until it succeeds or its attempts are used up (`stored`: an outbox row)."""
+        attempts = row.attempts
+        while True:
+            try:
+                events = await self._execute(row.session_id, row.command)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any executor failure is retried, then given up
+                attempts += 1
+                message = f"{type(error).__name__}: {error}"
+                log.warning("command %s of %s failed (attempt %s): %s", type(row.command).__name__,
+                            row.session_id, attempts, message, exc_info=True)
+                if attempts >= self.max_attempts:
+                    log.error("giving up on %s of %s", type(row.command).__name__, row.session_id)
+                    if stored:
+                        self.sessions.mark_done(row.seq, now=self.clock(), error=message)
+                    return ()
+                if stored:
+                    self.sessions.mark_attempt(row.seq, message)
+                await asyncio.sleep(min(RETRY_MAX_DELAY, self.retry_delay * 2 ** (attempts - 1)))
+                continue
+            if stored:
+                self.sessions.mark_done(row.seq, now=self.clock())
+            return tuple(events or ())
+
+    # -- executors ------------------------------------------------------------------------------
+
+    async def _execute(self, session_id: str, command: Command) -> Sequence[Event]:
+        stored = self.sessions.get(session_id)
+        if stored is None:
+            return ()
+        session = stored.session
+        if isinstance(command, EnsureWorkspace):
+            return await self._ensure_workspace(stored, command)
+        if isinstance(command, RequestSlot):
+            self.queue.enqueue(session.id, session.repo, front=command.front)
+            await self._admit()
+            return ()
+        if isinstance(command, HoldSlot):
+            self.queue.hold(session.id, session.repo)
+            return ()
+        if isinstance(command, ReleaseSlot):
+            self.queue.release(session.id)
+            await self._admit()
+            return ()
+        if isinstance(command, StartTurn):
+            return await self._start_turn(stored, command)
+        if isinstance(command, StopAgent):
+            self._stop_agent(stored, command.grace_seconds)
+            return ()
+        if isinstance(command, CleanupWorkspace):
+            return await self._cleanup(stored)
+        if isinstance(command, PostPlan):
+            self._keep_plan(session, command)
+        context = await self._session_context(stored, with_changes=isinstance(command, (PostStatus, FinishWork)))
+        if isinstance(command, FinishWork):
+            return await self.finisher.finish(session, command, context)
+        return await self.publisher.publish(session, command, context)
+
+    def _policy(self, context: Mapping[str, Any]) -> EffectivePolicy:
+        return EffectivePolicy.model_validate(context["policy"])
+
+    def _note_policy_limits(self, repo: str, context: Mapping[str, Any]) -> None:
+        if "policy" not in context:
+            return
+        overrides = {**self.limits.repo_overrides, repo: int(context["policy"]["max_parallel"])}
+        self.limits = SlotLimits(self.limits.global_limit, self.limits.per_repo, overrides)
+
+    async def _session_context(self, stored: StoredSession, *, with_changes: bool) -> SessionContext:
+        session, context = stored.session, stored.context
+        worktree = Path(context["worktree"]) if context.get("worktree") else None
+        changed: tuple[ChangedFile, ...] = ()
+        if with_changes and worktree is not None and worktree.is_dir():
+            try:
+                changed = tuple(
+                    ChangedFile(path, added, removed)
+                    for path, added, removed in await self.workspaces.changed_files(worktree, session.base_branch)
+                )
+            except Exception:  # noqa: BLE001 - the status still renders without the file list
+                log.warning("could not list changed files of %s", session.id, exc_info=True)
+        extra = {"policy_problems": list(context.get("policy_problems", [])), "sandbox": self.workspaces.sandbox.mode}
+        if worktree is not None:
+            extra["egress"] = self.confinement(session, worktree, self._policy(context)).refused_hosts()
+        handle = self._turn_handle(session, context)
+        log_tail = None
+        if handle is not None:
+            log_tail = processes.log_tail(handle.log_path, turns.LOG_TAIL_LINES)
+        return SessionContext(
+            installation_id=stored.installation_id,
+            owner=context["owner"],
+            repo=context["repo"],
+            clone_url=context["clone_url"],
+            default_branch=context["default_branch"],
+            policy=self._policy(context),
+            worktree=worktree,
+            session_dir=self.workspaces.session_dir(session_folder(session.id)),
+            queue_position=self.queue.position(session.id),
+            changed_files=changed,
+            log_tail=log_tail,
+            notes=tuple(context.get("notes", [])),
+            extra=extra,
+        )
+
+    async def _ensure_workspace(self, stored: StoredSession, command: EnsureWorkspace) -> Sequence[Event]:
+        session, context = stored.session, dict(stored.context)
+        policy = self._policy(context)
+        full_name = session.repo
+        session_dir = self.workspaces.session_dir(session_folder(session.id))
+        try:
+            token = await self.github.mint_push_token(stored.installation_id, context["owner"], context["repo"])
+            await self.workspaces.ensure_mirror(full_name, context["clone_url"], token)
+            existing = Path(context["worktree"]) if context.get("worktree") else None
+            if existing is not None and (existing / ".git").exists():
+                worktree = existing
+            else:
+                worktree = await self.workspaces.create_worktree(
+                    full_name, command.branch, command.base_branch,
+                    continue_from_existing=command.from_kept_branch,
+                )
+            context["worktree"] = str(worktree)
+            if not context.get("port"):
+                context["port"] = self.workspaces.allocate_port()
+            self.sessions.save_context(session.id, context)
+            await self.workspaces.install_env_files(worktree, policy.env_files)
+        except (WorkspaceError, Exception) as error:  # noqa: BLE001 - every failure is the session's
+            if not isinstance(error, (WorkspaceError, OSError)) and not _is_git_or_http(error):
+                raise
+            log.warning("workspace of %s failed: %s", session.id, error)
+            return (WorkspaceFailed(str(error)),)
+        if self.workspaces.pool_size:
+            self._spawn(self.workspaces.fill_pool(full_name, command.base_branch))
+        if policy.setup:
+            bot_name, bot_email = await self.github.bot_identity()
+            env = build_agent_env(
+                self.parent_env, extra_names=self.settings.agent_env, session_dir=session_dir,
+                status_file=session_dir / STATUS_FILE, repo=full_name, issue=session.issue_number,
+                branch=session.branch, worktree=worktree, turn=0, prompt_file=session_dir / turns.PROMPT_NAME,
+                port=int(context["port"]), reply=None, reply_file=None, bot_name=bot_name,
+                bot_email=bot_email, tool_bin_dir=session_dir / "bin",
+            )
+            confinement = self.confinement(session, worktree, policy)
+
+            async def run_one(command: str, index: int, timeout: float | None) -> int | None:
+                outcome = await confinement.run(
+                    command, name=f"setup-{index}", env=env, log_path=session_dir / SETUP_LOG,
+                    exit_path=session_dir / f"setup-{index}.exit", timeout_s=timeout or SETUP_TIMEOUT_SECONDS,
+                    poll=self.poll,
+                )
+                return outcome.exit_code if outcome.reason == processes.REASON_EXITED else None
+
+            result = await self.workspaces.run_setup(
+                list(policy.setup), env, worktree, session_dir / SETUP_LOG,
+                timeout=min(SETUP_TIMEOUT_SECONDS, policy.max_runtime_seconds), run=run_one,
+            )
+            if not result.ok:
+                return (WorkspaceFailed(result.message or "setup failed"),)
+        return (WorkspaceReady(),)
+
+    async def _start_turn(self, stored: StoredSession, command: StartTurn) -> Sequence[Event]:
+        session, context = stored.session, dict(stored.context)
+        # A StartTurn left in the outbox by a crash is stale once recovery re-queued the turn.
+        if session.running_turn is None or session.turn_count != command.turn:
+            return ()
+        known = context.get("turn") or {}
+        if known.get("turn") == command.turn and known.get("session") == session.id:
+            handle = processes.TurnHandle.from_json(known["handle"])
+            if processes.attach(handle) or processes.read_exit_code(handle) is not None:
+                self._watch(session.id, handle)
+                return ()
+        policy = self._policy(context)
+        adapter = self.adapter_factory(policy)
+        worktree = Path(context["worktree"])
+        session_dir = self.workspaces.session_dir(session_folder(session.id))
+        try:
+            await self.workspaces.share_base(worktree, session.base_branch)
+        except WorkspaceError as error:  # the turn can still run; a rebase would say what is missing
+            log.warning("could not show %s its base branch: %s", session.id, error)
+        bot_name, bot_email = await self.github.bot_identity()
+        setup = turns.TurnSetup(
+            session_dir=session_dir, worktree=worktree, repo=session.repo, issue=session.issue_number,
+            branch=session.branch, turn=command.turn, port=int(context["port"]), bot_name=bot_name,
+            bot_email=bot_email, parent_env=self.parent_env, extra_env_names=self.settings.agent_env,
+            confinement=self.confinement(session, worktree, policy),
+        )
+        first = command.kind == TurnKind.FIRST or (
+            command.kind == TurnKind.PLAN and command.reply is None and command.resume_session_id is None
+        )
+        if first:
+            prompt = await self._render_prompt(stored, worktree)
+            handle = turns.start_turn(setup, adapter, prompt=prompt, message=None, reply=None,
+                                      resume_session_id=None)
+        else:
+            message = render_turn_message(
+                command.kind, command.reply, command.notes, command.paths, base_branch=session.base_branch,
+                overlaps=context.get("overlaps") or {},
+            )
+            handle = turns.start_turn(setup, adapter, prompt=None, message=message, reply=command.reply,
+                                      resume_session_id=command.resume_session_id)
+        context["turn"] = {"turn": command.turn, "session": session.id, "handle": handle.to_json()}
+        context.setdefault("reports_seq", 0)
+        self.sessions.save_context(session.id, context)
+        self._watch(session.id, handle)
+        return (TurnStarted(None),)
+
+    async def _render_prompt(self, stored: StoredSession, worktree: Path) -> str:
+        session, context = stored.session, stored.context
+        policy = self._policy(context)
+        gh = self.github.installation(stored.installation_id)
+        comments = await gather_comments(
+            gh, context["owner"], context["repo"], session.issue_number,
+            trigger_at=utc(float(context.get("trigger_at") or self.clock())),
+            permissions=self.permissions, minimum=policy.min_permission,
+        )
+        return render_prompt(
+            repo=session.repo, issue_number=session.issue_number, title=session.issue_title,
+            body=context.get("issue_body"), comments=comments, branch=session.branch,
+            base_branch=session.base_branch, worktree=worktree, mode=str(session.mode),
+        )
+
+    def _keep_plan(self, session: Session, command: PostPlan) -> None:
+        """The plan lives in the session's control folder: the newest as `plan.md`, each revision too."""
+        folder = self.workspaces.session_dir(session_folder(session.id))
+        text = command.text if command.text.endswith("\n") else command.text + "\n"
+        (folder / PLAN_FILE.format(revision=command.revision)).write_text(text, encoding="utf-8")
+        (folder / PLAN_NAME).write_text(text, encoding="utf-8")
+
+    def _turn_handle(self, session: Session, context: Mapping[str, Any]) -> processes.TurnHandle | None:
+        known = context.get("turn") or {}
+        if not known or known.get("session") != session.id or session.running_turn is None:
+            return None
+        if known.get("turn") != session.turn_count:
+            return None
+        return processes.TurnHandle.from_json(known["handle"])
+
+    def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
+        current = self._watchers.get(session_id)
+        if current is not None and not current.done():
+            return
+        self._watchers[session_id] = asyncio.create_task(self._watch_turn(session_id, handle), name=f"turn {session_id}")
+
+    async def _watch_turn(self, session_id: str, handle: processes.TurnHandle) -> None:
+        stored = self.sessions.get(session_id)
+        if stored is None:
+            return
+        policy = self._policy(stored.context)
+        worktree = Path(stored.context["worktree"])
+        session_dir = self.workspaces.session_dir(session_folder(session_id))
+        adapter = self.adapter_factory(policy)
+
+        async def emit(event: Event, seq: int) -> None:
+            await self.apply(session_id, event)
+            current = self.sessions.get(session_id)
+            if current is not None:
+                self.sessions.save_context(session_id, {**current.context, "reports_seq": seq})
+
+        async def measure() -> tuple[bool, bool, tuple[str, ...]]:
+            current = self.sessions.get(session_id)
+            base = current.session.base_branch if current else stored.session.base_branch
+            return await turns.measure_worktree(self.workspaces, worktree, base, policy.protected_paths)
+
+        try:
+            end = await turns.watch_turn(
+                handle, session_dir=session_dir, after_seq=int(stored.context.get("reports_seq") or 0),
+                emit=emit, measure=measure, max_runtime_s=policy.max_runtime_seconds,
+                idle_timeout_s=policy.idle_timeout_seconds, poll=self.poll,
+                confinement=self.confinement(stored.session, worktree, policy),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
+            log.exception("watching the turn of %s failed", session_id)
+            end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+        agent_id = turns.agent_session_id(adapter, handle)
+        if agent_id:
+            await self.apply(session_id, TurnStarted(agent_id))
+        await self.apply(session_id, end)
+
+    def confinement(self, session: Session, worktree: Path, policy: EffectivePolicy) -> Confinement:
+        """The box, egress proxy and limits of `session`'s turns, setup and test commands."""
+        return confinement_for(self.workspaces, session_folder(session.id), worktree, session.repo,
+                               policy.network.allow)
+
+    def _stop_agent(self, stored: StoredSession, grace_seconds: float) -> None:
+        known = stored.context.get("turn") or {}
+        if not known or known.get("session") != stored.session.id:
+            return
+        handle = processes.TurnHandle.from_json(known["handle"])
+
+        async def stop_later() -> None:
+            deadline = time.monotonic() + grace_seconds
+            while time.monotonic() < deadline:
+                if processes.read_exit_code(handle) is not None or not processes.attach(handle):
+                    break
+                await asyncio.sleep(self.poll)
+            await asyncio.to_thread(processes.kill_group, handle, 2.0)
+
+        self._spawn(stop_later())
+
+    async def _cleanup(self, stored: StoredSession) -> Sequence[Event]:
+        context = dict(stored.context)
+        worktree = Path(context["worktree"]) if context.get("worktree") else None
+        if worktree is None or not worktree.is_dir():
+            return ()
+        try:
+            await self.workspaces.remove_worktree(worktree)
+        except WorkspaceKept as kept:
+            context["notes"] = [*context.get("notes", []), NOTE_WORKTREE_KEPT.format(reason=kept.reason)]
+            self.sessions.save_context(stored.session.id, context)
+            refreshed = StoredSession(stored.session, context, stored.installation_id)
+            ctx = await self._session_context(refreshed, with_changes=False)
+            return await self.publisher.publish(stored.session, PostStatus(), ctx)
+        if context.get("port"):
+            self.workspaces.release_port(int(context["port"]))
+        return ()
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        if self._holding_admission:
+            return
+        for session_id in self.queue.admit(self.limits):
+            await self.apply(session_id, SlotGranted())
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _default_adapter(self, policy: EffectivePolicy) -> Adapter:
+        return make_adapter(policy.agent, command=self.settings.agent_command, allowed_tools=policy.allowed_tools)
+
+    def _write_status(self, session: Session, context: Mapping[str, Any]) -> None:
+        try:
+            folder = self.workspaces.session_dir(session_folder(session.id))
+            data = to_status_json(session, worktree_path=context.get("worktree"),
+                                  queue_position=self.queue.position(session.id))
+            write_status(folder / STATUS_FILE, data)
+        except Exception:  # noqa: BLE001 - status.json is a convenience for the agent
+            log.warning("could not write status.json of %s", session.id, exc_info=True)
+
+    # -- inspection (tests, dashboard) ----------------------------------------------------------
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.workspaces.session_dir(session_folder(session_id))
+
+    def context_of(self, session_id: str) -> dict[str, Any]:
+        stored = self.sessions.get(session_id)
+        return dict(stored.context) if stored else {}
+
+    async def idle(self) -> None:
+        """Wait until no command is pending and no turn is being watched."""
+        while True:
+            busy = [
+                t for t in (*self._runners.values(), *self._watchers.values(), *self._status_posters.values())
+                if not t.done()
+            ]
+            if not busy and not self.sessions.pending():
+                return
+            await asyncio.sleep(self.poll)
+
+
+def _is_git_or_http(error: BaseException) -> bool:
+    from bot.workspace.git import GitError
+    import gidgethub
+
+    return isinstance(error, (GitError, gidgethub.GitHubException))

@@ -1,0 +1,534 @@
+"""The Publisher: carries out the session core's commands that show on the issue (status, questions, plan, labels, reactions), idempotently.
+
+Nothing here is ever written twice. Before creating a comment, the Publisher looks up the id it stored
+(`posted` table), then a hidden marker in the bot's own comments on the issue (a create whose answer
+was lost, e.g. a 502 after GitHub did create it), and only then creates, storing the id right away.
+Status edits are coalesced per session ("latest wins"), skipped when the text is unchanged (a stored
+hash), throttled to one per `status_interval_seconds` for progress-only updates, and written at the
+priority the core asked for: new questions and final states first, periodic progress last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import sqlite3
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import gidgethub
+
+from bot.github import labels as label_ops
+from bot.views import render
+from bot.github.permissions import is_self
+from bot.core.effects import SessionContext
+from bot.github.pacing import Priority
+from bot.core.policy import POLICY_PATH
+from bot.core.sanitize import find_marker
+from bot.core.session import (
+    AddLabel,
+    Command,
+    EditQuestion,
+    Event,
+    LabelKind,
+    MarkQuestionAnswered,
+    MarkQuestionCancelled,
+    PointToPullRequest,
+    PostPlan,
+    PostQuestion,
+    PostStatus,
+    QuestionPosted,
+    React,
+    RemoveLabel,
+    ReportFailure,
+    Session,
+    State,
+    WithdrawQuestion,
+)
+from bot.store.database import Store
+
+log = logging.getLogger(__name__)
+
+COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
+COMMENT_URL = "/repos/{owner}/{repo}/issues/comments/{comment_id}"
+ISSUE_REACTIONS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/reactions"
+COMMENT_REACTIONS_URL = "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
+
+STATUS = "status"
+QUESTION = "question"
+PLAN = "plan"
+POINTER = "pointer"
+POLICY = "policy"
+REACTION = "reaction"
+HELP = "help"
+COMMAND = "command"
+REFUSAL = "refusal"
+LOG_TAIL_KEY = "log-tail/{session_id}"
+REFUSAL_WINDOW_SECONDS = 3600.0
+CLOCK_SLACK_SECONDS = 60.0  # GitHub's clock and ours may disagree a little
+
+UNEXPECTED_COMMAND = "the Publisher does not carry out {name}"
+
+
+def body_hash(body: str) -> str:
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+def parse_time(value: str | None) -> datetime | None:
+    """GitHub's `2024-01-01T00:00:00Z` as an aware datetime."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+
+
+def issue_scope(full_name: str, number: int) -> str:
+    """The `posted.session_id` of things that belong to an issue rather than one session (commands)."""
+    return f"{full_name}#{number}"
+
+
+@dataclass(frozen=True)
+class Posted:
+    """One thing Shepherd wrote on GitHub: its id, the hash of what it last wrote, and when."""
+
+    github_id: int
+    body_sha: str | None
+    updated_at: float
+
+
+class PostedRecords:
+    """Data access for the `posted` table (schema in `bot/store/database.py`)."""
+
+    def __init__(self, store: Store) -> None:
+        self._db: sqlite3.Connection = store.db
+
+    def get(self, session_id: str, kind: str, key: str = "") -> Posted | None:
+        row = self._db.execute(
+            "SELECT github_id, body_sha, updated_at FROM posted WHERE session_id = ? AND kind = ? AND key = ?",
+            (session_id, kind, key),
+        ).fetchone()
+        return Posted(row["github_id"], row["body_sha"], row["updated_at"]) if row else None
+
+    def put(self, session_id: str, kind: str, key: str, github_id: int, body_sha: str | None, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO posted (session_id, kind, key, github_id, body_sha, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (session_id, kind, key) DO UPDATE SET github_id = excluded.github_id,"
+            " body_sha = excluded.body_sha, updated_at = excluded.updated_at",
+            (session_id, kind, key, github_id, body_sha, now),
+        )
+
+    def forget(self, session_id: str, kind: str, key: str = "") -> None:
+        self._db.execute(
+            "DELETE FROM posted WHERE session_id = ? AND kind = ? AND key = ?", (session_id, kind, key)
+        )
+
+
+class Refusals:
+    """Data access for the `refusals` table: when each person last got a refusal on an issue."""
+
+    def __init__(self, store: Store) -> None:
+        self._db: sqlite3.Connection = store.db
+
+    def last(self, full_name: str, number: int, login: str) -> float | None:
+        row = self._db.execute(
+            "SELECT at FROM refusals WHERE repo = ? AND issue_number = ? AND login = ?",
+            (full_name.lower(), number, login.lower()),
+        ).fetchone()
+        return row["at"] if row else None
+
+    def record(self, full_name: str, number: int, login: str, now: float) -> None:
+        self._db.execute(
+            "INSERT INTO refusals (repo, issue_number, login, at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (repo, issue_number, login) DO UPDATE SET at = excluded.at",
+            (full_name.lower(), number, login.lower(), now),
+        )
+
+
+class LogTails:
+    """The redacted log tail of a failed session, kept so later status edits still show it."""
+
+    def __init__(self, store: Store) -> None:
+        self._db: sqlite3.Connection = store.db
+
+    def get(self, session_id: str) -> str | None:
+        row = self._db.execute(
+            "SELECT value FROM settings_kv WHERE key = ?", (LOG_TAIL_KEY.format(session_id=session_id),)
+        ).fetchone()
+        return row["value"] if row else None
+
+    def put(self, session_id: str, tail: str) -> None:
+        self._db.execute(
+            "INSERT INTO settings_kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (LOG_TAIL_KEY.format(session_id=session_id), tail),
+        )
+
+
+# -- building blocks shared with the handlers ------------------------------------------------------
+
+
+async def find_own_comment(
+    gh: Any, owner: str, repo: str, number: int, bot_login: str, kind: str, fields: dict[str, str]
+) -> dict[str, Any] | None:
+    """The bot's comment on the issue whose marker is `kind` with `fields`; markers elsewhere are not trusted."""
+    async for comment in gh.getiter(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number}):
+        if not is_self(comment.get("user"), bot_login):
+            continue
+        found = find_marker(comment.get("body"), kind)
+        if found is not None and all(found.get(k) == str(v) for k, v in fields.items()):
+            return comment
+    return None
+
+
+async def react_once(
+    gh: Any,
+    posted: PostedRecords,
+    *,
+    scope: str,
+    owner: str,
+    repo: str,
+    number: int,
+    content: str,
+    comment_id: int | None,
+    now: float,
+    priority: Priority = Priority.NORMAL,
+) -> bool:
+    """Add a reaction to the issue or one of its comments, once; True when it was written now."""
+    key = f"{content}:{comment_id if comment_id is not None else 'issue'}"
+    if posted.get(scope, REACTION, key) is not None:
+        return False
+    if comment_id is None:
+        answer = await gh.post(ISSUE_REACTIONS_URL, {"owner": owner, "repo": repo, "issue_number": number},
+                               data={"content": content}, priority=priority)
+    else:
+        answer = await gh.post(COMMENT_REACTIONS_URL, {"owner": owner, "repo": repo, "comment_id": comment_id},
+                               data={"content": content}, priority=priority)
+    posted.put(scope, REACTION, key, int(answer["id"]), content, now)
+    return True
+
+
+async def ensure_comment(
+    gh: Any,
+    posted: PostedRecords,
+    *,
+    scope: str,
+    kind: str,
+    key: str,
+    owner: str,
+    repo: str,
+    number: int,
+    bot_login: str,
+    marker_fields: dict[str, str],
+    body: str,
+    now: float,
+    priority: Priority = Priority.NORMAL,
+    edit: bool = True,
+) -> tuple[dict[str, Any] | None, bool]:
+    """Create the comment, or edit the one already there; returns (comment or None when unchanged, written).
+
+    Looks up the stored id first, then the bot's marker on the issue, and creates only when both find
+    nothing. With `edit` False an existing comment is left as it is. Calls for the same comment are
+    serialised, so two tasks racing to report the same thing cannot both create it."""
+    async with _comment_lock(scope, kind, key):
+        sha = body_hash(body)
+        record = posted.get(scope, kind, key)
+        if record is None:
+            found = await find_own_comment(gh, owner, repo, number, bot_login, kind, marker_fields)
+            if found is not None:
+                record = Posted(int(found["id"]), body_hash(found.get("body") or ""), now)
+                posted.put(scope, kind, key, record.github_id, record.body_sha, now)
+                if record.body_sha == sha or not edit:
+                    return found, False
+        if record is not None:
+            if record.body_sha == sha or not edit:
+                return None, False
+            try:
+                comment = await gh.patch(COMMENT_URL, {"owner": owner, "repo": repo, "comment_id": record.github_id},
+                                         data={"body": body}, priority=priority)
+            except gidgethub.BadRequest as exc:
+                if int(exc.status_code) != 404:
+                    raise
+                # Someone deleted it: the conversation needs it, so it is written again.
+                log.warning("%s comment %s on %s/%s#%s is gone; writing it again", kind, record.github_id, owner,
+                            repo, number)
+                posted.forget(scope, kind, key)
+            else:
+                posted.put(scope, kind, key, int(comment["id"]), sha, now)
+                return comment, True
+        comment = await gh.post(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number},
+                                data={"body": body}, priority=priority)
+        posted.put(scope, kind, key, int(comment["id"]), sha, now)
+        return comment, True
+
+
+# One lock per comment Shepherd writes (scope, kind, key) while its check-then-create runs; a lock
+# nobody holds or waits for is dropped with its last reference.
+_comment_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+
+
+def _comment_lock(scope: str, kind: str, key: str) -> asyncio.Lock:
+    lock = _comment_locks.get((scope, kind, key))
+    if lock is None:
+        lock = _comment_locks[(scope, kind, key)] = asyncio.Lock()
+    return lock
+
+
+async def post_refusal(
+    gh: Any,
+    store: Store,
+    *,
+    owner: str,
+    repo: str,
+    number: int,
+    login: str,
+    label: str,
+    min_permission: str,
+    bot_login: str,
+    now: float,
+) -> bool:
+    """At most one short, polite refusal per person and issue per hour; True when one was posted now."""
+    refusals = Refusals(store)
+    full_name = f"{owner}/{repo}"
+    last = refusals.last(full_name, number, login)
+    if last is not None and now - last < REFUSAL_WINDOW_SECONDS:
+        return False
+    body = render.render_refusal(login, label, min_permission)
+    if last is None:
+        # A refusal posted just before a crash (so never recorded) is still on the issue.
+        found = await find_own_comment(gh, owner, repo, number, bot_login, REFUSAL, {"login": login.lower()})
+        created = parse_time(found.get("created_at")) if found else None
+        if created is not None and -CLOCK_SLACK_SECONDS <= now - created.timestamp() < REFUSAL_WINDOW_SECONDS:
+            refusals.record(full_name, number, login, now)
+            return False
+    await gh.post(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number},
+                  data={"body": body}, priority=Priority.NORMAL)
+    refusals.record(full_name, number, login, now)
+    return True
+
+
+# -- the Publisher ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _PendingStatus:
+    body: str
+    urgent: bool
+    throttled: bool
+
+
+class Publisher:
+    """Carries out `PostStatus`, `PostQuestion`, `EditQuestion`, `WithdrawQuestion`, `MarkQuestionAnswered`,
+    `MarkQuestionCancelled`, `AddLabel`, `RemoveLabel`, `React`, `PostPlan`, `PointToPullRequest` and
+    `ReportFailure` on the session's issue (`bot.core.effects.Publisher`)."""
+
+    def __init__(
+        self,
+        github: Any,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        bot_login: str | None = None,
+        label_maker: label_ops.LabelMaker | None = None,
+    ) -> None:
+        self._github = github
+        self._clock = clock
+        self._bot_login = bot_login
+        self.posted = PostedRecords(store)
+        self._tails = LogTails(store)
+        self._labels = label_maker or label_ops.LabelMaker()
+        # Per session, kind and key; like `_comment_locks`, dropped once nobody holds or waits for it.
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        self._pending: dict[str, _PendingStatus] = {}
+
+    async def bot_login(self, installation_id: int) -> str:
+        if self._bot_login is None:
+            self._bot_login, _email = await self._github.bot_identity(installation_id)
+        return self._bot_login
+
+    def _lock(self, session_id: str, kind: str, key: str = "") -> asyncio.Lock:
+        lock = self._locks.get((session_id, kind, key))
+        if lock is None:
+            lock = self._locks[(session_id, kind, key)] = asyncio.Lock()
+        return lock
+
+    async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
+        """Carry out one command idempotently; return the events it produced (`QuestionPosted`)."""
+        gh = self._github.installation(context.installation_id)
+        problems = context.extra.get("policy_problems")
+        if problems:
+            await self._post_policy_problems(gh, session, context, problems)
+        if isinstance(command, PostStatus):
+            await self._post_status(gh, session, context, command)
+            return []
+        if isinstance(command, (PostQuestion, EditQuestion)):
+            return await self._post_question(gh, session, context, command)
+        if isinstance(command, MarkQuestionAnswered):
+            await self._close_question(gh, session, context, command.question_id, answered_by=command.by)
+            return []
+        if isinstance(command, (MarkQuestionCancelled, WithdrawQuestion)):
+            await self._close_question(gh, session, context, command.question_id,
+                                       withdrawn=isinstance(command, WithdrawQuestion))
+            return []
+        if isinstance(command, AddLabel):
+            await label_ops.add_label(gh, self._labels, context.owner, context.repo, session.issue_number,
+                                      context.policy.labels, command.kind, priority=Priority.URGENT)
+            return []
+        if isinstance(command, RemoveLabel):
+            await label_ops.remove_label(gh, context.owner, context.repo, session.issue_number,
+                                         context.policy.labels, command.kind)
+            return []
+        if isinstance(command, React):
+            await self._react(gh, session, context, command.content, command.comment_id)
+            return []
+        if isinstance(command, PostPlan):
+            await self._post_plan(gh, session, context, command)
+            return []
+        if isinstance(command, PointToPullRequest):
+            await self._point_to_pull_request(gh, session, context, command)
+            return []
+        if isinstance(command, ReportFailure):
+            await self._report_failure(gh, session, context, command)
+            return []
+        raise ValueError(UNEXPECTED_COMMAND.format(name=type(command).__name__))
+
+    # -- status ------------------------------------------------------------------------------------
+
+    async def _post_status(self, gh: Any, session: Session, context: SessionContext, command: PostStatus) -> None:
+        tail = None
+        if session.state == State.FAILED and not context.log_tail:
+            tail = self._tails.get(session.id)
+        body = render.render_status(session, context, log_tail=tail)
+        earlier = self._pending.get(session.id)
+        self._pending[session.id] = _PendingStatus(
+            body,
+            urgent=command.urgent or (earlier is not None and earlier.urgent),
+            throttled=command.throttled and (earlier is None or earlier.throttled),
+        )
+        async with self._lock(session.id, STATUS):
+            job = self._pending.pop(session.id, None)
+            if job is None:
+                return  # a later edit already wrote the newest text (latest wins)
+            await self._write_status(gh, session, context, job)
+
+    async def _write_status(self, gh: Any, session: Session, context: SessionContext, job: _PendingStatus) -> None:
+        now = self._clock()
+        record = self.posted.get(session.id, STATUS)
+        if record is not None:
+            if record.body_sha == body_hash(job.body):
+                return
+            interval = context.policy.status_interval_seconds
+            if job.throttled and now - record.updated_at < interval:
+                return  # progress only: the next edit (state change or a later heartbeat) shows it
+        priority = Priority.URGENT if job.urgent else Priority.LOW if job.throttled else Priority.NORMAL
+        await ensure_comment(
+            gh, self.posted, scope=session.id, kind=STATUS, key="", owner=context.owner, repo=context.repo,
+            number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
+            marker_fields={"session": session.id}, body=job.body, now=now, priority=priority,
+        )
+
+    async def _report_failure(self, gh: Any, session: Session, context: SessionContext,
+                              command: ReportFailure) -> None:
+        tail = command.log_tail or context.log_tail or ""
+        if tail:
+            self._tails.put(session.id, tail)
+        await label_ops.remove_label(gh, context.owner, context.repo, session.issue_number,
+                                     context.policy.labels, LabelKind.NEEDS_INPUT)
+        if session.state == State.FAILED:
+            await self._post_status(gh, session, context, PostStatus(urgent=True))
+
+    # -- questions ---------------------------------------------------------------------------------
+
+    async def _post_question(self, gh: Any, session: Session, context: SessionContext,
+                             command: PostQuestion | EditQuestion) -> list[Event]:
+        body = render.render_question(session.id, command.question_id, command.text, command.options,
+                                      command.context, command.mention)
+        async with self._lock(session.id, QUESTION, command.question_id):
+            comment, _written = await ensure_comment(
+                gh, self.posted, scope=session.id, kind=QUESTION, key=command.question_id, owner=context.owner,
+                repo=context.repo, number=session.issue_number,
+                bot_login=await self.bot_login(context.installation_id),
+                marker_fields={"session": session.id, "id": command.question_id}, body=body, now=self._clock(),
+                priority=Priority.URGENT,
+            )
+        if isinstance(command, EditQuestion) and session.question is not None and session.question.comment_id:
+            return []
+        if comment is None:
+            comment = await gh.getitem(COMMENT_URL, {
+                "owner": context.owner, "repo": context.repo,
+                "comment_id": self.posted.get(session.id, QUESTION, command.question_id).github_id,
+            })
+        posted_at = parse_time(comment.get("created_at")) or datetime.now(timezone.utc)
+        return [QuestionPosted(command.question_id, int(comment["id"]), posted_at)]
+
+    async def _close_question(self, gh: Any, session: Session, context: SessionContext, question_id: str, *,
+                              answered_by: str | None = None, withdrawn: bool = False) -> None:
+        async with self._lock(session.id, QUESTION, question_id):
+            record = self.posted.get(session.id, QUESTION, question_id)
+            comment: dict[str, Any] | None
+            if record is not None:
+                try:
+                    comment = await gh.getitem(COMMENT_URL, {"owner": context.owner, "repo": context.repo,
+                                                             "comment_id": record.github_id})
+                except gidgethub.BadRequest as exc:
+                    if int(exc.status_code) != 404:
+                        raise
+                    comment = None
+            else:
+                comment = await find_own_comment(gh, context.owner, context.repo, session.issue_number,
+                                                 await self.bot_login(context.installation_id), QUESTION,
+                                                 {"session": session.id, "id": question_id})
+            if comment is None:
+                log.warning("question %s of %s has no comment to update", question_id, session.id)
+                return
+            section = render.question_section(comment.get("body") or "")
+            if answered_by is not None:
+                body = render.render_question_answered(session.id, question_id, section, answered_by)
+            else:
+                body = render.render_question_cancelled(session.id, question_id, section, withdrawn=withdrawn)
+            if body_hash(body) == body_hash(comment.get("body") or ""):
+                return
+            await gh.patch(COMMENT_URL, {"owner": context.owner, "repo": context.repo, "comment_id": comment["id"]},
+                           data={"body": body}, priority=Priority.NORMAL)
+            self.posted.put(session.id, QUESTION, question_id, int(comment["id"]), body_hash(body), self._clock())
+
+    # -- the rest ----------------------------------------------------------------------------------
+
+    async def _react(self, gh: Any, session: Session, context: SessionContext, content: str,
+                     comment_id: int | None) -> None:
+        await react_once(gh, self.posted, scope=session.id, owner=context.owner, repo=context.repo,
+                         number=session.issue_number, content=content, comment_id=comment_id, now=self._clock())
+
+    async def _post_plan(self, gh: Any, session: Session, context: SessionContext, command: PostPlan) -> None:
+        body = render.render_plan(session.id, command.text, command.revision, command.mention)
+        async with self._lock(session.id, PLAN):
+            await ensure_comment(
+                gh, self.posted, scope=session.id, kind=PLAN, key="", owner=context.owner, repo=context.repo,
+                number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
+                marker_fields={"session": session.id}, body=body, now=self._clock(), priority=Priority.URGENT,
+            )
+
+    async def _point_to_pull_request(self, gh: Any, session: Session, context: SessionContext,
+                                     command: PointToPullRequest) -> None:
+        await self._react(gh, session, context, "confused", None)
+        body = render.render_pointer(session.id, command.number, command.url)
+        async with self._lock(session.id, POINTER):
+            await ensure_comment(
+                gh, self.posted, scope=session.id, kind=POINTER, key="", owner=context.owner, repo=context.repo,
+                number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
+                marker_fields={"session": session.id}, body=body, now=self._clock(), edit=False,
+            )
+
+    async def _post_policy_problems(self, gh: Any, session: Session, context: SessionContext,
+                                    problems: Sequence[Any]) -> None:
+        if self.posted.get(session.id, POLICY) is not None:
+            return
+        body = render.render_policy_problems(session.id, problems, POLICY_PATH)
+        async with self._lock(session.id, POLICY):
+            await ensure_comment(
+                gh, self.posted, scope=session.id, kind=POLICY, key="", owner=context.owner, repo=context.repo,
+                number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
+                marker_fields={"session": session.id}, body=body, now=self._clock(), edit=False,
+            )

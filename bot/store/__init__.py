@@ -1,0 +1,1 @@
+"""The SQLite database: its schema and every SQL statement Shepherd runs."""

@@ -1,0 +1,1 @@
+"""What people read: rendered comments, the web dashboard and API, and the operator's command line."""

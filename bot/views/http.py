@@ -1,0 +1,165 @@
+"""The operator's views behind the dashboard token: `GET /` (dashboard), `GET /api/sessions`, `GET /metrics`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from bot.views.dashboard_token import token_matches
+from bot.views.status_view import (
+    SessionRow,
+    count_by_state,
+    format_age,
+    load_sessions,
+    open_question,
+    state_label,
+    status_objects,
+)
+
+log = logging.getLogger(__name__)
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+REFRESH_SECONDS = 15
+
+UNAUTHORIZED_TEXT = "A dashboard token is required: send 'Authorization: Bearer <token>' or add ?token=<token>."
+NOT_READY_TEXT = "Shepherd is starting."
+PAGE_TITLE = "Shepherd"
+EMPTY_TEXT = "No sessions yet. Label an issue agent:go to start one."
+
+# The token may sit in the page's URL: never send it on as a Referer, never cache, never frame.
+_PRIVATE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+}
+_PAGE_HEADERS = {
+    **_PRIVATE_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'",
+}
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def offered_token(request: web.Request) -> str | None:
+    """The token a request carries: `Authorization: Bearer <token>`, else `?token=`."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, credential = header.partition(" ")
+    if scheme.lower() == "bearer" and credential.strip():
+        return credential.strip()
+    return request.query.get("token")
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"message": UNAUTHORIZED_TEXT},
+        status=401,
+        headers={**_PRIVATE_HEADERS, "WWW-Authenticate": 'Bearer realm="shepherd"'},
+    )
+
+
+def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]]:
+    """What the dashboard template shows per session."""
+    shown = []
+    for row in rows:
+        session = row.session
+        heartbeat = session.last_heartbeat or session.updated_at
+        shown.append(
+            {
+                "id": session.id,
+                "repo": session.repo,
+                "issue_number": session.issue_number,
+                "title": session.issue_title,
+                "state": str(session.state),
+                "state_label": state_label(session),
+                "age": format_age(session.created_at, now),
+                "started": session.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                "heartbeat": format_age(heartbeat, now) + " ago",
+                "question": open_question(session),
+                "options": list(session.question.options) if session.question else [],
+                "branch": session.branch,
+                "pr_url": session.pr_url,
+                "pr_number": session.pr_number,
+                "checkpoint": session.checkpoint,
+                "failure": session.failure_reason,
+            }
+        )
+    return shown
+
+
+def render_dashboard(
+    rows: list[SessionRow], *, github_url: str, now: datetime, mode: str
+) -> str:
+    template = _environment().get_template("dashboard.html.j2")
+    shown = dashboard_rows(rows, now)
+    return template.render(
+        title=PAGE_TITLE,
+        sessions=shown,
+        stuck=sum(1 for row in shown if row["state"] == "stuck"),
+        live=sum(1 for row in shown if row["state"] in ("registered", "queued", "planning", "working")),
+        github_url=github_url,
+        generated=now.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        refresh_seconds=REFRESH_SECONDS,
+        empty_text=EMPTY_TEXT,
+        mode=mode,
+    )
+
+
+def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) -> None:
+    """Register the three views; `services_of(request)` returns the app's `Services`."""
+
+    def authorised(request: web.Request) -> bool:
+        services = services_of(request)
+        expected = getattr(services, "dashboard_token", None) if services is not None else None
+        # No token yet means the app has not finished starting; refuse rather than open the views.
+        return expected is not None and token_matches(expected, offered_token(request))
+
+    async def dashboard(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return _unauthorized()
+        services = services_of(request)
+        rows = load_sessions(services.store.db)
+        html = render_dashboard(
+            rows,
+            github_url=services.settings.github_url,
+            now=datetime.now(timezone.utc),
+            mode=services.settings.mode,
+        )
+        return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
+
+    async def api_sessions(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return _unauthorized()
+        rows = load_sessions(services_of(request).store.db)
+        return web.json_response(status_objects(rows), headers=_PRIVATE_HEADERS)
+
+    async def metrics(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return _unauthorized()
+        services = services_of(request)
+        for state, count in count_by_state(load_sessions(services.store.db)).items():
+            services.metrics.sessions.labels(state=state).set(count)
+        response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app.router.add_get("/", dashboard)
+    app.router.add_get("/api/sessions", api_sessions)
+    app.router.add_get("/metrics", metrics)

@@ -1,0 +1,346 @@
+"""Renders every comment a person reads on the issue from `templates/*.md.j2` (Jinja2, no autoescape, strict).
+
+The texts themselves live in the templates; this module only gathers the facts a template shows and
+defuses what an agent wrote (`neutralise_for_github`) before it reaches a template. Times are absolute
+UTC from the session, never "now", so an unchanged session renders to the same text and an edit can be
+skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from bot.core.effects import ChangedFile, SessionContext
+from bot.core.policy import Problem
+from bot.agent.processes import redact_text
+from bot.core.sanitize import code_span, marker, neutralise_for_github
+from bot.core.session import Detail, Mode, Session, State
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
+MAX_FILES_SHOWN = 30
+MAX_LOG_TAIL_CHARS = 6000
+MAX_AGENT_TEXT_CHARS = 20000
+
+STATE_SYMBOLS = {
+    State.REGISTERED: "🛠️",
+    State.QUEUED: "⏳",
+    State.PLANNING: "📝",
+    State.WORKING: "🔨",
+    State.STUCK: "✋",
+    State.COMPLETE: "✅",
+    State.CANCELLED: "⛔",
+    State.FAILED: "❌",
+}
+STATE_TITLES = {
+    State.REGISTERED: "Preparing the workspace",
+    State.QUEUED: "Queued",
+    State.PLANNING: "Planning",
+    State.WORKING: "Working",
+    State.STUCK: "Waiting for a person",
+    State.COMPLETE: "Complete",
+    State.CANCELLED: "Cancelled",
+    State.FAILED: "Failed",
+}
+STATE_SENTENCES = {
+    State.REGISTERED: "Shepherd is preparing a worktree for this issue.",
+    State.QUEUED: "The agent waits for a free slot.",
+    State.PLANNING: "The agent is writing a plan.",
+    State.WORKING: "The agent is working on this issue.",
+    State.STUCK: "The agent waits for an answer in this thread.",
+    State.COMPLETE: "The work is in the pull request; review it there.",
+    State.CANCELLED: "The session was cancelled. The branch is kept; add the label again or comment `/agent retry` to continue.",
+    State.FAILED: "The session failed. The branch is kept; comment `/agent retry` to try again.",
+}
+DETAIL_SENTENCES = {
+    Detail.WAITING_FOR_DEPENDENCIES: "It waits for the issues it depends on to be done.",
+    Detail.PLAN_AWAITING_APPROVAL: "The plan waits for approval: comment `/agent approve`, or `/agent revise <what to change>`.",
+    Detail.NEEDS_HUMAN: "A person needs to step in.",
+    Detail.REVIEW_ROUND: "This is a review round: the agent addresses the feedback on the pull request.",
+    Detail.CI_ROUND: "This is a CI round: the agent fixes the failing checks of the pull request.",
+    Detail.NO_CHANGES: "The agent finished without changing anything.",
+    Detail.PROTECTED_PATHS: "The agent must revert changes to protected paths.",
+    Detail.MERGE_CONFLICT: "The branch no longer merges into its base: the agent rebases it before the pull request.",
+    Detail.NO_PLAN: "The planning turn ended without a plan.",
+    Detail.EXIT_CODE: "The agent process failed.",
+    Detail.TIMED_OUT: "The turn ran out of time.",
+    Detail.IDLE: "The agent went silent.",
+    Detail.CRASHED: "The agent process was lost.",
+    Detail.LIMIT_EXCEEDED: "The turn went past a limit of its sandbox and was stopped.",
+    Detail.MAX_TURNS: "The session used all its turns.",
+    Detail.PUSH_FAILED: "Shepherd could not push the branch or open the pull request.",
+    Detail.WORKSPACE_FAILED: "Shepherd could not prepare the workspace.",
+    Detail.LABEL_REMOVED: "The trigger label was removed.",
+    Detail.ISSUE_CLOSED: "The issue was closed.",
+    Detail.STOP_COMMAND: "Someone commented `/agent stop`.",
+    Detail.UNINSTALLED: "The app was uninstalled or lost access to this repository.",
+}
+WITHDRAWN_SENTENCE = "The agent withdrew this question and carried on without an answer."
+CANCELLED_SENTENCE = "The session ended before this question was answered."
+MERGED_SENTENCE = "The pull request was merged."
+CLOSED_SENTENCE = "The pull request was closed without merging."
+FINISHING_SENTENCE = "The agent is done; Shepherd is checking, pushing and opening the pull request."
+PLAN_MODE_NAME = "plan first"
+GO_MODE_NAME = "go"
+
+
+def _ordinal(number: int) -> str:
+    if 10 <= number % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
+    return f"{number}{suffix}"
+
+
+def utc(moment: datetime | None) -> str:
+    """An absolute UTC time as the comments show it."""
+    if moment is None:
+        return ""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any backtick run inside `text`, so the text cannot close it early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def quote(text: str) -> str:
+    """Markdown block quote of every line."""
+    return "\n".join(f"> {line}" if line else ">" for line in text.split("\n"))
+
+
+def agent_text(text: str | None) -> str:
+    """Text an agent wrote, safe to re-post: no pings, closing keywords or markers; bounded length."""
+    cleaned = neutralise_for_github(text)
+    if len(cleaned) > MAX_AGENT_TEXT_CHARS:
+        cleaned = cleaned[:MAX_AGENT_TEXT_CHARS].rstrip() + " …"
+    return cleaned
+
+
+def web_url(clone_url: str) -> str | None:
+    """The repository's web address from its clone URL (github.com and GHES alike), or None."""
+    if not clone_url.startswith(("https://", "http://")):
+        return None
+    return clone_url.removesuffix(".git").rstrip("/")
+
+
+@functools.cache
+def environment(directory: str = str(TEMPLATES_DIR)) -> jinja2.Environment:
+    """The one Jinja2 environment: Markdown, so no autoescape; a missing value is an error, not blank."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        autoescape=False,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["utc"] = utc
+    env.filters["quote"] = quote
+    env.filters["fence"] = fence
+    env.filters["ordinal"] = _ordinal
+    return env
+
+
+def render(name: str, **values: Any) -> str:
+    """Render `templates/<name>.md.j2`; the text ends with exactly one newline."""
+    text = environment().get_template(f"{name}.md.j2").render(**values)
+    return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
+
+
+# -- status -------------------------------------------------------------------------------------
+
+
+def _files(files: Sequence[ChangedFile]) -> dict[str, Any]:
+    shown = sorted(files, key=lambda f: f.path)[:MAX_FILES_SHOWN]
+    return {
+        "shown": [{"path": code_span(agent_text(f.path)), "added": f.added, "removed": f.removed} for f in shown],
+        "count": len(files),
+        "hidden": max(0, len(files) - len(shown)),
+        "added": sum(f.added for f in files),
+        "removed": sum(f.removed for f in files),
+    }
+
+
+SANDBOX_OFF_POLICY_LINE = "sandbox: none  # WARNING: agents run WITHOUT a sandbox (SHEPHERD_SANDBOX=none)"
+SANDBOX_OFF_SENTENCE = (
+    "**Warning: no sandbox.** This Shepherd runs agents with `SHEPHERD_SANDBOX=none`: the agent ran as "
+    "Shepherd's own user and could reach its data folder, its secrets and other sessions."
+)
+
+
+def _policy_yaml(context: SessionContext) -> str:
+    text = yaml.safe_dump(context.policy.as_dict(), sort_keys=False, allow_unicode=True).strip()
+    sandbox = context.extra.get("sandbox", "bwrap") if isinstance(context.extra, dict) else "bwrap"
+    return text + "\n" + (SANDBOX_OFF_POLICY_LINE if sandbox == "none" else "sandbox: bwrap")
+
+
+def _egress_refusals(context: SessionContext) -> str:
+    """`host:port (n)` for what the egress proxy refused, or an empty string."""
+    stats = context.extra.get("egress") if isinstance(context.extra, dict) else None
+    if not stats or not stats.get("refused"):
+        return ""
+    # Host names come from the agent: defused like any agent text, and kept out of code spans' way.
+    hosts = ", ".join(
+        f"`{agent_text(str(host))[:100].replace('`', '')}` ({int(count)})"
+        for host, count in sorted(stats.get("refused_hosts", {}).items())[:10]
+    )
+    return f"{stats['refused']} connection(s) refused" + (f": {hosts}" if hosts else "")
+
+
+def _detail_sentence(session: Session) -> str:
+    if session.state == State.COMPLETE and session.pr_state is not None:
+        return {"merged": MERGED_SENTENCE, "closed": CLOSED_SENTENCE}.get(str(session.pr_state), "")
+    if session.state == State.WORKING and session.finishing:
+        return FINISHING_SENTENCE
+    if session.detail is None:
+        return ""
+    return DETAIL_SENTENCES.get(session.detail, "")
+
+
+def _waiting_links(session: Session, repo_url: str | None) -> list[dict[str, str]]:
+    """The dependencies a session waits for, each with a link to its issue."""
+    host = repo_url.rsplit("/", 2)[0] if repo_url else None
+    shown = []
+    for ref in session.waiting_for:
+        repo, _, number = ref.rpartition("#")
+        link = f"{host}/{repo or session.repo}/issues/{number}" if host and number.isdigit() else ""
+        shown.append({"ref": ref, "link": link})
+    return shown
+
+
+def render_status(session: Session, context: SessionContext, *, log_tail: str | None = None) -> str:
+    """The status comment: state, times, checkpoint, files, branch and PR, failure, policy."""
+    repo_url = web_url(context.clone_url)
+    branch_url = None
+    if repo_url and (session.pr_number is not None or session.from_kept_branch):
+        branch_url = f"{repo_url}/tree/{session.branch}"
+    tail = log_tail if log_tail is not None else context.log_tail
+    tail = redact_text(tail or "").strip()
+    if len(tail) > MAX_LOG_TAIL_CHARS:
+        tail = tail[-MAX_LOG_TAIL_CHARS:].partition("\n")[2]
+    return render(
+        "status",
+        marker=marker("status", session=session.id),
+        session=session,
+        state=str(session.state),
+        symbol=STATE_SYMBOLS[session.state],
+        title=STATE_TITLES[session.state],
+        sentence=STATE_SENTENCES[session.state],
+        detail=_detail_sentence(session),
+        mode=PLAN_MODE_NAME if session.mode == Mode.PLAN else GO_MODE_NAME,
+        queue_position=context.queue_position if session.state == State.QUEUED else None,
+        stuck_reason=agent_text(session.stuck_reason) if session.state == State.STUCK else "",
+        checkpoint=agent_text(session.checkpoint),
+        files=_files(context.changed_files),
+        branch_url=branch_url,
+        failure=agent_text(session.failure_reason) if session.state == State.FAILED else "",
+        log_tail=tail if session.state == State.FAILED else "",
+        notes=[agent_text(note) for note in context.notes],
+        policy_yaml=_policy_yaml(context),
+        sandbox_off=SANDBOX_OFF_SENTENCE if context.extra.get("sandbox") == "none" else "",
+        egress_refused=_egress_refusals(context),
+        waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
+    )
+
+
+# -- questions ----------------------------------------------------------------------------------
+
+QUESTION_TEXT_START = "question-text"
+QUESTION_TEXT_END = "question-end"
+
+
+def render_question(session_id: str, question_id: str, text: str, options: Sequence[str],
+                    context: str | None, mention: str) -> str:
+    """The question comment: the question, numbered options, context, and a ping for who triggered."""
+    return render(
+        "question",
+        marker=marker("question", session=session_id, id=question_id),
+        start=marker(QUESTION_TEXT_START),
+        end=marker(QUESTION_TEXT_END),
+        text=agent_text(text),
+        options=[agent_text(option) for option in options],
+        context=agent_text(context),
+        mention=mention,
+    )
+
+
+def question_section(body: str) -> str:
+    """The question itself, cut from a question comment Shepherd wrote (for the answered/cancelled edits)."""
+    start, end = marker(QUESTION_TEXT_START), marker(QUESTION_TEXT_END)
+    if start in body and end in body:
+        return body.split(start, 1)[1].split(end, 1)[0].strip()
+    return ""
+
+
+def render_question_answered(session_id: str, question_id: str, section: str, by: str) -> str:
+    return render(
+        "question_answered",
+        marker=marker("question", session=session_id, id=question_id, state="answered"),
+        start=marker(QUESTION_TEXT_START),
+        end=marker(QUESTION_TEXT_END),
+        section=section,
+        by=by,
+    )
+
+
+def render_question_cancelled(session_id: str, question_id: str, section: str, *, withdrawn: bool) -> str:
+    return render(
+        "question_cancelled",
+        marker=marker("question", session=session_id, id=question_id,
+                      state="withdrawn" if withdrawn else "cancelled"),
+        start=marker(QUESTION_TEXT_START),
+        end=marker(QUESTION_TEXT_END),
+        section=section,
+        reason=WITHDRAWN_SENTENCE if withdrawn else CANCELLED_SENTENCE,
+    )
+
+
+# -- other comments -----------------------------------------------------------------------------
+
+
+def render_refusal(login: str, label: str, min_permission: str) -> str:
+    return render("refusal", marker=marker("refusal", login=login.lower()), login=login, label=label,
+                  min_permission=min_permission)
+
+
+def render_help(comment_id: int | None, unknown: str | None = None) -> str:
+    fields = {"comment": comment_id} if comment_id is not None else {}
+    return render("help", marker=marker("help", **fields), unknown=agent_text(unknown) if unknown else "")
+
+
+def render_plan(session_id: str, text: str, revision: int, mention: str) -> str:
+    return render("plan", marker=marker("plan", session=session_id), text=agent_text(text),
+                  revision=revision, mention=mention)
+
+
+def render_pointer(session_id: str, number: int, url: str) -> str:
+    return render("pointer", marker=marker("pointer", session=session_id), number=number, url=url)
+
+
+def _problem(problem: Problem | str) -> dict[str, str]:
+    """A `Problem`, or its text form `key: message` (as a runtime may have stored it)."""
+    if isinstance(problem, str):
+        key, _, message = problem.partition(": ")
+        return {"key": key, "message": agent_text(message)}
+    return {"key": problem.key, "message": agent_text(problem.message)}
+
+
+def render_policy_problems(session_id: str, problems: Iterable[Problem | str], path: str) -> str:
+    return render(
+        "policy_problems",
+        marker=marker("policy", session=session_id),
+        problems=[_problem(p) for p in problems],
+        path=path,
+    )
