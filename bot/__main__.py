@@ -9,7 +9,7 @@ import sys
 
 from aiohttp import web
 
-from bot.core import redaction
+from bot import redaction
 from bot.agent.secrecy import make_undumpable, scrub_environment
 from bot.settings import (
     DASHBOARD_TOKEN_VAR,

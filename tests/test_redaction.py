@@ -1,4 +1,4 @@
-"""The one redactor (bot/core/redaction.py): what a person reading a log tail, an issue comment or a git error sees."""
+"""The one redactor (bot/redaction.py): what a person reading a log tail, an issue comment or a git error sees."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from bot.github import auth as appauth
 from bot.workspace import git
 from bot.agent import processes
-from bot.core import redaction
-from bot.core.redaction import REDACTED, redact, register_secret
+from bot import redaction
+from bot.redaction import REDACTED, redact, register_secret
 
 GITHUB_TOKEN = "ghs_" + "a1B2c3D4e5" * 4
 PAT = "github_pat_11ABCDEFG0" + "x" * 60

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from bot.core import redaction
+from bot import redaction
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ TAIL_READ_BYTES = 64 * 1024
 REDACTED = "[redacted]"
 
 # Credentials that must never reach an issue comment, whatever the agent printed: the shapes the one
-# redactor (bot/core/redaction.py) masks, named here for callers that look for them.
+# redactor (bot/redaction.py) masks, named here for callers that look for them.
 TOKEN_PATTERNS = tuple(pattern for pattern, _ in redaction.PATTERNS)
 
 REASON_EXITED = "exited"

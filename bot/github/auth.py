@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 from cachetools import TTLCache
 
-from bot.core import redaction
+from bot import redaction
 
 log = logging.getLogger(__name__)
 

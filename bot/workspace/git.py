@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from bot.core import redaction
+from bot import redaction
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class GitError(Exception):
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Mask secrets and credential-shaped text; the same redactor as every other (bot/core/redaction.py)."""
+    """Mask secrets and credential-shaped text; the same redactor as every other (bot/redaction.py)."""
     return redaction.redact(text, secrets)
 
 

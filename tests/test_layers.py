@@ -1,0 +1,145 @@
+"""The layers of `bot/` (README "How it is built"), enforced on the source with `ast`.
+
+- The core is pure: it imports nothing from Shepherd outside `bot.core`, and no I/O library.
+- Handlers turn deliveries into events: they import only the core, the GitHub layer and each other.
+- Only the store runs SQL: no other module imports `sqlite3` or calls `execute`.
+- Nothing imports the agent-only `shepherd` tool: it is a file copied into the agent's box.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("core", "ingest", "github", "store", "runtime", "agent", "workspace", "views")
+AGENT_TOOL = "bot.agent.tool"
+SQL_CALLS = {"execute", "executemany", "executescript"}
+# What the pure core may import from outside Shepherd: the standard library's pure parts and nothing
+# that reaches a file, a process, a socket or the clock of the machine.
+CORE_FORBIDDEN = {"asyncio", "aiohttp", "gidgethub", "sqlite3", "subprocess", "socket", "os", "shutil",
+                  "requests", "github", "psutil", "threading", "time"}
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted(p for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every module `path` imports, absolute, with its line (`from bot import x` counts as `bot.x`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    package = _name(path) if path.name == "__init__.py" else _name(path).rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def _is_shepherd(module: str) -> bool:
+    return module.split(".")[0] in {"bot", "handlers"}
+
+
+def _within(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == prefix or module.startswith(prefix + ".") for prefix in allowed)
+
+
+def _known(module: str) -> bool:
+    """`from bot.core import session` yields both `bot.core` and `bot.core.session`; only real modules count."""
+    parts = module.split(".")
+    for cut in range(len(parts), 0, -1):
+        candidate = ROOT.joinpath(*parts[:cut])
+        if candidate.with_suffix(".py").is_file() or (candidate / "__init__.py").is_file():
+            return cut == len(parts)
+    return False
+
+
+def test_bot_is_layered() -> None:
+    top = sorted(p.name for p in (ROOT / "bot").iterdir() if not p.name.startswith("__pycache__"))
+    assert [name for name in LAYERS if not (ROOT / "bot" / name / "__init__.py").is_file()] == []
+    loose = [name for name in top if name.endswith(".py") and name not in
+             {"__init__.py", "__main__.py", "app.py", "settings.py", "metrics.py", "redaction.py"}]
+    assert loose == [], "every module of bot/ belongs to a layer"
+
+
+def test_the_core_imports_nothing_else_from_shepherd() -> None:
+    wrong = []
+    for path in _modules("bot/core"):
+        for line, module in _imports(path):
+            if _is_shepherd(module) and not _within(module, ("bot.core",)) and _known(module):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+            if module.split(".")[0] in CORE_FORBIDDEN:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module} (I/O)")
+    assert wrong == []
+
+
+def test_handlers_import_only_the_core_and_the_github_layer() -> None:
+    wrong = []
+    for path in _modules("handlers"):
+        for line, module in _imports(path):
+            if _is_shepherd(module) and _known(module) and not _within(module, ("bot.core", "bot.github", "handlers")):
+                wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert wrong == []
+
+
+def _sql_outside_the_store() -> list[str]:
+    wrong = []
+    for folder in ("bot", "handlers"):
+        for path in _modules(folder):
+            if _within(_name(path), ("bot.store",)):
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SQL_CALLS:
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} calls .{node.func.attr}()")
+            for line, module in _imports(path):
+                if module.split(".")[0] == "sqlite3":
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports sqlite3")
+    return wrong
+
+
+def test_only_the_store_runs_sql() -> None:
+    assert _sql_outside_the_store() == []
+
+
+def test_nothing_imports_the_agent_only_tool() -> None:
+    wrong = []
+    for folder in ("bot", "handlers", "tests", "bench"):
+        for path in _modules(folder):
+            if folder == "tests" and "vendor" in path.parts:
+                continue
+            for line, module in _imports(path):
+                if _within(module, (AGENT_TOOL,)) or module.endswith(".agent.tool"):
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert wrong == []
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from bot.runtime import engine\n", ["bot.runtime", "bot.runtime.engine"]),
+    ("import sqlite3\n", ["sqlite3"]),
+    ("from . import session\n", ["bot.core", "bot.core.session"]),
+])
+def test_the_rule_reader_sees_imports(tmp_path: Path, source: str, expected: list[str]) -> None:
+    """The checks above can fail: the reader finds each kind of import a violation would use."""
+    fake = ROOT / "bot" / "core" / "_layer_probe.py"
+    fake.write_text(source, encoding="utf-8")
+    try:
+        assert [module for _line, module in _imports(fake)] == expected
+    finally:
+        fake.unlink()
