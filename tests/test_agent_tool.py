@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from bot.agent import tool as agent_tool
+from bot.agent import channel
+from bot.core.session import State
+from tests.tool_source import TOOL_PATH, tool_constants
+
+TOOL = tool_constants()
+# The names and budgets the tool keeps its own copies of; Shepherd's side must read the same.
+SHARED = ("TOOL_NAME", "CHANNEL_NAME", "REPORTS_NAME", "KINDS", "PHASES", "PLAN_LIMIT_BYTES", "TEXT_LIMIT_CHARS")
 
 
 @pytest.fixture
@@ -23,7 +31,7 @@ def session(tmp_path: Path) -> Path:
 @pytest.fixture
 def tool(tmp_path: Path, session: Path):
     """Run the installed tool with a turn's variables; returns the CompletedProcess."""
-    path = agent_tool.install_agent_tool(tmp_path / "bin")
+    path = channel.install_agent_tool(tmp_path / "bin")
     workdir = tmp_path / "work"
     workdir.mkdir()
 
@@ -41,12 +49,12 @@ def tool(tmp_path: Path, session: Path):
 
 
 def lines(session: Path) -> list[dict]:
-    path = session / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME
+    path = session / channel.CHANNEL_NAME / channel.REPORTS_NAME
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_install_writes_an_executable_with_shepherds_interpreter(tmp_path: Path) -> None:
-    path = agent_tool.install_agent_tool(tmp_path / "bin", python="/opt/py/bin/python3")
+    path = channel.install_agent_tool(tmp_path / "bin", python="/opt/py/bin/python3")
     assert path == tmp_path / "bin" / "shepherd"
     assert path.read_text().splitlines()[0] == "#!/opt/py/bin/python3 -I"
     assert stat.S_IMODE(path.stat().st_mode) == 0o755
@@ -63,10 +71,10 @@ def test_each_command_appends_one_report_line(tool, session: Path, tmp_path: Pat
     done = tool("done", "Server added")
 
     assert [p.returncode for p in (progress, ask, plan, done)] == [0, 0, 0, 0]
-    assert progress.stdout == agent_tool.CONFIRM_PROGRESS + "\n"
+    assert progress.stdout == TOOL["CONFIRM_PROGRESS"] + "\n"
     assert ask.stdout == "Question posted. End your turn now; the reply will start your next turn.\n"
-    assert plan.stdout == agent_tool.CONFIRM_PLAN + "\n"
-    assert done.stdout == agent_tool.CONFIRM_DONE + "\n"
+    assert plan.stdout == TOOL["CONFIRM_PLAN"] + "\n"
+    assert done.stdout == TOOL["CONFIRM_DONE"] + "\n"
     reports = lines(session)
     for report in reports:
         assert report.pop("at").endswith("+00:00")
@@ -76,7 +84,7 @@ def test_each_command_appends_one_report_line(tool, session: Path, tmp_path: Pat
         {"seq": 3, "kind": "plan", "turn": 3, "file": str(plan_file), "plan": "1. add server\n2. add tests"},
         {"seq": 4, "kind": "done", "turn": 3, "summary": "Server added"},
     ]
-    assert [r["seq"] for r in agent_tool.read_reports(session, 2)] == [3, 4]
+    assert [r["seq"] for r in channel.read_reports(session, 2)] == [3, 4]
 
 
 @pytest.mark.parametrize(
@@ -105,12 +113,12 @@ def test_bad_usage_exits_2_and_records_nothing(tool, session: Path, args: list[s
 def test_outside_a_session_it_refuses(tool, session: Path) -> None:
     result = tool("progress", "x", env_extra={"SHEPHERD_SESSION_DIR": str(session / "nope")})
     assert result.returncode == 1
-    assert agent_tool.ERROR_NO_SESSION in result.stderr
+    assert TOOL["ERROR_NO_SESSION"] in result.stderr
 
 
 def test_status_json_is_only_read(tool, session: Path) -> None:
     status = session / "status.json"
-    agent_tool.write_status(status, {"status": "cancelled", "issueNumber": 5})
+    channel.write_status(status, {"status": "cancelled", "issueNumber": 5})
     before = status.read_bytes(), status.stat().st_mtime_ns
     result = tool("progress", "still here")
     assert result.returncode == 0
@@ -122,7 +130,7 @@ def test_status_json_is_only_read(tool, session: Path) -> None:
 
 
 def test_concurrent_calls_get_distinct_sequence_numbers(tmp_path: Path, session: Path) -> None:
-    path = agent_tool.install_agent_tool(tmp_path / "bin")
+    path = channel.install_agent_tool(tmp_path / "bin")
     env = {"PATH": "/usr/bin:/bin", "SHEPHERD_SESSION_DIR": str(session)}
     runs = [subprocess.Popen([str(path), "progress", f"note {i}"], env=env, stdout=subprocess.DEVNULL) for i in range(12)]
     assert [p.wait(timeout=30) for p in runs] == [0] * 12
@@ -132,8 +140,8 @@ def test_concurrent_calls_get_distinct_sequence_numbers(tmp_path: Path, session:
 
 
 def test_read_reports_skips_what_is_not_a_whole_known_report(session: Path) -> None:
-    (session / agent_tool.CHANNEL_NAME).mkdir(exist_ok=True)
-    (session / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME).write_text(
+    (session / channel.CHANNEL_NAME).mkdir(exist_ok=True)
+    (session / channel.CHANNEL_NAME / channel.REPORTS_NAME).write_text(
         '{"seq": 1, "kind": "progress", "note": "a"}\n'
         "not json\n"
         '{"seq": 2, "kind": "merge"}\n'
@@ -141,27 +149,44 @@ def test_read_reports_skips_what_is_not_a_whole_known_report(session: Path) -> N
         '{"seq": 4, "kind": "done", "summary": "b"}\n'
         '{"seq": 5, "kind": "ask", "quest'
     )
-    assert [r["seq"] for r in agent_tool.read_reports(session, 0)] == [1, 4]
-    assert agent_tool.read_reports(session, 4) == []
-    assert agent_tool.read_reports(session / "missing", 0) == []
+    assert [r["seq"] for r in channel.read_reports(session, 0)] == [1, 4]
+    assert channel.read_reports(session, 4) == []
+    assert channel.read_reports(session / "missing", 0) == []
 
 
 def test_write_status_replaces_atomically(session: Path) -> None:
     status = session / "status.json"
-    agent_tool.write_status(status, {"status": "working"})
-    agent_tool.write_status(status, {"status": "stuck", "stuckReason": "Which port?"})
+    channel.write_status(status, {"status": "working"})
+    channel.write_status(status, {"status": "stuck", "stuckReason": "Which port?"})
     assert json.loads(status.read_text()) == {"status": "stuck", "stuckReason": "Which port?"}
     assert sorted(p.name for p in session.iterdir()) == ["status.json"]
 
 
-def test_main_in_process_matches_the_installed_tool(session: Path, monkeypatch, capsys) -> None:
-    monkeypatch.setenv("SHEPHERD_SESSION_DIR", str(session))
-    monkeypatch.delenv("SHEPHERD_TURN", raising=False)
-    monkeypatch.delenv("SHEPHERD_STATUS_FILE", raising=False)
-    assert agent_tool.main(["ask", "Why?"]) == 0
-    assert capsys.readouterr().out == agent_tool.CONFIRM_ASK + "\n"
+def test_without_a_turn_number_the_report_has_none(tmp_path: Path, session: Path) -> None:
+    path = channel.install_agent_tool(tmp_path / "bin")
+    env = {"PATH": "/usr/bin:/bin", "SHEPHERD_SESSION_DIR": str(session)}
+    asked = subprocess.run([str(path), "ask", "Why?"], env=env, capture_output=True, text=True, timeout=30)
+    assert (asked.returncode, asked.stdout) == (0, TOOL["CONFIRM_ASK"] + "\n")
     [report] = lines(session)
     assert (report["question"], report["options"], "turn" in report) == ("Why?", [], False)
-    with pytest.raises(SystemExit) as exit_info:
-        agent_tool.main(["ask", ""])
-    assert exit_info.value.code == 2
+    empty = subprocess.run([str(path), "ask", ""], env=env, capture_output=True, text=True, timeout=30)
+    assert empty.returncode == 2 and TOOL["ERROR_EMPTY"].format(what="The question") in empty.stderr
+    assert len(lines(session)) == 1
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_the_tool_and_shepherd_agree_on_the_channel(name: str) -> None:
+    # The tool cannot import Shepherd's names, so it keeps copies; a drift would lose reports silently.
+    assert TOOL[name] == getattr(channel, name)
+
+
+def test_the_tools_finished_statuses_are_states_of_the_session() -> None:
+    assert set(TOOL["FINISHED_STATUSES"]) == {str(State.CANCELLED), str(State.FAILED), str(State.COMPLETE)}
+
+
+def test_the_tool_is_self_contained() -> None:
+    # It runs with `python -I` in the agent's box: only the standard library is there, never `bot`.
+    tree = ast.parse(TOOL_PATH.read_text(encoding="utf-8"))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported - {"__future__"} <= set(sys.stdlib_module_names)

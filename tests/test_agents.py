@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.agent import tool as agent_tool
+from bot.agent import channel
 from bot.agent.environment import (
     REPLY_LIMIT_BYTES,
     SECRET_NAMES,
@@ -103,7 +103,7 @@ async def test_command_agent_sees_only_the_allow_list(tmp_path: Path, decoy_pyth
     session.mkdir()
     worktree.mkdir()
     bin_dir = session / "bin"
-    agent_tool.install_agent_tool(bin_dir)
+    channel.install_agent_tool(bin_dir)
     reply = "9090 " + "x" * (REPLY_LIMIT_BYTES + 100)
     write_reply_file(session / "reply.txt", reply)
     parent = {
@@ -187,7 +187,7 @@ async def test_command_agent_sees_only_the_allow_list(tmp_path: Path, decoy_pyth
     # `shepherd` is first on PATH and ran with Shepherd's interpreter despite the decoy pythons.
     assert (session / "which.txt").read_text().strip() == str(bin_dir / "shepherd")
     assert (bin_dir / "shepherd").read_text().splitlines()[0] == f"#!{sys.executable} -I"
-    [report] = agent_tool.read_reports(session, 0)
+    [report] = channel.read_reports(session, 0)
     assert (report["kind"], report["note"], report["turn"]) == ("progress", "env dumped", 2)
     assert "decoy python" not in (session / "turn.log").read_text()
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.agent import tool as agent_tool
+from bot.agent import channel
 from bot.agent.environment import build_agent_env, write_reply_file
 from bot.agent.adapters import make_adapter
 from bot.agent.processes import log_tail, spawn_turn, wait_turn
 from tests.fakes.model import bash, model_server, text, write  # noqa: F401 - fixture
+from tests.tool_source import tool_constants
 
 CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
 CLAUDE_VERSION = "2.1.197"
@@ -86,7 +87,7 @@ def _turn_env(tmp_path: Path, session: Path, repo: Path, url: str, *, turn: int,
 
 
 async def _run(argv, *, repo: Path, env: dict, session: Path, turn: int):
-    reports = session / agent_tool.REPORTS_NAME
+    reports = channel.reports_path(session)
 
     def heartbeat() -> float | None:
         return reports.stat().st_mtime if reports.exists() else None
@@ -106,8 +107,8 @@ async def test_ask_then_resume_with_reply_then_done(tmp_path: Path, repo: Path, 
     assert version.startswith(CLAUDE_VERSION), version
     session = tmp_path / "session"
     session.mkdir()
-    agent_tool.install_agent_tool(session / "bin")
-    agent_tool.write_status(session / "status.json", {"status": "working", "issueNumber": 7})
+    channel.install_agent_tool(session / "bin")
+    channel.write_status(session / "status.json", {"status": "working", "issueNumber": 7})
     model_server.add_scenario(
         MARKER,
         [
@@ -135,12 +136,12 @@ async def test_ask_then_resume_with_reply_then_done(tmp_path: Path, repo: Path, 
     assert first.session_id and not first.is_error, output
     assert first.num_turns == 3
     assert (repo / "server.txt").read_text() == "listen\n"
-    [ask] = agent_tool.read_reports(session, 0)
+    [ask] = channel.read_reports(session, 0)
     assert (ask["kind"], ask["question"], ask["options"], ask["turn"]) == ("ask", "Which port?", ["8080", "9090"], 1)
     turn1_requests = model_server.main_requests(MARKER)
     assert [(r.exchange, r.step) for r in turn1_requests] == [(0, 0), (0, 1), (0, 2)]
     # The agent saw the tool's confirmation telling it to end its turn.
-    assert agent_tool.CONFIRM_ASK in _flatten(turn1_requests[-1].body["messages"])
+    assert tool_constants()["CONFIRM_ASK"] in _flatten(turn1_requests[-1].body["messages"])
 
     env = _turn_env(tmp_path, session, repo, model_server.url, turn=2, reply="9090")
     argv = adapter.resume_turn(first.session_id, "9090")
@@ -151,7 +152,7 @@ async def test_ask_then_resume_with_reply_then_done(tmp_path: Path, repo: Path, 
     assert second.session_id == first.session_id
     assert not second.is_error
     assert (repo / "port.txt").read_text() == "9090\n"
-    [done] = agent_tool.read_reports(session, ask["seq"])
+    [done] = channel.read_reports(session, ask["seq"])
     assert (done["kind"], done["summary"], done["turn"]) == ("done", "Server listens on 9090", 2)
 
     turn2_requests = model_server.main_requests(MARKER)[len(turn1_requests) :]

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.agent import tool as agent_tool
+from bot.agent import channel as agent_channel
 from bot.core import commands as slash
 from bot.core.policy import MAX_POLICY_BYTES, OperatorLimits, RepoPolicy, parse_policy
 from bot.agent.turns import report_event
@@ -60,23 +60,23 @@ def test_any_comment_is_a_command_or_not_and_never_an_error(body: str) -> None:
 @given(lines=st.lists(st.one_of(
     st.binary(max_size=200),
     json_values.map(lambda v: json.dumps(v).encode()),
-    st.fixed_dictionaries({"seq": st.integers(), "kind": st.sampled_from(agent_tool.KINDS + ("merge",))},
+    st.fixed_dictionaries({"seq": st.integers(), "kind": st.sampled_from(agent_channel.KINDS + ("merge",))},
                           optional={"note": json_values, "question": json_values, "options": json_values,
                                     "summary": json_values, "plan": json_values, "phase": json_values,
                                     "context": json_values}).map(lambda d: json.dumps(d).encode()),
 ), max_size=20))
 def test_whatever_the_agent_writes_to_its_channel_is_read_as_known_reports_or_skipped(tmp_path: Path, lines) -> None:
-    channel = tmp_path / agent_tool.CHANNEL_NAME
+    channel = tmp_path / agent_channel.CHANNEL_NAME
     channel.mkdir(exist_ok=True)
-    (channel / agent_tool.REPORTS_NAME).write_bytes(b"\n".join(lines) + b"\n")
-    for report in agent_tool.read_reports(tmp_path):
-        assert report["kind"] in agent_tool.KINDS and isinstance(report["seq"], int)
+    (channel / agent_channel.REPORTS_NAME).write_bytes(b"\n".join(lines) + b"\n")
+    for report in agent_channel.read_reports(tmp_path):
+        assert report["kind"] in agent_channel.KINDS and isinstance(report["seq"], int)
         report_event(report)  # an event, or None for a malformed one: never an exception
 
 
 def test_a_report_written_around_the_tool_is_held_to_the_tools_budgets(tmp_path: Path) -> None:
     # The agent can write its channel directly, past the tool's own checks.
-    channel = tmp_path / agent_tool.CHANNEL_NAME
+    channel = tmp_path / agent_channel.CHANNEL_NAME
     channel.mkdir()
     huge = "x" * (300 * 1024)
     reports = [
@@ -85,10 +85,10 @@ def test_a_report_written_around_the_tool_is_held_to_the_tools_budgets(tmp_path:
         {"seq": 3, "kind": "progress", "note": huge, "phase": {"not": "a phase"}},
         {"seq": 4, "kind": "ask", "question": "options that are not a list", "options": 7},
     ]
-    (channel / agent_tool.REPORTS_NAME).write_text("".join(json.dumps(r) + "\n" for r in reports))
-    asked, plan, progress, bad = [report_event(r) for r in agent_tool.read_reports(tmp_path)]
-    assert len(asked.question) == agent_tool.TEXT_LIMIT_CHARS and len(asked.context) == agent_tool.TEXT_LIMIT_CHARS
-    assert len(asked.options) <= 20 and all(len(o) <= agent_tool.TEXT_LIMIT_CHARS for o in asked.options)
-    assert len(plan.text) == agent_tool.PLAN_LIMIT_BYTES
-    assert len(progress.note) == agent_tool.TEXT_LIMIT_CHARS and progress.phase is None
+    (channel / agent_channel.REPORTS_NAME).write_text("".join(json.dumps(r) + "\n" for r in reports))
+    asked, plan, progress, bad = [report_event(r) for r in agent_channel.read_reports(tmp_path)]
+    assert len(asked.question) == agent_channel.TEXT_LIMIT_CHARS and len(asked.context) == agent_channel.TEXT_LIMIT_CHARS
+    assert len(asked.options) <= 20 and all(len(o) <= agent_channel.TEXT_LIMIT_CHARS for o in asked.options)
+    assert len(plan.text) == agent_channel.PLAN_LIMIT_BYTES
+    assert len(progress.note) == agent_channel.TEXT_LIMIT_CHARS and progress.phase is None
     assert bad is None

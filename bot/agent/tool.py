@@ -1,8 +1,10 @@
 """The agent-only ``shepherd`` executable (SPEC §4): the agent's one way to report to Shepherd.
 
-This file is self-contained and uses the standard library only: ``install_agent_tool`` copies it
+This file is self-contained and uses the standard library only: ``bot.agent.channel`` copies it
 into a session's tool folder, where it runs with Shepherd's interpreter in isolated mode (``-I``),
-whatever Python the repository under work uses. It must therefore never import ``bot``.
+whatever Python the repository under work uses. It never imports ``bot``, and nothing imports it:
+the names and budgets it shares with Shepherd are kept here as copies, which a test compares with
+``bot/agent/channel.py`` by reading this source.
 
 Each command appends one JSON line to ``$SHEPHERD_SESSION_DIR/channel/reports.jsonl``, the one folder of
 the session that the sandbox lets the agent write besides its worktree, home and /tmp. The lines carry a
@@ -18,16 +20,11 @@ import datetime
 import fcntl
 import json
 import os
-import stat
 import sys
-import tempfile
-from pathlib import Path
 
+# Shared with bot/agent/channel.py (same names, same values; a test holds them equal).
 REPORTS_NAME = "reports.jsonl"
 CHANNEL_NAME = "channel"
-# Shepherd reads at most this much of the channel; a report is a few KiB, a flood only hurts its writer.
-REPORTS_LIMIT_BYTES = 4 * 1024 * 1024
-STATUS_NAME = "status.json"
 TOOL_NAME = "shepherd"
 KINDS = ("progress", "ask", "plan", "done")
 PHASES = ("planning", "working")
@@ -60,70 +57,10 @@ class UsageError(Exception):
     """A command line this tool refuses; the message tells the agent what to fix."""
 
 
-def install_agent_tool(bin_dir: str | os.PathLike[str], python: str = sys.executable) -> Path:
-    """Copy this script to ``<bin_dir>/shepherd``, run by ``python -I``, mode 0755."""
-    folder = Path(bin_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    source = Path(__file__).read_text(encoding="utf-8")
-    if source.startswith("#!"):
-        source = source.split("\n", 1)[1]
-    target = folder / TOOL_NAME
-    temporary = folder / (TOOL_NAME + ".tmp")
-    temporary.write_text(f"#!{python} -I\n{source}", encoding="utf-8")
-    os.chmod(temporary, 0o755)
-    os.replace(temporary, target)
-    return target
-
-
-def write_status(path: str | os.PathLike[str], data: dict) -> None:
-    """Write ``status.json`` atomically (temporary file, fsync, rename), readable by the agent."""
-    target = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=".status-", dir=target.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, ensure_ascii=False, indent=1)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def read_reports(session_dir: str | os.PathLike[str], after_seq: int = 0) -> list[dict]:
-    """Return the well-formed reports with ``seq > after_seq``, in sequence order.
-
-    The agent can write to the file directly, so anything that is not a whole line holding a known
-    kind with an integer ``seq`` is skipped rather than trusted.
-    """
-    path = Path(session_dir) / CHANNEL_NAME / REPORTS_NAME
-    text = read_channel_file(path, REPORTS_LIMIT_BYTES)
-    reports = {}
-    for line in text.splitlines(keepends=True):
-        if not line.endswith("\n"):
-            break  # a write still under way
-        try:
-            report = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(report, dict) or report.get("kind") not in KINDS:
-            continue
-        seq = report.get("seq")
-        if isinstance(seq, int) and not isinstance(seq, bool) and seq > after_seq:
-            reports.setdefault(seq, report)
-    return [reports[seq] for seq in sorted(reports)]
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The command line of SPEC §4, and nothing more."""
     parser = argparse.ArgumentParser(prog=TOOL_NAME, description=DESCRIPTION)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{progress,ask,plan,done}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(KINDS) + "}")
     progress = commands.add_parser("progress", help="a heartbeat and checkpoint note")
     progress.add_argument("note")
     progress.add_argument("--phase", choices=PHASES)
@@ -177,28 +114,6 @@ def _read_plan(file: str) -> str:
     if len(data) > PLAN_LIMIT_BYTES:
         raise UsageError(ERROR_PLAN_TOO_BIG.format(path=file, limit=PLAN_LIMIT_BYTES))
     return _text(data.decode("utf-8", errors="replace"), "The plan")
-
-
-def read_channel_file(path: str | os.PathLike[str], limit: int) -> str:
-    """The first ``limit`` bytes of a file the agent may have replaced: never a link, a FIFO or a device."""
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            return ""
-        chunks = []
-        remaining = limit
-        while remaining > 0:
-            chunk = os.read(descriptor, min(remaining, 1 << 20))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks).decode("utf-8", errors="replace")
-    finally:
-        os.close(descriptor)
 
 
 def append_report(session_dir: str | os.PathLike[str], report: dict) -> dict:

@@ -16,8 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.agent import tool as agent_tool
-from bot.agent import processes
+from bot.agent import channel, processes
 from bot.agent.environment import build_agent_env, write_reply_file
 from bot.agent.adapters import Adapter
 from bot.agent.confinement import Confinement
@@ -38,7 +37,7 @@ from bot.workspace.workspaces import WorkspaceError, Workspaces
 log = logging.getLogger(__name__)
 
 PROMPT_NAME = "prompt.md"
-STATUS_NAME = agent_tool.STATUS_NAME
+STATUS_NAME = channel.STATUS_NAME
 LOG_TAIL_LINES = 40
 REPOSITORY_UNREADABLE = "Shepherd: after the turn, the session's repository could not be read: {why}"
 WATCH_POLL_SECONDS = 0.2
@@ -97,7 +96,7 @@ def start_turn(
     is told) and `reply` (the human text it answers, for `SHEPHERD_REPLY` and its file)."""
     bin_dir = setup.session_dir / "bin"
     python = setup.confinement.sandbox.python if setup.confinement is not None else None
-    agent_tool.install_agent_tool(bin_dir, **({"python": python} if python else {}))
+    channel.install_agent_tool(bin_dir, **({"python": python} if python else {}))
     if prompt is not None:
         setup.prompt_file.write_text(prompt, encoding="utf-8")
         setup.prompt_file.chmod(0o644)
@@ -145,10 +144,9 @@ def start_turn(
 
 
 MAX_OPTIONS = 20
-PHASES = ("planning", "working")
 
 
-def _text(value: object, limit: int = agent_tool.TEXT_LIMIT_CHARS) -> str:
+def _text(value: object, limit: int = channel.TEXT_LIMIT_CHARS) -> str:
     """A report's field as text within the tool's own budget: the agent can write the channel directly,
     around the tool's checks, so the budget is kept here too."""
     return str(value)[:limit]
@@ -160,7 +158,7 @@ def report_event(report: Mapping) -> Event | None:
     try:
         if kind == "progress":
             phase = report.get("phase")
-            return Progress(note=_text(report["note"]), phase=phase if phase in PHASES else None)
+            return Progress(note=_text(report["note"]), phase=phase if phase in channel.PHASES else None)
         if kind == "ask":
             options = report.get("options") or ()
             if not isinstance(options, (list, tuple)):
@@ -172,7 +170,7 @@ def report_event(report: Mapping) -> Event | None:
                 context=_text(context) if context is not None else None,
             )
         if kind == "plan":
-            return PlanSubmitted(text=_text(report["plan"], agent_tool.PLAN_LIMIT_BYTES))
+            return PlanSubmitted(text=_text(report["plan"], channel.PLAN_LIMIT_BYTES))
         if kind == "done":
             return DoneReported(summary=_text(report["summary"]))
     except (KeyError, TypeError):
@@ -207,7 +205,7 @@ async def watch_turn(
     confinement: Confinement | None = None,
 ) -> Event:
     """Feed the turn's reports to `emit(event, seq)` as they come; return its end as an event."""
-    reports_path = session_dir / agent_tool.CHANNEL_NAME / agent_tool.REPORTS_NAME
+    reports_path = channel.reports_path(session_dir)
 
     def heartbeat() -> float | None:
         try:
@@ -229,7 +227,7 @@ async def watch_turn(
             if stamp != seen or done:
                 seen = stamp
                 # The channel is the agent's to write: read it off the loop, bounded, never through a link.
-                for report in await asyncio.to_thread(agent_tool.read_reports, session_dir, seq):
+                for report in await asyncio.to_thread(channel.read_reports, session_dir, seq):
                     event = report_event(report)
                     seq = int(report["seq"])
                     if event is not None:

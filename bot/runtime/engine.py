@@ -23,7 +23,7 @@ from typing import Any
 from bot.agent import processes
 from bot.agent import turns
 from bot.github.permissions import PermissionCache
-from bot.agent.tool import write_status
+from bot.agent.channel import write_status
 from bot.agent.adapters import Adapter, make_adapter
 from bot.agent.environment import build_agent_env
 from bot.agent.confinement import Confinement, for_session as confinement_for
