@@ -21,12 +21,12 @@ from bot.core.policy import (
     OperatorLimits,
     Problem,
     RepoPolicy,
-    load_policy,
     parse_policy,
     policy_reference_markdown,
     read_reference_block,
     replace_reference_block,
 )
+from bot.github.labels import load_policy
 from bot.settings import load_settings
 from tests.fakes.openapi import load_spec
 

@@ -17,7 +17,6 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal, NamedTuple
 
 import yaml
-from gidgethub import BadRequest
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -551,19 +550,13 @@ def parse_policy(
     return LoadedPolicy(apply_operator(policy, operator, default_branch), [], True)
 
 
-async def load_policy(
-    gh: Any, owner: str, repo: str, default_branch: str, operator: OperatorLimits
-) -> LoadedPolicy:
-    """Read `.github/shepherd.yml` from the default branch through the contents API and parse it."""
-    try:
-        item = await gh.getitem(
-            CONTENTS_URL,
-            {"owner": owner, "repo": repo, "path": POLICY_PATH, "ref": default_branch},
-        )
-    except BadRequest as error:
-        if error.status_code == 404:
-            return parse_policy(None, operator, default_branch=default_branch)
-        raise
+def policy_from_contents(item: Any, operator: OperatorLimits, default_branch: str) -> LoadedPolicy:
+    """The policy in the contents API's answer for `.github/shepherd.yml` (None: there is no file).
+
+    Reading the file is the GitHub layer's (`bot.github.labels.load_policy`); this only judges the answer.
+    """
+    if item is None:
+        return parse_policy(None, operator, default_branch=default_branch)
     defaults = default_policy(operator, default_branch)
     if isinstance(item, list):
         return LoadedPolicy(defaults, [Problem(FILE_KEY, NOT_A_FILE_TEXT.format(kind="folder"))], True)

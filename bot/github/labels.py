@@ -1,5 +1,8 @@
 """Shepherd's labels: their names from the repository policy (read briefly cached), colours and descriptions, created on first use.
 
+The policy file is read here (`load_policy`, `RepoPolicies`); its schema and parsing are the core's
+(`bot/core/policy.py`).
+
 The trigger labels (go, plan) are only read: people add and remove them. The needs-input and
 needs-human labels are Shepherd's to add and remove; each is created with a colour and a description
 the first time Shepherd needs it in a repository (SPEC §1: "Shepherd creates its labels on first use").
@@ -16,7 +19,7 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
-from bot.core.policy import Labels, LoadedPolicy, OperatorLimits, load_policy
+from bot.core.policy import CONTENTS_URL, POLICY_PATH, Labels, LoadedPolicy, OperatorLimits, policy_from_contents
 from bot.core.session import LabelKind, Mode
 
 log = logging.getLogger(__name__)
@@ -69,6 +72,22 @@ def trigger_mode(labels: Labels, name: str) -> Mode | None:
 
 def has_label(names: list[str] | tuple[str, ...], name: str) -> bool:
     return name.lower() in (n.lower() for n in names)
+
+
+async def load_policy(
+    gh: Any, owner: str, repo: str, default_branch: str, operator: OperatorLimits
+) -> LoadedPolicy:
+    """Read `.github/shepherd.yml` from the default branch through the contents API and parse it."""
+    try:
+        item = await gh.getitem(
+            CONTENTS_URL,
+            {"owner": owner, "repo": repo, "path": POLICY_PATH, "ref": default_branch},
+        )
+    except gidgethub.BadRequest as error:
+        if error.status_code != 404:
+            raise
+        item = None
+    return policy_from_contents(item, operator, default_branch)
 
 
 class RepoPolicies:

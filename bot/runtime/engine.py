@@ -28,7 +28,8 @@ from bot.agent.adapters import Adapter, make_adapter
 from bot.agent.environment import build_agent_env
 from bot.agent.confinement import Confinement, for_session as confinement_for
 from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
-from bot.core.policy import EffectivePolicy, load_policy
+from bot.core.policy import EffectivePolicy
+from bot.github.labels import load_policy
 from bot.agent.prompt import gather_comments, render_prompt, render_turn_message
 from bot.core.session import (
     Cancel,
