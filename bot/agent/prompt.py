@@ -15,7 +15,8 @@ from typing import Any
 
 
 from bot.github.permissions import PermissionCache
-from bot.runtime.publisher import COMMENTS_URL, parse_time
+from bot.core.payload import parse_time
+from bot.runtime.publisher import COMMENTS_URL
 from bot.views.render import environment
 from bot.core.sanitize import clean_for_agent
 from bot.core.session import Note, TurnKind
@@ -44,8 +45,8 @@ async def gather_comments(
     async for comment in gh.getiter(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": issue_number}):
         created = parse_time(comment["created_at"])
         updated = parse_time(comment.get("updated_at") or comment["created_at"])
-        if created > trigger_at or updated > trigger_at:
-            continue
+        if created is None or updated is None or created > trigger_at or updated > trigger_at:
+            continue  # written after the trigger, or at a time that cannot be placed before it
         user = comment.get("user") or {}
         if not user.get("login") or not await permissions.may_drive(gh, owner, repo, user, minimum=minimum):
             continue

@@ -1,8 +1,9 @@
-"""A delivery's JSON body as Python objects: any valid JSON GitHub could send, never a crash."""
+"""A delivery's JSON body, and GitHub's timestamps, as Python objects: any valid JSON GitHub could send, never a crash."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any
 
 import orjson
@@ -22,3 +23,19 @@ def load_payload(body: bytes) -> Any:
         return json.loads(body)
     except (ValueError, RecursionError):
         return None
+
+
+def parse_time(value: object) -> datetime | None:
+    """GitHub's ISO-8601 time (`2024-01-01T00:00:00Z`) as an aware UTC datetime; None when missing or malformed.
+
+    The one reader of GitHub's timestamps: comments, hook deliveries and installation tokens.
+    """
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # GitHub always names the zone; a time without one cannot be placed
+    return moment.astimezone(timezone.utc)

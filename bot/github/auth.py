@@ -7,13 +7,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import jwt
 from cachetools import TTLCache
 
 from bot import redaction
+from bot.core.payload import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,10 @@ class InstallationToken:
 
     @classmethod
     def from_response(cls, data: dict[str, Any]) -> InstallationToken:
-        return cls(token=data["token"], expires_at=parse_timestamp(data["expires_at"]))
-
-
-def parse_timestamp(value: str) -> float:
-    """Epoch seconds of GitHub's ISO-8601 timestamps (`2016-07-11T22:14:10Z`)."""
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        expires_at = parse_time(data["expires_at"])
+        if expires_at is None:
+            raise ValueError(f"GitHub sent an installation token without a readable expiry: {data['expires_at']!r}")
+        return cls(token=data["token"], expires_at=expires_at.timestamp())
 
 
 def push_token_request(repo: str) -> dict[str, Any]:

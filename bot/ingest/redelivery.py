@@ -12,6 +12,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from bot.core.payload import parse_time
+
 log = logging.getLogger(__name__)
 
 REDELIVERY_WINDOW = timedelta(days=3)
@@ -23,23 +25,13 @@ class DeliveryLog(Protocol):
     async def redeliver(self, delivery_id: int) -> None: ...
 
 
-def _delivered_at(record: dict[str, Any]) -> datetime | None:
-    raw = record.get("delivered_at")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 async def redeliver_failed(
     github: DeliveryLog, *, already_stored: Callable[[str], bool], now: datetime
 ) -> list[str]:
     """Redeliver each recent delivery that failed every attempt and was never stored; return the guids."""
     attempts: dict[str, list[dict[str, Any]]] = {}
     async for record in github.list_hook_deliveries():
-        at = _delivered_at(record)
+        at = parse_time(record.get("delivered_at"))
         if at is not None and now - at > REDELIVERY_WINDOW:
             continue  # past GitHub's redelivery window (the log itself holds little more than that)
         guid = record.get("guid")

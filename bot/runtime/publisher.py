@@ -27,6 +27,7 @@ from bot.github import labels as label_ops
 from bot.views import render
 from bot.github.permissions import is_self
 from bot.core.effects import SessionContext
+from bot.core.payload import parse_time
 from bot.github.pacing import Priority
 from bot.core.policy import POLICY_PATH
 from bot.core.sanitize import find_marker
@@ -77,13 +78,6 @@ UNEXPECTED_COMMAND = "the Publisher does not carry out {name}"
 
 def body_hash(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-def parse_time(value: str | None) -> datetime | None:
-    """GitHub's `2024-01-01T00:00:00Z` as an aware datetime."""
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
 
 
 def issue_scope(full_name: str, number: int) -> str:
