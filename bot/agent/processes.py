@@ -281,14 +281,22 @@ def kill_group(handle: TurnHandle, grace_s: float = 5.0) -> None:
     log.info("turn group killed", extra={"pid": handle.pid})
 
 
+def signal_group(pgid: int, signum: int = signal.SIGKILL) -> None:
+    """Send `signum` to every process of the group `pgid`, Shepherd's one `killpg`.
+
+    A group that is already gone, or one whose members Shepherd may no longer signal, is left alone:
+    callers are cleaning up after a timeout or a stop, and a failure here must not hide why."""
+    try:
+        os.killpg(pgid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _signal_group(handle: TurnHandle, signum: int) -> None:
     # killpg reaches members forked after we listed them, but only while the leader (alive or an
     # unreaped zombie) still holds the group id; otherwise the id could belong to someone else.
     if _same_process(handle) is not None:
-        try:
-            os.killpg(handle.pgid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
+        signal_group(handle.pgid, signum)
     for process in group_members(handle):
         try:
             process.send_signal(signum)

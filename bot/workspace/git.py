@@ -33,6 +33,7 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from bot import redaction
+from bot.agent.processes import signal_group
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ class Git:
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError):
-            _kill_group(process)
+            signal_group(process.pid)
             await process.wait()
             raise
         if process.returncode != 0:
@@ -313,11 +314,6 @@ def _replace_file(path: Path, text: str, mode: int) -> None:
         raise
 
 
-def _kill_group(process: asyncio.subprocess.Process) -> None:
-    try:
-        os.killpg(process.pid, 9)
-    except ProcessLookupError:
-        pass
 
 
 def find_admin_dir(mirror: Mirror, worktree: Path) -> Path:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence
 
 from bot.workspace.git import FETCH_REFSPEC, Git, GitError, Mirror, check_clone_url
+from bot.agent.processes import signal_group
 from bot.agent.sandbox import BOX_GIT_SCRIPT, Box, Sandbox
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,14 @@ def branch_slug(branch: str) -> str:
 
 def default_sandbox(data_dir: Path) -> Sandbox:
     return Sandbox.build("bwrap", agent_user=None, state_dir=data_dir / "sandbox")
+
+
+def session_folder(session_id: str) -> str:
+    """`owner/repo#12/3` → `owner__repo__12__3`: the one folder name of a session (owners have no `_`)."""
+    issue, _, attempt = session_id.rpartition("/")
+    repo, _, number = issue.rpartition("#")
+    owner, _, name = repo.partition("/")
+    return f"{owner}__{name}__{number}__{attempt}"
 
 
 class Workspaces:
@@ -283,7 +292,7 @@ class Workspaces:
         try:
             stdout, stderr = await asyncio.wait_for(_bounded_communicate(process, stdin), timeout)
         except (asyncio.TimeoutError, asyncio.CancelledError) as error:
-            _kill_group(process.pid)
+            signal_group(process.pid)
             await process.wait()
             if isinstance(error, asyncio.TimeoutError):
                 raise WorkspaceError(BOX_TIMED_OUT.format(seconds=timeout)) from None
@@ -313,7 +322,8 @@ class Workspaces:
         return self.data_dir / "worktrees" / owner / repo / branch_slug(branch)
 
     def session_dir(self, session_id: str) -> Path:
-        """The session's control folder (0755, Shepherd's), created when missing."""
+        """The session's control folder (0755, Shepherd's), created when missing; `session_id` is the folder's
+        name, `session_folder(session.id)`."""
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", session_id) or session_id in (".", ".."):
             raise WorkspaceError(f"bad session id {session_id!r}")
         return _mkdir_private(self.data_dir / "sessions" / session_id, 0o755)
@@ -739,7 +749,7 @@ class Workspaces:
                 return None
             finally:
                 if process.returncode is None:
-                    _kill_group(process.pid)
+                    signal_group(process.pid)
                     await process.wait()
 
         return run
@@ -812,8 +822,3 @@ def _append(path: Path, text: str) -> None:
         output.write(text.encode())
 
 
-def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, 9)
-    except ProcessLookupError:
-        pass
