@@ -322,7 +322,7 @@ class Bed:
 
     def worktree_of(self, number: int) -> Path:
         session = self.engine.last_session(REPO, number)
-        return Path(self.engine.context_of(session.id)["worktree"])
+        return Path(self.engine.context_of(session.id).worktree)
 
     def disk_of(self, number: int) -> tuple[int, int, int]:
         """(worktree, its own `.git`, session folder) in KiB, while the agent runs."""

@@ -204,3 +204,32 @@ async def test_repeated_deliveries_and_a_second_label_event_change_nothing(sheph
     assert fake_github.reactions(REPO, 1) == ["eyes"]
     assert len(bot_comments(fake_github, 1)) == 1
     assert len(git_remote.log(REPO, f"refs/heads/{session.branch}")) == 2  # the initial commit and the agent's
+
+
+PORT_AGENT = """
+echo "$PORT" > port.txt
+git add port.txt
+git commit -q -m "Note the port"
+shepherd done "Noted the port"
+"""
+
+
+async def test_the_repositorys_test_command_gets_the_sessions_port(shepherd_with, fake_github, git_remote):
+    # The test command runs where the agent's turns ran and is told the same PORT (SPEC §4), so a server
+    # the agent configured for its port is what the tests reach.
+    async def with_a_test_command() -> None:
+        fake_github.set_file(REPO, ".github/shepherd.yml",
+                             "max_runtime_minutes: 2\nidle_timeout_minutes: 2\n"
+                             "test: 'echo \"the test saw PORT=$PORT\"; exit 1'\n")
+
+    shepherd = await shepherd_with(PORT_AGENT, before_start=with_a_test_command)
+    fake_github.add_issue(REPO, title="Serve on the session's port")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    agent_port = git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt").strip()
+    assert agent_port.isdigit()
+    [pull] = fake_github.pulls(REPO)
+    assert pull["draft"] is True  # the test command failed on purpose, to show its output in the PR
+    assert f"the test saw PORT={agent_port}" in pull["body"]

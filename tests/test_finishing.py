@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bot.runtime.finisher import LEFTOVER_COMMIT_MESSAGE, session_folder_name
+from bot.runtime.finisher import LEFTOVER_COMMIT_MESSAGE
+from bot.workspace.workspaces import session_folder
 from bot.views.render import fence
 from bot.core.sanitize import find_marker
 from bot.core.session import (
@@ -218,7 +219,8 @@ def test_fences_outgrow_the_text_they_hold():
 
 
 def test_session_ids_become_safe_folder_names():
-    assert session_folder_name("acme/web#3/1") == "acme-web-3-1"
+    # One name per session id, the same wherever Shepherd makes the session's folder.
+    assert session_folder("acme/web#3/1") == "acme__web__3__1"
 
 
 async def test_a_commit_message_that_would_close_another_issue_is_reported_in_the_pr(bed):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psutil
 import pytest
 
+from bot.runtime.coordination import Coordinator
 from bot.core.session import Cancel, CancelReason, Detail, Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import (
@@ -245,3 +248,46 @@ async def test_a_failing_setup_command_fails_the_session_with_the_command_named(
     assert "setup command 2 of 2" not in final.failure_reason  # three commands, the second failed
     assert "setup command 2 of 3 failed with exit code 7: exit 7" in final.failure_reason
     assert not (harness.engine.session_dir(session.id) / "home" / "agent-ran").exists()
+
+
+async def test_an_overlap_stored_while_a_turn_starts_is_not_lost(fake_github, git_remote, harness_for, tmp_path,
+                                                                   monkeypatch):
+    # Coordination stores a session's overlaps (its next turn's message names them) while the engine is
+    # starting that session's turn and waits on git: the turn's start must not write an older copy back.
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    for title in ("Edit shared.txt", "Edit shared.txt too"):
+        fake_github.add_issue(REPO, title=title)
+    script = agent_script(tmp_path, """
+echo "issue $SHEPHERD_ISSUE, turn $SHEPHERD_TURN" > shared.txt
+git add shared.txt && git commit -q -m "Turn $SHEPHERD_TURN"
+shepherd ask "Go on?"
+""")
+    harness = await harness_for(script)
+
+    def asked(number: int, turn: int):
+        session = harness.engine.last_session(REPO, number)
+        return (session.state == State.STUCK and session.turn_count == turn and not session.running_turn
+                and session.question and session.question.comment_id and session)
+
+    for number in (1, 2):
+        await harness.engine.trigger(issue_ref(fake_github, number), mode=Mode.GO, actor="alice", label="agent:go")
+    first = await wait_for(lambda: asked(1, 1))
+    await wait_for(lambda: asked(2, 1))
+
+    entered, release = asyncio.Event(), asyncio.Event()
+    share_base = harness.workspaces.share_base
+
+    async def held(worktree, base):
+        entered.set()
+        await release.wait()
+        return await share_base(worktree, base)
+
+    monkeypatch.setattr(harness.workspaces, "share_base", held)
+    await harness.engine.signal(REPO, 1, ReplyReceived(555, "alice", "yes", datetime.now(timezone.utc)))
+    await asyncio.wait_for(entered.wait(), 30)
+    coordinator = Coordinator(harness.engine, harness.github, harness.store, clock=time.time)
+    assert (await coordinator.check(REPO))[first.id] == {harness.engine.last_session(REPO, 2).id: ("shared.txt",)}
+    release.set()
+    await wait_for(lambda: asked(1, 2))
+
+    assert harness.engine.context_of(first.id).overlaps == {"#2": ("shared.txt",)}

@@ -20,7 +20,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+
+from bot.agent.channel import STATUS_NAME
 
 SECRET_NAMES = frozenset(
     {
@@ -42,6 +45,10 @@ LOCALE_NAMES = ("LANG", "LANGUAGE", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Linux refuses an environment string over 128 KiB; the whole reply always goes in the reply file.
 REPLY_LIMIT_BYTES = 64 * 1024
+
+# In the session's control folder: the first turn's prompt, and the folder holding the `shepherd` tool.
+PROMPT_NAME = "prompt.md"
+TOOL_BIN_NAME = "bin"
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
@@ -136,6 +143,57 @@ def build_agent_env(
     if reply_file is not None:
         env["SHEPHERD_REPLY_FILE"] = os.fspath(reply_file)
     return env
+
+
+@dataclass(frozen=True)
+class SessionEnvironment:
+    """Who and where one session is. Every process Shepherd starts for the session (its turns, its
+    `setup` commands, its `test` command) gets its environment from here, so all of them are told the
+    same branch, folders and `PORT`."""
+
+    parent_env: Mapping[str, str]
+    extra_names: Sequence[str]
+    session_dir: Path
+    worktree: Path
+    repo: str
+    issue: int
+    branch: str
+    port: int
+    bot_name: str
+    bot_email: str
+
+    @property
+    def prompt_file(self) -> Path:
+        return self.session_dir / PROMPT_NAME
+
+    @property
+    def status_file(self) -> Path:
+        return self.session_dir / STATUS_NAME
+
+    @property
+    def tool_bin_dir(self) -> Path:
+        return self.session_dir / TOOL_BIN_NAME
+
+    def build(self, turn: int, *, reply: str | None = None, reply_file: Path | None = None) -> dict[str, str]:
+        """The environment of a process started during `turn` (0 before the first turn)."""
+        return build_agent_env(
+            self.parent_env,
+            extra_names=self.extra_names,
+            session_dir=self.session_dir,
+            status_file=self.status_file,
+            repo=self.repo,
+            issue=self.issue,
+            branch=self.branch,
+            worktree=self.worktree,
+            turn=turn,
+            prompt_file=self.prompt_file,
+            port=self.port,
+            reply=reply,
+            reply_file=reply_file,
+            bot_name=self.bot_name,
+            bot_email=self.bot_email,
+            tool_bin_dir=self.tool_bin_dir,
+        )
 
 
 def _is_passed_through(name: str) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.agent import channel, processes
-from bot.agent.environment import build_agent_env, write_reply_file
+from bot.agent.environment import SessionEnvironment, write_reply_file
 from bot.agent.adapters import Adapter
 from bot.agent.confinement import Confinement
 from bot.agent.processes import TurnHandle, TurnOutcome
@@ -36,8 +36,6 @@ from bot.workspace.workspaces import WorkspaceError, Workspaces
 
 log = logging.getLogger(__name__)
 
-PROMPT_NAME = "prompt.md"
-STATUS_NAME = channel.STATUS_NAME
 LOG_TAIL_LINES = 40
 REPOSITORY_UNREADABLE = "Shepherd: after the turn, the session's repository could not be read: {why}"
 WATCH_POLL_SECONDS = 0.2
@@ -52,23 +50,22 @@ FAILURE_OF = {
 class TurnSetup:
     """Everything one turn's process needs besides its command."""
 
-    session_dir: Path
-    worktree: Path
-    repo: str
-    issue: int
-    branch: str
+    environment: SessionEnvironment
     turn: int
-    port: int
-    bot_name: str
-    bot_email: str
-    parent_env: Mapping[str, str]
-    extra_env_names: Sequence[str] = ()
     run_as_user: str | None = None
     confinement: Confinement | None = None
 
     @property
+    def session_dir(self) -> Path:
+        return self.environment.session_dir
+
+    @property
+    def worktree(self) -> Path:
+        return self.environment.worktree
+
+    @property
     def prompt_file(self) -> Path:
-        return self.session_dir / PROMPT_NAME
+        return self.environment.prompt_file
 
     @property
     def log_path(self) -> Path:
@@ -94,33 +91,15 @@ def start_turn(
 ) -> TurnHandle:
     """Spawn one turn. A first turn passes `prompt`; a resumed one passes `message` (what the agent
     is told) and `reply` (the human text it answers, for `SHEPHERD_REPLY` and its file)."""
-    bin_dir = setup.session_dir / "bin"
     python = setup.confinement.sandbox.python if setup.confinement is not None else None
-    channel.install_agent_tool(bin_dir, **({"python": python} if python else {}))
+    channel.install_agent_tool(setup.environment.tool_bin_dir, **({"python": python} if python else {}))
     if prompt is not None:
         setup.prompt_file.write_text(prompt, encoding="utf-8")
         setup.prompt_file.chmod(0o644)
     reply_file = None
     if reply is not None:
         reply_file = write_reply_file(setup.reply_file, reply)
-    env = build_agent_env(
-        setup.parent_env,
-        extra_names=setup.extra_env_names,
-        session_dir=setup.session_dir,
-        status_file=setup.session_dir / STATUS_NAME,
-        repo=setup.repo,
-        issue=setup.issue,
-        branch=setup.branch,
-        worktree=setup.worktree,
-        turn=setup.turn,
-        prompt_file=setup.prompt_file,
-        port=setup.port,
-        reply=reply,
-        reply_file=reply_file,
-        bot_name=setup.bot_name,
-        bot_email=setup.bot_email,
-        tool_bin_dir=bin_dir,
-    )
+    env = setup.environment.build(setup.turn, reply=reply, reply_file=reply_file)
     if prompt is not None:
         command = adapter.first_turn(prompt, setup.prompt_file)
     elif resume_session_id is not None or adapter.name == "command":

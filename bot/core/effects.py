@@ -39,6 +39,7 @@ class SessionContext:
     policy: EffectivePolicy
     worktree: Path | None = None
     session_dir: Path | None = None
+    port: int | None = None  # the session's PORT: its turns, setup and test commands all get this one
     queue_position: int | None = None
     changed_files: tuple[ChangedFile, ...] = ()
     log_tail: str | None = None  # already redacted

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bot.github.pacing import Priority
 from bot.views.render import environment
 from bot.core.sanitize import marker
 from bot.core.session import Progress, Session, TurnExited
+from bot.store.context import RuntimeContext
 from bot.workspace.workspaces import Workspaces
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,8 @@ class Coordinator:
         if isinstance(event, (TurnExited, Progress)):
             await self.check(after.repo)
 
-    async def _changed(self, session: Session, context: Mapping[str, Any]) -> set[str]:
-        worktree = Path(context["worktree"]) if context.get("worktree") else None
+    async def _changed(self, session: Session, context: RuntimeContext) -> set[str]:
+        worktree = Path(context.worktree) if context.worktree else None
         if worktree is None or not worktree.is_dir():
             return set()
         try:
@@ -90,12 +92,9 @@ class Coordinator:
         by_id = {stored.session.id: stored for stored in live}
         for session_id, stored in by_id.items():
             mine = overlaps.get(session_id, {})
-            shown = {f"#{by_id[other].session.issue_number}": list(paths) for other, paths in mine.items()}
-            current = self.engine.sessions.get(session_id)
-            if current is None:
-                continue
-            if (current.context.get("overlaps") or {}) != shown:
-                self.engine.sessions.save_context(session_id, {**current.context, "overlaps": shown})
+            shown = {f"#{by_id[other].session.issue_number}": tuple(paths) for other, paths in mine.items()}
+            # The engine stores it, under the issue's lock, over the record as it is then.
+            await self.engine.change_context(session_id, lambda known, shown=shown: replace(known, overlaps=shown))
             await self._post(stored, mine, by_id)
         return overlaps
 
@@ -103,7 +102,7 @@ class Coordinator:
         session, context = stored.session, stored.context
         if not mine and self.posted.get(session.id, COORDINATION_KIND) is None:
             return  # never overlapped: nothing to say
-        web = _web_repo(context.get("clone_url", ""))
+        web = _web_repo(context.clone_url)
         others = [
             {
                 "issue": f"#{by_id[other].session.issue_number}",
@@ -116,8 +115,8 @@ class Coordinator:
         gh = self.github.installation(stored.installation_id)
         bot_login, _ = await self.github.bot_identity(stored.installation_id)
         await ensure_comment(
-            gh, self.posted, scope=session.id, kind=COORDINATION_KIND, key="", owner=context["owner"],
-            repo=context["repo"], number=session.issue_number, bot_login=bot_login,
+            gh, self.posted, scope=session.id, kind=COORDINATION_KIND, key="", owner=context.owner,
+            repo=context.repo, number=session.issue_number, bot_login=bot_login,
             marker_fields={"session": session.id}, body=body, now=self.clock(), priority=Priority.NORMAL,
         )
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import gidgethub
@@ -34,7 +34,6 @@ from bot.core.session import (
 log = logging.getLogger(__name__)
 
 ISSUE_URL = "/repos/{owner}/{repo}/issues/{issue_number}"
-DEPENDENCY_BODY = "dependency_body"  # the issue body as last edited by an authorised person
 MAX_GRAPH_ISSUES = 50  # how far the cycle search reads through other issues' bodies
 
 UNSEEN_KIND = "dependency-unseen"
@@ -312,15 +311,15 @@ class DependencyTracker:
         stored = self.engine.sessions.last_for_issue(full_name, number)
         if stored is None:
             return
-        self.engine.sessions.save_context(stored.session.id, {**stored.context, DEPENDENCY_BODY: body})
+        await self.engine.change_context(stored.session.id, lambda known: replace(known, dependency_body=body))
         await self.recheck_session(self.engine.sessions.get(stored.session.id))
 
     async def recheck_session(self, stored: Any) -> None:
         session, context = stored.session, stored.context
-        body = context.get(DEPENDENCY_BODY, context.get("issue_body"))
-        policy = context.get("policy") or {}
+        # The body as an authorised person last edited it, else as it was when the session started.
+        body = context.dependency_body if context.dependency_body is not None else context.issue_body
         resolution = await self.evaluate(
-            stored.installation_id, session.repo, session.issue_number, body, stack=bool(policy.get("stack"))
+            stored.installation_id, session.repo, session.issue_number, body, stack=bool(context.policy.stack)
         )
         if resolution.ready:
             await self.engine.apply(session.id, DependenciesSatisfied(resolution.stack_base))

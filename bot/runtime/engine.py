@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,9 @@ from typing import Any
 from bot.agent import processes
 from bot.agent import turns
 from bot.github.permissions import PermissionCache
-from bot.agent.channel import write_status
+from bot.agent.channel import STATUS_NAME, write_status
 from bot.agent.adapters import Adapter, make_adapter
-from bot.agent.environment import build_agent_env
+from bot.agent.environment import SessionEnvironment
 from bot.agent.confinement import Confinement, for_session as confinement_for
 from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
 from bot.core.policy import EffectivePolicy
@@ -63,15 +63,15 @@ from bot.core.session import (
     decide_trigger,
     to_status_json,
 )
+from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
-from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
+from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces, session_folder
 
 log = logging.getLogger(__name__)
 
 SETUP_LOG = "setup.log"
-STATUS_FILE = "status.json"
 PLAN_NAME = "plan.md"
 PLAN_FILE = "plan-{revision}.md"
 NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
@@ -91,14 +91,6 @@ Observer = Callable[[Session | None, Session, Event], Awaitable[None]]
 
 def utc(moment: float) -> datetime:
     return datetime.fromtimestamp(moment, tz=timezone.utc)
-
-
-def session_folder(session_id: str) -> str:
-    """`owner/repo#12/3` → `owner__repo__12__3`: one folder name per session id (owners have no `_`)."""
-    issue, _, attempt = session_id.rpartition("/")
-    repo, _, number = issue.rpartition("#")
-    owner, _, name = repo.partition("/")
-    return f"{owner}__{name}__{number}__{attempt}"
 
 
 def issue_key(session_id: str) -> str:
@@ -196,8 +188,8 @@ class Engine:
 
     async def _recover(self, stored: StoredSession) -> None:
         session, context = stored.session, stored.context
-        if context.get("port"):
-            self.workspaces.reserve_port(int(context["port"]))
+        if context.port:
+            self.workspaces.reserve_port(context.port)
         self._note_policy_limits(session.repo, context)
         handle = self._turn_handle(session, context)
         alive = False
@@ -208,8 +200,7 @@ class Engine:
             self.queue.hold(session.id, session.repo)
         note = NOTE_RECOVERED_ATTACHED if alive else (NOTE_RECOVERED_RERUN if session.running_turn else None)
         if note:
-            context = {**context, "notes": [*context.get("notes", []), note]}
-            self.sessions.save_context(session.id, context)
+            await self.change_context(session.id, lambda known: replace(known, notes=(*known.notes, note)))
         after = await self.apply(session.id, Recovered(turn_alive=alive))
         if alive and after is not None and after.running_turn is not None and handle is not None:
             self._watch(session.id, handle)
@@ -255,19 +246,19 @@ class Engine:
             if last is not None and session.id == last.session.id:
                 context = last.context
             else:
-                context = {
-                    "installation_id": issue.installation_id,
-                    "owner": issue.owner,
-                    "repo": issue.repo,
-                    "clone_url": issue.clone_url,
-                    "default_branch": issue.default_branch,
-                    "issue_body": issue.body,
-                    "issue_author": issue.author,
-                    "trigger_label": label,
-                    "trigger_at": now,
-                    "policy": policy.as_dict(),
-                    "policy_problems": [str(problem) for problem in loaded.problems],
-                }
+                context = RuntimeContext(
+                    installation_id=issue.installation_id,
+                    owner=issue.owner,
+                    repo=issue.repo,
+                    clone_url=issue.clone_url,
+                    default_branch=issue.default_branch,
+                    issue_body=issue.body,
+                    issue_author=issue.author,
+                    trigger_label=label,
+                    trigger_at=now,
+                    policy=policy,
+                    policy_problems=tuple(str(problem) for problem in loaded.problems),
+                )
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
         self._write_status(session, context)
@@ -329,8 +320,7 @@ class Engine:
                 return None
             if session.id != stored.session.id:
                 # A retry on a finished session starts a new one with the same facts.
-                context = {key: value for key, value in stored.context.items()
-                           if key not in ("turn", "reports_seq", "worktree", "port", "notes")}
+                context = stored.context.for_retry()
             else:
                 context = stored.context
             self.sessions.record(session, context, event, decision.commands, now=now)
@@ -340,6 +330,23 @@ class Engine:
         if session != stored.session:
             self._notify(stored.session, session, event)
         return session
+
+    async def change_context(
+        self, session_id: str, change: Callable[[RuntimeContext], RuntimeContext]
+    ) -> RuntimeContext | None:
+        """Store `change` of the session's runtime facts, read and written under the issue's lock.
+
+        The one way to change them: `change` is applied to the stored record as it is now, so a writer
+        that awaited something in between (GitHub, git) cannot put back a copy older than another's write.
+        Never call it while holding the issue's lock (inside `apply` or `trigger`)."""
+        async with self._lock(issue_key(session_id)):
+            stored = self.sessions.get(session_id)
+            if stored is None:
+                return None
+            changed = change(stored.context)
+            if changed != stored.context:
+                self.sessions.save_context(session_id, changed)
+            return changed
 
     def _notify(self, before: Session | None, after: Session, event: Event) -> None:
         if self._stopped:
@@ -458,18 +465,13 @@ class Engine:
             return await self.finisher.finish(session, command, context)
         return await self.publisher.publish(session, command, context)
 
-    def _policy(self, context: Mapping[str, Any]) -> EffectivePolicy:
-        return EffectivePolicy.model_validate(context["policy"])
-
-    def _note_policy_limits(self, repo: str, context: Mapping[str, Any]) -> None:
-        if "policy" not in context:
-            return
-        overrides = {**self.limits.repo_overrides, repo: int(context["policy"]["max_parallel"])}
+    def _note_policy_limits(self, repo: str, context: RuntimeContext) -> None:
+        overrides = {**self.limits.repo_overrides, repo: int(context.policy.max_parallel)}
         self.limits = SlotLimits(self.limits.global_limit, self.limits.per_repo, overrides)
 
     async def _session_context(self, stored: StoredSession, *, with_changes: bool) -> SessionContext:
         session, context = stored.session, stored.context
-        worktree = Path(context["worktree"]) if context.get("worktree") else None
+        worktree = Path(context.worktree) if context.worktree else None
         changed: tuple[ChangedFile, ...] = ()
         if with_changes and worktree is not None and worktree.is_dir():
             try:
@@ -479,38 +481,39 @@ class Engine:
                 )
             except Exception:  # noqa: BLE001 - the status still renders without the file list
                 log.warning("could not list changed files of %s", session.id, exc_info=True)
-        extra = {"policy_problems": list(context.get("policy_problems", [])), "sandbox": self.workspaces.sandbox.mode}
+        extra = {"policy_problems": list(context.policy_problems), "sandbox": self.workspaces.sandbox.mode}
         if worktree is not None:
-            extra["egress"] = self.confinement(session, worktree, self._policy(context)).refused_hosts()
+            extra["egress"] = self.confinement(session, worktree, context.policy).refused_hosts()
         handle = self._turn_handle(session, context)
         log_tail = None
         if handle is not None:
             log_tail = processes.log_tail(handle.log_path, turns.LOG_TAIL_LINES)
         return SessionContext(
             installation_id=stored.installation_id,
-            owner=context["owner"],
-            repo=context["repo"],
-            clone_url=context["clone_url"],
-            default_branch=context["default_branch"],
-            policy=self._policy(context),
+            owner=context.owner,
+            repo=context.repo,
+            clone_url=context.clone_url,
+            default_branch=context.default_branch,
+            policy=context.policy,
             worktree=worktree,
             session_dir=self.workspaces.session_dir(session_folder(session.id)),
+            port=context.port,
             queue_position=self.queue.position(session.id),
             changed_files=changed,
             log_tail=log_tail,
-            notes=tuple(context.get("notes", [])),
+            notes=context.notes,
             extra=extra,
         )
 
     async def _ensure_workspace(self, stored: StoredSession, command: EnsureWorkspace) -> Sequence[Event]:
-        session, context = stored.session, dict(stored.context)
-        policy = self._policy(context)
+        session, context = stored.session, stored.context
+        policy = context.policy
         full_name = session.repo
         session_dir = self.workspaces.session_dir(session_folder(session.id))
         try:
-            token = await self.github.mint_push_token(stored.installation_id, context["owner"], context["repo"])
-            await self.workspaces.ensure_mirror(full_name, context["clone_url"], token)
-            existing = Path(context["worktree"]) if context.get("worktree") else None
+            token = await self.github.mint_push_token(stored.installation_id, context.owner, context.repo)
+            await self.workspaces.ensure_mirror(full_name, context.clone_url, token)
+            existing = Path(context.worktree) if context.worktree else None
             if existing is not None and (existing / ".git").exists():
                 worktree = existing
             else:
@@ -518,10 +521,10 @@ class Engine:
                     full_name, command.branch, command.base_branch,
                     continue_from_existing=command.from_kept_branch,
                 )
-            context["worktree"] = str(worktree)
-            if not context.get("port"):
-                context["port"] = self.workspaces.allocate_port()
-            self.sessions.save_context(session.id, context)
+            port = context.port or self.workspaces.allocate_port()
+            context = await self.change_context(
+                session.id, lambda known: replace(known, worktree=str(worktree), port=port)
+            ) or context
             await self.workspaces.install_env_files(worktree, policy.env_files)
         except (WorkspaceError, Exception) as error:  # noqa: BLE001 - every failure is the session's
             if not isinstance(error, (WorkspaceError, OSError)) and not _is_git_or_http(error):
@@ -531,14 +534,7 @@ class Engine:
         if self.workspaces.pool_size:
             self._spawn(self.workspaces.fill_pool(full_name, command.base_branch))
         if policy.setup:
-            bot_name, bot_email = await self.github.bot_identity()
-            env = build_agent_env(
-                self.parent_env, extra_names=self.settings.agent_env, session_dir=session_dir,
-                status_file=session_dir / STATUS_FILE, repo=full_name, issue=session.issue_number,
-                branch=session.branch, worktree=worktree, turn=0, prompt_file=session_dir / turns.PROMPT_NAME,
-                port=int(context["port"]), reply=None, reply_file=None, bot_name=bot_name,
-                bot_email=bot_email, tool_bin_dir=session_dir / "bin",
-            )
+            env = (await self._environment(session, context, worktree, session_dir)).build(0)
             confinement = self.confinement(session, worktree, policy)
 
             async def run_one(command: str, index: int, timeout: float | None) -> int | None:
@@ -557,30 +553,40 @@ class Engine:
                 return (WorkspaceFailed(result.message or "setup failed"),)
         return (WorkspaceReady(),)
 
+    async def _environment(
+        self, session: Session, context: RuntimeContext, worktree: Path, session_dir: Path
+    ) -> SessionEnvironment:
+        """What every process of the session is told (its turns, setup and test commands alike)."""
+        bot_name, bot_email = await self.github.bot_identity()
+        if context.port is None:
+            raise WorkspaceError(f"session {session.id} has no port: its workspace was never made")
+        return SessionEnvironment(
+            parent_env=self.parent_env, extra_names=self.settings.agent_env, session_dir=session_dir,
+            worktree=worktree, repo=session.repo, issue=session.issue_number, branch=session.branch,
+            port=context.port, bot_name=bot_name, bot_email=bot_email,
+        )
+
     async def _start_turn(self, stored: StoredSession, command: StartTurn) -> Sequence[Event]:
-        session, context = stored.session, dict(stored.context)
+        session, context = stored.session, stored.context
         # A StartTurn left in the outbox by a crash is stale once recovery re-queued the turn.
         if session.running_turn is None or session.turn_count != command.turn:
             return ()
-        known = context.get("turn") or {}
-        if known.get("turn") == command.turn and known.get("session") == session.id:
-            handle = processes.TurnHandle.from_json(known["handle"])
+        known = context.turn
+        if known is not None and known.turn == command.turn and known.session == session.id:
+            handle = processes.TurnHandle.from_json(dict(known.handle))
             if processes.attach(handle) or processes.read_exit_code(handle) is not None:
                 self._watch(session.id, handle)
                 return ()
-        policy = self._policy(context)
+        policy = context.policy
         adapter = self.adapter_factory(policy)
-        worktree = Path(context["worktree"])
+        worktree = Path(context.worktree or "")
         session_dir = self.workspaces.session_dir(session_folder(session.id))
         try:
             await self.workspaces.share_base(worktree, session.base_branch)
         except WorkspaceError as error:  # the turn can still run; a rebase would say what is missing
             log.warning("could not show %s its base branch: %s", session.id, error)
-        bot_name, bot_email = await self.github.bot_identity()
         setup = turns.TurnSetup(
-            session_dir=session_dir, worktree=worktree, repo=session.repo, issue=session.issue_number,
-            branch=session.branch, turn=command.turn, port=int(context["port"]), bot_name=bot_name,
-            bot_email=bot_email, parent_env=self.parent_env, extra_env_names=self.settings.agent_env,
+            await self._environment(session, context, worktree, session_dir), turn=command.turn,
             confinement=self.confinement(session, worktree, policy),
         )
         first = command.kind == TurnKind.FIRST or (
@@ -591,30 +597,32 @@ class Engine:
             handle = turns.start_turn(setup, adapter, prompt=prompt, message=None, reply=None,
                                       resume_session_id=None)
         else:
+            # Read now, not from `stored`: coordination may have found new overlaps while we awaited.
+            current = self.sessions.get(session.id)
+            overlaps = (current or stored).context.overlaps
             message = render_turn_message(
                 command.kind, command.reply, command.notes, command.paths, base_branch=session.base_branch,
-                overlaps=context.get("overlaps") or {},
+                overlaps=overlaps,
             )
             handle = turns.start_turn(setup, adapter, prompt=None, message=message, reply=command.reply,
                                       resume_session_id=command.resume_session_id)
-        context["turn"] = {"turn": command.turn, "session": session.id, "handle": handle.to_json()}
-        context.setdefault("reports_seq", 0)
-        self.sessions.save_context(session.id, context)
+        record = TurnRecord(command.turn, session.id, handle.to_json())
+        await self.change_context(session.id, lambda known: replace(known, turn=record))
         self._watch(session.id, handle)
         return (TurnStarted(None),)
 
     async def _render_prompt(self, stored: StoredSession, worktree: Path) -> str:
         session, context = stored.session, stored.context
-        policy = self._policy(context)
+        policy = context.policy
         gh = self.github.installation(stored.installation_id)
         comments = await gather_comments(
-            gh, context["owner"], context["repo"], session.issue_number,
-            trigger_at=utc(float(context.get("trigger_at") or self.clock())),
+            gh, context.owner, context.repo, session.issue_number,
+            trigger_at=utc(context.trigger_at if context.trigger_at is not None else self.clock()),
             permissions=self.permissions, minimum=policy.min_permission,
         )
         return render_prompt(
             repo=session.repo, issue_number=session.issue_number, title=session.issue_title,
-            body=context.get("issue_body"), comments=comments, branch=session.branch,
+            body=context.issue_body, comments=comments, branch=session.branch,
             base_branch=session.base_branch, worktree=worktree, mode=str(session.mode),
         )
 
@@ -625,13 +633,13 @@ class Engine:
         (folder / PLAN_FILE.format(revision=command.revision)).write_text(text, encoding="utf-8")
         (folder / PLAN_NAME).write_text(text, encoding="utf-8")
 
-    def _turn_handle(self, session: Session, context: Mapping[str, Any]) -> processes.TurnHandle | None:
-        known = context.get("turn") or {}
-        if not known or known.get("session") != session.id or session.running_turn is None:
+    def _turn_handle(self, session: Session, context: RuntimeContext) -> processes.TurnHandle | None:
+        known = context.turn
+        if known is None or known.session != session.id or session.running_turn is None:
             return None
-        if known.get("turn") != session.turn_count:
+        if known.turn != session.turn_count:
             return None
-        return processes.TurnHandle.from_json(known["handle"])
+        return processes.TurnHandle.from_json(dict(known.handle))
 
     def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
         current = self._watchers.get(session_id)
@@ -643,16 +651,14 @@ class Engine:
         stored = self.sessions.get(session_id)
         if stored is None:
             return
-        policy = self._policy(stored.context)
-        worktree = Path(stored.context["worktree"])
+        policy = stored.context.policy
+        worktree = Path(stored.context.worktree or "")
         session_dir = self.workspaces.session_dir(session_folder(session_id))
         adapter = self.adapter_factory(policy)
 
         async def emit(event: Event, seq: int) -> None:
             await self.apply(session_id, event)
-            current = self.sessions.get(session_id)
-            if current is not None:
-                self.sessions.save_context(session_id, {**current.context, "reports_seq": seq})
+            await self.change_context(session_id, lambda known: replace(known, reports_seq=seq))
 
         async def measure() -> tuple[bool, bool, tuple[str, ...]]:
             current = self.sessions.get(session_id)
@@ -661,7 +667,7 @@ class Engine:
 
         try:
             end = await turns.watch_turn(
-                handle, session_dir=session_dir, after_seq=int(stored.context.get("reports_seq") or 0),
+                handle, session_dir=session_dir, after_seq=stored.context.reports_seq,
                 emit=emit, measure=measure, max_runtime_s=policy.max_runtime_seconds,
                 idle_timeout_s=policy.idle_timeout_seconds, poll=self.poll,
                 confinement=self.confinement(stored.session, worktree, policy),
@@ -682,10 +688,10 @@ class Engine:
                                policy.network.allow)
 
     def _stop_agent(self, stored: StoredSession, grace_seconds: float) -> None:
-        known = stored.context.get("turn") or {}
-        if not known or known.get("session") != stored.session.id:
+        known = stored.context.turn
+        if known is None or known.session != stored.session.id:
             return
-        handle = processes.TurnHandle.from_json(known["handle"])
+        handle = processes.TurnHandle.from_json(dict(known.handle))
 
         async def stop_later() -> None:
             deadline = time.monotonic() + grace_seconds
@@ -698,20 +704,22 @@ class Engine:
         self._spawn(stop_later())
 
     async def _cleanup(self, stored: StoredSession) -> Sequence[Event]:
-        context = dict(stored.context)
-        worktree = Path(context["worktree"]) if context.get("worktree") else None
+        context = stored.context
+        worktree = Path(context.worktree) if context.worktree else None
         if worktree is None or not worktree.is_dir():
             return ()
         try:
             await self.workspaces.remove_worktree(worktree)
         except WorkspaceKept as kept:
-            context["notes"] = [*context.get("notes", []), NOTE_WORKTREE_KEPT.format(reason=kept.reason)]
-            self.sessions.save_context(stored.session.id, context)
+            note = NOTE_WORKTREE_KEPT.format(reason=kept.reason)
+            context = await self.change_context(
+                stored.session.id, lambda known: replace(known, notes=(*known.notes, note))
+            ) or context
             refreshed = StoredSession(stored.session, context, stored.installation_id)
             ctx = await self._session_context(refreshed, with_changes=False)
             return await self.publisher.publish(stored.session, PostStatus(), ctx)
-        if context.get("port"):
-            self.workspaces.release_port(int(context["port"]))
+        if context.port:
+            self.workspaces.release_port(context.port)
         return ()
 
     # -- slots ----------------------------------------------------------------------------------
@@ -732,12 +740,12 @@ class Engine:
     def _default_adapter(self, policy: EffectivePolicy) -> Adapter:
         return make_adapter(policy.agent, command=self.settings.agent_command, allowed_tools=policy.allowed_tools)
 
-    def _write_status(self, session: Session, context: Mapping[str, Any]) -> None:
+    def _write_status(self, session: Session, context: RuntimeContext) -> None:
         try:
             folder = self.workspaces.session_dir(session_folder(session.id))
-            data = to_status_json(session, worktree_path=context.get("worktree"),
+            data = to_status_json(session, worktree_path=context.worktree,
                                   queue_position=self.queue.position(session.id))
-            write_status(folder / STATUS_FILE, data)
+            write_status(folder / STATUS_NAME, data)
         except Exception:  # noqa: BLE001 - status.json is a convenience for the agent
             log.warning("could not write status.json of %s", session.id, exc_info=True)
 
@@ -746,9 +754,9 @@ class Engine:
     def session_dir(self, session_id: str) -> Path:
         return self.workspaces.session_dir(session_folder(session_id))
 
-    def context_of(self, session_id: str) -> dict[str, Any]:
+    def context_of(self, session_id: str) -> RuntimeContext | None:
         stored = self.sessions.get(session_id)
-        return dict(stored.context) if stored else {}
+        return stored.context if stored else None
 
     async def idle(self) -> None:
         """Wait until no command is pending and no turn is being watched."""

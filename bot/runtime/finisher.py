@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import gidgethub
 
-from bot.agent.environment import build_agent_env
+from bot.agent.environment import SessionEnvironment
 from bot.workspace.git import Git, GitError, Mirror, redact
 from bot.github.operations import OperationRefused
 from bot.agent.confinement import for_session as confinement_for
@@ -51,7 +50,7 @@ from bot.core.session import (
     PushFailed,
     Session,
 )
-from bot.workspace.workspaces import WorkspaceError, Workspaces
+from bot.workspace.workspaces import WorkspaceError, Workspaces, session_folder
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +86,10 @@ MAX_COMMITS_LISTED = 50
 REVIEW_REQUEST_IGNORED = 422  # e.g. the actor is the PR's author or not a collaborator any more
 PR_EXISTS_HINT = "already exists"
 
-_SAFE_DIR = re.compile(r"[^A-Za-z0-9_.-]+")
-
 
 def render(template: str, **values: Any) -> str:
     """Render one of `templates/` through Shepherd's one Jinja2 environment."""
     return environment().get_template(template).render(**values)
-
-
-def session_folder_name(session_id: str) -> str:
-    """A folder name for a session id such as `acme/web#3/1` (ids hold `/` and `#`)."""
-    return _SAFE_DIR.sub("-", session_id).strip("-.") or "session"
 
 
 @dataclass(frozen=True)
@@ -268,34 +260,24 @@ class Finisher:
         self, session: Session, context: Any, worktree: Path, branch: str, bot_name: str, bot_email: str
     ) -> TestRun:
         session_dir = Path(context.session_dir) if context.session_dir else (
-            self._workspaces.data_dir / "sessions" / session_folder_name(session.id)
+            self._workspaces.session_dir(session_folder(session.id))
         )
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = session_dir / TEST_LOG
         log_path.unlink(missing_ok=True)  # the tail must be this run's
-        port = context.extra.get("port") if isinstance(context.extra, Mapping) else None
+        # The session's own PORT, as its turns had it; a session without one (never given a workspace by
+        # the runtime) borrows a free port for the run.
+        port = context.port
         allocated = None
         if not port:
             port = allocated = self._workspaces.allocate_port()
         try:
-            env = build_agent_env(
-                self._parent_env,
+            env = SessionEnvironment(
+                parent_env=self._parent_env,
                 extra_names=tuple(getattr(self._settings, "agent_env", ()) or ()),
-                session_dir=session_dir,
-                status_file=session_dir / "status.json",
-                repo=context.full_name,
-                issue=session.issue_number,
-                branch=branch,
-                worktree=worktree,
-                turn=session.turn_count,
-                prompt_file=session_dir / "prompt.md",
-                port=int(port),
-                reply=None,
-                reply_file=None,
-                bot_name=bot_name,
-                bot_email=bot_email,
-                tool_bin_dir=session_dir / "bin",
-            )
+                session_dir=session_dir, worktree=worktree, repo=context.full_name, issue=session.issue_number,
+                branch=branch, port=int(port), bot_name=bot_name, bot_email=bot_email,
+            ).build(session.turn_count)
             confinement = confinement_for(
                 self._workspaces, session_dir.name, worktree, context.full_name, context.policy.network.allow
             )

@@ -12,8 +12,8 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
+from bot.store.context import RuntimeContext
 from bot.core.session import (
     TERMINAL_STATES,
     Command,
@@ -28,10 +28,10 @@ from bot.core.session import (
 
 @dataclass(frozen=True)
 class StoredSession:
-    """A session as stored, with its per-session facts (installation, policy, worktree, turn...)."""
+    """A session as stored, with the runtime's facts about it (installation, policy, worktree, turn...)."""
 
     session: Session
-    context: dict[str, Any]
+    context: RuntimeContext
     installation_id: int
 
 
@@ -52,14 +52,14 @@ class SessionStore:
     def record(
         self,
         session: Session,
-        context: dict[str, Any],
+        context: RuntimeContext,
         event: Event | None,
         commands: Iterable[Command],
         *,
         now: float,
     ) -> list[int]:
         """Store the session row, append the event and the commands, all in one transaction."""
-        installation_id = int(context.get("installation_id") or 0)
+        installation_id = context.installation_id
         seqs: list[int] = []
         with self.db:
             self.db.execute(
@@ -73,7 +73,7 @@ class SessionStore:
                 """,
                 (
                     session.id, session.repo, session.issue_number, installation_id, session.branch,
-                    str(session.state), json.dumps(session.to_dict()), json.dumps(context),
+                    str(session.state), json.dumps(session.to_dict()), json.dumps(context.to_dict()),
                     session.created_at.timestamp(), now,
                 ),
             )
@@ -90,9 +90,12 @@ class SessionStore:
                 seqs.append(int(cursor.lastrowid))
         return seqs
 
-    def save_context(self, session_id: str, context: dict[str, Any]) -> None:
+    def save_context(self, session_id: str, context: RuntimeContext) -> None:
+        """Replace the session's runtime facts (the engine's to call, under the issue's lock)."""
         with self.db:
-            self.db.execute("UPDATE sessions SET context = ? WHERE id = ?", (json.dumps(context), session_id))
+            self.db.execute(
+                "UPDATE sessions SET context = ? WHERE id = ?", (json.dumps(context.to_dict()), session_id)
+            )
 
     def get(self, session_id: str) -> StoredSession | None:
         row = self.db.execute(
@@ -190,4 +193,4 @@ class SessionStore:
 
 
 def _stored(row: tuple[str, str, int]) -> StoredSession:
-    return StoredSession(Session.from_dict(json.loads(row[0])), json.loads(row[1]), int(row[2]))
+    return StoredSession(Session.from_dict(json.loads(row[0])), RuntimeContext.from_dict(json.loads(row[1])), int(row[2]))

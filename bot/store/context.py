@@ -1,0 +1,96 @@
+"""The runtime's own facts about one session (installation, policy, worktree, port, turn...), as a typed record.
+
+The pure core's `Session` says where a session stands; `RuntimeContext` holds what the runtime needs to
+carry out its commands. It is frozen: a change is a `dataclasses.replace`, and only the engine stores
+one, under the issue's lock (`Engine.change_context`), so two writers can never overwrite each other's
+fields with stale copies. It is kept as JSON in the `sessions` table; `from_dict` also reads the rows
+written before it existed (the same keys, as a plain dict).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from bot.core.policy import EffectivePolicy
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    """The running turn's process, so a restarted Shepherd can find and watch it again."""
+
+    turn: int
+    session: str  # the session id the turn belongs to
+    handle: Mapping[str, Any]  # `bot.agent.processes.TurnHandle.to_json()`
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"turn": self.turn, "session": self.session, "handle": dict(self.handle)}
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """What the runtime knows of one session beyond the core's `Session`."""
+
+    installation_id: int
+    owner: str
+    repo: str  # the repository's name, without the owner
+    clone_url: str
+    default_branch: str
+    policy: EffectivePolicy
+    policy_problems: tuple[str, ...] = ()
+    issue_body: str | None = None
+    dependency_body: str | None = None  # the issue body as last edited by an authorised person
+    issue_author: str = ""
+    trigger_label: str = ""
+    trigger_at: float | None = None
+    worktree: str | None = None
+    port: int | None = None
+    turn: TurnRecord | None = None
+    reports_seq: int = 0  # the last `shepherd` report turned into an event
+    notes: tuple[str, ...] = ()  # extra lines for the status comment
+    overlaps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `#12` → files both change
+
+    def for_retry(self) -> RuntimeContext:
+        """The facts a retried session keeps: everything but its predecessor's turn, worktree, port and notes."""
+        return RuntimeContext(
+            installation_id=self.installation_id, owner=self.owner, repo=self.repo, clone_url=self.clone_url,
+            default_branch=self.default_branch, policy=self.policy, policy_problems=self.policy_problems,
+            issue_body=self.issue_body, dependency_body=self.dependency_body, issue_author=self.issue_author,
+            trigger_label=self.trigger_label, trigger_at=self.trigger_at, overlaps=self.overlaps,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {item.name: getattr(self, item.name) for item in fields(self)}
+        data["policy"] = self.policy.as_dict()
+        data["policy_problems"] = list(self.policy_problems)
+        data["turn"] = self.turn.to_dict() if self.turn is not None else None
+        data["notes"] = list(self.notes)
+        data["overlaps"] = {issue: list(paths) for issue, paths in self.overlaps.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RuntimeContext:
+        turn = data.get("turn") or None
+        port = data.get("port")
+        trigger_at = data.get("trigger_at")
+        return cls(
+            installation_id=int(data.get("installation_id") or 0),
+            owner=str(data["owner"]),
+            repo=str(data["repo"]),
+            clone_url=str(data["clone_url"]),
+            default_branch=str(data["default_branch"]),
+            policy=EffectivePolicy.model_validate(data["policy"]),
+            policy_problems=tuple(str(problem) for problem in data.get("policy_problems") or ()),
+            issue_body=data.get("issue_body"),
+            dependency_body=data.get("dependency_body"),
+            issue_author=str(data.get("issue_author") or ""),
+            trigger_label=str(data.get("trigger_label") or ""),
+            trigger_at=float(trigger_at) if trigger_at is not None else None,
+            worktree=data.get("worktree") or None,
+            port=int(port) if port else None,
+            turn=TurnRecord(int(turn["turn"]), str(turn["session"]), dict(turn["handle"])) if turn else None,
+            reports_seq=int(data.get("reports_seq") or 0),
+            notes=tuple(str(note) for note in data.get("notes") or ()),
+            overlaps={str(issue): tuple(paths) for issue, paths in (data.get("overlaps") or {}).items()},
+        )
