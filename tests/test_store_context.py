@@ -1,0 +1,75 @@
+"""The runtime's per-session record (`bot/store/context.py`): typed, stored by the store, written by the engine alone."""
+
+from __future__ import annotations
+
+import ast
+import json
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bot.core.policy import OperatorLimits, default_policy
+from bot.core.session import Mode, Trigger, decide_trigger
+from bot.store.context import RuntimeContext, TurnRecord
+from bot.store.database import Store
+from bot.store.sessions import SessionStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A context row exactly as Shepherd wrote it while the record was a plain dict: an upgrade meets these.
+OLD_ROW = {
+    "installation_id": 4242, "owner": "octo-org", "repo": "widgets",
+    "clone_url": "https://github.com/octo-org/widgets.git", "default_branch": "main",
+    "issue_body": "Depends on #3", "issue_author": "carol", "trigger_label": "agent:go", "trigger_at": 1700000000.5,
+    "policy": default_policy(OperatorLimits(), "main").as_dict(), "policy_problems": ["max_turns: must be a number"],
+    "worktree": "/data/worktrees/octo-org/widgets/agent-issue-1", "port": 41234,
+    "turn": {"turn": 2, "session": "octo-org/widgets#1/1",
+             "handle": {"pid": 123, "create_time": 1.5, "log_path": "/x/turn-2.log"}},
+    "reports_seq": 7, "notes": ["Shepherd restarted and found the agent still running."],
+    "overlaps": {"#2": ["shared.txt"]}, "dependency_body": "Depends on #4",
+}
+
+
+def _stored_session(tmp_path: Path) -> tuple[SessionStore, str]:
+    sessions = SessionStore(Store.open(tmp_path / "shepherd.db").db)
+    trigger = Trigger(repo="octo-org/widgets", issue_number=1, issue_title="Widgets", mode=Mode.GO, actor="alice",
+                      base_branch="main")
+    decision = decide_trigger(None, trigger, datetime.now(timezone.utc))
+    sessions.record(decision.session, RuntimeContext.from_dict(OLD_ROW), trigger, (), now=1.0)
+    return sessions, decision.session.id
+
+
+def test_a_record_written_before_the_type_existed_keeps_every_fact(tmp_path: Path) -> None:
+    sessions, session_id = _stored_session(tmp_path)
+    sessions.db.execute("UPDATE sessions SET context = ? WHERE id = ?", (json.dumps(OLD_ROW), session_id))
+
+    context = sessions.get(session_id).context
+
+    assert (context.installation_id, context.owner, context.port, context.reports_seq) == (4242, "octo-org", 41234, 7)
+    assert context.turn == TurnRecord(2, "octo-org/widgets#1/1", OLD_ROW["turn"]["handle"])
+    assert context.overlaps == {"#2": ("shared.txt",)} and context.dependency_body == "Depends on #4"
+    assert context.policy == default_policy(OperatorLimits(), "main")
+    # Written back, it is the same row a restarted older reader would understand.
+    assert context.to_dict() == OLD_ROW
+
+
+def test_a_change_is_a_new_record_and_a_retry_drops_the_turns_facts(tmp_path: Path) -> None:
+    sessions, session_id = _stored_session(tmp_path)
+    before = sessions.get(session_id).context
+    after = replace(before, reports_seq=8)
+    sessions.save_context(session_id, after)
+
+    assert sessions.get(session_id).context == after and before.reports_seq == 7
+    retried = after.for_retry()
+    assert (retried.turn, retried.worktree, retried.port, retried.notes, retried.reports_seq) == (None, None, None, (), 0)
+    assert (retried.owner, retried.policy, retried.dependency_body) == (after.owner, after.policy, after.dependency_body)
+
+
+def test_only_the_engine_writes_the_record() -> None:
+    # Writers that each save their own copy lose each other's fields; the engine saves under the issue's lock.
+    writers = []
+    for path in sorted((ROOT / "bot").rglob("*.py")) + sorted((ROOT / "handlers").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "save_context":
+                writers.append(str(path.relative_to(ROOT)))
+    assert set(writers) == {"bot/runtime/engine.py"}
