@@ -272,6 +272,9 @@ class Session(_Record):
     checkpoint: str | None = None
     stuck_reason: str | None = None
     failure_reason: str | None = None
+    # GitHub's time of the label event that started this session's line (the issue's `updated_at` in
+    # the `labeled` payload): a `labeled` delivery no newer than this is a replay (SPEC §6).
+    trigger_labelled_at: datetime | None = None
 
     @property
     def turn_running(self) -> bool:
@@ -307,6 +310,7 @@ class Trigger(Event):
     base_branch: str
     limits: Limits = field(default_factory=Limits)
     waiting_for: tuple[str, ...] = ()  # dependencies not done yet: the session waits before its workspace
+    labelled_at: datetime | None = None  # GitHub's time of the label event; None for `/agent retry`
 
 
 @dataclass(frozen=True)
@@ -665,6 +669,13 @@ class PointToPullRequest(Command):
 
 
 @dataclass(frozen=True)
+class ExplainNeedsHuman(Command):
+    """Say once on the open PR why Shepherd stopped iterating on it (a round or turn limit, SPEC §1.9)."""
+
+    number: int
+
+
+@dataclass(frozen=True)
 class CleanupWorkspace(Command):
     """Remove the worktree and local branch, unless unpushed or uncommitted work is in it."""
 
@@ -702,7 +713,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         React, EnsureWorkspace, RequestSlot, HoldSlot, ReleaseSlot, StartTurn, StopAgent, PostStatus,
         PostQuestion, EditQuestion, WithdrawQuestion, MarkQuestionAnswered, MarkQuestionCancelled,
         AddLabel, RemoveLabel, PostPlan, FinishWork, PointToPullRequest, CleanupWorkspace,
-        ReportFailure,
+        ReportFailure, ExplainNeedsHuman,
     )
 }
 
@@ -780,6 +791,7 @@ def _new_session(
         from_kept_branch=from_kept_branch,
         limits=trigger.limits,
         waiting_for=tuple(trigger.waiting_for),
+        trigger_labelled_at=trigger.labelled_at,
     )
 
 
@@ -798,8 +810,33 @@ def _started(session: Session) -> Decision:
     )
 
 
+def is_replayed_label(last: Session | None, trigger: Trigger) -> bool:
+    """A `labeled` delivery no newer than the one behind the issue's last session is a replay (SPEC §6):
+    GitHub sends a new `labeled` only after the label was taken off, which makes the issue newer."""
+    return (
+        last is not None and trigger.labelled_at is not None and last.trigger_labelled_at is not None
+        and trigger.labelled_at <= last.trigger_labelled_at
+    )
+
+
 def decide_trigger(last: Session | None, trigger: Trigger, now: datetime) -> Decision:
     """What a new go/plan label means, given the issue's last session (SPEC §1.1)."""
+    if is_replayed_label(last, trigger):
+        return Decision(last)
+    decision = _decide_trigger(last, trigger, now)
+    session = decision.session
+    if session is not None and last is not None and session.id != last.id:
+        # One forwarded reply per comment id for the whole issue: a comment the last session took is
+        # never taken again, however often its delivery comes back (SPEC §6).
+        session = replace(session, forwarded_comment_ids=last.forwarded_comment_ids)
+        if trigger.labelled_at is None:
+            # `/agent retry` starts a new session from the same label: its replays stay replays.
+            session = replace(session, trigger_labelled_at=last.trigger_labelled_at)
+        decision = Decision(session, decision.commands)
+    return decision
+
+
+def _decide_trigger(last: Session | None, trigger: Trigger, now: datetime) -> Decision:
     if last is None:
         slug = make_slug(trigger.issue_title)
         return _started(_new_session(trigger, now, attempt=1, slug=slug, suffix=1, from_kept_branch=False))
@@ -888,7 +925,10 @@ def _needs_human(session: Session, reason: str, commands: list[Command]) -> Deci
         session, state=State.STUCK, detail=Detail.NEEDS_HUMAN, stuck_reason=reason, pending_turn=None,
         deferred_feedback=(),
     )
-    return Decision(session, (*commands, AddLabel(LabelKind.NEEDS_HUMAN), PostStatus(urgent=True)))
+    explain: tuple[Command, ...] = ()
+    if session.pr_number is not None and session.pr_state == PullRequestState.OPEN:
+        explain = (ExplainNeedsHuman(session.pr_number),)
+    return Decision(session, (*commands, AddLabel(LabelKind.NEEDS_HUMAN), *explain, PostStatus(urgent=True)))
 
 
 def _schedule(session: Session, spec: TurnSpec, commands: list[Command]) -> Decision:
@@ -1280,11 +1320,19 @@ def _on_review_feedback(s: Session, e: ReviewFeedback, now: datetime) -> Decisio
     return Decision(s)
 
 
+def wants_ci_round(s: Session, head_sha: str | None) -> bool:
+    """Would a failing check on `head_sha` start a CI round? One round per head commit, only on the PR's
+    current head (a stale head does not matter any more), only once the work is complete."""
+    if head_sha is None or head_sha in s.ci_shas_seen or s.pr_number is None:
+        return False
+    if s.pr_state != PullRequestState.OPEN or s.state != State.COMPLETE:
+        return False
+    return s.pr_head_sha is None or head_sha == s.pr_head_sha
+
+
 def _on_ci_failed(s: Session, e: CIFailed, now: datetime) -> Decision:
-    if e.head_sha in s.ci_shas_seen or s.pr_state != PullRequestState.OPEN or s.state != State.COMPLETE:
+    if not wants_ci_round(s, e.head_sha):
         return Decision(s)
-    if s.pr_head_sha is not None and e.head_sha != s.pr_head_sha:
-        return Decision(s)  # a stale head: the current one is what matters
     s = replace(s, ci_shas_seen=(*s.ci_shas_seen, e.head_sha))
     return _start_round(s, TurnKind.CI, e.summary, [], now)
 
