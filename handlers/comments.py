@@ -15,6 +15,8 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
+from bot.core.effects import Engine
+from bot.github.api import GitHub
 from bot.core import commands as slash
 from bot.core import responses
 from bot.core.dashboard import is_dashboard_issue
@@ -49,9 +51,9 @@ def _reply_time(comment: dict[str, Any], session: Session) -> Any:
 @router.register("issue_comment", action="created")
 async def handle_comment(
     event: sansio.Event,
-    gh: Any,
+    gh: GitHub,
     *,
-    engine: Any = None,
+    engine: Engine | None = None,
     gate: Gate | None = None,
     permissions: PermissionCache | None = None,
     policies: RepoPolicies | None = None,
@@ -81,19 +83,19 @@ async def handle_comment(
     await _forward_reply(engine, ref, comment)
 
 
-def _has_live_session(engine: Any, ref: Any) -> bool:
+def _has_live_session(engine: Engine, ref: Any) -> bool:
     session = engine.last_session(ref.full_name, ref.number)
     return session is not None and session.is_live
 
 
-async def _session_for(gh: Any, engine: Any, ref: Any, on_pull: bool) -> Session | None:
+async def _session_for(gh: GitHub, engine: Engine, ref: Any, on_pull: bool) -> Session | None:
     if not on_pull:
         return engine.last_session(ref.full_name, ref.number)
     pull = await gh.getitem(PULL_URL, {"owner": ref.owner, "repo": ref.repo, "pull_number": ref.number})
     return engine.session_for_branch(ref.full_name, pull["head"]["ref"])
 
 
-async def _run_command(gh: Any, engine: Any, ref: Any, comment: dict[str, Any], command: slash.SlashCommand,
+async def _run_command(gh: GitHub, engine: Engine, ref: Any, comment: dict[str, Any], command: slash.SlashCommand,
                        on_pull: bool) -> None:
     comment_id = int(comment["id"])
     if command.is_help:
@@ -108,7 +110,7 @@ async def _run_command(gh: Any, engine: Any, ref: Any, comment: dict[str, Any], 
     await engine.respond(ref.installation_id, ref.full_name, ref.number, answers)
 
 
-async def _forward_reply(engine: Any, ref: Any, comment: dict[str, Any]) -> None:
+async def _forward_reply(engine: Engine, ref: Any, comment: dict[str, Any]) -> None:
     before = engine.last_session(ref.full_name, ref.number)
     if before is None or not before.is_live:
         return  # nothing listens; after `complete`, feedback belongs on the PR

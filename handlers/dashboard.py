@@ -13,6 +13,8 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
+from bot.core.effects import Engine
+from bot.github.api import GitHub
 from bot.core import responses
 from bot.core.commands import approves_all
 from bot.core.dashboard import is_dashboard_issue, ticked_sessions
@@ -29,7 +31,7 @@ def _awaiting(session: Session | None) -> bool:
     return session is not None and session.state == State.STUCK and session.detail == Detail.PLAN_AWAITING_APPROVAL
 
 
-async def _approve(engine: Any, full_name: str, session_ids: list[str], actor: str) -> list[Session]:
+async def _approve(engine: Engine, full_name: str, session_ids: list[str], actor: str) -> list[Session]:
     """Approve each named plan of `full_name` that still waits; returns the sessions approved."""
     approved = []
     for session_id in session_ids:
@@ -38,7 +40,7 @@ async def _approve(engine: Any, full_name: str, session_ids: list[str], actor: s
         if repo != full_name or not number.isdigit():
             continue  # a marker naming another repository is not this dashboard's to approve
         before = engine.last_session(full_name, int(number))
-        if not _awaiting(before) or before.id != session_id:
+        if before is None or not _awaiting(before) or before.id != session_id:
             continue
         after = await engine.signal(full_name, int(number), Approve(actor))
         if after is not None and after != before:
@@ -48,7 +50,7 @@ async def _approve(engine: Any, full_name: str, session_ids: list[str], actor: s
 
 
 @router.register("issues", action="edited")
-async def approve_ticked_plans(event: sansio.Event, gh: Any, *, engine: Any = None, gate: Gate | None = None,
+async def approve_ticked_plans(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
                                permissions: Any = None, policies: Any = None, **_: Any) -> None:
     """Ticking plan boxes on the dashboard issue and saving it approves those plans."""
     issue = event.data["issue"]
@@ -63,7 +65,7 @@ async def approve_ticked_plans(event: sansio.Event, gh: Any, *, engine: Any = No
 
 
 @router.register("issue_comment", action="created")
-async def approve_all_plans(event: sansio.Event, gh: Any, *, engine: Any = None, gate: Gate | None = None,
+async def approve_all_plans(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
                             permissions: Any = None, policies: Any = None, **_: Any) -> None:
     """`/agent approve all` on the dashboard issue approves every plan waiting in the repository."""
     issue = event.data["issue"]

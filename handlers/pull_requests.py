@@ -15,6 +15,8 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
+from bot.core.effects import Engine
+from bot.github.api import GitHub
 from bot.core.commands import is_command
 from bot.core.feedback import ci_feedback, comment_feedback, is_failing, review_feedback
 from bot.core.session import BRANCH_PREFIX, PullRequestClosed, Session, wants_ci_round
@@ -32,7 +34,7 @@ def _repo(event: sansio.Event) -> tuple[str, str, str]:
     return repository["owner"]["login"], repository["name"], repository["full_name"]
 
 
-def _session_for_pull(engine: Any, full_name: str, pull: dict[str, Any]) -> Session | None:
+def _session_for_pull(engine: Engine | None, full_name: str, pull: dict[str, Any]) -> Session | None:
     """The session behind a PR of this repository whose head is an `agent/` branch, if any."""
     head = pull.get("head") or {}
     ref = head.get("ref") or ""
@@ -49,12 +51,12 @@ def _session_for_pull(engine: Any, full_name: str, pull: dict[str, Any]) -> Sess
 
 @router.register("pull_request_review", action="submitted")
 async def start_review_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, gate: Gate | None = None, permissions: Any = None,
+    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
     policies: Any = None, **_: Any,
 ) -> None:
     """A review requesting changes, with its inline comments, starts one review round."""
     review = event.data["review"]
-    if str(review.get("state", "")).lower() != CHANGES_REQUESTED:
+    if engine is None or str(review.get("state", "")).lower() != CHANGES_REQUESTED:
         return
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]
@@ -69,7 +71,7 @@ async def start_review_round(
 
 @router.register("issue_comment", action="created")
 async def start_comment_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, gate: Gate | None = None, permissions: Any = None,
+    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
     policies: Any = None, **_: Any,
 ) -> None:
     """A comment in a PR's conversation (not a slash command) starts one review round."""
@@ -95,12 +97,12 @@ async def start_comment_round(
 
 @router.register("pull_request_review_comment", action="created")
 async def collect_inline_comment(
-    event: sansio.Event, gh: Any, *, engine: Any = None, inline_collector: Any = None, gate: Gate | None = None,
+    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, inline_collector: Any = None, gate: Gate | None = None,
     permissions: Any = None, policies: Any = None, **_: Any,
 ) -> None:
     """An inline comment outside a changes-requested review waits in the collector for its window."""
     comment = event.data["comment"]
-    if inline_collector is None:
+    if inline_collector is None or engine is None:
         return
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]
@@ -119,13 +121,15 @@ async def collect_inline_comment(
 
 @router.register("check_suite", action="completed")
 @router.register("check_run", action="completed")
-async def start_ci_round(event: sansio.Event, gh: Any, *, engine: Any = None, **_: Any) -> None:
+async def start_ci_round(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
     """A failing check on a PR's head commit starts one CI round per head (the core decides which heads count)."""
     check = event.data.get("check_suite") or event.data.get("check_run") or {}
     if not is_failing(check.get("conclusion")) or engine is None:
         return
     suite = event.data.get("check_suite") or check.get("check_suite") or {}
     head_sha = check.get("head_sha") or suite.get("head_sha")
+    if not isinstance(head_sha, str):
+        return
     owner, repo, full_name = _repo(event)
     refs = [pull.get("head", {}).get("ref") for pull in check.get("pull_requests") or []]
     if not refs and suite.get("head_branch"):
@@ -141,12 +145,12 @@ async def start_ci_round(event: sansio.Event, gh: Any, *, engine: Any = None, **
 
 
 @router.register("pull_request", action="closed")
-async def end_with_pull_request(event: sansio.Event, gh: Any, *, engine: Any = None, **_: Any) -> None:
+async def end_with_pull_request(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
     """A merged or closed PR ends the session's work; the runtime then cleans the worktree up."""
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]
     session = _session_for_pull(engine, full_name, pull)
-    if session is None:
+    if session is None or engine is None:
         return
     merged = bool(pull.get("merged"))
     await engine.signal(full_name, session.issue_number, PullRequestClosed(merged=merged))

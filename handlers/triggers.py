@@ -14,10 +14,11 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.core.effects import IssueRef
+from bot.core.effects import Engine, IssueRef
 from bot.core.responses import Refuse
 from bot.core.session import Cancel, CancelReason
 from bot.core.timeparse import parse_github_time
+from bot.github.api import GitHub
 from bot.github.gate import Gate, gate_for
 from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
 from bot.github.permissions import PermissionCache, is_bot
@@ -47,9 +48,12 @@ def issue_ref(event: sansio.Event) -> IssueRef:
     )
 
 
-async def current_issue(gh: Any, ref: IssueRef) -> dict[str, Any]:
+async def current_issue(gh: GitHub, ref: IssueRef) -> dict[str, Any]:
     """The issue as GitHub has it now (deliveries can arrive out of order)."""
-    return await gh.getitem(ISSUE_URL, {"owner": ref.owner, "repo": ref.repo, "issue_number": ref.number})
+    issue: dict[str, Any] = await gh.getitem(
+        ISSUE_URL, {"owner": ref.owner, "repo": ref.repo, "issue_number": ref.number}
+    )
+    return issue
 
 
 def label_names(issue: dict[str, Any]) -> list[str]:
@@ -59,9 +63,9 @@ def label_names(issue: dict[str, Any]) -> list[str]:
 @router.register("issues", action="labeled")
 async def start_session(
     event: sansio.Event,
-    gh: Any,
+    gh: GitHub,
     *,
-    engine: Any = None,
+    engine: Engine | None = None,
     gate: Gate | None = None,
     permissions: PermissionCache | None = None,
     policies: RepoPolicies | None = None,
@@ -89,12 +93,14 @@ async def start_session(
         log.info("%s#%s: %s may not start Shepherd", ref.full_name, ref.number, login)
         return
     labelled_at = parse_github_time(event.data["issue"].get("updated_at"))
-    await engine.trigger(ref, mode=mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at)
+    edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body
+    await engine.trigger(ref, mode=mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
+                         edited_after_label=edited)
 
 
 @router.register("issues", action="unlabeled")
 async def cancel_on_unlabel(
-    event: sansio.Event, gh: Any, *, engine: Any = None, gate: Gate | None = None,
+    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
     policies: RepoPolicies | None = None, **_: Any
 ) -> None:
     """Cancel the live session when a person removes its trigger label."""
@@ -115,7 +121,7 @@ async def cancel_on_unlabel(
 
 
 @router.register("issues", action="closed")
-async def cancel_on_close(event: sansio.Event, gh: Any, *, engine: Any = None, **_: Any) -> None:
+async def cancel_on_close(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
     """Closing the issue cancels a live session (after `complete`, the core only cleans up)."""
     if engine is None or "pull_request" in event.data["issue"]:
         return

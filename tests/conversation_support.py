@@ -89,7 +89,7 @@ class MemoryEngine:
     triggered_with: list[IssueRef] = field(default_factory=list)
 
     async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str, policy: Any = None,
-                      labelled_at: Any = None) -> Session | None:
+                      labelled_at: Any = None, edited_after_label: bool = False) -> Session | None:
         last = self.last_session(issue.full_name, issue.number)
         trigger = Trigger(repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode,
                           actor=actor, base_branch=issue.default_branch, labelled_at=labelled_at)
@@ -100,6 +100,7 @@ class MemoryEngine:
                 installation_id=issue.installation_id, owner=issue.owner, repo=issue.repo,
                 clone_url=issue.clone_url, default_branch=issue.default_branch,
                 policy=default_policy(OperatorLimits(), issue.default_branch),
+                notes=("The issue was edited after it was labelled.",) if edited_after_label else (),
             )
         return await self._apply(decision)
 

@@ -93,7 +93,8 @@ class Engine(Protocol):
     """What handlers may ask of the session runtime. Every method returns quickly; work happens later."""
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
-                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None) -> Session | None:
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False) -> Session | None:
         """A go or plan label was added by an authorised person: start, continue, point to the PR, or
         nothing for a replayed label (`labelled_at` is GitHub's time of the label event)."""
         ...

@@ -26,12 +26,12 @@ command names starts with `agent/` (SPEC §2).
 from __future__ import annotations
 
 import enum
-import functools
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
@@ -151,20 +151,31 @@ CANCELLED_DETAIL = {
 }
 
 
-@functools.cache
-def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    """One pydantic adapter per record type, built on first use."""
+    found = _ADAPTERS.get(cls)
+    if found is None:
+        found = _ADAPTERS[cls] = TypeAdapter(cls)
+    return found
+
+
+_R = TypeVar("_R", bound="_Record")
 
 
 class _Record:
     """JSON round-tripping for the frozen dataclasses below."""
 
     def to_dict(self) -> dict[str, Any]:
-        return _adapter(type(self)).dump_python(self, mode="json")
+        data: dict[str, Any] = _adapter(type(self)).dump_python(self, mode="json")
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        return _adapter(cls).validate_python(data)
+    def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
+        record: _R = _adapter(cls).validate_python(data)
+        return record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -722,7 +733,7 @@ def _tagged(record: _Record) -> dict[str, Any]:
     return {"type": type(record).__name__, **record.to_dict()}
 
 
-def _untag(data: dict[str, Any], registry: dict[str, type]) -> Any:
+def _untag(data: dict[str, Any], registry: Mapping[str, type[_R]]) -> _R:
     fields = dict(data)
     cls = registry[fields.pop("type")]
     return cls.from_dict(fields)
@@ -1109,6 +1120,7 @@ def _on_done_reported(s: Session, e: DoneReported, now: datetime) -> Decision:
             return Decision(s)
         # ask followed by done in the same turn: the question is withdrawn (SPEC §1.6).
         commands += [WithdrawQuestion(s.question.question_id), RemoveLabel(LabelKind.NEEDS_INPUT)]
+        assert s.running_turn is not None  # the turn that asked is the one that is done
         s = replace(s, question=None, state=_active_state(s), detail=_round_detail(s.running_turn.kind),
                     stuck_reason=None)
         commands.append(PostStatus())
@@ -1360,6 +1372,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
         if s.finishing:
             return Decision(replace(s, running_turn=None), (ReleaseSlot(), FinishWork(s.branch, s.done_summary, s.pr_number)))
         # Re-run the lost turn under the same turn number (SPEC §6).
+        assert s.running_turn is not None
         spec = replace(s.running_turn, front=True)
         s = replace(
             s, running_turn=None, pending_turn=spec, turn_count=s.turn_count - 1, state=State.QUEUED,
@@ -1375,7 +1388,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
     return Decision(s)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     WorkspaceReady: _on_workspace_ready,
     WorkspaceFailed: _on_workspace_failed,
     DependenciesWaiting: _on_dependencies_waiting,

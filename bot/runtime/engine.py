@@ -76,6 +76,9 @@ PLAN_FILE = "plan-{revision}.md"
 NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
 NOTE_RECOVERED_ATTACHED = "Shepherd restarted and found the agent still running."
 NOTE_WORKTREE_KEPT = "The worktree was kept: {reason}."
+NOTE_EDITED_AFTER_LABEL = (
+    "The issue was edited after @{actor} labelled it; the agent works from the text as it was then."
+)
 SETUP_TIMEOUT_SECONDS = 30 * 60
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 60.0
@@ -216,9 +219,11 @@ class Engine:
     # -- the Engine protocol --------------------------------------------------------------------
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
-                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None) -> Session | None:
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False) -> Session | None:
         """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
-        delivery is a replay. `policy` is the reading the handler took the label's meaning from."""
+        delivery is a replay. `policy` is the reading the handler took the label's meaning from;
+        `edited_after_label` says the issue changed after the label (the agent gets the labelled text)."""
         key = f"{issue.full_name}#{issue.number}"
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
@@ -271,6 +276,7 @@ class Engine:
                     "trigger_at": now,
                     "policy": loaded.policy.as_dict(),
                     "policy_problems": [str(problem) for problem in loaded.problems],
+                    "notes": [NOTE_EDITED_AFTER_LABEL.format(actor=actor)] if edited_after_label else [],
                 }
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
