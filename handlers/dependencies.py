@@ -12,10 +12,12 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.github.permissions import PermissionCache, is_bot
-from bot.runtime.dashboard_issue import is_dashboard_issue
-from bot.github.labels import RepoPolicies
+from bot.core.effects import Engine
+from bot.github.api import GitHub
+from bot.core.dashboard import is_dashboard_issue
 from bot.core.session import Detail
+from bot.github.gate import Gate, gate_for
+from bot.github.permissions import is_bot
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ router = routing.Router()
 
 
 @router.register("issues", action="closed")
-async def recheck_after_close(event: sansio.Event, gh: Any, *, dependencies: Any = None, **_: Any) -> None:
+async def recheck_after_close(event: sansio.Event, gh: GitHub, *, dependencies: Any = None, **_: Any) -> None:
     """An issue closed (e.g. by a merged PR's `Closes #n`) may be the last thing another issue waits for."""
     if dependencies is None or "pull_request" in event.data["issue"]:
         return
@@ -31,8 +33,9 @@ async def recheck_after_close(event: sansio.Event, gh: Any, *, dependencies: Any
 
 
 @router.register("issues", action="edited")
-async def recheck_after_edit(event: sansio.Event, gh: Any, *, engine: Any = None, dependencies: Any = None,
-                             permissions: Any = None, policies: Any = None, **_: Any) -> None:
+async def recheck_after_edit(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, dependencies: Any = None,
+                             gate: Gate | None = None, permissions: Any = None, policies: Any = None,
+                             **_: Any) -> None:
     """A person edited a waiting issue: its `depends on` lines may have changed (a cycle broken, say)."""
     issue = event.data["issue"]
     sender = event.data.get("sender")
@@ -45,10 +48,6 @@ async def recheck_after_edit(event: sansio.Event, gh: Any, *, engine: Any = None
     session = engine.last_session(full_name, int(issue["number"]))
     if session is None or session.detail != Detail.WAITING_FOR_DEPENDENCIES:
         return
-    owner, repo = repository["owner"]["login"], repository["name"]
-    policies = policies if policies is not None else RepoPolicies()
-    loaded = await policies.get(gh, owner, repo, repository.get("default_branch") or "main")
-    cache = permissions if permissions is not None else PermissionCache()
-    if not await cache.may_drive(gh, owner, repo, sender, minimum=loaded.policy.min_permission):
+    if not await gate_for(gate, permissions, policies).allows(gh, repository, sender):
         return  # only people who may start Shepherd may change what it waits for
     await dependencies.recheck_issue(full_name, int(issue["number"]), issue.get("body") or "")

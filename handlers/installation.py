@@ -7,6 +7,9 @@ from typing import Any
 
 from gidgethub import routing, sansio
 
+from bot.core.effects import Engine
+from bot.github.api import GitHub
+
 log = logging.getLogger(__name__)
 
 router = routing.Router()
@@ -25,7 +28,7 @@ def _installation(event: sansio.Event) -> tuple[int, str | None]:
 @router.register("installation", action="created")
 @router.register("installation", action="unsuspend")
 @router.register("installation", action="new_permissions_accepted")
-async def record_installation(event: sansio.Event, gh: Any, *, store: Any, clock: Any, **_: Any) -> None:
+async def record_installation(event: sansio.Event, gh: GitHub, *, store: Any, clock: Any, **_: Any) -> None:
     """Remember an installation that can be served."""
     installation_id, account = _installation(event)
     store.set_installation_state(installation_id, ACTIVE, account=account, now=clock())
@@ -35,7 +38,7 @@ async def record_installation(event: sansio.Event, gh: Any, *, store: Any, clock
 @router.register("installation", action="deleted")
 @router.register("installation", action="suspend")
 async def retire_installation(
-    event: sansio.Event, gh: Any, *, store: Any, github: Any, clock: Any, engine: Any = None, **_: Any
+    event: sansio.Event, gh: GitHub, *, store: Any, github: Any, clock: Any, engine: Engine | None = None, **_: Any
 ) -> None:
     """Drop an uninstalled or suspended installation's tokens and cancel its sessions."""
     installation_id, account = _installation(event)
@@ -49,7 +52,7 @@ async def retire_installation(
 
 @router.register("installation_repositories", action="removed")
 async def cancel_removed_repositories(
-    event: sansio.Event, gh: Any, *, github: Any, engine: Any = None, **_: Any
+    event: sansio.Event, gh: GitHub, *, github: Any, engine: Engine | None = None, **_: Any
 ) -> None:
     """Cancel the sessions of repositories taken out of the installation; their tokens no longer cover them."""
     installation_id, _account = _installation(event)
@@ -62,7 +65,7 @@ async def cancel_removed_repositories(
 
 
 @router.register("installation_repositories", action="added")
-async def note_added_repositories(event: sansio.Event, gh: Any, *, github: Any, **_: Any) -> None:
+async def note_added_repositories(event: sansio.Event, gh: GitHub, *, github: Any, **_: Any) -> None:
     """Drop cached tokens so the next one covers the added repositories."""
     installation_id, _account = _installation(event)
     github.forget_installation(installation_id)

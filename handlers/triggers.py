@@ -2,22 +2,26 @@
 
 GitHub may deliver `labeled`, `unlabeled` and `closed` out of order, so each handler re-reads the issue
 before acting on it. Bots never start or stop anything. People without the repository's minimum
-permission get at most one polite refusal per issue an hour, and no session.
+permission get at most one polite refusal per issue an hour, and no session. The prompt gets the title
+and body as the payload carries them: the text as it was when the person labelled the issue, which is
+what they vouched for (SPEC §1.4). The core recognises a replayed `labeled` by GitHub's time of it.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from gidgethub import routing, sansio
 
-from bot.github.permissions import PermissionCache, is_bot
-from bot.runtime.publisher import post_refusal
-from bot.core.effects import IssueRef
-from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
+from bot.core.effects import Engine, IssueRef
+from bot.core.responses import Refuse
 from bot.core.session import Cancel, CancelReason
+from bot.core.timeparse import parse_github_time
+from bot.github.api import GitHub
+from bot.github.gate import Gate, gate_for
+from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
+from bot.github.permissions import PermissionCache, is_bot
 
 log = logging.getLogger(__name__)
 
@@ -44,32 +48,25 @@ def issue_ref(event: sansio.Event) -> IssueRef:
     )
 
 
-async def current_issue(gh: Any, ref: IssueRef) -> dict[str, Any]:
+async def current_issue(gh: GitHub, ref: IssueRef) -> dict[str, Any]:
     """The issue as GitHub has it now (deliveries can arrive out of order)."""
-    return await gh.getitem(ISSUE_URL, {"owner": ref.owner, "repo": ref.repo, "issue_number": ref.number})
+    issue: dict[str, Any] = await gh.getitem(
+        ISSUE_URL, {"owner": ref.owner, "repo": ref.repo, "issue_number": ref.number}
+    )
+    return issue
 
 
 def label_names(issue: dict[str, Any]) -> list[str]:
     return [label["name"] if isinstance(label, dict) else str(label) for label in issue.get("labels") or []]
 
 
-def _policies(policies: RepoPolicies | None) -> RepoPolicies:
-    return policies if policies is not None else RepoPolicies()
-
-
-def _permissions(permissions: PermissionCache | None) -> PermissionCache:
-    return permissions if permissions is not None else PermissionCache()
-
-
 @router.register("issues", action="labeled")
 async def start_session(
     event: sansio.Event,
-    gh: Any,
+    gh: GitHub,
     *,
-    engine: Any = None,
-    store: Any,
-    github: Any,
-    clock: Any,
+    engine: Engine | None = None,
+    gate: Gate | None = None,
     permissions: PermissionCache | None = None,
     policies: RepoPolicies | None = None,
     **_: Any,
@@ -80,7 +77,8 @@ async def start_session(
     if engine is None or is_bot(sender) or "pull_request" in event.data["issue"]:
         return
     ref = issue_ref(event)
-    loaded = await _policies(policies).get(gh, ref.owner, ref.repo, ref.default_branch)
+    gate = gate_for(gate, permissions, policies)
+    loaded = await gate.policy(gh, event.data["repository"])
     mode = trigger_mode(loaded.policy.labels, label)
     if mode is None:
         return
@@ -89,20 +87,21 @@ async def start_session(
         log.info("%s#%s: label %r is gone or the issue is closed; not starting", ref.full_name, ref.number, label)
         return
     login = sender["login"]
-    minimum = loaded.policy.min_permission
-    if not await _permissions(permissions).may_drive(gh, ref.owner, ref.repo, sender, minimum=minimum):
-        bot_login, _email = await github.bot_identity(ref.installation_id)
-        await post_refusal(gh, store, owner=ref.owner, repo=ref.repo, number=ref.number, login=login, label=label,
-                           min_permission=minimum, bot_login=bot_login, now=clock())
+    if not await gate.allows(gh, event.data["repository"], sender):
+        refusal = Refuse(login, label, loaded.policy.min_permission)
+        await engine.respond(ref.installation_id, ref.full_name, ref.number, (refusal,))
         log.info("%s#%s: %s may not start Shepherd", ref.full_name, ref.number, login)
         return
-    ref = replace(ref, title=issue.get("title") or ref.title, body=issue.get("body") or "")
-    await engine.trigger(ref, mode=mode, actor=login, label=label)
+    labelled_at = parse_github_time(event.data["issue"].get("updated_at"))
+    edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body
+    await engine.trigger(ref, mode=mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
+                         edited_after_label=edited)
 
 
 @router.register("issues", action="unlabeled")
 async def cancel_on_unlabel(
-    event: sansio.Event, gh: Any, *, engine: Any = None, policies: RepoPolicies | None = None, **_: Any
+    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
+    policies: RepoPolicies | None = None, **_: Any
 ) -> None:
     """Cancel the live session when a person removes its trigger label."""
     if engine is None or is_bot(event.data.get("sender")) or "pull_request" in event.data["issue"]:
@@ -112,7 +111,7 @@ async def cancel_on_unlabel(
     session = engine.last_session(ref.full_name, ref.number)
     if session is None or not session.is_live:
         return
-    loaded = await _policies(policies).get(gh, ref.owner, ref.repo, ref.default_branch)
+    loaded = await gate_for(gate, None, policies).policy(gh, event.data["repository"])
     if trigger_label(loaded.policy.labels, session.mode).lower() != label.lower():
         return
     issue = await current_issue(gh, ref)
@@ -122,7 +121,7 @@ async def cancel_on_unlabel(
 
 
 @router.register("issues", action="closed")
-async def cancel_on_close(event: sansio.Event, gh: Any, *, engine: Any = None, **_: Any) -> None:
+async def cancel_on_close(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
     """Closing the issue cancels a live session (after `complete`, the core only cleans up)."""
     if engine is None or "pull_request" in event.data["issue"]:
         return

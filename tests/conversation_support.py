@@ -24,6 +24,7 @@ from bot.core.policy import OperatorLimits, default_policy
 from bot.core.session import (
     AddLabel,
     Command,
+    ExplainNeedsHuman,
     EditQuestion,
     Event,
     FinishWork,
@@ -52,7 +53,7 @@ START = 1714564800.0  # 2024-05-01 12:00:00 UTC
 
 PUBLISHED = (
     React, PostStatus, PostQuestion, EditQuestion, WithdrawQuestion, MarkQuestionAnswered, MarkQuestionCancelled,
-    AddLabel, RemoveLabel, PostPlan, PointToPullRequest, ReportFailure,
+    AddLabel, RemoveLabel, PostPlan, PointToPullRequest, ReportFailure, ExplainNeedsHuman,
 )
 
 
@@ -85,17 +86,21 @@ class MemoryEngine:
     sessions: dict[tuple[str, int], list[Session]] = field(default_factory=dict)
     contexts: dict[str, SessionContext] = field(default_factory=dict)
     commands: list[Command] = field(default_factory=list)
+    triggered_with: list[IssueRef] = field(default_factory=list)
 
-    async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str) -> Session | None:
+    async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str, policy: Any = None,
+                      labelled_at: Any = None, edited_after_label: bool = False) -> Session | None:
         last = self.last_session(issue.full_name, issue.number)
         trigger = Trigger(repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode,
-                          actor=actor, base_branch=issue.default_branch)
+                          actor=actor, base_branch=issue.default_branch, labelled_at=labelled_at)
         decision = decide_trigger(last, trigger, self.clock.datetime())
+        self.triggered_with.append(issue)
         if decision.session is not None and (last is None or decision.session.id != last.id):
             self.contexts[decision.session.id] = SessionContext(
                 installation_id=issue.installation_id, owner=issue.owner, repo=issue.repo,
                 clone_url=issue.clone_url, default_branch=issue.default_branch,
                 policy=default_policy(OperatorLimits(), issue.default_branch),
+                notes=("The issue was edited after it was labelled.",) if edited_after_label else (),
             )
         return await self._apply(decision)
 
@@ -115,6 +120,17 @@ class MemoryEngine:
             current = await self.signal(session.repo, session.issue_number, event)
         assert current is not None
         return current
+
+    async def respond(self, installation_id: int, full_name: str, issue_number: int, responses: Any) -> None:
+        for response in responses:
+            await self.publisher.respond(installation_id, full_name, issue_number, response)
+
+    def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
+        return self.publisher.answered(full_name, issue_number, comment_id)
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        return [history[-1] for (repo, _n), history in self.sessions.items()
+                if repo == full_name and history and str(history[-1].detail) == "plan-awaiting-approval"]
 
     def last_session(self, full_name: str, issue_number: int) -> Session | None:
         found = self.sessions.get((full_name, issue_number))

@@ -14,10 +14,12 @@ import pytest
 
 from bot.core.effects import SessionContext
 from bot.runtime.finisher import Finisher
+from bot.runtime.publisher import Publisher
 from bot.github.client import GitHubApp
 from bot.metrics import Metrics
 from bot.core.policy import OperatorLimits, default_policy
 from bot.core.session import (
+    ExplainNeedsHuman,
     Command,
     Decision,
     DoneReported,
@@ -183,7 +185,12 @@ class MemoryEngine:
         decision = decide(session, event, self.bed.tick())
         self.commands += decision.commands
         assert decision.session is not None
-        return self.put(decision.session)
+        after = self.put(decision.session)
+        for command in decision.commands:
+            if isinstance(command, ExplainNeedsHuman):  # the one PR comment the core asks for here
+                await Publisher(self.bed.github, self.bed.store, clock=lambda: self.bed.tick().timestamp()).publish(
+                    after, command, self.bed.context(after))
+        return after
 
     def last_session(self, full_name: str, issue_number: int) -> Session | None:
         found = [s for s in self.sessions.values() if s.repo == full_name and s.issue_number == issue_number]

@@ -4,7 +4,9 @@ whole session; and the example comments the README shows (docs/examples, regener
 
 from __future__ import annotations
 
+import difflib
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -197,14 +199,20 @@ async def test_a_simple_session_stays_within_the_write_budget(bed: Bed) -> None:
 
 
 def _check_example(name: str, text: str) -> None:
-    """Write docs/examples/<name>; fail when it differs from what is committed (then commit the new one)."""
+    """Fail when docs/examples/<name> differs from what Shepherd writes now; never write it.
+
+    Regenerating is a separate, explicit step: `SHEPHERD_REGENERATE_EXAMPLES=1 scripts/test
+    tests/test_conversation.py`, then review the diff and commit it."""
     path = EXAMPLES / name
     old = path.read_text(encoding="utf-8") if path.exists() else None
-    if old != text:
+    if old == text:
+        return
+    if os.environ.get("SHEPHERD_REGENERATE_EXAMPLES") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-        if not os.environ.get("SHEPHERD_ACCEPT_EXAMPLES"):
-            pytest.fail(f"{path} was out of date and has been regenerated; review and commit it")
+        return
+    diff = "\n".join(difflib.unified_diff((old or "").splitlines(), text.splitlines(), str(path), "now", lineterm=""))
+    pytest.fail(f"{path} is out of date (set SHEPHERD_REGENERATE_EXAMPLES=1 to rewrite it):\n{diff}")
 
 
 async def test_the_readme_examples_are_what_shepherd_writes(bed: Bed) -> None:
@@ -228,3 +236,15 @@ async def test_the_readme_examples_are_what_shepherd_writes(bed: Bed) -> None:
     await bed.deliver("issue_comment", payloads.issue_comment_created(bed.fake, REPO, 1, answer))
     [answered] = [c for c in bed.fake.comments(REPO, 1) if "<!-- shepherd:question " in c["body"]]
     _check_example("question_answered.md", answered["body"])
+
+
+def test_an_out_of_date_example_fails_and_is_left_as_it_was(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "EXAMPLES", tmp_path)
+    monkeypatch.delenv("SHEPHERD_REGENERATE_EXAMPLES", raising=False)
+    (tmp_path / "status.md").write_text("committed\n", encoding="utf-8")
+    with pytest.raises(pytest.fail.Exception, match="out of date"):
+        _check_example("status.md", "what Shepherd writes now\n")
+    assert (tmp_path / "status.md").read_text(encoding="utf-8") == "committed\n"
+    monkeypatch.setenv("SHEPHERD_REGENERATE_EXAMPLES", "1")
+    _check_example("status.md", "what Shepherd writes now\n")
+    assert (tmp_path / "status.md").read_text(encoding="utf-8") == "what Shepherd writes now\n"

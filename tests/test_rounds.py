@@ -5,16 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from bot.runtime.rounds import (
-    InlineCollector,
-    became_needs_human,
-    ci_feedback,
-    comment_feedback,
-    is_failing,
-    is_slash_command,
-    review_feedback,
-)
-from bot.core.session import Detail, State
+from bot.core.commands import is_command
+from bot.core.feedback import ci_feedback, comment_feedback, is_failing, review_feedback
+from bot.core.session import CIFailed, Detail, ExplainNeedsHuman, State, decide
+from bot.runtime.rounds import InlineCollector
 from tests.finishing_bed import REPO, MemoryEngine, bed, opened_session  # noqa: F401 - the fixture
 
 
@@ -45,18 +39,22 @@ def test_ci_text_names_each_failing_run_and_falls_back_to_the_suite():
     assert "github-actions concluded timed_out" in bare.summary and bare.head_sha == "b" * 40
 
 
-def test_slash_commands_are_recognised_at_a_line_start_in_any_case():
-    assert is_slash_command("/agent stop") and is_slash_command("thanks\n  /AGENT retry")
-    assert not is_slash_command("see /agent docs") and not is_slash_command(None)
+def test_a_pr_comment_is_a_command_exactly_when_the_slash_command_parser_says_so():
+    """One rule for both handlers: what the command handler would not run is feedback, never dropped."""
+    assert is_command("/agent stop") and is_command("thanks\n/AGENT retry")
+    assert not is_command("see /agent docs") and not is_command(None)
+    assert not is_command("> /agent stop") and not is_command("```\n/agent stop\n```")
 
 
-async def test_needs_human_is_noticed_only_on_the_transition(bed):
+async def test_needs_human_is_explained_on_the_pr_only_on_the_transition(bed):
     engine = MemoryEngine(bed)
     session, _ = await opened_session(bed, engine)
-    stuck = replace(session, state=State.STUCK, detail=Detail.NEEDS_HUMAN)
-    assert became_needs_human(session, stuck)
-    assert not became_needs_human(stuck, stuck)
-    assert not became_needs_human(session, session)
+    capped = replace(session, limits=replace(session.limits, ci_rounds=0))
+    first = decide(capped, CIFailed(capped.pr_head_sha, "red"), bed.tick())
+    assert first.session.state == State.STUCK and first.session.detail == Detail.NEEDS_HUMAN
+    assert [c for c in first.commands if isinstance(c, ExplainNeedsHuman)] == [ExplainNeedsHuman(session.pr_number)]
+    again = decide(first.session, CIFailed("f" * 40, "red again"), bed.tick())
+    assert [c for c in again.commands if isinstance(c, ExplainNeedsHuman)] == []
 
 
 async def test_the_timer_task_flushes_a_group_once_its_window_has_passed(bed):

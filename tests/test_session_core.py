@@ -8,7 +8,7 @@ import pytest
 
 from bot.core import session as core
 from bot.core.session import (
-    AddLabel, Approve, Asked, Cancel, CancelReason, CIFailed, CleanupWorkspace, Decision, Detail,
+    AddLabel, Approve, ExplainNeedsHuman, Asked, Cancel, CancelReason, CIFailed, CleanupWorkspace, Decision, Detail,
     DependenciesSatisfied, DependenciesWaiting, DoneReported, EditQuestion, EnsureWorkspace,
     FailureKind, FinishWork, HoldSlot, LabelKind, Limits, MarkQuestionAnswered, MarkQuestionCancelled,
     Mode, Note, PlanSubmitted, PointToPullRequest, PostPlan, PostQuestion, PostStatus, Progress,
@@ -402,7 +402,7 @@ def test_review_round_cap_makes_the_session_need_a_human():
               PullRequestUpdated("sha2")).session
     decision = decide(s, ReviewFeedback("review:2", "bob", "y"), T0)
     assert (decision.session.state, decision.session.detail) == (State.STUCK, Detail.NEEDS_HUMAN)
-    assert decision.commands == (AddLabel(LabelKind.NEEDS_HUMAN), PostStatus(urgent=True))
+    assert decision.commands == (AddLabel(LabelKind.NEEDS_HUMAN), ExplainNeedsHuman(7), PostStatus(urgent=True))
 
 
 def test_ci_rounds_count_once_per_head_and_are_capped():

@@ -88,3 +88,9 @@ def first_command(body: str | None) -> SlashCommand | None:
 def is_command(body: str | None) -> bool:
     """True when the comment holds a slash command (such a comment is never an answer to a question)."""
     return bool(_command_lines(body or ""))
+
+
+def approves_all(body: str | None) -> bool:
+    """`/agent approve all`, the dashboard issue's command: its first command line is exactly that."""
+    found = _command_lines(body or "")
+    return bool(found) and [word.lower() for word in found[0][1].split()] == [APPROVE, "all"]

@@ -10,11 +10,13 @@ the same parts later.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bot.core.policy import EffectivePolicy
+from bot.core.policy import EffectivePolicy, LoadedPolicy
+from bot.core.responses import Response
 from bot.core.session import Command, Event, FinishWork, Mode, Session
 
 
@@ -91,8 +93,24 @@ class IssueRef:
 class Engine(Protocol):
     """What handlers may ask of the session runtime. Every method returns quickly; work happens later."""
 
-    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str) -> Session | None:
-        """A go or plan label was added by an authorised person: start, continue, or point to the PR."""
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False) -> Session | None:
+        """A go or plan label was added by an authorised person: start, continue, point to the PR, or
+        nothing for a replayed label (`labelled_at` is GitHub's time of the label event)."""
+        ...
+
+    async def respond(self, installation_id: int, full_name: str, issue_number: int,
+                      responses: Sequence[Response]) -> None:
+        """Carry out the core's answers to a person outside a session: a refusal, a command's outcome, help."""
+        ...
+
+    def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
+        """Whether a command comment was already carried out and acknowledged."""
+        ...
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        """The repository's sessions whose plan waits for approval."""
         ...
 
     async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:

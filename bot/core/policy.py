@@ -365,7 +365,8 @@ class EffectivePolicy(BaseModel):
 
     def as_dict(self) -> dict[str, Any]:
         """The settings under their file keys, JSON-friendly, for the status comment's policy block."""
-        return json.loads(self.model_dump_json())
+        data: dict[str, Any] = json.loads(self.model_dump_json())
+        return data
 
 
 class Problem(NamedTuple):

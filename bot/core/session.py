@@ -26,12 +26,12 @@ command names starts with `agent/` (SPEC §2).
 from __future__ import annotations
 
 import enum
-import functools
 import re
 import unicodedata
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
@@ -151,20 +151,31 @@ CANCELLED_DETAIL = {
 }
 
 
-@functools.cache
-def _adapter(cls: type) -> TypeAdapter:
-    return TypeAdapter(cls)
+_ADAPTERS: dict[type, TypeAdapter[Any]] = {}
+
+
+def _adapter(cls: type) -> TypeAdapter[Any]:
+    """One pydantic adapter per record type, built on first use."""
+    found = _ADAPTERS.get(cls)
+    if found is None:
+        found = _ADAPTERS[cls] = TypeAdapter(cls)
+    return found
+
+
+_R = TypeVar("_R", bound="_Record")
 
 
 class _Record:
     """JSON round-tripping for the frozen dataclasses below."""
 
     def to_dict(self) -> dict[str, Any]:
-        return _adapter(type(self)).dump_python(self, mode="json")
+        data: dict[str, Any] = _adapter(type(self)).dump_python(self, mode="json")
+        return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        return _adapter(cls).validate_python(data)
+    def from_dict(cls: type[_R], data: dict[str, Any]) -> _R:
+        record: _R = _adapter(cls).validate_python(data)
+        return record
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +283,9 @@ class Session(_Record):
     checkpoint: str | None = None
     stuck_reason: str | None = None
     failure_reason: str | None = None
+    # GitHub's time of the label event that started this session's line (the issue's `updated_at` in
+    # the `labeled` payload): a `labeled` delivery no newer than this is a replay (SPEC §6).
+    trigger_labelled_at: datetime | None = None
 
     @property
     def turn_running(self) -> bool:
@@ -307,6 +321,7 @@ class Trigger(Event):
     base_branch: str
     limits: Limits = field(default_factory=Limits)
     waiting_for: tuple[str, ...] = ()  # dependencies not done yet: the session waits before its workspace
+    labelled_at: datetime | None = None  # GitHub's time of the label event; None for `/agent retry`
 
 
 @dataclass(frozen=True)
@@ -665,6 +680,13 @@ class PointToPullRequest(Command):
 
 
 @dataclass(frozen=True)
+class ExplainNeedsHuman(Command):
+    """Say once on the open PR why Shepherd stopped iterating on it (a round or turn limit, SPEC §1.9)."""
+
+    number: int
+
+
+@dataclass(frozen=True)
 class CleanupWorkspace(Command):
     """Remove the worktree and local branch, unless unpushed or uncommitted work is in it."""
 
@@ -702,7 +724,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         React, EnsureWorkspace, RequestSlot, HoldSlot, ReleaseSlot, StartTurn, StopAgent, PostStatus,
         PostQuestion, EditQuestion, WithdrawQuestion, MarkQuestionAnswered, MarkQuestionCancelled,
         AddLabel, RemoveLabel, PostPlan, FinishWork, PointToPullRequest, CleanupWorkspace,
-        ReportFailure,
+        ReportFailure, ExplainNeedsHuman,
     )
 }
 
@@ -711,7 +733,7 @@ def _tagged(record: _Record) -> dict[str, Any]:
     return {"type": type(record).__name__, **record.to_dict()}
 
 
-def _untag(data: dict[str, Any], registry: dict[str, type]) -> Any:
+def _untag(data: dict[str, Any], registry: Mapping[str, type[_R]]) -> _R:
     fields = dict(data)
     cls = registry[fields.pop("type")]
     return cls.from_dict(fields)
@@ -780,6 +802,7 @@ def _new_session(
         from_kept_branch=from_kept_branch,
         limits=trigger.limits,
         waiting_for=tuple(trigger.waiting_for),
+        trigger_labelled_at=trigger.labelled_at,
     )
 
 
@@ -798,8 +821,33 @@ def _started(session: Session) -> Decision:
     )
 
 
+def is_replayed_label(last: Session | None, trigger: Trigger) -> bool:
+    """A `labeled` delivery no newer than the one behind the issue's last session is a replay (SPEC §6):
+    GitHub sends a new `labeled` only after the label was taken off, which makes the issue newer."""
+    return (
+        last is not None and trigger.labelled_at is not None and last.trigger_labelled_at is not None
+        and trigger.labelled_at <= last.trigger_labelled_at
+    )
+
+
 def decide_trigger(last: Session | None, trigger: Trigger, now: datetime) -> Decision:
     """What a new go/plan label means, given the issue's last session (SPEC §1.1)."""
+    if is_replayed_label(last, trigger):
+        return Decision(last)
+    decision = _decide_trigger(last, trigger, now)
+    session = decision.session
+    if session is not None and last is not None and session.id != last.id:
+        # One forwarded reply per comment id for the whole issue: a comment the last session took is
+        # never taken again, however often its delivery comes back (SPEC §6).
+        session = replace(session, forwarded_comment_ids=last.forwarded_comment_ids)
+        if trigger.labelled_at is None:
+            # `/agent retry` starts a new session from the same label: its replays stay replays.
+            session = replace(session, trigger_labelled_at=last.trigger_labelled_at)
+        decision = Decision(session, decision.commands)
+    return decision
+
+
+def _decide_trigger(last: Session | None, trigger: Trigger, now: datetime) -> Decision:
     if last is None:
         slug = make_slug(trigger.issue_title)
         return _started(_new_session(trigger, now, attempt=1, slug=slug, suffix=1, from_kept_branch=False))
@@ -888,7 +936,10 @@ def _needs_human(session: Session, reason: str, commands: list[Command]) -> Deci
         session, state=State.STUCK, detail=Detail.NEEDS_HUMAN, stuck_reason=reason, pending_turn=None,
         deferred_feedback=(),
     )
-    return Decision(session, (*commands, AddLabel(LabelKind.NEEDS_HUMAN), PostStatus(urgent=True)))
+    explain: tuple[Command, ...] = ()
+    if session.pr_number is not None and session.pr_state == PullRequestState.OPEN:
+        explain = (ExplainNeedsHuman(session.pr_number),)
+    return Decision(session, (*commands, AddLabel(LabelKind.NEEDS_HUMAN), *explain, PostStatus(urgent=True)))
 
 
 def _schedule(session: Session, spec: TurnSpec, commands: list[Command]) -> Decision:
@@ -1069,6 +1120,7 @@ def _on_done_reported(s: Session, e: DoneReported, now: datetime) -> Decision:
             return Decision(s)
         # ask followed by done in the same turn: the question is withdrawn (SPEC §1.6).
         commands += [WithdrawQuestion(s.question.question_id), RemoveLabel(LabelKind.NEEDS_INPUT)]
+        assert s.running_turn is not None  # the turn that asked is the one that is done
         s = replace(s, question=None, state=_active_state(s), detail=_round_detail(s.running_turn.kind),
                     stuck_reason=None)
         commands.append(PostStatus())
@@ -1280,11 +1332,19 @@ def _on_review_feedback(s: Session, e: ReviewFeedback, now: datetime) -> Decisio
     return Decision(s)
 
 
+def wants_ci_round(s: Session, head_sha: str | None) -> bool:
+    """Would a failing check on `head_sha` start a CI round? One round per head commit, only on the PR's
+    current head (a stale head does not matter any more), only once the work is complete."""
+    if head_sha is None or head_sha in s.ci_shas_seen or s.pr_number is None:
+        return False
+    if s.pr_state != PullRequestState.OPEN or s.state != State.COMPLETE:
+        return False
+    return s.pr_head_sha is None or head_sha == s.pr_head_sha
+
+
 def _on_ci_failed(s: Session, e: CIFailed, now: datetime) -> Decision:
-    if e.head_sha in s.ci_shas_seen or s.pr_state != PullRequestState.OPEN or s.state != State.COMPLETE:
+    if not wants_ci_round(s, e.head_sha):
         return Decision(s)
-    if s.pr_head_sha is not None and e.head_sha != s.pr_head_sha:
-        return Decision(s)  # a stale head: the current one is what matters
     s = replace(s, ci_shas_seen=(*s.ci_shas_seen, e.head_sha))
     return _start_round(s, TurnKind.CI, e.summary, [], now)
 
@@ -1312,6 +1372,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
         if s.finishing:
             return Decision(replace(s, running_turn=None), (ReleaseSlot(), FinishWork(s.branch, s.done_summary, s.pr_number)))
         # Re-run the lost turn under the same turn number (SPEC §6).
+        assert s.running_turn is not None
         spec = replace(s.running_turn, front=True)
         s = replace(
             s, running_turn=None, pending_turn=spec, turn_count=s.turn_count - 1, state=State.QUEUED,
@@ -1327,7 +1388,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
     return Decision(s)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     WorkspaceReady: _on_workspace_ready,
     WorkspaceFailed: _on_workspace_failed,
     DependenciesWaiting: _on_dependencies_waiting,

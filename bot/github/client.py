@@ -46,7 +46,7 @@ class GitHubRetry:
     secondary_wait: float = 60.0  # GitHub: wait at least a minute after an unexplained limit
 
     def backoff_for(self, attempt: int) -> float:
-        return min(self.backoff * 2 ** (attempt - 1), self.max_wait)
+        return float(min(self.backoff * 2 ** (attempt - 1), self.max_wait))
 
 
 @contextlib.contextmanager
@@ -277,7 +277,7 @@ class InstallationClient:
         if status == 401:
             self._tokens.forget(self.installation_id)
             status = await self._call("getstatus", url, url_vars, **kwargs)
-        return status
+        return int(status)
 
     async def getiter(self, url: str, url_vars: UrlVars = {}, **kwargs: Any) -> AsyncIterator[Any]:
         self._check("GET", url, url_vars)
@@ -428,7 +428,7 @@ class GitHubApp:
             jwt=self.app_jwt(),
         )
         log.info("minted a push token for %s/%s", owner, repo)
-        return data["token"]
+        return str(data["token"])
 
     def forget_installation(self, installation_id: int) -> None:
         """Drop an installation's cached token (uninstalled, suspended, repositories changed)."""

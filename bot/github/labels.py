@@ -19,6 +19,7 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
+from bot.github.api import GitHub
 from bot.core.policy import CONTENTS_URL, POLICY_PATH, Labels, LoadedPolicy, OperatorLimits, policy_from_contents
 from bot.core.session import LabelKind, Mode
 
@@ -53,12 +54,12 @@ _MODE_FIELD = {Mode.GO: "go", Mode.PLAN: "plan"}
 
 def label_name(labels: Labels, kind: LabelKind) -> str:
     """The repository's name for Shepherd's needs-input or needs-human label."""
-    return getattr(labels, _KIND_FIELD[kind])
+    return str(getattr(labels, _KIND_FIELD[kind]))
 
 
 def trigger_label(labels: Labels, mode: Mode) -> str:
     """The repository's name for the go or plan label."""
-    return getattr(labels, _MODE_FIELD[mode])
+    return str(getattr(labels, _MODE_FIELD[mode]))
 
 
 def trigger_mode(labels: Labels, name: str) -> Mode | None:
@@ -75,7 +76,7 @@ def has_label(names: list[str] | tuple[str, ...], name: str) -> bool:
 
 
 async def load_policy(
-    gh: Any, owner: str, repo: str, default_branch: str, operator: OperatorLimits
+    gh: GitHub, owner: str, repo: str, default_branch: str, operator: OperatorLimits
 ) -> LoadedPolicy:
     """Read `.github/shepherd.yml` from the default branch through the contents API and parse it."""
     try:
@@ -104,7 +105,7 @@ class RepoPolicies:
         self.operator = operator or OperatorLimits()
         self._cache: TTLCache[tuple[str, str], LoadedPolicy] = TTLCache(maxsize, ttl, timer=clock)
 
-    async def get(self, gh: Any, owner: str, repo: str, default_branch: str) -> LoadedPolicy:
+    async def get(self, gh: GitHub, owner: str, repo: str, default_branch: str) -> LoadedPolicy:
         key = (f"{owner}/{repo}".lower(), default_branch)
         loaded = self._cache.get(key)
         if loaded is None:
@@ -123,7 +124,7 @@ class LabelMaker:
     def __init__(self) -> None:
         self._known: set[tuple[str, str]] = set()
 
-    async def ensure(self, gh: Any, owner: str, repo: str, name: str, field_name: str) -> None:
+    async def ensure(self, gh: GitHub, owner: str, repo: str, name: str, field_name: str) -> None:
         key = (f"{owner}/{repo}".lower(), name.lower())
         if key in self._known:
             return
@@ -141,7 +142,7 @@ class LabelMaker:
         self._known.add(key)
 
 
-async def add_label(gh: Any, maker: LabelMaker, owner: str, repo: str, number: int, labels: Labels,
+async def add_label(gh: GitHub, maker: LabelMaker, owner: str, repo: str, number: int, labels: Labels,
                     kind: LabelKind, **write: Any) -> str:
     """Put Shepherd's `kind` label on the issue, creating the label in the repository first if needed."""
     name = label_name(labels, kind)
@@ -151,7 +152,7 @@ async def add_label(gh: Any, maker: LabelMaker, owner: str, repo: str, number: i
     return name
 
 
-async def remove_label(gh: Any, owner: str, repo: str, number: int, labels: Labels, kind: LabelKind,
+async def remove_label(gh: GitHub, owner: str, repo: str, number: int, labels: Labels, kind: LabelKind,
                        **write: Any) -> bool:
     """Take Shepherd's `kind` label off the issue when it is there; True when a label was removed.
 

@@ -179,9 +179,9 @@ def resolve(method: str, url: str, body: Any = None, *, base_url: str | None = N
                 continue
             if operation.guard is not None:
                 params = {k: unquote(v) for k, v in match.groupdict().items()}
-                reason = operation.guard(params, _decode(body))
-                if reason is not None:
-                    raise OperationRefused(method, path, reason)
+                refusal = operation.guard(params, _decode(body))
+                if refusal is not None:
+                    raise OperationRefused(method, path, refusal)
             return operation
     raise OperationRefused(method, path, REFUSED_NOT_LISTED)
 

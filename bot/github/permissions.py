@@ -9,6 +9,8 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
+from bot.github.api import GitHub
+
 
 PERMISSION_TTL = 300.0  # SPEC §1.1: a permission is trusted for at most 5 minutes
 LEVELS = ("none", "read", "triage", "write", "maintain", "admin")
@@ -25,7 +27,7 @@ def is_bot(user: Mapping[str, Any] | None) -> bool:
 
 def is_self(user: Mapping[str, Any] | None, bot_login: str) -> bool:
     """Shepherd's own bot user (its comments, labels and reactions come back as webhooks)."""
-    return bool(user) and str(user.get("login", "")).lower() == bot_login.lower()
+    return user is not None and str(user.get("login", "")).lower() == bot_login.lower()
 
 
 def level_of(answer: Mapping[str, Any]) -> str:
@@ -58,7 +60,7 @@ class PermissionCache:
     ) -> None:
         self._levels: TTLCache[tuple[str, str], str] = TTLCache(maxsize, min(ttl, PERMISSION_TTL), timer=clock)
 
-    async def permission(self, gh: Any, owner: str, repo: str, login: str) -> str:
+    async def permission(self, gh: GitHub, owner: str, repo: str, login: str) -> str:
         """`login`'s level on `owner/repo`; "none" when GitHub does not know them there."""
         key = (f"{owner}/{repo}".lower(), login.lower())
         level = self._levels.get(key)
@@ -78,7 +80,7 @@ class PermissionCache:
         return level
 
     async def may_drive(
-        self, gh: Any, owner: str, repo: str, user: Mapping[str, Any], minimum: str = "write"
+        self, gh: GitHub, owner: str, repo: str, user: Mapping[str, Any], minimum: str = "write"
     ) -> bool:
         """True when `user` is a person with at least `minimum` permission on `owner/repo`."""
         if minimum not in RANK:

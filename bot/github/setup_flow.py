@@ -314,7 +314,8 @@ def add_routes(app: web.Application, flow_of: Callable[[web.Request], SetupFlow 
             flow = flow_of(request)
             if flow is None:
                 return _error_page(SetupError(410, ALREADY_DONE_TEXT))
-            return await getattr(flow, step)(request)
+            response: web.StreamResponse = await getattr(flow, step)(request)
+            return response
 
         return handle
 

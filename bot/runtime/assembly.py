@@ -24,11 +24,11 @@ from bot.runtime.dashboard_issue import DashboardRefresher
 from bot.runtime.dependencies import DependencyTracker
 from bot.runtime.finisher import Finisher
 from bot.github.client import GitHubApp
+from bot.github.gate import Gate
 from bot.github.labels import RepoPolicies
 from bot.metrics import Metrics
-from bot.runtime.rounds import InlineCollector, PendingGroup, became_needs_human, post_needs_human
+from bot.runtime.rounds import InlineCollector
 from bot.runtime.engine import Engine
-from bot.core.session import Session
 from bot.settings import Settings
 from bot.store.database import Store
 from bot.workspace.workspaces import Workspaces
@@ -97,18 +97,7 @@ def assemble(
     coordinator = Coordinator(engine, github, store, clock=clock)
     engine.observers += [dashboard.observe, dependencies.observe, coordinator.observe]
 
-    async def explain_needs_human(group: PendingGroup, before: Session | None, after: Session | None) -> None:
-        """When inline comments used up the review rounds, say so on the PR, as reviews and CI do."""
-        if after is None or not became_needs_human(before, after):
-            return
-        stored = engine.sessions.get(after.id)
-        if stored is None:
-            return
-        owner, repo = group.repo.split("/", 1)
-        gh = github.installation(stored.installation_id)
-        await post_needs_human(gh, owner, repo, group.pull_number, after, store=store, clock=clock)
-
-    inline_collector = InlineCollector(store, engine, clock=clock, after_signal=explain_needs_human)
+    inline_collector = InlineCollector(store, engine, clock=clock)
     assembly = Assembly(github, engine, inline_collector, permissions, policies)
     assembly.dependencies = {
         "github": github,
@@ -117,6 +106,7 @@ def assemble(
         "engine": engine,
         "permissions": permissions,
         "policies": policies,
+        "gate": Gate(permissions, policies),
         "inline_collector": inline_collector,
         "dependencies": dependencies,
     }

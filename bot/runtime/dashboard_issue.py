@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import gidgethub
 
 from bot.github.pacing import Priority
+from bot.core.dashboard import APPROVE_MARKER_KIND, MARKER_KIND
 from bot.core.sanitize import find_marker, marker, neutralise_for_github
 from bot.core.session import Detail, PullRequestState, Session, State
 from bot.views.render import environment
@@ -28,8 +28,6 @@ from bot.store.database import Store, now_seconds
 
 log = logging.getLogger(__name__)
 
-MARKER_KIND = "dashboard"
-APPROVE_MARKER_KIND = "approve"
 POSTED_KIND = "dashboard-issue"
 
 TITLE = "Shepherd dashboard"
@@ -79,29 +77,6 @@ def _shown(session: Session) -> dict[str, Any]:
         "pr_link": pr_link,
         "approve_marker": marker(APPROVE_MARKER_KIND, session=session.id),
     }
-
-
-def is_dashboard_issue(issue: dict[str, Any]) -> bool:
-    """Is this the dashboard issue (written by a bot, carrying the dashboard marker)? Markers in
-    people's issues are not trusted."""
-    user = issue.get("user") or {}
-    by_bot = user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
-    return by_bot and find_marker(issue.get("body"), MARKER_KIND) is not None
-
-
-_TICKED = re.compile(r"^\s*[-*]\s+\[[xX]\]\s")
-
-
-def ticked_sessions(body: str | None) -> list[str]:
-    """The session ids of the plan lines ticked in the dashboard issue's body, in order."""
-    found: list[str] = []
-    for line in (body or "").splitlines():
-        if not _TICKED.match(line):
-            continue
-        fields = find_marker(line, APPROVE_MARKER_KIND)
-        if fields and fields.get("session") and fields["session"] not in found:
-            found.append(fields["session"])
-    return found
 
 
 class DashboardRefresher:

@@ -28,7 +28,8 @@ from bot.agent.adapters import Adapter, make_adapter
 from bot.agent.environment import SessionEnvironment
 from bot.agent.confinement import Confinement, for_session as confinement_for
 from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
-from bot.core.policy import EffectivePolicy
+from bot.core.policy import EffectivePolicy, LoadedPolicy
+from bot.core.responses import Response
 from bot.github.labels import load_policy
 from bot.agent.prompt import gather_comments, render_prompt, render_turn_message
 from bot.core.session import (
@@ -45,7 +46,6 @@ from bot.core.session import (
     Mode,
     PostPlan,
     PostStatus,
-    PullRequestState,
     Recovered,
     ReleaseSlot,
     RequestSlot,
@@ -77,6 +77,9 @@ PLAN_FILE = "plan-{revision}.md"
 NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
 NOTE_RECOVERED_ATTACHED = "Shepherd restarted and found the agent still running."
 NOTE_WORKTREE_KEPT = "The worktree was kept: {reason}."
+NOTE_EDITED_AFTER_LABEL = (
+    "The issue was edited after @{actor} labelled it; the agent works from the text as it was then."
+)
 SETUP_TIMEOUT_SECONDS = 30 * 60
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 60.0
@@ -207,43 +210,50 @@ class Engine:
 
     # -- the Engine protocol --------------------------------------------------------------------
 
-    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str) -> Session | None:
-        """Start, continue, or point to the PR (SPEC §1.1)."""
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False) -> Session | None:
+        """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
+        delivery is a replay. `policy` is the reading the handler took the label's meaning from;
+        `edited_after_label` says the issue changed after the label (the agent gets the labelled text)."""
         key = f"{issue.full_name}#{issue.number}"
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
-            if last is not None and last.session.is_live:
-                return last.session
-            gh = self.github.installation(issue.installation_id)
-            loaded = await load_policy(
-                gh, issue.owner, issue.repo, issue.default_branch, self.settings.operator_limits()
-            )
-            policy = loaded.policy
-            waiting: tuple[str, ...] = ()
-            base_branch = policy.base_branch or issue.default_branch
-            if self.dependencies is not None and (last is None or last.session.state != State.COMPLETE
-                                                  or last.session.pr_state != PullRequestState.OPEN):
-                verdict = await self.dependencies.evaluate(
-                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=policy.stack
+            loaded = policy
+            if loaded is None:
+                gh = self.github.installation(issue.installation_id)
+                loaded = await load_policy(
+                    gh, issue.owner, issue.repo, issue.default_branch, self.settings.operator_limits()
                 )
-                waiting = tuple(key.ref(issue.full_name) for key in verdict.waiting)
-                base_branch = verdict.stack_base or base_branch
-            now = self.clock()
             event = Trigger(
                 repo=issue.full_name,
                 issue_number=issue.number,
                 issue_title=issue.title,
                 mode=mode,
                 actor=actor,
-                base_branch=base_branch,
-                limits=Limits(policy.max_turns, policy.review_rounds, policy.ci_rounds),
-                waiting_for=waiting,
+                base_branch=loaded.policy.base_branch or issue.default_branch,
+                limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds),
+                labelled_at=labelled_at,
             )
+            now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
             session = decision.session
+            starts = session is not None and (last is None or session.id != last.session.id)
+            if starts and self.dependencies is not None:
+                # Only a new session waits for its dependencies; the verdict shapes its first decision.
+                verdict = await self.dependencies.evaluate(
+                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=loaded.policy.stack
+                )
+                event = replace(event, waiting_for=tuple(k.ref(issue.full_name) for k in verdict.waiting),
+                                base_branch=verdict.stack_base or event.base_branch)
+                decision = decide_trigger(last.session if last else None, event, utc(now))
+                session = decision.session
             if session is None:
                 return None
-            if last is not None and session.id == last.session.id:
+            if not starts and not decision.commands:
+                return session  # a live session, or a replayed label: nothing to do
+            if not starts:
+                assert last is not None
                 context = last.context
             else:
                 context = RuntimeContext(
@@ -256,8 +266,9 @@ class Engine:
                     issue_author=issue.author,
                     trigger_label=label,
                     trigger_at=now,
-                    policy=policy,
+                    policy=loaded.policy,
                     policy_problems=tuple(str(problem) for problem in loaded.problems),
+                    notes=(NOTE_EDITED_AFTER_LABEL.format(actor=actor),) if edited_after_label else (),
                 )
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
@@ -271,6 +282,16 @@ class Engine:
         if last is None:
             return None
         return await self.apply(last.session.id, event)
+
+    async def respond(self, installation_id: int, full_name: str, issue_number: int,
+                      responses: Sequence[Response]) -> None:
+        """Carry out the core's answers to a person outside a session (a refusal, a command's outcome, help)."""
+        for response in responses:
+            await self.publisher.respond(installation_id, full_name, issue_number, response)
+
+    def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
+        """Was this command comment already carried out (the same comment, delivered again)?"""
+        return self.publisher.answered(full_name, issue_number, comment_id)
 
     def last_session(self, full_name: str, issue_number: int) -> Session | None:
         last = self.sessions.last_for_issue(full_name, issue_number)

@@ -3,9 +3,11 @@
 Nothing here is ever written twice. Before creating a comment, the Publisher looks up the id it stored
 (`posted` table), then a hidden marker in the bot's own comments on the issue (a create whose answer
 was lost, e.g. a 502 after GitHub did create it), and only then creates, storing the id right away.
-Status edits are coalesced per session ("latest wins"), skipped when the text is unchanged (a stored
-hash), throttled to one per `status_interval_seconds` for progress-only updates, and written at the
-priority the core asked for: new questions and final states first, periodic progress last.
+Status edits (which the engine already coalesces per session, "latest wins") are skipped when the text
+is unchanged (a stored hash), throttled to one per `status_interval_seconds` for progress-only updates,
+and written at the priority the core asked for: new questions and final states first, periodic progress
+last. `respond` carries out the core's answers outside a session (`bot.core.responses`): refusals,
+command outcomes and help.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from bot.core.session import (
     Command,
     EditQuestion,
     Event,
-    LabelKind,
+    ExplainNeedsHuman,
     MarkQuestionAnswered,
     MarkQuestionCancelled,
     PointToPullRequest,
@@ -51,6 +53,8 @@ from bot.core.session import (
     State,
     WithdrawQuestion,
 )
+from bot.core.responses import Acknowledge, Refuse, Response, ShowHelp
+from bot.runtime.rounds import post_needs_human
 from bot.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -306,13 +310,6 @@ async def post_refusal(
 # -- the Publisher ---------------------------------------------------------------------------------
 
 
-@dataclass
-class _PendingStatus:
-    body: str
-    urgent: bool
-    throttled: bool
-
-
 class Publisher:
     """Carries out `PostStatus`, `PostQuestion`, `EditQuestion`, `WithdrawQuestion`, `MarkQuestionAnswered`,
     `MarkQuestionCancelled`, `AddLabel`, `RemoveLabel`, `React`, `PostPlan`, `PointToPullRequest` and
@@ -330,12 +327,12 @@ class Publisher:
         self._github = github
         self._clock = clock
         self._bot_login = bot_login
+        self._store = store
         self.posted = PostedRecords(store)
         self._tails = LogTails(store)
         self._labels = label_maker or label_ops.LabelMaker()
         # Per session, kind and key; like `_comment_locks`, dropped once nobody holds or waits for it.
         self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-        self._pending: dict[str, _PendingStatus] = {}
 
     async def bot_login(self, installation_id: int) -> str:
         if self._bot_login is None:
@@ -386,7 +383,41 @@ class Publisher:
         if isinstance(command, ReportFailure):
             await self._report_failure(gh, session, context, command)
             return []
+        if isinstance(command, ExplainNeedsHuman):
+            await post_needs_human(gh, context.owner, context.repo, command.number, session, store=self._store,
+                                   clock=self._clock)
+            return []
         raise ValueError(UNEXPECTED_COMMAND.format(name=type(command).__name__))
+
+    # -- answers outside a session ----------------------------------------------------------------
+
+    def answered(self, full_name: str, number: int, comment_id: int) -> bool:
+        """Was this command comment already carried out and acknowledged (a delivery seen again)?"""
+        return self.posted.get(issue_scope(full_name, number), COMMAND, str(comment_id)) is not None
+
+    async def respond(self, installation_id: int, full_name: str, number: int, response: Response) -> None:
+        """Carry out one of the core's answers on issue `number`, once."""
+        gh = self._github.installation(installation_id)
+        owner, repo = full_name.split("/", 1)
+        scope = issue_scope(full_name, number)
+        now = self._clock()
+        if isinstance(response, Refuse):
+            await post_refusal(gh, self._store, owner=owner, repo=repo, number=number, login=response.login,
+                               label=response.label, min_permission=response.min_permission,
+                               bot_login=await self.bot_login(installation_id), now=now)
+        elif isinstance(response, ShowHelp):
+            key = str(response.comment_id)
+            await ensure_comment(
+                gh, self.posted, scope=scope, kind=HELP, key=key, owner=owner, repo=repo, number=number,
+                bot_login=await self.bot_login(installation_id), marker_fields={"comment": key},
+                body=render.render_help(response.comment_id, response.unknown), now=now, edit=False,
+            )
+        elif isinstance(response, Acknowledge):
+            await react_once(gh, self.posted, scope=scope, owner=owner, repo=repo, number=number,
+                             content=response.content, comment_id=response.comment_id, now=now)
+            self.posted.put(scope, COMMAND, str(response.comment_id), response.comment_id, response.content, now)
+        else:
+            raise ValueError(UNEXPECTED_COMMAND.format(name=type(response).__name__))
 
     # -- status ------------------------------------------------------------------------------------
 
@@ -395,43 +426,24 @@ class Publisher:
         if session.state == State.FAILED and not context.log_tail:
             tail = self._tails.get(session.id)
         body = render.render_status(session, context, log_tail=tail)
-        earlier = self._pending.get(session.id)
-        self._pending[session.id] = _PendingStatus(
-            body,
-            urgent=command.urgent or (earlier is not None and earlier.urgent),
-            throttled=command.throttled and (earlier is None or earlier.throttled),
-        )
         async with self._lock(session.id, STATUS):
-            job = self._pending.pop(session.id, None)
-            if job is None:
-                return  # a later edit already wrote the newest text (latest wins)
-            await self._write_status(gh, session, context, job)
-
-    async def _write_status(self, gh: Any, session: Session, context: SessionContext, job: _PendingStatus) -> None:
-        now = self._clock()
-        record = self.posted.get(session.id, STATUS)
-        if record is not None:
-            if record.body_sha == body_hash(job.body):
-                return
+            now = self._clock()
+            record = self.posted.get(session.id, STATUS)
             interval = context.policy.status_interval_seconds
-            if job.throttled and now - record.updated_at < interval:
+            if record is not None and command.throttled and now - record.updated_at < interval:
                 return  # progress only: the next edit (state change or a later heartbeat) shows it
-        priority = Priority.URGENT if job.urgent else Priority.LOW if job.throttled else Priority.NORMAL
-        await ensure_comment(
-            gh, self.posted, scope=session.id, kind=STATUS, key="", owner=context.owner, repo=context.repo,
-            number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
-            marker_fields={"session": session.id}, body=job.body, now=now, priority=priority,
-        )
+            priority = Priority.URGENT if command.urgent else Priority.LOW if command.throttled else Priority.NORMAL
+            await ensure_comment(
+                gh, self.posted, scope=session.id, kind=STATUS, key="", owner=context.owner, repo=context.repo,
+                number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
+                marker_fields={"session": session.id}, body=body, now=now, priority=priority,
+            )
 
     async def _report_failure(self, gh: Any, session: Session, context: SessionContext,
                               command: ReportFailure) -> None:
         tail = command.log_tail or context.log_tail or ""
         if tail:
-            self._tails.put(session.id, tail)
-        await label_ops.remove_label(gh, context.owner, context.repo, session.issue_number,
-                                     context.policy.labels, LabelKind.NEEDS_INPUT)
-        if session.state == State.FAILED:
-            await self._post_status(gh, session, context, PostStatus(urgent=True))
+            self._tails.put(session.id, tail)  # the status comment the core posts next shows it
 
     # -- questions ---------------------------------------------------------------------------------
 
@@ -506,7 +518,6 @@ class Publisher:
 
     async def _point_to_pull_request(self, gh: Any, session: Session, context: SessionContext,
                                      command: PointToPullRequest) -> None:
-        await self._react(gh, session, context, "confused", None)
         body = render.render_pointer(session.id, command.number, command.url)
         async with self._lock(session.id, POINTER):
             await ensure_comment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -242,12 +243,27 @@ def issue_opened(fake: FakeGitHub, full_name: str, number: int, *, sender: str |
                           sender or issue["user"]["login"])
 
 
+def _touch(fake: FakeGitHub, full_name: str, number: int) -> None:
+    """A label change makes the issue newer, as on GitHub: at least a second newer than the last label
+    change, so that two label events in one test are told apart the way a person's (seconds apart) are."""
+    issue = fake._repos[full_name].issues[number]  # noqa: SLF001
+    times: dict[tuple[str, int], dt.datetime] = fake.__dict__.setdefault("_label_event_times", {})
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    last = times.get((full_name, number))
+    moment = now if last is None else max(now, last + dt.timedelta(seconds=1))
+    times[(full_name, number)] = moment
+    issue["updated_at"] = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def issue_labeled(fake: FakeGitHub, full_name: str, number: int, label: str, sender: str = "alice") -> dict[str, Any]:
     """`issues.labeled`; the label is put on the fake's issue if it is not there yet (as the human did)."""
     if label.lower() not in (name.lower() for name in fake.labels(full_name, number)):
         with fake._lock:  # noqa: SLF001
             state = fake._repos[full_name]  # noqa: SLF001
             state.issues[number]["labels"].append(copy.deepcopy(fake._ensure_label(state, label)))  # noqa: SLF001
+    with fake._lock:  # noqa: SLF001
+        # Each call is a new label event (a label already there was taken off and put back meanwhile).
+        _touch(fake, full_name, number)
     payload = _issue_payload(fake, full_name, number, example("issues", "labeled"), "labeled", sender)
     payload["label"] = _overlay(payload.get("label"), _label(fake, full_name, label))
     return payload
@@ -258,6 +274,7 @@ def issue_unlabeled(fake: FakeGitHub, full_name: str, number: int, label: str, s
     with fake._lock:  # noqa: SLF001
         issue = fake._repos[full_name].issues[number]  # noqa: SLF001
         issue["labels"] = [entry for entry in issue["labels"] if entry["name"].lower() != label.lower()]
+        _touch(fake, full_name, number)
     payload = _issue_payload(fake, full_name, number, example("issues", "unlabeled"), "unlabeled", sender)
     payload["label"] = _overlay(payload.get("label"), _label(fake, full_name, label))
     return payload
