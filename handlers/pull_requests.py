@@ -76,20 +76,21 @@ async def _may_drive(
 
 async def _signal(
     gh: Any, owner: str, repo: str, full_name: str, pull_number: int, session: Session, event: Any,
-    *, engine: Any, store: Any,
+    *, engine: Any, store: Any, github: Any,
 ) -> Session | None:
     """Hand one event to the runtime; at a round cap, explain on the PR why Shepherd stops."""
     after = await engine.signal(full_name, session.issue_number, event)
     if became_needs_human(session, after):
         assert after is not None
-        await post_needs_human(gh, owner, repo, pull_number, after, store=store)
+        bot_login, _email = await github.bot_identity()
+        await post_needs_human(gh, owner, repo, pull_number, after, store=store, bot_login=bot_login)
     return after
 
 
 @router.register("pull_request_review", action="submitted")
 async def start_review_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None,
-    policies: Any = None, **_: Any,
+    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, github: Any = None,
+    permissions: Any = None, policies: Any = None, **_: Any,
 ) -> None:
     """A review requesting changes, with its inline comments, starts one review round."""
     review = event.data["review"]
@@ -102,13 +103,15 @@ async def start_review_round(
         return
     comments = await review_comments(gh, owner, repo, pull["number"], review["id"])
     feedback = review_feedback(review, comments)
-    await _signal(gh, owner, repo, full_name, pull["number"], session, feedback, engine=engine, store=store)
+    await _signal(
+        gh, owner, repo, full_name, pull["number"], session, feedback, engine=engine, store=store, github=github
+    )
 
 
 @router.register("issue_comment", action="created")
 async def start_comment_round(
-    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, permissions: Any = None,
-    policies: Any = None, **_: Any,
+    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, github: Any = None,
+    permissions: Any = None, policies: Any = None, **_: Any,
 ) -> None:
     """A comment in a PR's conversation (not a slash command) starts one review round."""
     issue = event.data["issue"]
@@ -127,7 +130,8 @@ async def start_comment_round(
     if session is None or not await _may_drive(gh, event, comment.get("user"), permissions, policies):
         return
     await _signal(
-        gh, owner, repo, full_name, pull["number"], session, comment_feedback(comment), engine=engine, store=store
+        gh, owner, repo, full_name, pull["number"], session, comment_feedback(comment), engine=engine, store=store,
+        github=github,
     )
 
 
@@ -165,7 +169,9 @@ async def _review_requests_changes(gh: Any, owner: str, repo: str, number: int, 
 
 @router.register("check_suite", action="completed")
 @router.register("check_run", action="completed")
-async def start_ci_round(event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, **_: Any) -> None:
+async def start_ci_round(
+    event: sansio.Event, gh: Any, *, engine: Any = None, store: Any = None, github: Any = None, **_: Any
+) -> None:
     """A failing check on a PR's head commit starts one CI round per head (the core dedupes the SHA)."""
     check = event.data.get("check_suite") or event.data.get("check_run") or {}
     if not is_failing(check.get("conclusion")) or engine is None:
@@ -185,7 +191,9 @@ async def start_ci_round(event: sansio.Event, gh: Any, *, engine: Any = None, st
         runs = await failing_check_runs(gh, owner, repo, head_sha)
         app = (suite.get("app") or {}).get("slug")
         feedback = ci_feedback(head_sha, runs, suite_app=app, suite_conclusion=check.get("conclusion"))
-        await _signal(gh, owner, repo, full_name, session.pr_number, session, feedback, engine=engine, store=store)
+        await _signal(
+            gh, owner, repo, full_name, session.pr_number, session, feedback, engine=engine, store=store, github=github
+        )
 
 
 @router.register("pull_request", action="closed")

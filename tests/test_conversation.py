@@ -228,3 +228,13 @@ async def test_the_readme_examples_are_what_shepherd_writes(bed: Bed) -> None:
     await bed.deliver("issue_comment", payloads.issue_comment_created(bed.fake, REPO, 1, answer))
     [answered] = [c for c in bed.fake.comments(REPO, 1) if "<!-- shepherd:question " in c["body"]]
     _check_example("question_answered.md", answered["body"])
+
+
+async def test_a_marker_in_another_bots_comment_is_not_adopted(bed: Bed) -> None:
+    """Only Shepherd's own bot login is trusted: another App's comment with the same marker is left alone."""
+    forged = bed.fake.add_comment(REPO, 1, "<!-- shepherd:status session=octo-org/widgets#1/1 -->\nmine",
+                                  user="other-app[bot]")
+    await started(bed)
+    [status] = status_comments(bed)
+    assert status["id"] != forged["id"]
+    assert [c["body"] for c in bed.fake.comments(REPO, 1) if c["id"] == forged["id"]] == [forged["body"]]

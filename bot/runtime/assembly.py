@@ -106,7 +106,9 @@ def assemble(
             return
         owner, repo = group.repo.split("/", 1)
         gh = github.installation(stored.installation_id)
-        await post_needs_human(gh, owner, repo, group.pull_number, after, store=store, clock=clock)
+        bot_login, _email = await github.bot_identity(stored.installation_id)
+        await post_needs_human(gh, owner, repo, group.pull_number, after, store=store, bot_login=bot_login,
+                               clock=clock)
 
     inline_collector = InlineCollector(store, engine, clock=clock, after_signal=explain_needs_human)
     assembly = Assembly(github, engine, inline_collector, permissions, policies)
