@@ -26,11 +26,12 @@ from bot.runtime.finisher import Finisher
 from bot.github.client import GitHubApp
 from bot.github.labels import RepoPolicies
 from bot.metrics import Metrics
-from bot.runtime.rounds import InlineCollector, PendingGroup, became_needs_human, post_needs_human
+from bot.runtime.rounds import InlineCollector, became_needs_human, post_needs_human
 from bot.runtime.engine import Engine
 from bot.core.session import Session
 from bot.settings import Settings
 from bot.store.database import Store
+from bot.store.inline_comments import PendingPull
 from bot.workspace.workspaces import Workspaces
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def assemble(
     coordinator = Coordinator(engine, github, store, clock=clock)
     engine.observers += [dashboard.observe, dependencies.observe, coordinator.observe]
 
-    async def explain_needs_human(group: PendingGroup, before: Session | None, after: Session | None) -> None:
+    async def explain_needs_human(group: PendingPull, before: Session | None, after: Session | None) -> None:
         """When inline comments used up the review rounds, say so on the PR, as reviews and CI do."""
         if after is None or not became_needs_human(before, after):
             return

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bot.github.pacing import Priority
+from bot.github.permissions import is_bot
 from bot.core.sanitize import find_marker, marker, neutralise_for_github
 from bot.core.session import Detail, PullRequestState, Session, State
 from bot.runtime.marked import ensure_marked, repository_issue
@@ -78,9 +79,7 @@ def _shown(session: Session) -> dict[str, Any]:
 def is_dashboard_issue(issue: dict[str, Any]) -> bool:
     """Is this the dashboard issue (written by a bot, carrying the dashboard marker)? Markers in
     people's issues are not trusted."""
-    user = issue.get("user") or {}
-    by_bot = user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
-    return by_bot and find_marker(issue.get("body"), MARKER_KIND) is not None
+    return is_bot(issue.get("user")) and find_marker(issue.get("body"), MARKER_KIND) is not None
 
 
 _TICKED = re.compile(r"^\s*[-*]\s+\[[xX]\]\s")
@@ -185,7 +184,8 @@ async def refresh_dashboard(github: Any, store: Store, installation_id: int, ful
     body = render_dashboard_issue(full_name, sessions)
     owner, repo = full_name.split("/", 1)
     bot_login, _ = await github.bot_identity(installation_id)
-    place = repository_issue(owner, repo, bot_login=bot_login, title=TITLE, kind=MARKER_KIND, fields={"repo": full_name})
+    place = repository_issue(owner, repo, bot_login=bot_login, title=TITLE, kind=MARKER_KIND,
+                             fields={"repo": full_name})
     done = await ensure_marked(
         github.installation(installation_id), PostedRecords(store), place, scope=full_name, kind=POSTED_KIND,
         key=full_name, bot_login=bot_login, body=body, now=now_seconds(), priority=Priority.LOW,

@@ -1,14 +1,11 @@
-"""Shepherd's marked things on GitHub (its comments, the dashboard issue, its pull requests): found or created once.
+"""Shepherd's marked things on GitHub (its comments, the dashboard issue, its pull requests), found or created once.
 
-Everything Shepherd writes carries a hidden marker (`<!-- shepherd:<kind> ... -->`) and is remembered in
-the `posted` table under (scope, kind, key). To write one, `ensure_marked`
-1. edits the remembered one, unless its text is unchanged (a stored hash) or it is gone;
-2. else looks for it on GitHub, trusting only items written by Shepherd's own bot login (the App's
-   `<slug>[bot]`): a person or another App can copy a marker, but not the author;
-3. else creates it, and remembers its id at once.
-Calls for the same thing are serialised, so two tasks racing to report it cannot both create it.
-A create whose answer was lost (a 502 after GitHub did create it) or a database lost in a restart is
-therefore found again, never doubled.
+Each carries a hidden marker (`<!-- shepherd:<kind> ... -->`) and is remembered in the `posted` table
+under (scope, kind, key). `ensure_marked` edits the remembered one (unless its text is unchanged or it
+is gone); else looks for it on GitHub, trusting only what Shepherd's own bot login (the App's
+`<slug>[bot]`) wrote, since anyone can copy a marker but not its author; else creates it and remembers
+its id at once. A create whose answer was lost (a 502 after GitHub did create it) or a database lost in
+a restart is so found again, never doubled; calls for one thing are serialised, so racers create one.
 """
 
 from __future__ import annotations
@@ -32,37 +29,26 @@ log = logging.getLogger(__name__)
 
 COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
 COMMENT_URL = "/repos/{owner}/{repo}/issues/comments/{comment_id}"
-ISSUES_URL = "/repos/{owner}/{repo}/issues"
-OPEN_ISSUES_URL = "/repos/{owner}/{repo}/issues{?state,creator,per_page}"
-ISSUE_URL = "/repos/{owner}/{repo}/issues/{issue_number}"
-PULLS_URL = "/repos/{owner}/{repo}/pulls"
-OPEN_PULLS_URL = "/repos/{owner}/{repo}/pulls{?head,state}"
-PULL_URL = "/repos/{owner}/{repo}/pulls/{pull_number}"
 
 
 def body_hash(body: str) -> str:
     return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
-def _same_text(written: str | None, wanted: str) -> bool:
-    # GitHub trims what it stores of some bodies; trailing blanks never make a difference worth an edit.
-    return (written or "").strip() == wanted.strip()
-
-
 @dataclass(frozen=True)
 class Place:
-    """Where one marked thing lives on GitHub, how it is recognised among its neighbours, and how it is
-    created and edited. Build one with `issue_comment`, `repository_issue` or `pull_request`."""
+    """Where a marked thing lives and how it is recognised, created and edited (`issue_comment`,
+    `repository_issue`, `pull_request`). `where` fills every URL; `id_name` is the edit URL's variable
+    that the answer's `id_field` fills."""
 
+    where: Mapping[str, Any]
     list_url: str
-    list_vars: Mapping[str, Any]
+    list_query: Mapping[str, Any]
     matches: Callable[[Mapping[str, Any]], bool]
     create_url: str
-    create_vars: Mapping[str, Any]
     edit_url: str
-    edit_vars: Mapping[str, Any]
-    id_name: str  # the edit URL's variable naming the thing
-    id_field: str  # the field of GitHub's answer that fills it
+    id_name: str
+    id_field: str
     create_fields: Mapping[str, Any] = field(default_factory=dict)  # besides the body
     trust_record: bool = True  # False: always look on GitHub (a closed pull request is not reused)
     gone: tuple[int, ...] = (404,)
@@ -77,46 +63,37 @@ def _marked(kind: str, fields: Mapping[str, str]) -> Callable[[Mapping[str, Any]
 
 
 def issue_comment(owner: str, repo: str, number: int, kind: str, fields: Mapping[str, str]) -> Place:
-    """A comment on an issue or a pull request, carrying the marker `kind` with `fields`."""
-    where = {"owner": owner, "repo": repo}
-    return Place(
-        list_url=COMMENTS_URL, list_vars={**where, "issue_number": number}, matches=_marked(kind, fields),
-        create_url=COMMENTS_URL, create_vars={**where, "issue_number": number},
-        edit_url=COMMENT_URL, edit_vars=where, id_name="comment_id", id_field="id",
-    )
+    """A comment on issue or pull request `number` carrying the marker `kind` with `fields`."""
+    return Place({"owner": owner, "repo": repo, "issue_number": number}, COMMENTS_URL, {}, _marked(kind, fields),
+                 COMMENTS_URL, COMMENT_URL, "comment_id", "id")
 
 
 def repository_issue(owner: str, repo: str, *, bot_login: str, title: str, kind: str,
                      fields: Mapping[str, str]) -> Place:
-    """An open issue of the repository opened by the bot, carrying the marker `kind` with `fields`."""
-    where = {"owner": owner, "repo": repo}
+    """An open issue the bot opened in the repository, carrying the marker `kind` with `fields`."""
     marked = _marked(kind, fields)
-    return Place(
-        list_url=OPEN_ISSUES_URL,
-        list_vars={**where, "state": "open", "creator": bot_login, "per_page": 100},
-        matches=lambda issue: "pull_request" not in issue and marked(issue),
-        create_url=ISSUES_URL, create_vars=where, edit_url=ISSUE_URL, edit_vars=where,
-        id_name="issue_number", id_field="number", create_fields={"title": title}, gone=(404, 410),
-    )
+    return Place({"owner": owner, "repo": repo}, "/repos/{owner}/{repo}/issues{?state,creator,per_page}",
+                 {"state": "open", "creator": bot_login, "per_page": 100},
+                 lambda issue: "pull_request" not in issue and marked(issue), "/repos/{owner}/{repo}/issues",
+                 "/repos/{owner}/{repo}/issues/{issue_number}", "issue_number", "number",
+                 create_fields={"title": title}, gone=(404, 410))
 
 
 def pull_request(owner: str, repo: str, *, head: str, base: str, title: str, draft: bool) -> Place:
     """The open pull request from the branch `head` (GitHub allows one per head and base)."""
-    where = {"owner": owner, "repo": repo}
-    return Place(
-        list_url=OPEN_PULLS_URL, list_vars={**where, "head": f"{owner}:{head}", "state": "open"},
-        matches=lambda pull: (pull.get("head") or {}).get("ref") == head,
-        create_url=PULLS_URL, create_vars=where, edit_url=PULL_URL, edit_vars=where,
-        id_name="pull_number", id_field="number",
-        create_fields={"title": title, "head": head, "base": base, "draft": draft, "maintainer_can_modify": False},
-        trust_record=False,
-    )
+    return Place({"owner": owner, "repo": repo}, "/repos/{owner}/{repo}/pulls{?head,state}",
+                 {"head": f"{owner}:{head}", "state": "open"},
+                 lambda pull: (pull.get("head") or {}).get("ref") == head, "/repos/{owner}/{repo}/pulls",
+                 "/repos/{owner}/{repo}/pulls/{pull_number}", "pull_number", "number",
+                 create_fields={"title": title, "head": head, "base": base, "draft": draft,
+                                "maintainer_can_modify": False},
+                 trust_record=False)
 
 
 @dataclass(frozen=True)
 class Marked:
-    """What `ensure_marked` did: the thing's id; GitHub's view of it when one was read or written (None
-    when the remembered text was already right); whether it was written now, and whether created."""
+    """The thing's id; GitHub's view of it when one was read or written (None when the remembered text
+    was already right); whether it was written now, and whether it was created."""
 
     id: int
     item: dict[str, Any] | None
@@ -126,26 +103,15 @@ class Marked:
 
 async def find_own(gh: Any, place: Place, bot_login: str) -> dict[str, Any] | None:
     """The bot's own item at `place`; the same marker anywhere else is not trusted."""
-    async for item in gh.getiter(place.list_url, dict(place.list_vars)):
+    async for item in gh.getiter(place.list_url, {**place.where, **place.list_query}):
         if is_self(item.get("user"), bot_login) and place.matches(item):
             return item
     return None
 
 
 async def ensure_marked(
-    gh: Any,
-    posted: PostedRecords,
-    place: Place,
-    *,
-    scope: str,
-    kind: str,
-    key: str,
-    bot_login: str,
-    body: str,
-    now: float,
-    priority: Priority | None = None,
-    create_priority: Priority | None = None,
-    edit: bool = True,
+    gh: Any, posted: PostedRecords, place: Place, *, scope: str, kind: str, key: str, bot_login: str, body: str,
+    now: float, priority: Priority | None = None, create_priority: Priority | None = None, edit: bool = True,
 ) -> Marked:
     """Create the thing at `place`, or edit the one already there (left as it is when `edit` is False)."""
     async with _lock(scope, kind, key):
@@ -166,14 +132,15 @@ async def ensure_marked(
                 return Marked(record.github_id, item, True)
         found = await find_own(gh, place, bot_login)
         if found is not None:
-            ident = int(found[place.id_field])
-            if not edit or _same_text(found.get("body"), body):
-                posted.put(scope, kind, key, ident, body_hash(found.get("body") or "") if not edit else sha, now)
+            ident, text = int(found[place.id_field]), found.get("body") or ""
+            # GitHub trims some bodies it stores: trailing blanks are no reason for an edit.
+            if not edit or text.strip() == body.strip():
+                posted.put(scope, kind, key, ident, sha if edit else body_hash(text), now)
                 return Marked(ident, found, False)
             item = await _edit(gh, place, ident, body, priority)
             posted.put(scope, kind, key, ident, sha, now)
             return Marked(ident, item, True)
-        created = await gh.post(place.create_url, dict(place.create_vars), data={**place.create_fields, "body": body},
+        created = await gh.post(place.create_url, dict(place.where), data={**place.create_fields, "body": body},
                                 priority=create_priority if create_priority is not None else priority)
         ident = int(created[place.id_field])
         posted.put(scope, kind, key, ident, sha, now)
@@ -181,12 +148,10 @@ async def ensure_marked(
 
 
 async def _edit(gh: Any, place: Place, ident: int, body: str, priority: Priority | None) -> dict[str, Any]:
-    return await gh.patch(place.edit_url, {**place.edit_vars, place.id_name: ident}, data={"body": body},
-                          priority=priority)
+    return await gh.patch(place.edit_url, {**place.where, place.id_name: ident}, data={"body": body}, priority=priority)
 
 
-# One lock per thing Shepherd writes (scope, kind, key) while its check-then-create runs; a lock nobody
-# holds or waits for is dropped with its last reference.
+# One lock per thing (scope, kind, key) while its check-then-create runs; dropped with its last user.
 _locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
 
@@ -203,32 +168,16 @@ def _lock(scope: str, kind: str, key: str) -> asyncio.Lock:
 async def find_own_comment(
     gh: Any, owner: str, repo: str, number: int, bot_login: str, kind: str, fields: dict[str, str]
 ) -> dict[str, Any] | None:
-    """The bot's comment on the issue whose marker is `kind` with `fields`."""
     return await find_own(gh, issue_comment(owner, repo, number, kind, fields), bot_login)
 
 
 async def ensure_comment(
-    gh: Any,
-    posted: PostedRecords,
-    *,
-    scope: str,
-    kind: str,
-    key: str,
-    owner: str,
-    repo: str,
-    number: int,
-    bot_login: str,
-    marker_fields: dict[str, str],
-    body: str,
-    now: float,
-    priority: Priority = Priority.NORMAL,
+    gh: Any, posted: PostedRecords, *, scope: str, kind: str, key: str, owner: str, repo: str, number: int,
+    bot_login: str, marker_fields: dict[str, str], body: str, now: float, priority: Priority = Priority.NORMAL,
     edit: bool = True,
 ) -> tuple[dict[str, Any] | None, bool]:
-    """`ensure_marked` for a comment on issue `number`; returns (the comment, or None when the remembered
-    one is unchanged, and whether it was written now)."""
-    done = await ensure_marked(
-        gh, posted, issue_comment(owner, repo, number, kind, marker_fields), scope=scope, kind=kind, key=key,
-        bot_login=bot_login, body=body, now=now, priority=priority, edit=edit,
-    )
+    """`ensure_marked` for a comment on issue `number`: (the comment, or None when unchanged; written now)."""
+    done = await ensure_marked(gh, posted, issue_comment(owner, repo, number, kind, marker_fields), scope=scope,
+                               kind=kind, key=key, bot_login=bot_login, body=body, now=now, priority=priority,
+                               edit=edit)
     return done.item, done.written
-

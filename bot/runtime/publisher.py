@@ -181,7 +181,7 @@ class Publisher:
         self.posted = PostedRecords(store)
         self._tails = LogTails(store)
         self._labels = label_maker or label_ops.LabelMaker()
-        # Per session, kind and key; like `_comment_locks`, dropped once nobody holds or waits for it.
+        # Per session, kind and key; like `bot.runtime.marked`'s locks, dropped once nobody holds or waits for it.
         self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
         self._pending: dict[str, _PendingStatus] = {}
 

@@ -23,7 +23,6 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from bot.core.sanitize import clean_for_agent, marker
@@ -31,7 +30,7 @@ from bot.core.session import CIFailed, Detail, ReviewFeedback, Session, State
 from bot.runtime.finisher import render
 from bot.runtime.marked import ensure_marked, issue_comment
 from bot.store.database import Store
-from bot.store.inline_comments import PendingInline, PendingInlineComments
+from bot.store.inline_comments import PendingInlineComments, PendingPull
 from bot.store.posted import PostedRecords
 
 log = logging.getLogger(__name__)
@@ -187,14 +186,7 @@ async def post_needs_human(
 # The inline-comment collector
 
 
-@dataclass(frozen=True)
-class PendingGroup:
-    repo: str
-    pull_number: int
-    issue_number: int
-
-
-AfterSignal = Callable[[PendingGroup, Session | None, Session | None], Awaitable[None]]
+AfterSignal = Callable[[PendingPull, Session | None, Session | None], Awaitable[None]]
 
 
 class InlineCollector:
@@ -223,12 +215,11 @@ class InlineCollector:
 
     def add(self, *, full_name: str, pull_number: int, issue_number: int, comment: Mapping[str, Any]) -> bool:
         """Store one comment for its PR's group; False when it was already stored (a redelivery)."""
-        waiting = PendingInline(
-            int(comment["id"]), comment["user"]["login"], comment.get("path"),
-            comment.get("line") or comment.get("original_line"), comment.get("body") or "",
+        added = self._waiting.add(
+            repo=full_name, pull_number=int(pull_number), issue_number=int(issue_number), comment_id=int(comment["id"]),
+            author=comment["user"]["login"], path=comment.get("path"),
+            line=comment.get("line") or comment.get("original_line"), body=comment.get("body") or "", now=self._clock(),
         )
-        added = self._waiting.add(repo=full_name, pull_number=int(pull_number), issue_number=int(issue_number),
-                                  comment=waiting, now=self._clock())
         self._wakeup.set()
         return added
 
@@ -246,23 +237,18 @@ class InlineCollector:
         for pull in self._waiting.pulls():
             if pull.first_received_at + self._window > now:
                 continue
-            group = PendingGroup(pull.repo, pull.pull_number, pull.issue_number)
-            waiting = self._waiting.of_pull(pull.repo, pull.pull_number)
-            comments = [
-                {"id": c.comment_id, "author": c.author, "path": c.path, "line": c.line, "body": c.body}
-                for c in waiting
-            ]
+            comments = self._waiting.of_pull(pull.repo, pull.pull_number)
             feedback = inline_feedback(comments)
-            before = self._engine.last_session(group.repo, group.issue_number)
-            after = await self._engine.signal(group.repo, group.issue_number, feedback)
+            before = self._engine.last_session(pull.repo, pull.issue_number)
+            after = await self._engine.signal(pull.repo, pull.issue_number, feedback)
             # Forgotten only after the signal: a crash in between re-sends the same id, which the core ignores.
-            self._waiting.forget([c.comment_id for c in waiting])
+            self._waiting.forget([c["id"] for c in comments])
             flushed.append(feedback)
             if self._after_signal is not None:
                 try:
-                    await self._after_signal(group, before, after)
+                    await self._after_signal(pull, before, after)
                 except Exception:  # noqa: BLE001 - the round is recorded; a missing explanation is logged
-                    log.exception("after-signal hook failed for %s#%s", group.repo, group.pull_number)
+                    log.exception("after-signal hook failed for %s#%s", pull.repo, pull.pull_number)
         return flushed
 
     def wake(self) -> None:

@@ -154,13 +154,10 @@ class SessionStore:
         """Every stored session and its installation, oldest first, for the operator's views (read only).
 
         A row that no longer reads as a session is logged and left out: one must not hide the others."""
-        try:
-            rows = self.db.execute("SELECT data, installation_id FROM sessions ORDER BY created_at, rowid").fetchall()
-        except sqlite3.OperationalError as error:  # a database from before the sessions table existed
-            log.warning("cannot read sessions: %s", error)
-            return []
         found = []
-        for data, installation_id in rows:
+        for data, installation_id in self.db.execute(
+            "SELECT data, installation_id FROM sessions ORDER BY created_at, rowid"
+        ).fetchall():
             try:
                 found.append((Session.from_dict(json.loads(data)), int(installation_id)))
             except Exception:  # noqa: BLE001 - see the docstring
