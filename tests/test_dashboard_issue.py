@@ -117,3 +117,13 @@ async def test_agent_text_cannot_ping_or_close_through_the_dashboard():
     assert find_marker(body, "dashboard") == {"repo": REPO}
     assert body.count("shepherd:dashboard") == 1
     assert "None." in body  # the empty lists say so
+
+
+async def test_another_bots_issue_with_the_marker_is_not_adopted(github, store, fake_github):
+    foreign = fake_github.add_issue(REPO, title=TITLE, body="<!-- shepherd:dashboard repo=acme/web -->\nmine",
+                                    user="other-app[bot]")
+    number = await refresh_dashboard(github, store, 7, REPO, _sessions())
+    assert number != foreign["number"]
+    assert fake_github.issue(REPO, number)["user"]["login"] == fake_github.bot_login
+    assert fake_github.issue(REPO, foreign["number"])["body"].endswith("mine")  # untouched
+    assert fake_github.calls_to("issues/update") == []
