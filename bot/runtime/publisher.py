@@ -273,17 +273,19 @@ class Publisher:
         if session.state == State.FAILED and not context.log_tail:
             tail = self._tails.get(session.id)
         body = render.render_status(session, context, log_tail=tail)
-        async with self._lock(session.id, STATUS):
+        # One status comment per issue (SPEC §1.5): a retry or a re-label takes over the same comment.
+        scope = issue_scope(session.repo, session.issue_number)
+        async with self._lock(scope, STATUS):
             now = self._clock()
-            record = self.posted.get(session.id, STATUS)
+            record = self.posted.get(scope, STATUS)
             interval = context.policy.status_interval_seconds
             if record is not None and command.throttled and now - record.updated_at < interval:
                 return  # progress only: the next edit (state change or a later heartbeat) shows it
             priority = Priority.URGENT if command.urgent else Priority.LOW if command.throttled else Priority.NORMAL
             await ensure_comment(
-                gh, self.posted, scope=session.id, kind=STATUS, key="", owner=context.owner, repo=context.repo,
+                gh, self.posted, scope=scope, kind=STATUS, key="", owner=context.owner, repo=context.repo,
                 number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
-                marker_fields={"session": session.id}, body=body, now=now, priority=priority,
+                marker_fields={}, body=body, now=now, priority=priority,
             )
 
     async def _report_failure(self, gh: Any, session: Session, context: SessionContext,

@@ -111,6 +111,15 @@ class SessionStore:
         ).fetchone()
         return _stored(row) if row else None
 
+    def for_issue(self, repo: str, issue_number: int) -> list[Session]:
+        """Every session of one issue, oldest first (the status comment's line about earlier sessions)."""
+        rows = self.db.execute(
+            """SELECT data, context, installation_id FROM sessions WHERE repo = ? AND issue_number = ?
+               ORDER BY created_at, rowid""",
+            (repo, issue_number),
+        ).fetchall()
+        return [_stored(row).session for row in rows]
+
     def last_for_branch(self, repo: str, branch: str) -> StoredSession | None:
         row = self.db.execute(
             """SELECT data, context, installation_id FROM sessions WHERE repo = ? AND branch = ?

@@ -98,11 +98,12 @@ def state_label(session: Session) -> str:
 
 
 def status_line(session: Session, now: datetime) -> str:
-    """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow`."""
+    """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow` (`#124/2` for a retry)."""
     mark = STATUS_MARKS.get(session.state, LIVE_MARK)
     age = format_age(session.created_at, now)
     title = terminal_line(session.issue_title, limit=200)
-    line = f"{mark} {session.repo}#{session.issue_number} {str(session.state).upper()} ({age}) {title}"
+    attempt = f"/{session.attempt}" if session.attempt > 1 else ""  # the issue's second, third... session
+    line = f"{mark} {session.repo}#{session.issue_number}{attempt} {str(session.state).upper()} ({age}) {title}"
     question = open_question(session)
     if question:
         line += f"\n      ? {terminal_line(question)}"
