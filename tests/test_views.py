@@ -212,7 +212,8 @@ def test_a_retried_issue_shows_which_session_each_line_is():
     first = sample_sessions()[0]
     second = replace(first, id=first.id.rpartition("/")[0] + "/2", attempt=2)
     lines = render_status([SessionRow(second), SessionRow(first)], now=NOW).splitlines()
-    assert lines[0].startswith("[!] acme/web#124/2 STUCK") and lines[2].startswith("[!] acme/web#124 STUCK")
+    number = f"{first.repo}#{first.issue_number}"
+    assert lines[0].startswith(f"[>] {number}/2 ") and lines[1].startswith(f"[>] {number} ")
 
 
 async def test_load_sessions_skips_a_broken_row(views):
