@@ -70,6 +70,7 @@ def _shown(session: Session) -> dict[str, Any]:
         "branch": session.branch,
         "pr_link": pr_link,
         "approve_marker": marker(APPROVE_MARKER_KIND, session=session.id),
+        "failure": _line(session.failure_reason),
     }
 
 
@@ -96,8 +97,11 @@ class DashboardRefresher:
         self.schedule(installation_id, after.repo)
 
     def _installation_of(self, session: Session) -> int | None:
+        """The session's installation, or None when there is none or its repository turned the issue off."""
         stored = self.sessions.get(session.id)
-        return stored.installation_id if stored is not None else None
+        if stored is None or (stored.context.get("policy") or {}).get("dashboard_issue") is False:
+            return None
+        return stored.installation_id
 
     def schedule(self, installation_id: int, full_name: str) -> None:
         self._dirty[full_name] = installation_id
@@ -129,7 +133,7 @@ class DashboardRefresher:
 
 def _dashboard_view(session: Session) -> tuple[Any, ...]:
     return (session.state, session.detail, session.question, session.pr_state, session.pr_number,
-            session.checkpoint, session.issue_title)
+            session.checkpoint, session.issue_title, session.failure_reason)
 
 
 def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
@@ -139,6 +143,7 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
     waiting = [s for s in current if s.state == State.STUCK and s not in plans]
     running = [s for s in current if s.state in _RUNNING]
     pulls = [s for s in current if s.pr_state == PullRequestState.OPEN and (s.pr_number or s.pr_url)]
+    failed = [s for s in current if s.state == State.FAILED]
     return environment().get_template("dashboard_issue.md.j2").render(
         marker=marker(MARKER_KIND, repo=full_name),
         intro=INTRO,
@@ -149,6 +154,7 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
         plans=[_shown(s) for s in plans],
         running=[_shown(s) for s in running],
         pulls=[_shown(s) for s in pulls],
+        failed=[_shown(s) for s in failed],
     )
 
 
