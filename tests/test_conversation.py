@@ -248,3 +248,13 @@ def test_an_out_of_date_example_fails_and_is_left_as_it_was(tmp_path, monkeypatc
     monkeypatch.setenv("SHEPHERD_REGENERATE_EXAMPLES", "1")
     _check_example("status.md", "what Shepherd writes now\n")
     assert (tmp_path / "status.md").read_text(encoding="utf-8") == "what Shepherd writes now\n"
+
+
+async def test_a_marker_in_another_bots_comment_is_not_adopted(bed: Bed) -> None:
+    """Only Shepherd's own bot login is trusted: another App's comment with the same marker is left alone."""
+    forged = bed.fake.add_comment(REPO, 1, "<!-- shepherd:status session=octo-org/widgets#1/1 -->\nmine",
+                                  user="other-app[bot]")
+    await started(bed)
+    [status] = status_comments(bed)
+    assert status["id"] != forged["id"]
+    assert [c["body"] for c in bed.fake.comments(REPO, 1) if c["id"] == forged["id"]] == [forged["body"]]

@@ -117,3 +117,39 @@ async def test_agent_text_cannot_ping_or_close_through_the_dashboard():
     assert find_marker(body, "dashboard") == {"repo": REPO}
     assert body.count("shepherd:dashboard") == 1
     assert "None." in body  # the empty lists say so
+
+
+async def test_another_bots_issue_with_the_marker_is_not_adopted(github, store, fake_github):
+    foreign = fake_github.add_issue(REPO, title=TITLE, body="<!-- shepherd:dashboard repo=acme/web -->\nmine",
+                                    user="other-app[bot]")
+    number = await refresh_dashboard(github, store, 7, REPO, _sessions())
+    assert number != foreign["number"]
+    assert fake_github.issue(REPO, number)["user"]["login"] == fake_github.bot_login
+    assert fake_github.issue(REPO, foreign["number"])["body"].endswith("mine")  # untouched
+    assert fake_github.calls_to("issues/update") == []
+
+
+async def test_failed_sessions_are_listed_with_the_retry_command(github, store, fake_github):
+    failed = replace(_sessions()[2], state=State.FAILED, failure_reason="The agent exited with code 2.",
+                     pr_number=None, pr_url=None, pr_state=None)
+    number = await refresh_dashboard(github, store, 7, REPO, [*_sessions()[:2], failed])
+    body = fake_github.issue(REPO, number)["body"]
+    section = body.split("## Failed sessions", 1)[1].split("##", 1)[0]
+    assert (f"- #{failed.issue_number} {failed.issue_title}: The agent exited with code 2. "
+            f"Comment `/agent retry` on #{failed.issue_number} to start again from its branch.") in section
+
+
+async def test_a_repository_can_turn_the_dashboard_issue_off(github, store, fake_github):
+    from bot.runtime.dashboard_issue import DashboardRefresher
+    from bot.store.sessions import SessionStore
+
+    sessions = SessionStore(store.db)
+    [on, off] = [replace(_sessions()[0], repo=repo, id=f"{repo}#124/1") for repo in (REPO, "acme/api")]
+    for session, enabled in ((on, True), (off, False)):
+        sessions.record(session, {"installation_id": 7, "policy": {"dashboard_issue": enabled}}, None, (), now=0.0)
+    refresher = DashboardRefresher(github, store, sessions, interval=0.0)
+    await refresher.observe(None, on, None)
+    await refresher.observe(None, off, None)
+    await refresher.drain()
+    assert len(_dashboards(fake_github)) == 1
+    assert len(fake_github.calls_to("issues/create")) == 1  # acme/web's only

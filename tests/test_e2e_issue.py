@@ -185,6 +185,11 @@ async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(sheph
     assert git_remote.messages(REPO, f"refs/heads/{final.branch}")[:2] == ["Second try", "First try"]
     [pull] = fake_github.pulls(REPO)
     assert pull["head"]["ref"] == first.branch
+    # One status comment for the issue (SPEC §1.5): the retry took over the cancelled session's comment,
+    # with a line about the attempt before it.
+    [status] = status_comments(fake_github, 1)
+    assert f"session={final.id}" in status["body"] and "### ✅ Shepherd: Complete" in status["body"]
+    assert "_Earlier on this issue: attempt 1 was cancelled. This comment now follows attempt 2._" in status["body"]
 
 
 async def test_repeated_deliveries_and_a_second_label_event_change_nothing(shepherd_with, fake_github, git_remote):

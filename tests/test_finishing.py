@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.runtime.finisher import LEFTOVER_COMMIT_MESSAGE
+from bot.runtime.finisher import LEFTOVER_COMMIT_MESSAGE, Finisher
 from bot.workspace.workspaces import session_folder
 from bot.views.render import fence
 from bot.core.sanitize import find_marker
@@ -17,6 +17,7 @@ from bot.core.session import (
     TurnStarted,
     TurnKind,
 )
+from bot.store.database import Store
 from tests.finishing_bed import (  # noqa: F401 - the fixture
     ACTOR,
     REPO,
@@ -133,6 +134,41 @@ async def test_a_redelivered_done_finds_the_pr_and_opens_no_second_one(bed):
     assert len(bed.fake.pulls(REPO)) == 1
     assert len(bed.fake.calls_to("pulls/create")) == 1
     assert not bed.fake.calls_to("pulls/update")  # the body was already right
+
+
+async def test_a_restart_with_an_empty_store_finds_shepherds_own_pr(bed, tmp_path):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    first = await _finish(bed, session)
+    amnesiac = Store.open(tmp_path / "lost.db")
+    try:
+        finisher = Finisher(bed.github, bed.workspaces, bed.workspaces.git, amnesiac, None, clock=lambda: 0.0,
+                            parent_env={"PATH": "/usr/local/bin:/usr/bin:/bin"}, poll=0.02)
+        again = list(await finisher.finish(session, bed.finish_command(), bed.context(session)))
+    finally:
+        amnesiac.close()
+
+    assert again[0] == first[0]
+    assert len(bed.fake.calls_to("pulls/create")) == 1
+
+
+async def test_a_persons_pr_from_the_agent_branch_is_neither_adopted_nor_edited(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    theirs = bed.fake.add_pull(REPO, head=session.branch, title="Mine now",
+                               body="<!-- shepherd:pr session=%s -->\nMy words." % session.id, user="mallory")
+
+    events = await _finish(bed, session)
+
+    assert len(events) == 1 and isinstance(events[0], PushFailed), events
+    assert session.branch in events[0].reason and "did not open" in events[0].reason
+    assert bed.fake.pull(REPO, theirs["number"])["body"].endswith("My words.")
+    assert not bed.fake.calls_to("pulls/update")
+    assert [p["number"] for p in bed.fake.pulls(REPO)] == [theirs["number"]]
 
 
 async def test_a_review_round_pushes_to_the_same_branch_and_keeps_one_pr(bed):

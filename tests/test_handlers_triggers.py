@@ -78,8 +78,9 @@ async def test_a_label_after_cancel_continues_on_the_kept_branch(bed: Bed) -> No
     second = await label(bed)
     assert second.id != first.id and second.attempt == 2
     assert second.from_kept_branch and second.branch == first.branch
-    assert len(statuses(bed)) == 2  # one per session
-    assert "### ⛔ Shepherd: Cancelled" in statuses(bed)[0]
+    # One status comment per issue (SPEC §1.5): the new session takes over the cancelled one's comment.
+    [status] = statuses(bed)
+    assert f"session={second.id}" in status and "### ⛔ Shepherd: Cancelled" not in status
 
 
 async def test_a_label_after_failure_continues_on_the_kept_branch(bed: Bed) -> None:

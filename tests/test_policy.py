@@ -57,6 +57,7 @@ DEFAULTS = {
     "ci_rounds": 2,
     "protected_paths": [".github/workflows/**"],
     "stack": False,
+    "dashboard_issue": True,
     "network": {"allow": []},
 }
 
@@ -85,6 +86,7 @@ review_rounds: 0
 ci_rounds: 1
 protected_paths: ["migrations/**", ".github/**"]
 stack: true
+dashboard_issue: false
 """
 
 
@@ -140,6 +142,7 @@ def test_every_key_is_read() -> None:
         "ci_rounds": 1,
         "protected_paths": ["migrations/**", ".github/**"],
         "stack": True,
+        "dashboard_issue": False,
         "network": {"allow": []},
     }
     assert loaded.policy.max_runtime_seconds == 30

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from gidgethub import sansio
 
 from bot.workspace.cleanup import remove_session_worktree
-from bot.runtime.rounds import InlineCollector
+from bot.runtime.rounds import InlineCollector, post_needs_human
+from bot.store.database import Store
 from bot.core.sanitize import find_marker
 from bot.core.session import (
     CIFailed,
@@ -36,6 +39,7 @@ def _event(name: str, payload: dict) -> sansio.Event:
 
 async def _run(bed, engine, name, payload, **deps):
     gh = bed.github.installation(INSTALLATION)
+    deps.setdefault("github", bed.github)
     await dispatch(router, _event(name, payload), gh, engine=engine, store=bed.store, **deps)
 
 
@@ -173,6 +177,45 @@ async def test_at_the_ci_cap_the_session_needs_a_human_and_the_pr_says_why_once(
     assert len(explained) == 1
     assert "the limit of 0 CI rounds is reached" in explained[0]["body"]
     assert explained[0]["user"]["login"] == bed.fake.bot_login
+
+
+async def test_a_needs_human_marker_from_another_bot_or_a_person_is_not_adopted(bed):
+    engine = MemoryEngine(bed)
+    session, _ = await opened_session(bed, engine, limits=Limits(ci_rounds=0))
+    forged = f"<!-- shepherd:needs-human session={session.id} -->\nnot Shepherd's"
+    foreign = [bed.fake.add_comment(REPO, session.pr_number, forged, user=login)
+               for login in ("other-app[bot]", "mallory")]
+    payload = payloads.check_suite_completed(bed.fake, REPO, head_sha=session.pr_head_sha, head_branch=session.branch)
+
+    await _run(bed, engine, "check_suite", payload)
+
+    explained = [c for c in bed.fake.comments(REPO, session.pr_number) if find_marker(c["body"], "needs-human")]
+    assert [c["user"]["login"] for c in explained] == ["other-app[bot]", "mallory", bed.fake.bot_login]
+    assert [c["body"] for c in explained[:2]] == [forged, forged]  # untouched
+    assert {c["id"] for c in explained[:2]} == {c["id"] for c in foreign}
+
+
+async def test_the_needs_human_comment_is_written_once_even_after_the_store_is_lost(bed, tmp_path):
+    engine = MemoryEngine(bed)
+    session, _ = await opened_session(bed, engine)
+    stuck = replace(session, state=State.STUCK, detail=Detail.NEEDS_HUMAN, stuck_reason="the limit is reached")
+    gh = bed.github.installation(INSTALLATION)
+    owner, repo = REPO.split("/")
+    first = await post_needs_human(gh, owner, repo, session.pr_number, stuck, store=bed.store,
+                                   bot_login=bed.fake.bot_login)
+    again = await post_needs_human(gh, owner, repo, session.pr_number, stuck, store=bed.store,
+                                   bot_login=bed.fake.bot_login)  # a replayed delivery
+    amnesiac = Store.open(tmp_path / "lost.db")
+    try:
+        after_restart = await post_needs_human(gh, owner, repo, session.pr_number, stuck, store=amnesiac,
+                                               bot_login=bed.fake.bot_login)
+    finally:
+        amnesiac.close()
+
+    assert first == again == after_restart
+    explained = [c for c in bed.fake.comments(REPO, session.pr_number) if find_marker(c["body"], "needs-human")]
+    assert [c["id"] for c in explained] == [first]
+    assert "the limit is reached" in explained[0]["body"]
 
 
 async def test_review_cap_needs_a_human(bed):

@@ -204,6 +204,18 @@ def test_terminal_status_lines():
     assert render_status([], now=NOW) == "No sessions yet."
 
 
+def test_a_retried_issue_shows_which_session_each_line_is():
+    from dataclasses import replace
+
+    from bot.views.status_view import SessionRow
+
+    first = sample_sessions()[0]
+    second = replace(first, id=first.id.rpartition("/")[0] + "/2", attempt=2)
+    lines = render_status([SessionRow(second), SessionRow(first)], now=NOW).splitlines()
+    number = f"{first.repo}#{first.issue_number}"
+    assert lines[0].startswith(f"[>] {number}/2 ") and lines[1].startswith(f"[>] {number} ")
+
+
 async def test_load_sessions_skips_a_broken_row(views):
     store = views.server.app[SERVICES].store
     store.db.execute(

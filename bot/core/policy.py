@@ -92,6 +92,7 @@ EXPECTATIONS = {
     "protected_paths": 'a list of path patterns, like [".github/workflows/**"]',
     "protected_paths[]": "a path pattern (text)",
     "stack": "true or false",
+    "dashboard_issue": "true or false",
     "network": "a mapping with allow, like {allow: [registry.npmjs.org]}",
     "network.*": "a list of host[:port] patterns, like [registry.npmjs.org]",
 }
@@ -294,6 +295,13 @@ class RepoPolicy(BaseModel):
     stack: StrictBool = Field(
         False, description="Stack a session's branch on the branch of the issue it depends on."
     )
+    dashboard_issue: StrictBool = Field(
+        True,
+        description=(
+            "Keep the repository's \"Shepherd dashboard\" issue up to date; `false` turns it off (an "
+            "existing issue is left as it is)."
+        ),
+    )
     network: Network = Field(
         Network(),
         description="`allow`: the hosts agents may reach, which can only narrow the operator's SHEPHERD_EGRESS.",
@@ -353,6 +361,7 @@ class EffectivePolicy(BaseModel):
     ci_rounds: int
     protected_paths: tuple[str, ...]
     stack: bool
+    dashboard_issue: bool = True  # a default, so sessions stored before it still load
     network: EffectiveNetwork = EffectiveNetwork()  # a default, so sessions stored before it still load
 
     @property
@@ -498,6 +507,7 @@ def apply_operator(
         ci_rounds=policy.ci_rounds,
         protected_paths=tuple(policy.protected_paths),
         stack=policy.stack,
+        dashboard_issue=policy.dashboard_issue,
         network=EffectiveNetwork(allow=narrow_egress(operator.egress, policy.network.allow)),
     )
 

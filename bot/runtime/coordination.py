@@ -17,7 +17,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bot.runtime.publisher import PostedRecords, ensure_comment
+from bot.runtime.marked import ensure_comment
+from bot.store.posted import PostedRecords
 from bot.workspace.git import Git, GitError, Mirror
 from bot.github.pacing import Priority
 from bot.views.render import environment

@@ -2,8 +2,8 @@
 
 It lists the questions waiting for an answer, the plans waiting for approval (each a `- [ ]` line with
 the session id in a hidden marker, for batch approval), the running sessions and the open PRs. It is
-created on first use and found again through the `posted` table, or, when that row is lost, by
-searching the repository's open issues by the bot for its marker, so it is never duplicated. Edits go
+created on first use and found again through `bot.runtime.marked` (the `posted` table, or, when that row
+is lost, the repository's open issues by the bot with its marker), so it is never duplicated. Edits go
 at low priority through the installation's write gate and are skipped when the text is unchanged,
 like the status comments; the text holds no clock time, so an unchanged repository renders the same.
 """
@@ -11,20 +11,18 @@ like the status comments; the text holds no clock time, so an unchanged reposito
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import weakref
 from collections.abc import Iterable
 from typing import Any
 
-import gidgethub
-
 from bot.github.pacing import Priority
 from bot.core.dashboard import APPROVE_MARKER_KIND, MARKER_KIND
-from bot.core.sanitize import find_marker, marker, neutralise_for_github
+from bot.core.sanitize import marker, neutralise_for_github
 from bot.core.session import Detail, PullRequestState, Session, State
+from bot.runtime.marked import ensure_marked, repository_issue
 from bot.views.render import environment
 from bot.store.database import Store, now_seconds
+from bot.store.posted import PostedRecords
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +41,6 @@ NONE_TEXT = "None."
 FOOTER = "Closing this issue does not stop Shepherd; remove the agent label from an issue to stop its session."
 
 _RUNNING = (State.REGISTERED, State.QUEUED, State.PLANNING, State.WORKING)
-
-# One lock per store and repository: two refreshes at once must not both create the issue.
-_locks: weakref.WeakKeyDictionary[Store, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
-
 
 def _latest_per_issue(sessions: Iterable[Session], full_name: str) -> list[Session]:
     latest: dict[int, Session] = {}
@@ -76,6 +70,7 @@ def _shown(session: Session) -> dict[str, Any]:
         "branch": session.branch,
         "pr_link": pr_link,
         "approve_marker": marker(APPROVE_MARKER_KIND, session=session.id),
+        "failure": _line(session.failure_reason),
     }
 
 
@@ -102,8 +97,11 @@ class DashboardRefresher:
         self.schedule(installation_id, after.repo)
 
     def _installation_of(self, session: Session) -> int | None:
+        """The session's installation, or None when there is none or its repository turned the issue off."""
         stored = self.sessions.get(session.id)
-        return stored.installation_id if stored is not None else None
+        if stored is None or not stored.context.policy.dashboard_issue:
+            return None
+        return stored.installation_id
 
     def schedule(self, installation_id: int, full_name: str) -> None:
         self._dirty[full_name] = installation_id
@@ -135,7 +133,7 @@ class DashboardRefresher:
 
 def _dashboard_view(session: Session) -> tuple[Any, ...]:
     return (session.state, session.detail, session.question, session.pr_state, session.pr_number,
-            session.checkpoint, session.issue_title)
+            session.checkpoint, session.issue_title, session.failure_reason)
 
 
 def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
@@ -145,6 +143,7 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
     waiting = [s for s in current if s.state == State.STUCK and s not in plans]
     running = [s for s in current if s.state in _RUNNING]
     pulls = [s for s in current if s.pr_state == PullRequestState.OPEN and (s.pr_number or s.pr_url)]
+    failed = [s for s in current if s.state == State.FAILED]
     return environment().get_template("dashboard_issue.md.j2").render(
         marker=marker(MARKER_KIND, repo=full_name),
         intro=INTRO,
@@ -155,48 +154,8 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
         plans=[_shown(s) for s in plans],
         running=[_shown(s) for s in running],
         pulls=[_shown(s) for s in pulls],
+        failed=[_shown(s) for s in failed],
     )
-
-
-def _digest(body: str) -> str:
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
-
-
-def _stored(store: Store, full_name: str) -> tuple[int, str | None] | None:
-    row = store.db.execute(
-        "SELECT github_id, body_sha FROM posted WHERE session_id = ? AND kind = ? AND key = ?",
-        (full_name, POSTED_KIND, full_name),
-    ).fetchone()
-    return (int(row[0]), row[1]) if row else None
-
-
-def _remember(store: Store, full_name: str, number: int, body_sha: str) -> None:
-    store.db.execute(
-        "INSERT INTO posted (session_id, kind, key, github_id, body_sha, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (session_id, kind, key) DO UPDATE SET github_id = excluded.github_id,"
-        " body_sha = excluded.body_sha, updated_at = excluded.updated_at",
-        (full_name, POSTED_KIND, full_name, number, body_sha, now_seconds()),
-    )
-
-
-def _forget(store: Store, full_name: str) -> None:
-    store.db.execute(
-        "DELETE FROM posted WHERE session_id = ? AND kind = ? AND key = ?", (full_name, POSTED_KIND, full_name)
-    )
-
-
-async def _find_issue(gh: Any, bot_login: str, owner: str, repo: str, full_name: str) -> dict[str, Any] | None:
-    """The bot's open issue carrying this repository's dashboard marker (markers count only from the bot)."""
-    async for issue in gh.getiter(
-        "/repos/{owner}/{repo}/issues{?state,creator,per_page}",
-        {"owner": owner, "repo": repo, "state": "open", "creator": bot_login, "per_page": 100},
-    ):
-        if "pull_request" in issue or (issue.get("user") or {}).get("login") != bot_login:
-            continue
-        fields = find_marker(issue.get("body"), MARKER_KIND)
-        if fields is not None and fields.get("repo") == full_name:
-            return issue
-    return None
 
 
 async def refresh_dashboard(github: Any, store: Store, installation_id: int, full_name: str, sessions: Iterable[Session]) -> int:
@@ -205,52 +164,15 @@ async def refresh_dashboard(github: Any, store: Store, installation_id: int, ful
     `github` is the `GitHubApp`; `sessions` may include other repositories' (they are left out).
     """
     body = render_dashboard_issue(full_name, sessions)
-    digest = _digest(body)
     owner, repo = full_name.split("/", 1)
-    gh = github.installation(installation_id)
-    lock = _locks.setdefault(store, {}).setdefault(full_name, asyncio.Lock())
-    async with lock:
-        stored = _stored(store, full_name)
-        if stored is not None:
-            number, known_digest = stored
-            if known_digest == digest:
-                return number
-            try:
-                await gh.patch(
-                    "/repos/{owner}/{repo}/issues/{issue_number}",
-                    {"owner": owner, "repo": repo, "issue_number": number},
-                    data={"body": body},
-                    priority=Priority.LOW,
-                )
-            except gidgethub.BadRequest as error:
-                if int(error.status_code) not in (404, 410):
-                    raise
-                # Deleted or transferred: look for another one, else start a new one.
-                log.warning("dashboard issue %s#%s is gone (%s)", full_name, number, error.status_code)
-                _forget(store, full_name)
-            else:
-                _remember(store, full_name, number, digest)
-                return number
-
-        bot_login, _ = await github.bot_identity(installation_id)
-        found = await _find_issue(gh, bot_login, owner, repo, full_name)
-        if found is not None:
-            number = int(found["number"])
-            if found.get("body") != body:
-                await gh.patch(
-                    "/repos/{owner}/{repo}/issues/{issue_number}",
-                    {"owner": owner, "repo": repo, "issue_number": number},
-                    data={"body": body},
-                    priority=Priority.LOW,
-                )
-        else:
-            created = await gh.post(
-                "/repos/{owner}/{repo}/issues",
-                {"owner": owner, "repo": repo},
-                data={"title": TITLE, "body": body},
-                priority=Priority.NORMAL,
-            )
-            number = int(created["number"])
-            log.info("created the dashboard issue %s#%s", full_name, number)
-        _remember(store, full_name, number, digest)
-        return number
+    bot_login, _ = await github.bot_identity(installation_id)
+    place = repository_issue(owner, repo, bot_login=bot_login, title=TITLE, kind=MARKER_KIND,
+                             fields={"repo": full_name})
+    done = await ensure_marked(
+        github.installation(installation_id), PostedRecords(store), place, scope=full_name, kind=POSTED_KIND,
+        key=full_name, bot_login=bot_login, body=body, now=now_seconds(), priority=Priority.LOW,
+        create_priority=Priority.NORMAL,
+    )
+    if done.created:
+        log.info("created the dashboard issue %s#%s", full_name, done.id)
+    return done.id

@@ -19,7 +19,9 @@ from typing import Any
 
 import gidgethub
 
-from bot.runtime.publisher import PostedRecords, ensure_comment, issue_scope
+from bot.runtime.marked import ensure_comment
+from bot.runtime.publisher import issue_scope
+from bot.store.posted import PostedRecords
 from bot.github.pacing import Priority
 from bot.core.sanitize import marker
 from bot.core.session import (

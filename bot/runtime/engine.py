@@ -502,7 +502,9 @@ class Engine:
                 )
             except Exception:  # noqa: BLE001 - the status still renders without the file list
                 log.warning("could not list changed files of %s", session.id, exc_info=True)
-        extra = {"policy_problems": list(context.policy_problems), "sandbox": self.workspaces.sandbox.mode}
+        extra = {"policy_problems": list(context.policy_problems), "sandbox": self.workspaces.sandbox.mode,
+                 "earlier": [s for s in self.sessions.for_issue(session.repo, session.issue_number)
+                             if s.attempt < session.attempt]}
         if worktree is not None:
             extra["egress"] = self.confinement(session, worktree, context.policy).refused_hosts()
         handle = self._turn_handle(session, context)

@@ -12,17 +12,18 @@ repeat, so a redelivered `done` or a restart that re-runs the command changes no
    own process group, output in `<session_dir>/test.log`);
 5. push with `bot.workspace.push.push_branch` and a freshly minted, repository-scoped token that lives only in
    this call;
-6. find the branch's open pull request, or open it, with a body whose facts Shepherd read from git
-   itself; the agent's summary follows under its own label, defused.
+6. find the branch's open pull request, or open it (`bot.runtime.marked`: only one the bot opened is
+   taken), with a body whose facts Shepherd read from git itself; the agent's summary follows under its
+   own label, defused.
 
-Definite refusals (protected paths, a ref outside `agent/`, git or GitHub saying no) come back as
+Definite refusals (protected paths, a ref outside `agent/`, someone else's pull request on the branch,
+git or GitHub saying no) come back as
 `PushFailed`. Transport trouble (GitHub 5xx after the client's retries, lost connections) is raised,
 so the runtime's outbox retries the whole, idempotent command later.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from bot.workspace.push import PushRefused, agent_branch, push_branch
 from bot.views.render import environment, fence
 from bot.core.sanitize import closing_references, code_span, marker, neutralise_for_github
 from bot.runtime.coordination import test_merge
+from bot.runtime.marked import ensure_marked, find_own, pull_request
 from bot.core.session import (
     Event,
     FinishWork,
@@ -50,6 +52,8 @@ from bot.core.session import (
     PushFailed,
     Session,
 )
+from bot.store.database import Store
+from bot.store.posted import PostedRecords
 from bot.workspace.workspaces import WorkspaceError, Workspaces, session_folder
 
 log = logging.getLogger(__name__)
@@ -85,6 +89,11 @@ TEST_TAIL_LINES = 40
 MAX_COMMITS_LISTED = 50
 REVIEW_REQUEST_IGNORED = 422  # e.g. the actor is the PR's author or not a collaborator any more
 PR_EXISTS_HINT = "already exists"
+PULL_REQUEST_KIND = "pull_request"
+FOREIGN_PULL = (
+    "a pull request from `{branch}` is already open and Shepherd did not open it; Shepherd does not take over "
+    "someone else's pull request: close that one, then ask again"
+)
 
 
 def render(template: str, **values: Any) -> str:
@@ -132,7 +141,7 @@ class Finisher:
         github: Any,
         workspaces: Workspaces,
         git: Git,
-        store: Any,
+        store: Store,
         settings: Any,
         *,
         clock: Callable[[], float],
@@ -341,15 +350,6 @@ class Finisher:
 
     # -- the pull request -----------------------------------------------------------------------
 
-    async def _find_open_pull(self, gh: Any, owner: str, repo: str, branch: str) -> dict[str, Any] | None:
-        async for pull in gh.getiter(
-            "/repos/{owner}/{repo}/pulls{?head,state}",
-            {"owner": owner, "repo": repo, "head": f"{owner}:{branch}", "state": "open"},
-        ):
-            if pull.get("head", {}).get("ref") == branch:
-                return pull
-        return None
-
     async def _open_or_update(
         self,
         session: Session,
@@ -363,40 +363,25 @@ class Finisher:
     ) -> Event:
         gh = self._github.installation(context.installation_id)
         owner, repo = context.owner, context.repo
-        pull = await self._find_open_pull(gh, owner, repo, branch)
-        if pull is None:
-            try:
-                pull = await gh.post(
-                    "/repos/{owner}/{repo}/pulls",
-                    {"owner": owner, "repo": repo},
-                    data={
-                        "title": session.issue_title,
-                        "head": branch,
-                        "base": base,
-                        "body": body,
-                        "draft": draft,
-                        "maintainer_can_modify": False,
-                    },
-                )
-            except gidgethub.BadRequest as error:
-                # Two finishes racing: the other one opened it first. Use that one.
-                if int(error.status_code) != 422 or PR_EXISTS_HINT not in str(error):
-                    raise
-                pull = await self._find_open_pull(gh, owner, repo, branch)
-                if pull is None:
-                    raise
-            else:
-                await self._request_review(gh, owner, repo, pull["number"], session.trigger_actor)
-                log.info("opened PR #%s for %s", pull["number"], session.id)
-        elif (pull.get("body") or "").strip() != body.strip():
-            await gh.patch(
-                "/repos/{owner}/{repo}/pulls/{pull_number}",
-                {"owner": owner, "repo": repo, "pull_number": pull["number"]},
-                data={"body": body},
-            )
-        self._remember(session, branch, pull["number"], body)
+        bot_login, _email = await self._github.bot_identity(context.installation_id)
+        place = pull_request(owner, repo, head=branch, base=base, title=session.issue_title, draft=draft)
+        posted = PostedRecords(self._store)
+        mark = dict(scope=session.id, kind=PULL_REQUEST_KIND, key=branch, bot_login=bot_login, body=body)
+        try:
+            pull = await ensure_marked(gh, posted, place, now=self._clock(), **mark)
+        except gidgethub.BadRequest as error:
+            if int(error.status_code) != 422 or PR_EXISTS_HINT not in str(error):
+                raise
+            if await find_own(gh, place, bot_login) is None:
+                raise FinishRefused(FOREIGN_PULL.format(branch=branch)) from error
+            # Two finishes raced and the other one opened it first: it is found now.
+            pull = await ensure_marked(gh, posted, place, now=self._clock(), **mark)
+        if pull.created:
+            await self._request_review(gh, owner, repo, pull.id, session.trigger_actor)
+            log.info("opened PR #%s for %s", pull.id, session.id)
         if command.pull_request_number is None:
-            return PullRequestOpened(number=pull["number"], url=pull["html_url"], head_sha=head_sha)
+            assert pull.item is not None  # never remembered without a look (`trust_record` is off)
+            return PullRequestOpened(number=pull.id, url=pull.item["html_url"], head_sha=head_sha)
         return PullRequestUpdated(head_sha=head_sha)
 
     async def _request_review(self, gh: Any, owner: str, repo: str, number: int, login: str) -> None:
@@ -410,16 +395,6 @@ class Finisher:
             if int(error.status_code) != REVIEW_REQUEST_IGNORED:
                 raise
             log.info("review request for %s on #%s declined: %s", login, number, error)
-
-    def _remember(self, session: Session, branch: str, number: int, body: str) -> None:
-        if self._store is None:
-            return
-        self._store.db.execute(
-            "INSERT INTO posted (session_id, kind, key, github_id, body_sha, updated_at) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (session_id, kind, key) DO UPDATE SET github_id = excluded.github_id, "
-            "body_sha = excluded.body_sha, updated_at = excluded.updated_at",
-            (session.id, "pull_request", branch, int(number), hashlib.sha256(body.encode()).hexdigest(), self._clock()),
-        )
 
 
 def session_summary(session: Session) -> str:

@@ -1,8 +1,7 @@
 """The Publisher: carries out the session core's commands that show on the issue (status, questions, plan, labels, reactions), idempotently.
 
-Nothing here is ever written twice. Before creating a comment, the Publisher looks up the id it stored
-(`posted` table), then a hidden marker in the bot's own comments on the issue (a create whose answer
-was lost, e.g. a 502 after GitHub did create it), and only then creates, storing the id right away.
+Nothing here is ever written twice: comments are found or created through `bot.runtime.marked` (the
+stored id, then the marker in the bot's own comments, and only then a create, its id stored at once).
 Status edits (which the engine already coalesces per session, "latest wins") are skipped when the text
 is unchanged (a stored hash), throttled to one per `status_interval_seconds` for progress-only updates,
 and written at the priority the core asked for: new questions and final states first, periodic progress
@@ -13,13 +12,10 @@ command outcomes and help.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import sqlite3
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,12 +23,10 @@ import gidgethub
 
 from bot.github import labels as label_ops
 from bot.views import render
-from bot.github.permissions import is_self
 from bot.core.effects import SessionContext
 from bot.core.payload import parse_time
 from bot.github.pacing import Priority
 from bot.core.policy import POLICY_PATH
-from bot.core.sanitize import find_marker
 from bot.core.session import (
     AddLabel,
     Command,
@@ -54,13 +48,20 @@ from bot.core.session import (
     WithdrawQuestion,
 )
 from bot.core.responses import Acknowledge, Refuse, Response, ShowHelp
+from bot.runtime.marked import (
+    COMMENT_URL,
+    COMMENTS_URL,
+    body_hash,
+    ensure_comment,
+    find_own_comment,
+)
 from bot.runtime.rounds import post_needs_human
 from bot.store.database import Store
+from bot.store.log_tails import LogTails
+from bot.store.posted import PostedRecords, Refusals
 
 log = logging.getLogger(__name__)
 
-COMMENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
-COMMENT_URL = "/repos/{owner}/{repo}/issues/comments/{comment_id}"
 ISSUE_REACTIONS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/reactions"
 COMMENT_REACTIONS_URL = "/repos/{owner}/{repo}/issues/comments/{comment_id}/reactions"
 
@@ -73,15 +74,10 @@ REACTION = "reaction"
 HELP = "help"
 COMMAND = "command"
 REFUSAL = "refusal"
-LOG_TAIL_KEY = "log-tail/{session_id}"
 REFUSAL_WINDOW_SECONDS = 3600.0
 CLOCK_SLACK_SECONDS = 60.0  # GitHub's clock and ours may disagree a little
 
 UNEXPECTED_COMMAND = "the Publisher does not carry out {name}"
-
-
-def body_hash(body: str) -> str:
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 def issue_scope(full_name: str, number: int) -> str:
@@ -89,96 +85,7 @@ def issue_scope(full_name: str, number: int) -> str:
     return f"{full_name}#{number}"
 
 
-@dataclass(frozen=True)
-class Posted:
-    """One thing Shepherd wrote on GitHub: its id, the hash of what it last wrote, and when."""
-
-    github_id: int
-    body_sha: str | None
-    updated_at: float
-
-
-class PostedRecords:
-    """Data access for the `posted` table (schema in `bot/store/database.py`)."""
-
-    def __init__(self, store: Store) -> None:
-        self._db: sqlite3.Connection = store.db
-
-    def get(self, session_id: str, kind: str, key: str = "") -> Posted | None:
-        row = self._db.execute(
-            "SELECT github_id, body_sha, updated_at FROM posted WHERE session_id = ? AND kind = ? AND key = ?",
-            (session_id, kind, key),
-        ).fetchone()
-        return Posted(row["github_id"], row["body_sha"], row["updated_at"]) if row else None
-
-    def put(self, session_id: str, kind: str, key: str, github_id: int, body_sha: str | None, now: float) -> None:
-        self._db.execute(
-            "INSERT INTO posted (session_id, kind, key, github_id, body_sha, updated_at) VALUES (?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (session_id, kind, key) DO UPDATE SET github_id = excluded.github_id,"
-            " body_sha = excluded.body_sha, updated_at = excluded.updated_at",
-            (session_id, kind, key, github_id, body_sha, now),
-        )
-
-    def forget(self, session_id: str, kind: str, key: str = "") -> None:
-        self._db.execute(
-            "DELETE FROM posted WHERE session_id = ? AND kind = ? AND key = ?", (session_id, kind, key)
-        )
-
-
-class Refusals:
-    """Data access for the `refusals` table: when each person last got a refusal on an issue."""
-
-    def __init__(self, store: Store) -> None:
-        self._db: sqlite3.Connection = store.db
-
-    def last(self, full_name: str, number: int, login: str) -> float | None:
-        row = self._db.execute(
-            "SELECT at FROM refusals WHERE repo = ? AND issue_number = ? AND login = ?",
-            (full_name.lower(), number, login.lower()),
-        ).fetchone()
-        return row["at"] if row else None
-
-    def record(self, full_name: str, number: int, login: str, now: float) -> None:
-        self._db.execute(
-            "INSERT INTO refusals (repo, issue_number, login, at) VALUES (?, ?, ?, ?)"
-            " ON CONFLICT (repo, issue_number, login) DO UPDATE SET at = excluded.at",
-            (full_name.lower(), number, login.lower(), now),
-        )
-
-
-class LogTails:
-    """The redacted log tail of a failed session, kept so later status edits still show it."""
-
-    def __init__(self, store: Store) -> None:
-        self._db: sqlite3.Connection = store.db
-
-    def get(self, session_id: str) -> str | None:
-        row = self._db.execute(
-            "SELECT value FROM settings_kv WHERE key = ?", (LOG_TAIL_KEY.format(session_id=session_id),)
-        ).fetchone()
-        return row["value"] if row else None
-
-    def put(self, session_id: str, tail: str) -> None:
-        self._db.execute(
-            "INSERT INTO settings_kv (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (LOG_TAIL_KEY.format(session_id=session_id), tail),
-        )
-
-
 # -- building blocks shared with the handlers ------------------------------------------------------
-
-
-async def find_own_comment(
-    gh: Any, owner: str, repo: str, number: int, bot_login: str, kind: str, fields: dict[str, str]
-) -> dict[str, Any] | None:
-    """The bot's comment on the issue whose marker is `kind` with `fields`; markers elsewhere are not trusted."""
-    async for comment in gh.getiter(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number}):
-        if not is_self(comment.get("user"), bot_login):
-            continue
-        found = find_marker(comment.get("body"), kind)
-        if found is not None and all(found.get(k) == str(v) for k, v in fields.items()):
-            return comment
-    return None
 
 
 async def react_once(
@@ -206,72 +113,6 @@ async def react_once(
                                data={"content": content}, priority=priority)
     posted.put(scope, REACTION, key, int(answer["id"]), content, now)
     return True
-
-
-async def ensure_comment(
-    gh: Any,
-    posted: PostedRecords,
-    *,
-    scope: str,
-    kind: str,
-    key: str,
-    owner: str,
-    repo: str,
-    number: int,
-    bot_login: str,
-    marker_fields: dict[str, str],
-    body: str,
-    now: float,
-    priority: Priority = Priority.NORMAL,
-    edit: bool = True,
-) -> tuple[dict[str, Any] | None, bool]:
-    """Create the comment, or edit the one already there; returns (comment or None when unchanged, written).
-
-    Looks up the stored id first, then the bot's marker on the issue, and creates only when both find
-    nothing. With `edit` False an existing comment is left as it is. Calls for the same comment are
-    serialised, so two tasks racing to report the same thing cannot both create it."""
-    async with _comment_lock(scope, kind, key):
-        sha = body_hash(body)
-        record = posted.get(scope, kind, key)
-        if record is None:
-            found = await find_own_comment(gh, owner, repo, number, bot_login, kind, marker_fields)
-            if found is not None:
-                record = Posted(int(found["id"]), body_hash(found.get("body") or ""), now)
-                posted.put(scope, kind, key, record.github_id, record.body_sha, now)
-                if record.body_sha == sha or not edit:
-                    return found, False
-        if record is not None:
-            if record.body_sha == sha or not edit:
-                return None, False
-            try:
-                comment = await gh.patch(COMMENT_URL, {"owner": owner, "repo": repo, "comment_id": record.github_id},
-                                         data={"body": body}, priority=priority)
-            except gidgethub.BadRequest as exc:
-                if int(exc.status_code) != 404:
-                    raise
-                # Someone deleted it: the conversation needs it, so it is written again.
-                log.warning("%s comment %s on %s/%s#%s is gone; writing it again", kind, record.github_id, owner,
-                            repo, number)
-                posted.forget(scope, kind, key)
-            else:
-                posted.put(scope, kind, key, int(comment["id"]), sha, now)
-                return comment, True
-        comment = await gh.post(COMMENTS_URL, {"owner": owner, "repo": repo, "issue_number": number},
-                                data={"body": body}, priority=priority)
-        posted.put(scope, kind, key, int(comment["id"]), sha, now)
-        return comment, True
-
-
-# One lock per comment Shepherd writes (scope, kind, key) while its check-then-create runs; a lock
-# nobody holds or waits for is dropped with its last reference.
-_comment_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
-
-
-def _comment_lock(scope: str, kind: str, key: str) -> asyncio.Lock:
-    lock = _comment_locks.get((scope, kind, key))
-    if lock is None:
-        lock = _comment_locks[(scope, kind, key)] = asyncio.Lock()
-    return lock
 
 
 async def post_refusal(
@@ -331,7 +172,7 @@ class Publisher:
         self.posted = PostedRecords(store)
         self._tails = LogTails(store)
         self._labels = label_maker or label_ops.LabelMaker()
-        # Per session, kind and key; like `_comment_locks`, dropped once nobody holds or waits for it.
+        # Per session, kind and key; like `bot.runtime.marked`'s locks, dropped once nobody holds or waits for it.
         self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def bot_login(self, installation_id: int) -> str:
@@ -385,7 +226,7 @@ class Publisher:
             return []
         if isinstance(command, ExplainNeedsHuman):
             await post_needs_human(gh, context.owner, context.repo, command.number, session, store=self._store,
-                                   clock=self._clock)
+                                   bot_login=await self.bot_login(context.installation_id), clock=self._clock)
             return []
         raise ValueError(UNEXPECTED_COMMAND.format(name=type(command).__name__))
 
@@ -426,17 +267,19 @@ class Publisher:
         if session.state == State.FAILED and not context.log_tail:
             tail = self._tails.get(session.id)
         body = render.render_status(session, context, log_tail=tail)
-        async with self._lock(session.id, STATUS):
+        # One status comment per issue (SPEC §1.5): a retry or a re-label takes over the same comment.
+        scope = issue_scope(session.repo, session.issue_number)
+        async with self._lock(scope, STATUS):
             now = self._clock()
-            record = self.posted.get(session.id, STATUS)
+            record = self.posted.get(scope, STATUS)
             interval = context.policy.status_interval_seconds
             if record is not None and command.throttled and now - record.updated_at < interval:
                 return  # progress only: the next edit (state change or a later heartbeat) shows it
             priority = Priority.URGENT if command.urgent else Priority.LOW if command.throttled else Priority.NORMAL
             await ensure_comment(
-                gh, self.posted, scope=session.id, kind=STATUS, key="", owner=context.owner, repo=context.repo,
+                gh, self.posted, scope=scope, kind=STATUS, key="", owner=context.owner, repo=context.repo,
                 number=session.issue_number, bot_login=await self.bot_login(context.installation_id),
-                marker_fields={"session": session.id}, body=body, now=now, priority=priority,
+                marker_fields={}, body=body, now=now, priority=priority,
             )
 
     async def _report_failure(self, gh: Any, session: Session, context: SessionContext,

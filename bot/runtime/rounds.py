@@ -11,7 +11,7 @@ Which check conclusions fail a head: `failure`, `timed_out` and `startup_failure
 not: runs are cancelled when a newer push supersedes them or a person stops them, and neither is
 something the agent could fix. `action_required` waits for a person, not for a code change.
 
-Inline comments wait in SQLite (`pending_inline_comments`, schema v3), so a restart inside the window
+Inline comments wait in SQLite (`bot.store.inline_comments`), so a restart inside the window
 loses none of them; the collector's timer task flushes every group whose window has passed.
 """
 
@@ -22,14 +22,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from bot.github.permissions import is_bot
-from bot.views.render import render
 from bot.core.feedback import inline_feedback
-from bot.core.sanitize import find_marker, marker
+from bot.core.sanitize import marker
 from bot.core.session import ReviewFeedback, Session
+from bot.runtime.marked import ensure_marked, issue_comment
+from bot.store.database import Store
+from bot.store.inline_comments import PendingInlineComments
+from bot.store.posted import PostedRecords
+from bot.views.render import render
 
 log = logging.getLogger(__name__)
 
@@ -43,59 +45,27 @@ NEEDS_HUMAN_KIND = "needs-human"
 
 
 async def post_needs_human(
-    gh: Any, owner: str, repo: str, pull_number: int, session: Session, *, store: Any = None,
+    gh: Any, owner: str, repo: str, pull_number: int, session: Session, *, store: Store, bot_login: str,
     clock: Callable[[], float] = time.time,
 ) -> int:
     """Post (once per session and PR) the comment explaining why Shepherd stopped iterating; its id."""
-    key = str(pull_number)
-    if store is not None:
-        row = store.db.execute(
-            "SELECT github_id FROM posted WHERE session_id = ? AND kind = ? AND key = ?",
-            (session.id, NEEDS_HUMAN_KIND, key),
-        ).fetchone()
-        if row is not None:
-            return int(row[0])
-    found = None
-    async for comment in gh.getiter(
-        "/repos/{owner}/{repo}/issues/{issue_number}/comments{?per_page}",
-        {"owner": owner, "repo": repo, "issue_number": pull_number, "per_page": 100},
-    ):
-        if is_bot(comment.get("user")) and (find_marker(comment.get("body"), NEEDS_HUMAN_KIND) or {}).get(
-            "session"
-        ) == session.id:
-            found = comment
-            break
-    if found is None:
-        body = render(
-            NEEDS_HUMAN_TEMPLATE,
-            reason=session.stuck_reason or "",
-            actor=session.trigger_actor,
-            branch=session.branch,
-            marker=marker(NEEDS_HUMAN_KIND, session=session.id),
-        )
-        found = await gh.post(
-            "/repos/{owner}/{repo}/issues/{issue_number}/comments",
-            {"owner": owner, "repo": repo, "issue_number": pull_number},
-            data={"body": body},
-        )
-    if store is not None:
-        store.db.execute(
-            "INSERT OR IGNORE INTO posted (session_id, kind, key, github_id, body_sha, updated_at) "
-            "VALUES (?, ?, ?, ?, NULL, ?)",
-            (session.id, NEEDS_HUMAN_KIND, key, int(found["id"]), clock()),
-        )
-    return int(found["id"])
+    body = render(
+        NEEDS_HUMAN_TEMPLATE,
+        reason=session.stuck_reason or "",
+        actor=session.trigger_actor,
+        branch=session.branch,
+        marker=marker(NEEDS_HUMAN_KIND, session=session.id),
+    )
+    done = await ensure_marked(
+        gh, PostedRecords(store), issue_comment(owner, repo, pull_number, NEEDS_HUMAN_KIND, {"session": session.id}),
+        scope=session.id, kind=NEEDS_HUMAN_KIND, key=str(pull_number), bot_login=bot_login, body=body, now=clock(),
+        edit=False,
+    )
+    return done.id
 
 
 # --------------------------------------------------------------------------------------------------
 # The inline-comment collector
-
-
-@dataclass(frozen=True)
-class PendingGroup:
-    repo: str
-    pull_number: int
-    issue_number: int
 
 
 class InlineCollector:
@@ -107,13 +77,13 @@ class InlineCollector:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         engine: Any,
         *,
         window: float = INLINE_WINDOW_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._store = store
+        self._waiting = PendingInlineComments(store)
         self._engine = engine
         self._window = window
         self._clock = clock
@@ -122,59 +92,33 @@ class InlineCollector:
 
     def add(self, *, full_name: str, pull_number: int, issue_number: int, comment: Mapping[str, Any]) -> bool:
         """Store one comment for its PR's group; False when it was already stored (a redelivery)."""
-        cursor = self._store.db.execute(
-            "INSERT OR IGNORE INTO pending_inline_comments "
-            "(comment_id, repo, pull_number, issue_number, author, path, line, body, received_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                int(comment["id"]), full_name, int(pull_number), int(issue_number), comment["user"]["login"],
-                comment.get("path"), comment.get("line") or comment.get("original_line"),
-                comment.get("body") or "", self._clock(),
-            ),
+        added = self._waiting.add(
+            repo=full_name, pull_number=int(pull_number), issue_number=int(issue_number), comment_id=int(comment["id"]),
+            author=comment["user"]["login"], path=comment.get("path"),
+            line=comment.get("line") or comment.get("original_line"), body=comment.get("body") or "", now=self._clock(),
         )
         self._wakeup.set()
-        return cursor.rowcount == 1
+        return added
 
     def pending(self) -> list[dict[str, Any]]:
-        rows = self._store.db.execute(
-            "SELECT * FROM pending_inline_comments ORDER BY received_at, comment_id"
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    def _groups(self) -> list[tuple[PendingGroup, float]]:
-        rows = self._store.db.execute(
-            "SELECT repo, pull_number, issue_number, MIN(received_at) AS first "
-            "FROM pending_inline_comments GROUP BY repo, pull_number ORDER BY first"
-        ).fetchall()
-        return [(PendingGroup(row["repo"], row["pull_number"], row["issue_number"]), row["first"]) for row in rows]
+        return self._waiting.rows()
 
     def next_due(self) -> float | None:
-        groups = self._groups()
-        return min(first for _, first in groups) + self._window if groups else None
+        pulls = self._waiting.pulls()
+        return min(pull.first_received_at for pull in pulls) + self._window if pulls else None
 
     async def flush_due(self) -> list[ReviewFeedback]:
         """Signal every group whose window has passed; return the rounds it produced."""
         now = self._clock()
         flushed = []
-        for group, first in self._groups():
-            if first + self._window > now:
+        for pull in self._waiting.pulls():
+            if pull.first_received_at + self._window > now:
                 continue
-            rows = self._store.db.execute(
-                "SELECT * FROM pending_inline_comments WHERE repo = ? AND pull_number = ? "
-                "ORDER BY received_at, comment_id",
-                (group.repo, group.pull_number),
-            ).fetchall()
-            comments = [
-                {"id": row["comment_id"], "author": row["author"], "path": row["path"], "line": row["line"],
-                 "body": row["body"]}
-                for row in rows
-            ]
+            comments = self._waiting.of_pull(pull.repo, pull.pull_number)
             feedback = inline_feedback(comments)
-            await self._engine.signal(group.repo, group.issue_number, feedback)
-            # Deleted only after the signal: a crash in between re-sends the same id, which the core ignores.
-            self._store.db.executemany(
-                "DELETE FROM pending_inline_comments WHERE comment_id = ?", [(c["id"],) for c in comments]
-            )
+            await self._engine.signal(pull.repo, pull.issue_number, feedback)
+            # Forgotten only after the signal: a crash in between re-sends the same id, which the core ignores.
+            self._waiting.forget([c["id"] for c in comments])
             flushed.append(feedback)
         return flushed
 

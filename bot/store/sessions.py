@@ -9,6 +9,7 @@ out every command that may not have happened yet (executors are idempotent).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from bot.core.session import (
     event_from_dict,
     event_to_dict,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,15 @@ class SessionStore:
         ).fetchone()
         return _stored(row) if row else None
 
+    def for_issue(self, repo: str, issue_number: int) -> list[Session]:
+        """Every session of one issue, oldest first (the status comment's line about earlier sessions)."""
+        rows = self.db.execute(
+            """SELECT data, context, installation_id FROM sessions WHERE repo = ? AND issue_number = ?
+               ORDER BY created_at, rowid""",
+            (repo, issue_number),
+        ).fetchall()
+        return [_stored(row).session for row in rows]
+
     def last_for_branch(self, repo: str, branch: str) -> StoredSession | None:
         row = self.db.execute(
             """SELECT data, context, installation_id FROM sessions WHERE repo = ? AND branch = ?
@@ -149,6 +161,20 @@ class SessionStore:
             "SELECT data, context, installation_id FROM sessions WHERE repo = ? ORDER BY created_at, rowid", (repo,)
         ).fetchall()
         return [_stored(row) for row in rows]
+
+    def every_session(self) -> list[tuple[Session, int]]:
+        """Every stored session and its installation, oldest first, for the operator's views (read only).
+
+        A row that no longer reads as a session is logged and left out: one must not hide the others."""
+        found = []
+        for data, installation_id in self.db.execute(
+            "SELECT data, installation_id FROM sessions ORDER BY created_at, rowid"
+        ).fetchall():
+            try:
+                found.append((Session.from_dict(json.loads(data)), int(installation_id)))
+            except Exception:  # noqa: BLE001 - see the docstring
+                log.exception("skipping an unreadable session row")
+        return found
 
     def events(self, session_id: str) -> list[Event]:
         rows = self.db.execute(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ from bot.core.session import Session
 from bot.settings import SettingsError, load_settings
 from bot.views.status_view import add_status_command
 from bot.store.database import Store
+from bot.store.sessions import SessionStore
 from bot.workspace.workspaces import Workspaces
 
 PRUNE_HELP = "remove the worktrees of sessions whose pull request was merged or closed"
@@ -27,8 +27,7 @@ NO_DATABASE = "no Shepherd database at {path}; nothing to prune"
 
 def stored_sessions(store: Store) -> list[Session]:
     """Every stored session (newest state of each)."""
-    rows = store.db.execute("SELECT data FROM sessions ORDER BY created_at").fetchall()
-    return [Session.from_dict(json.loads(row[0])) for row in rows]
+    return [session for session, _installation in SessionStore(store.db).every_session()]
 
 
 def run_prune(args: argparse.Namespace) -> int:

@@ -161,6 +161,12 @@ def render(name: str, **values: Any) -> str:
 
 # -- status -------------------------------------------------------------------------------------
 
+EARLIER_OUTCOMES = {
+    State.COMPLETE: "completed",
+    State.CANCELLED: "was cancelled",
+    State.FAILED: "failed",
+}
+
 
 def _files(files: Sequence[ChangedFile]) -> dict[str, Any]:
     shown = sorted(files, key=lambda f: f.path)[:MAX_FILES_SHOWN]
@@ -248,6 +254,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         failure=agent_text(session.failure_reason) if session.state == State.FAILED else "",
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
+        earlier=_earlier(context.extra.get("earlier") or ()),
         policy_yaml=_policy_yaml(context),
         sandbox_off=SANDBOX_OFF_SENTENCE if context.extra.get("sandbox") == "none" else "",
         egress_refused=_egress_refusals(context),
@@ -327,6 +334,17 @@ def render_plan(session_id: str, text: str, revision: int, mention: str) -> str:
 
 def render_pointer(session_id: str, number: int, url: str) -> str:
     return render("pointer", marker=marker("pointer", session=session_id), number=number, url=url)
+
+
+def _earlier(sessions: Sequence[Session]) -> str:
+    """One line about the issue's earlier sessions, whose status this comment used to show."""
+    parts = []
+    for session in sessions:
+        part = f"attempt {session.attempt} {EARLIER_OUTCOMES.get(session.state, str(session.state))}"
+        if session.state == State.FAILED and session.failure_reason:
+            part += f" ({agent_text(session.failure_reason)})"
+        parts.append(part)
+    return "; ".join(parts)
 
 
 def _problem(problem: Problem | str) -> dict[str, str]:

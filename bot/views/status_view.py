@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import re
-import sqlite3
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -14,8 +11,7 @@ from typing import Any
 
 from bot.core.sanitize import terminal_line
 from bot.core.session import Detail, Session, State, to_status_json
-
-log = logging.getLogger(__name__)
+from bot.store.sessions import SessionStore
 
 # Stuck sessions wait for a person, so they come first; finished work comes last.
 _STATE_ORDER = {
@@ -49,21 +45,10 @@ class SessionRow:
         return (_STATE_ORDER.get(self.session.state, 9), -self.session.updated_at.timestamp())
 
 
-def load_sessions(db: sqlite3.Connection) -> list[SessionRow]:
-    """Every stored session, stuck first, then live ones, then finished ones; newest first within each."""
-    try:
-        rows = db.execute("SELECT data, installation_id FROM sessions").fetchall()
-    except sqlite3.OperationalError as error:  # a database from before the sessions table existed
-        log.warning("cannot read sessions: %s", error)
-        return []
-    found = []
-    for data, installation_id in rows:
-        try:
-            session = Session.from_dict(json.loads(data))
-        except Exception:  # one unreadable row must not hide every other session from the operator
-            log.exception("skipping an unreadable session row")
-            continue
-        found.append(SessionRow(session, installation_id))
+def load_sessions(db: Any) -> list[SessionRow]:
+    """Every stored session (`db` is the store's connection), stuck first, then live ones, then finished
+    ones; newest first within each."""
+    found = [SessionRow(session, installation_id) for session, installation_id in SessionStore(db).every_session()]
     return sorted(found, key=lambda row: row.sort_key)
 
 
@@ -113,11 +98,12 @@ def state_label(session: Session) -> str:
 
 
 def status_line(session: Session, now: datetime) -> str:
-    """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow`."""
+    """One terminal line, e.g. `[!] acme/web#124 STUCK (12m) Implement auth flow` (`#124/2` for a retry)."""
     mark = STATUS_MARKS.get(session.state, LIVE_MARK)
     age = format_age(session.created_at, now)
     title = terminal_line(session.issue_title, limit=200)
-    line = f"{mark} {session.repo}#{session.issue_number} {str(session.state).upper()} ({age}) {title}"
+    attempt = f"/{session.attempt}" if session.attempt > 1 else ""  # the issue's second, third... session
+    line = f"{mark} {session.repo}#{session.issue_number}{attempt} {str(session.state).upper()} ({age}) {title}"
     question = open_question(session)
     if question:
         line += f"\n      ? {terminal_line(question)}"

@@ -703,6 +703,11 @@ class FakeGitHub:
             state = self._repo(full_name)
             return copy.deepcopy(self._create_comment(state, self._issue(state, issue_number), body, user, None))
 
+    def delete_comment(self, full_name: str, comment_id: int) -> None:
+        """A person deletes a comment (as in GitHub's web page)."""
+        with self._lock:
+            del self._repo(full_name).comments[comment_id]
+
     def _issue(self, state: RepoState, number: int) -> dict[str, Any]:
         try:
             return state.issues[number]
