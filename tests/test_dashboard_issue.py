@@ -140,13 +140,19 @@ async def test_failed_sessions_are_listed_with_the_retry_command(github, store, 
 
 
 async def test_a_repository_can_turn_the_dashboard_issue_off(github, store, fake_github):
+    from bot.core.policy import OperatorLimits, default_policy
     from bot.runtime.dashboard_issue import DashboardRefresher
+    from bot.store.context import RuntimeContext
     from bot.store.sessions import SessionStore
 
     sessions = SessionStore(store.db)
     [on, off] = [replace(_sessions()[0], repo=repo, id=f"{repo}#124/1") for repo in (REPO, "acme/api")]
     for session, enabled in ((on, True), (off, False)):
-        sessions.record(session, {"installation_id": 7, "policy": {"dashboard_issue": enabled}}, None, (), now=0.0)
+        owner, name = session.repo.split("/")
+        policy = default_policy(OperatorLimits(), "main").model_copy(update={"dashboard_issue": enabled})
+        context = RuntimeContext(installation_id=7, owner=owner, repo=name, clone_url=f"https://github.com/{session.repo}.git",
+                                 default_branch="main", policy=policy)
+        sessions.record(session, context, None, (), now=0.0)
     refresher = DashboardRefresher(github, store, sessions, interval=0.0)
     await refresher.observe(None, on, None)
     await refresher.observe(None, off, None)
