@@ -22,7 +22,7 @@ from bot.core import responses
 from bot.core.dashboard import is_dashboard_issue
 from bot.core.sanitize import clean_for_agent
 from bot.core.session import ReplyReceived, Session
-from bot.core.timeparse import parse_github_time
+from bot.core.payload import parse_time
 from bot.github.gate import Gate, gate_for
 from bot.github.labels import RepoPolicies
 from bot.github.permissions import PermissionCache, is_bot
@@ -39,7 +39,7 @@ SAME_SECOND_STEP = timedelta(milliseconds=1)
 
 def _reply_time(comment: dict[str, Any], session: Session) -> Any:
     """The comment's creation time, ordered after the question when its id says it came later."""
-    created = parse_github_time(comment.get("created_at"))
+    created = parse_time(comment.get("created_at"))
     question = session.question
     if question is None or question.comment_id is None or question.posted_at is None or created is None:
         return created

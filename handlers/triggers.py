@@ -17,7 +17,7 @@ from gidgethub import routing, sansio
 from bot.core.effects import Engine, IssueRef
 from bot.core.responses import Refuse
 from bot.core.session import Cancel, CancelReason
-from bot.core.timeparse import parse_github_time
+from bot.core.payload import parse_time
 from bot.github.api import GitHub
 from bot.github.gate import Gate, gate_for
 from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
@@ -92,7 +92,7 @@ async def start_session(
         await engine.respond(ref.installation_id, ref.full_name, ref.number, (refusal,))
         log.info("%s#%s: %s may not start Shepherd", ref.full_name, ref.number, login)
         return
-    labelled_at = parse_github_time(event.data["issue"].get("updated_at"))
+    labelled_at = parse_time(event.data["issue"].get("updated_at"))
     edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body
     await engine.trigger(ref, mode=mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
                          edited_after_label=edited)
