@@ -33,7 +33,8 @@ from typing import Any
 import gidgethub
 
 from bot.agent.environment import SessionEnvironment
-from bot.workspace.git import Git, GitError, Mirror, redact
+from bot.redaction import redact
+from bot.workspace.git import Git, GitError, Mirror
 from bot.github.operations import OperationRefused
 from bot.agent.confinement import for_session as confinement_for
 from bot.agent.processes import REASON_EXITED, log_tail

@@ -20,7 +20,7 @@ import yaml
 
 from bot.core.effects import ChangedFile, SessionContext
 from bot.core.policy import Problem
-from bot.agent.processes import redact_text
+from bot.redaction import redact
 from bot.core.sanitize import code_span, marker, neutralise_for_github
 from bot.core.session import Detail, Mode, Session, State
 
@@ -233,7 +233,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
     if repo_url and (session.pr_number is not None or session.from_kept_branch):
         branch_url = f"{repo_url}/tree/{session.branch}"
     tail = log_tail if log_tail is not None else context.log_tail
-    tail = redact_text(tail or "").strip()
+    tail = redact(tail or "").strip()
     if len(tail) > MAX_LOG_TAIL_CHARS:
         tail = tail[-MAX_LOG_TAIL_CHARS:].partition("\n")[2]
     return render(
