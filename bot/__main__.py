@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
 import os
+import socket
 import sys
+from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 
@@ -24,6 +29,64 @@ from bot.settings import (
 # Read once into the settings, then gone from the process's environment (SPEC §4.1). The key's
 # path is not secret, but it says where the key is.
 SCRUBBED_VARIABLES = (PRIVATE_KEY_VAR, PRIVATE_KEY_PATH_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR)
+
+LOCK_FILE_NAME = "shepherd.lock"
+DATA_DIR_NOT_WRITABLE = (
+    "the data folder {path} cannot be written ({reason}); set SHEPHERD_DATA_DIR to a folder this user can write"
+)
+DATA_DIR_IN_USE = (
+    "another Shepherd server is using the data folder {path} (it holds {lock}); stop it, or give this one "
+    "its own SHEPHERD_DATA_DIR"
+)
+PORT_IN_USE = "port {port} is already in use on {host}; stop what listens there or set PORT to a free port"
+PORT_REFUSED = "cannot listen on {host}:{port} ({reason}); check --host and PORT"
+
+
+class StartupError(Exception):
+    """A problem the operator fixes before Shepherd can start; its text is the one line printed."""
+
+
+def claim_data_folder(data_dir: Path) -> IO[str]:
+    """Create the data folder, prove it writable and lock it for this process (held until it exits).
+
+    The lock is `flock` on `<data>/shepherd.lock`: the kernel drops it when the process dies, even by
+    `kill -9`, so a crash never leaves a stale lock behind."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(data_dir / LOCK_FILE_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process's life
+    except OSError as error:
+        raise StartupError(DATA_DIR_NOT_WRITABLE.format(path=data_dir, reason=error.strerror or error)) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StartupError(DATA_DIR_IN_USE.format(path=data_dir, lock=LOCK_FILE_NAME)) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError as error:
+        handle.close()
+        raise StartupError(DATA_DIR_NOT_WRITABLE.format(path=data_dir, reason=error.strerror or error)) from None
+    return handle
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything says it listens (the app serves on it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError(PORT_IN_USE.format(port=port, host=host)) from None
+        raise StartupError(PORT_REFUSED.format(host=host, port=port, reason=error.strerror or error)) from None
+    sock.setblocking(False)
+    return sock
 
 
 def protect_secrets(settings: Settings) -> None:
@@ -64,9 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     from bot.agent.sandbox import Sandbox, SandboxError
 
     if args.command == "serve":
-        try:  # a sandbox this machine cannot make is a start-up error, not a failed first session
+        try:
+            lock = claim_data_folder(settings.data_dir)
+            # A sandbox this machine cannot make is a start-up error, not a failed first session.
             Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
-        except SandboxError as error:
+            listener = bind_listener(args.host, settings.port)
+        except (StartupError, SandboxError) as error:
             sys.stderr.write(f"shepherd: cannot start: {error}\n")
             return 2
         protect_secrets(settings)
@@ -82,7 +148,10 @@ def main(argv: list[str] | None = None) -> int:
 
         app.on_startup.append(register_dashboard_token)
         # Per-request access lines would cost more than storing a delivery; errors are logged anyway.
-        web.run_app(app, host=args.host, port=settings.port, print=None, access_log=None)
+        try:
+            web.run_app(app, sock=listener, print=None, access_log=None)
+        finally:
+            lock.close()
     return 0
 
 
