@@ -102,11 +102,18 @@ def protect_secrets(settings: Settings) -> None:
             redaction.register_secret(secret.get_secret_value(), lasting=True)
 
 
+SERVE_HELP = "run the webhook server (the Procfile's web process)"
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The options of `serve`, shared by `python -m bot serve` and the operator's `shepherd serve`."""
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Shepherd, the GitHub App.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the webhook server (the Procfile's web process)")
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")
+    add_serve_arguments(commands.add_parser("serve", help=SERVE_HELP))
     args = parser.parse_args(argv)
 
     logging.basicConfig(
