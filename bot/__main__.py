@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import IO
 from aiohttp import web
 
 from bot import redaction
+from bot.agent.adapters import agent_cli_install_spec
 from bot.agent.secrecy import make_undumpable, scrub_environment
 from bot.settings import (
     DASHBOARD_TOKEN_VAR,
@@ -37,6 +39,10 @@ DATA_DIR_NOT_WRITABLE = (
 DATA_DIR_IN_USE = (
     "another Shepherd server is using the data folder {path} (it holds {lock}); stop it, or give this one "
     "its own SHEPHERD_DATA_DIR"
+)
+AGENT_CLI_MISSING = (
+    "the agent CLI `{cli}` (SHEPHERD_AGENT={cli}) is not on PATH; run scripts/serve, which installs it, or "
+    "npm install -g {spec}, or set SHEPHERD_AGENT to an agent this server has"
 )
 PORT_IN_USE = "port {port} is already in use on {host}; stop what listens there or set PORT to a free port"
 PORT_REFUSED = "cannot listen on {host}:{port} ({reason}); check --host and PORT"
@@ -70,6 +76,13 @@ def claim_data_folder(data_dir: Path) -> IO[str]:
         handle.close()
         raise StartupError(DATA_DIR_NOT_WRITABLE.format(path=data_dir, reason=error.strerror or error)) from None
     return handle
+
+
+def check_agent_cli(agent: str, path: str | None) -> None:
+    """The default agent's CLI is installed: without it every session would fail with exit code 127."""
+    spec = agent_cli_install_spec(agent)
+    if spec is not None and shutil.which(agent, path=path) is None:
+        raise StartupError(AGENT_CLI_MISSING.format(cli=agent, spec=spec))
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -116,19 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     add_serve_arguments(commands.add_parser("serve", help=SERVE_HELP))
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from bot.ingest.webhook import QuietBadRequests
-
-    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     try:
         settings = load_settings()
     except SettingsError as error:
         sys.stderr.write(f"shepherd: cannot start: {error}\n")
         return 2
+    from bot.ingest.webhook import QuietBadRequests
+    from bot.views.log_lines import configure_logging
+
+    configure_logging(settings.log_format, sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
 
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
     from bot.agent.sandbox import Sandbox, SandboxError
@@ -138,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             lock = claim_data_folder(settings.data_dir)
             # A sandbox this machine cannot make is a start-up error, not a failed first session.
             Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
+            check_agent_cli(settings.agent, os.environ.get("PATH"))
             listener = bind_listener(args.host, settings.port)
         except (StartupError, SandboxError) as error:
             sys.stderr.write(f"shepherd: cannot start: {error}\n")

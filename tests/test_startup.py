@@ -99,3 +99,68 @@ def test_a_second_server_on_the_same_data_folder_is_refused(tmp_path):
         port = taken.getsockname()[1]
         done = run_serve(tmp_path, serve_environ(data_dir, port))
     assert_refused_with_one_line(done, "already in use")
+
+
+def test_a_missing_agent_cli_refuses_to_start_and_says_how(tmp_path):
+    environ = serve_environ(tmp_path / "data", free_port(), SHEPHERD_AGENT="claude")
+    environ["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # what this machine has, without the pinned CLI
+    del environ["SHEPHERD_AGENT_COMMAND"]
+    done = run_serve(tmp_path, environ)
+    assert_refused_with_one_line(done, "`claude`", "scripts/serve", "npm install -g @anthropic-ai/claude-code@2.1.197")
+
+
+def test_the_pinned_agent_cli_lets_it_start(tmp_path):
+    # The version the tests run (tests/vendor) is the one start-up asks for and scripts/serve installs.
+    import json
+
+    from bot.agent.adapters import AGENT_CLI_PACKAGES
+
+    vendored = json.loads((ROOT / "tests" / "vendor" / "package.json").read_text())["dependencies"]
+    assert {package: vendored[package] for package, _ in AGENT_CLI_PACKAGES.values()} == dict(
+        AGENT_CLI_PACKAGES.values())
+    bin_dir = ROOT / "tests" / "vendor" / "node_modules" / ".bin"
+    if not (bin_dir / "claude").exists():
+        pytest.skip("the pinned claude is not installed (scripts/setup --test)")
+    with socket.socket() as taken:  # stops right after the agent check, at the port: no server to clean up
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        environ = serve_environ(tmp_path / "data", taken.getsockname()[1], SHEPHERD_AGENT="claude")
+        environ["PATH"] = f"{bin_dir}:/usr/local/bin:/usr/bin:/bin"
+        done = run_serve(tmp_path, environ)
+    assert_refused_with_one_line(done, "already in use")
+
+
+def _bin_without_npm(folder: Path, *extra: Path) -> str:
+    """A PATH with the shell tools scripts need, and no npm (so nothing is fetched from a registry)."""
+    folder.mkdir()
+    for tool in ("bash", "env", "dirname", "cat"):
+        (folder / tool).symlink_to(f"/usr/bin/{tool}")
+    return ":".join([str(folder), *map(str, extra)])
+
+
+def run_install_agent(tmp_path: Path, path: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    environ = {"PATH": path, "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "SHEPHERD_PYTHON": sys.executable,
+               "SHEPHERD_DATA_DIR": str(tmp_path / "data"), **settings}
+    return subprocess.run([str(ROOT / "scripts" / "install-agent")], env=environ, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_scripts_serve_refuses_in_one_line_when_it_cannot_install_the_agent_cli(tmp_path):
+    assert "scripts/install-agent" in (ROOT / "scripts" / "serve").read_text()
+    done = run_install_agent(tmp_path, _bin_without_npm(tmp_path / "bin"))
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("shepherd: cannot start: the agent CLI `claude` is not installed")
+    assert "@anthropic-ai/claude-code@2.1.197" in line and "npm" in line
+    assert not (ROOT / ".agent-cli").exists() or (ROOT / ".agent-cli").is_dir()
+
+
+def test_scripts_serve_uses_an_agent_cli_on_path_without_npm_and_skips_command_agents(tmp_path):
+    vendored = ROOT / "tests" / "vendor" / "node_modules" / ".bin"
+    if not (vendored / "claude").exists():
+        pytest.skip("the pinned claude is not installed (scripts/setup --test)")
+    path = _bin_without_npm(tmp_path / "bin", vendored)
+    done = run_install_agent(tmp_path, path)
+    assert done.returncode == 0 and "using the claude on PATH" in done.stderr
+    done = run_install_agent(tmp_path, path, SHEPHERD_AGENT="command", SHEPHERD_AGENT_COMMAND="true")
+    assert (done.returncode, done.stderr) == (0, "")

@@ -63,6 +63,7 @@ from bot.core.session import (
     to_status_json,
 )
 from bot.store.sessions import SessionStore, StoredSession
+from bot.views.render import failure_text
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
 from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
@@ -184,8 +185,23 @@ class Engine:
         await self._admit()
 
     async def stop(self) -> None:
-        """Stop watching and carrying out; agent processes keep running for the next start."""
+        """Stop watching and carrying out; agent processes keep running for the next start (and the log says so)."""
         self._stopped = True
+        try:
+            left = [
+                (stored.session, handle) for stored in self.sessions.live()
+                if (handle := self._turn_handle(stored.session, stored.context)) is not None
+                and processes.attach(handle)
+            ]
+        except Exception:  # noqa: BLE001 - a stop goes on whatever the database holds
+            log.warning("could not list the agent turns left running", exc_info=True)
+            left = []
+        if left:
+            log.warning(
+                "stopping with %d agent turn(s) left running; the next start picks them up: %s", len(left),
+                ", ".join(f"{session.id} (pid {handle.pid})" for session, handle in left),
+                extra={"sessions": [session.id for session, _ in left]},
+            )
         tasks = [*self._runners.values(), *self._watchers.values(), *self._status_posters.values(), *self._tasks]
         for task in tasks:
             task.cancel()
@@ -269,6 +285,9 @@ class Engine:
                 }
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
+        before = last.session if last is not None else None
+        if before is None or session.id != before.id or session.state != before.state:
+            self._log_state_change(before, session, event, context)
         self._write_status(session, context)
         self._kick(session.id)
         self._notify(last.session if last else None, session, event)
@@ -333,12 +352,35 @@ class Engine:
             else:
                 context = stored.context
             self.sessions.record(session, context, event, decision.commands, now=now)
+        if session.id != stored.session.id or session.state != stored.session.state:
+            self._log_state_change(stored.session, session, event, context)
         self._write_status(session, context)
         if decision.commands:
             self._kick(session.id)
         if session != stored.session:
             self._notify(stored.session, session, event)
         return session
+
+    def _log_state_change(
+        self, before: Session | None, after: Session, event: Event, context: Mapping[str, Any]
+    ) -> None:
+        """One line per state change, with the repository, issue, session and why (SPEC §5's operator log)."""
+        reason = type(event).__name__
+        extra: dict[str, Any] = {}
+        if after.state == State.FAILED:
+            reason = failure_text(after, self._policy(context).agent) or reason
+            known = context.get("turn") or {}
+            if known.get("session") == after.id and known.get("handle"):
+                extra["log_path"] = str(processes.TurnHandle.from_json(known["handle"]).log_path)
+        elif after.state == State.STUCK and after.stuck_reason:
+            reason = after.stuck_reason
+        old_state = before.state if before is not None and before.id == after.id else None
+        log.log(
+            logging.WARNING if after.state == State.FAILED else logging.INFO,
+            "session %s: %s -> %s (%s)", after.id, old_state or "new", after.state, reason,
+            extra={"repository": after.repo, "issue": after.issue_number, "session": after.id,
+                   "state": str(after.state), "reason": reason, **extra},
+        )
 
     def _notify(self, before: Session | None, after: Session, event: Event) -> None:
         if self._stopped:

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from bot.github.manifest import required_permissions
+from bot.agent.adapters import agent_cli_install_spec
 from bot.settings import PUBLIC_URL_VAR, Settings, SettingsError, load_settings
 
 DOCTOR_HELP = "check the settings, the GitHub App (read-only), git and the agent CLI, and say what to fix"
@@ -72,8 +73,8 @@ GIT_OLD = "git {version} is older than {minimum}"
 AGENT_OK = "agent CLI {name}: {version}"
 AGENT_MISSING = "the agent CLI {binary!r} ({name}) is not on PATH"
 AGENT_MISSING_FIX = {
-    "claude": "install Claude Code (npm install -g @anthropic-ai/claude-code) or set SHEPHERD_AGENT",
-    "codex": "install the Codex CLI (npm install -g @openai/codex) or set SHEPHERD_AGENT",
+    "claude": "run scripts/serve (it installs it), or npm install -g {spec}, or set SHEPHERD_AGENT",
+    "codex": "run scripts/serve (it installs it), or npm install -g {spec}, or set SHEPHERD_AGENT",
     "command": "check SHEPHERD_AGENT_COMMAND: its program must be on PATH",
 }
 AGENT_BROKEN = "the agent CLI {binary!r} failed to print its version: {reason}"
@@ -281,7 +282,8 @@ def check_agent(
         binary = name
     path = which(binary) if binary else None
     if path is None:
-        return [Finding(Level.FAIL, "agent", AGENT_MISSING.format(binary=binary, name=name), AGENT_MISSING_FIX[name])]
+        fix = AGENT_MISSING_FIX[name].format(spec=agent_cli_install_spec(name))
+        return [Finding(Level.FAIL, "agent", AGENT_MISSING.format(binary=binary, name=name), fix)]
     if name == "command":
         return [Finding(Level.OK, "agent", AGENT_OK.format(name=name, version=path))]
     try:
