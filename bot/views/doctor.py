@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bot.github.manifest import required_permissions
+from bot.github.reachability import unreachable_reason
 from bot.agent.adapters import agent_cli_install_spec
 from bot.settings import PUBLIC_URL_VAR, Settings, SettingsError, load_settings
 
@@ -36,8 +36,11 @@ SETTINGS_BAD = "the settings are invalid: {problem}"
 SETTINGS_FIX = "fix the variable in the environment or in .env, then run `shepherd doctor` again"
 SETUP_MODE = "no GitHub App credentials yet (setup mode)"
 SETUP_MODE_FIX = "run `python -m bot serve` and open the /setup?code=... URL it logs to register the App"
-LOOPBACK_URL = "{var}={url} is a loopback address: GitHub cannot deliver webhooks there"
-LOOPBACK_URL_FIX = "set {var} to the public https:// URL that reaches this server (e.g. a tunnel or a proxy)"
+UNREACHABLE_URL = "{var}={reason}: GitHub cannot deliver webhooks there"
+UNREACHABLE_URL_FIX = (
+    "set {var} to the public https:// URL that reaches this server (a proxy, or a cloudflared or ngrok "
+    "tunnel: see docs/setup.md)"
+)
 DATA_DIR_OK = "data folder {path} is usable"
 DATA_DIR_MISSING = "data folder {path} does not exist yet (created at first start)"
 DATA_DIR_BAD = "data folder {path} is not writable"
@@ -117,21 +120,17 @@ def check_settings(environ: Mapping[str, str] | None, env_file: Path | None) -> 
     findings = [Finding(Level.OK, "settings", SETTINGS_OK.format(mode=settings.mode))]
     if settings.mode == "setup":
         findings.append(Finding(Level.WARN, "settings", SETUP_MODE, SETUP_MODE_FIX))
-    elif _is_loopback(settings.public_url):
+    unreachable = unreachable_reason(settings.public_url)
+    if unreachable is not None:
         findings.append(
             Finding(
                 Level.WARN,
                 "settings",
-                LOOPBACK_URL.format(var=PUBLIC_URL_VAR, url=settings.public_url),
-                LOOPBACK_URL_FIX.format(var=PUBLIC_URL_VAR),
+                UNREACHABLE_URL.format(var=PUBLIC_URL_VAR, reason=unreachable),
+                UNREACHABLE_URL_FIX.format(var=PUBLIC_URL_VAR),
             )
         )
     return settings, findings
-
-
-def _is_loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def check_data_dir(settings: Settings) -> list[Finding]:
