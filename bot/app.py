@@ -107,6 +107,7 @@ def create_app(
                     dependencies=services.assembly.dependencies,
                     clock=clock,
                     retry=retry,
+                    metrics=metrics,
                 )
                 services.consumer.start()
                 metrics.deliveries_waiting.set_function(services.consumer.waiting)

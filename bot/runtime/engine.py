@@ -64,6 +64,7 @@ from bot.core.session import (
 )
 from bot.store.sessions import SessionStore, StoredSession
 from bot.views.render import failure_text
+from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
 from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
@@ -135,8 +136,10 @@ class Engine:
         retry_delay: float = RETRY_FIRST_DELAY,
         max_attempts: int = MAX_ATTEMPTS,
         dependencies: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait."""
+        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait.
+        `metrics` records each turn's wall time (`shepherd_turn_seconds`)."""
         self.sessions = SessionStore(store.db)
         self.workspaces = workspaces
         self.github = github
@@ -164,6 +167,7 @@ class Engine:
         self._stopped = False
         self.observers: list[Observer] = []
         self.dependencies = dependencies
+        self.metrics = metrics
         if dependencies is not None:
             dependencies.engine = self
 
@@ -712,6 +716,8 @@ class Engine:
         except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
             log.exception("watching the turn of %s failed", session_id)
             end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+        if self.metrics is not None:  # the turn is over, however it ended
+            self.metrics.turn_seconds.observe(max(0.0, time.time() - handle.started_at))
         agent_id = turns.agent_session_id(adapter, handle)
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))
