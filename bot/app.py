@@ -135,6 +135,7 @@ def create_app(
                     env_file=env_file.absolute(),
                     on_registered=leave_setup_mode,
                     metrics=metrics,
+                    dashboard_token=services.dashboard_token,
                 )
                 services.setup.log_setup_url()
             log_dashboard_url(settings, services.dashboard_token)

@@ -178,7 +178,10 @@ async def test_callback_checks_state_then_code_and_switches_to_github_mode(
     page = Forms(await response.text())
     app_json = fake_github.app_json()
     assert f"{app_json['html_url']}/installations/new" in page.links
-    assert f"{PUBLIC_URL}/" in page.links
+    # The dashboard link opens the dashboard, not a refusal: it carries the token.
+    assert f"{PUBLIC_URL}/?token={services.dashboard_token}" in page.links
+    dashboard = await setup_client.get(f"/?token={services.dashboard_token}")
+    assert dashboard.status == 200
     assert len(fake_github.calls_to("apps/create-from-manifest")) == 1
 
     # .env: 0600, the operator's lines kept, credentials readable by the settings loader.

@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import cachetools
@@ -63,7 +64,7 @@ POST_BUTTON = "Continue to GitHub"
 DONE_HEADING = "Shepherd is registered"
 DONE_INTRO = "GitHub created the App {name}. Shepherd now accepts its webhooks; no restart is needed."
 INSTALL_TEXT = "Install the App on your repositories"
-DASHBOARD_TEXT = "The dashboard (its token is in the server's log and in the data folder):"
+DASHBOARD_TEXT = "The dashboard (this link carries its token; it is also in the server's log and the data folder):"
 ENV_TEXT = "The App's id, private key and webhook secret are in {path} (readable by its owner only). Keep it secret."
 ERROR_HEADING = "Setup failed"
 BAD_CODE_TEXT = "This setup link is not valid. Use the /setup?code=... URL from the server's log."
@@ -167,8 +168,10 @@ class SetupFlow:
         on_registered: Callable[[Settings], Awaitable[None]],
         metrics: Metrics | None = None,
         code: str | None = None,
+        dashboard_token: str | None = None,
     ) -> None:
         self.settings = settings
+        self.dashboard_token = dashboard_token  # the done page links to the dashboard with it
         self.env_file = env_file
         self.code = code or secrets.token_urlsafe(24)
         self.registered = False
@@ -185,6 +188,12 @@ class SetupFlow:
 
     def log_setup_url(self) -> None:
         log.warning(SETUP_URL_TEXT, self.settings.public_url, SETUP_PATH, self.code)
+
+    def _dashboard_url(self) -> str:
+        """The dashboard, signed in: the person who just registered the App is its operator (the page is
+        sent no-store and no-referrer, as the dashboard's own are)."""
+        base = self.settings.public_url + "/"
+        return f"{base}?{urlencode({'token': self.dashboard_token})}" if self.dashboard_token else base
 
     def check_env_writable(self) -> None:
         """Prove, before the person goes to GitHub, that the credentials can be saved where they belong:
@@ -311,7 +320,7 @@ class SetupFlow:
             install_url=_install_url(app, self.settings.github_url),
             install_text=INSTALL_TEXT,
             dashboard_text=DASHBOARD_TEXT,
-            dashboard_url=self.settings.public_url + "/",
+            dashboard_url=self._dashboard_url(),
             env_text=ENV_TEXT.format(path=self.env_file),
         )
 
