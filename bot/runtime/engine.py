@@ -372,7 +372,8 @@ class Engine:
         reason = type(event).__name__
         extra: dict[str, Any] = {}
         if after.state == State.FAILED:
-            reason = failure_text(after, self._policy(context).agent) or reason
+            agent = self._policy(context).agent if "policy" in context else self.settings.agent
+            reason = failure_text(after, agent) or reason
             known = context.get("turn") or {}
             if known.get("session") == after.id and known.get("handle"):
                 extra["log_path"] = str(processes.TurnHandle.from_json(known["handle"]).log_path)
