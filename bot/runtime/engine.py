@@ -65,6 +65,8 @@ from bot.core.session import (
 )
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
+from bot.views.render import failure_text
+from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
 from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces, session_folder
@@ -130,8 +132,10 @@ class Engine:
         retry_delay: float = RETRY_FIRST_DELAY,
         max_attempts: int = MAX_ATTEMPTS,
         dependencies: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait."""
+        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait.
+        `metrics` records each turn's wall time (`shepherd_turn_seconds`)."""
         self.sessions = SessionStore(store.db)
         self.workspaces = workspaces
         self.github = github
@@ -159,6 +163,7 @@ class Engine:
         self._stopped = False
         self.observers: list[Observer] = []
         self.dependencies = dependencies
+        self.metrics = metrics
         if dependencies is not None:
             dependencies.engine = self
 
@@ -180,8 +185,23 @@ class Engine:
         await self._admit()
 
     async def stop(self) -> None:
-        """Stop watching and carrying out; agent processes keep running for the next start."""
+        """Stop watching and carrying out; agent processes keep running for the next start (and the log says so)."""
         self._stopped = True
+        try:
+            left = [
+                (stored.session, handle) for stored in self.sessions.live()
+                if (handle := self._turn_handle(stored.session, stored.context)) is not None
+                and processes.attach(handle)
+            ]
+        except Exception:  # noqa: BLE001 - a stop goes on whatever the database holds
+            log.warning("could not list the agent turns left running", exc_info=True)
+            left = []
+        if left:
+            log.warning(
+                "stopping with %d agent turn(s) left running; the next start picks them up: %s", len(left),
+                ", ".join(f"{session.id} (pid {handle.pid})" for session, handle in left),
+                extra={"sessions": [session.id for session, _ in left]},
+            )
         tasks = [*self._runners.values(), *self._watchers.values(), *self._status_posters.values(), *self._tasks]
         for task in tasks:
             task.cancel()
@@ -272,6 +292,9 @@ class Engine:
                 )
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
+        before = last.session if last is not None else None
+        if before is None or session.id != before.id or session.state != before.state:
+            self._log_state_change(before, session, event, context)
         self._write_status(session, context)
         self._kick(session.id)
         self._notify(last.session if last else None, session, event)
@@ -345,6 +368,8 @@ class Engine:
             else:
                 context = stored.context
             self.sessions.record(session, context, event, decision.commands, now=now)
+        if session.id != stored.session.id or session.state != stored.session.state:
+            self._log_state_change(stored.session, session, event, context)
         self._write_status(session, context)
         if decision.commands:
             self._kick(session.id)
@@ -368,6 +393,27 @@ class Engine:
             if changed != stored.context:
                 self.sessions.save_context(session_id, changed)
             return changed
+
+    def _log_state_change(
+        self, before: Session | None, after: Session, event: Event, context: RuntimeContext
+    ) -> None:
+        """One line per state change, with the repository, issue, session and why (SPEC §5's operator log)."""
+        reason = type(event).__name__
+        extra: dict[str, Any] = {}
+        if after.state == State.FAILED:
+            reason = failure_text(after, context.policy.agent) or reason
+            known = context.turn
+            if known is not None and known.session == after.id and known.handle:
+                extra["log_path"] = str(processes.TurnHandle.from_json(dict(known.handle)).log_path)
+        elif after.state == State.STUCK and after.stuck_reason:
+            reason = after.stuck_reason
+        old_state = before.state if before is not None and before.id == after.id else None
+        log.log(
+            logging.WARNING if after.state == State.FAILED else logging.INFO,
+            "session %s: %s -> %s (%s)", after.id, old_state or "new", after.state, reason,
+            extra={"repository": after.repo, "issue": after.issue_number, "session": after.id,
+                   "state": str(after.state), "reason": reason, **extra},
+        )
 
     def _notify(self, before: Session | None, after: Session, event: Event) -> None:
         if self._stopped:
@@ -700,6 +746,8 @@ class Engine:
         except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
             log.exception("watching the turn of %s failed", session_id)
             end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+        if self.metrics is not None:  # the turn is over, however it ended
+            self.metrics.turn_seconds.observe(max(0.0, time.time() - handle.started_at))
         agent_id = turns.agent_session_id(adapter, handle)
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))

@@ -22,7 +22,7 @@ from bot.core.effects import ChangedFile, SessionContext
 from bot.core.policy import Problem
 from bot.redaction import redact
 from bot.core.sanitize import code_span, marker, neutralise_for_github
-from bot.core.session import Detail, Mode, Session, State
+from bot.core.session import FAILURE_EXIT_CODE, Detail, Mode, Session, State
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
@@ -205,6 +205,29 @@ def _egress_refusals(context: SessionContext) -> str:
     return f"{stats['refused']} connection(s) refused" + (f": {hosts}" if hosts else "")
 
 
+# Exit code 127 is the shell's "command not found": for a named agent CLI it means the CLI is missing.
+COMMAND_NOT_FOUND = 127
+AGENT_CLI_MISSING = (
+    "The agent CLI `{cli}` was not found on the server (exit code 127). The operator installs it "
+    "(`scripts/serve` does, or `shepherd doctor` says how); then `/agent retry` starts again."
+)
+NAMED_AGENT_CLIS = ("claude", "codex")
+
+
+def failure_text(session: Session, agent: str | None) -> str | None:
+    """Why the session failed, in the words a person needs: the stored reason, except that exit code 127
+    of a named agent CLI says the CLI is missing (the real cause is otherwise buried in the turn's log)."""
+    if session.state != State.FAILED:
+        return None
+    if (
+        session.detail == Detail.EXIT_CODE
+        and session.failure_reason == FAILURE_EXIT_CODE.format(code=COMMAND_NOT_FOUND)
+        and agent in NAMED_AGENT_CLIS
+    ):
+        return AGENT_CLI_MISSING.format(cli=agent)
+    return session.failure_reason
+
+
 def _detail_sentence(session: Session) -> str:
     if session.state == State.COMPLETE and session.pr_state is not None:
         return {"merged": MERGED_SENTENCE, "closed": CLOSED_SENTENCE}.get(str(session.pr_state), "")
@@ -251,7 +274,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         checkpoint=agent_text(session.checkpoint),
         files=_files(context.changed_files),
         branch_url=branch_url,
-        failure=agent_text(session.failure_reason) if session.state == State.FAILED else "",
+        failure=agent_text(failure_text(session, context.policy.agent)) if session.state == State.FAILED else "",
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
         earlier=_earlier(context.extra.get("earlier") or ()),
