@@ -145,6 +145,23 @@ async def click(browser: Browser, css: str) -> None:
     await browser.call("POST", f"/element/{element}/click", {})
 
 
+async def _startswith(url, prefix: str) -> bool:
+    return (await url).startswith(prefix)
+
+
+async def click_link(browser: Browser, href: str) -> None:
+    for link in await browser.find_all("a"):
+        if await browser.attribute(link, "href") == href:
+            await browser.call("POST", f"/element/{link}/click", {})
+            return
+    raise AssertionError(f"no link to {href} on the page")
+
+
+def _status_comments(fake, number: int) -> list[dict]:
+    return [c for c in fake.comments(REPO, number)
+            if c["user"]["login"] == fake.bot_login and "shepherd:status" in c["body"]]
+
+
 async def test_a_newcomer_goes_from_scripts_serve_to_a_pull_request(
     fake_github, github_web, git_remote, browser, tmp_path, started  # noqa: F811 - fixtures
 ):
@@ -192,7 +209,7 @@ async def test_a_newcomer_goes_from_scripts_serve_to_a_pull_request(
     assert setup_url.startswith(f"{base}/setup?code=")
     assert "Shepherd setup mode, listening on 127.0.0.1" in log_text()
     warning = f"GitHub cannot reach {base} (a loopback address): set SHEPHERD_PUBLIC_URL"
-    assert warning in log_text() and "docs/setup.md" in log_text()
+    assert warning in log_text() and "docs/setup.md" in log_text(), "no public-URL warning in the start-up log"
     assert "Traceback" not in log_text()
 
     async with aiohttp.ClientSession() as http:
@@ -324,19 +341,3 @@ async def test_a_newcomer_goes_from_scripts_serve_to_a_pull_request(
         row_links = [await browser.attribute(a, "href") for a in await browser.find_all("tr.session a")]
         assert pull["html_url"] in row_links
 
-
-async def _startswith(url, prefix: str) -> bool:
-    return (await url).startswith(prefix)
-
-
-async def click_link(browser: Browser, href: str) -> None:
-    for link in await browser.find_all("a"):
-        if await browser.attribute(link, "href") == href:
-            await browser.call("POST", f"/element/{link}/click", {})
-            return
-    raise AssertionError(f"no link to {href} on the page")
-
-
-def _status_comments(fake, number: int) -> list[dict]:
-    return [c for c in fake.comments(REPO, number)
-            if c["user"]["login"] == fake.bot_login and "shepherd:status" in c["body"]]

@@ -108,5 +108,6 @@ class GitHubWeb:
 
 
 def _page(status: int, title: str, body: str) -> web.Response:
-    text = f"<!doctype html><html><head><title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    heading = html.escape(title)
+    text = f"<!doctype html><html><head><title>{heading}</title></head><body><h1>{heading}</h1>{body}</body></html>"
     return web.Response(status=status, text=text, content_type="text/html")
