@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.views.dashboard_token import token_matches
+from bot.views.outcomes_view import export_outcomes, load_outcomes, outcome_rows
 from bot.views.status_view import (
     SessionRow,
     count_by_state,
@@ -105,11 +106,12 @@ def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]
 
 
 def render_dashboard(
-    rows: list[SessionRow], *, github_url: str, now: datetime, mode: str
+    rows: list[SessionRow], *, github_url: str, now: datetime, mode: str, outcomes: list[Any] | None = None
 ) -> str:
     template = _environment().get_template("dashboard.html.j2")
     shown = dashboard_rows(rows, now)
     return template.render(
+        outcomes=outcome_rows(outcomes or []),
         title=PAGE_TITLE,
         sessions=shown,
         stuck=sum(1 for row in shown if row["state"] == "stuck"),
@@ -141,6 +143,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
             github_url=services.settings.github_url,
             now=datetime.now(timezone.utc),
             mode=services.settings.mode,
+            outcomes=load_outcomes(services.store.db),
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
@@ -156,6 +159,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         services = services_of(request)
         for state, count in count_by_state(load_sessions(services.store.db)).items():
             services.metrics.sessions.labels(state=state).set(count)
+        export_outcomes(services.metrics, load_outcomes(services.store.db))
         response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
