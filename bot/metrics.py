@@ -67,6 +67,25 @@ class Metrics:
             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
             registry=self.registry,
         )
+        self.agent_pull_requests = Gauge(
+            "shepherd_agent_pull_requests",
+            "Agent pull requests by repository, engine and outcome (opened: all of them; merged; closed: "
+            "closed without merging).",
+            ["repo", "engine", "outcome"],
+            registry=self.registry,
+        )
+        self.merged_pull_request_seconds = Gauge(
+            "shepherd_merged_pull_request_seconds_median",
+            "Median time from a session's start to its pull request's merge, by repository and engine.",
+            ["repo", "engine"],
+            registry=self.registry,
+        )
+        self.merged_pull_request_cost = Gauge(
+            "shepherd_merged_pull_request_cost_usd_median",
+            "Median model cost of the sessions of merged pull requests, where the agent reported it.",
+            ["repo", "engine"],
+            registry=self.registry,
+        )
 
         self.event_loop_lag = Gauge(
             "shepherd_event_loop_lag_seconds",

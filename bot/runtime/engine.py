@@ -63,6 +63,7 @@ from bot.core.session import (
     decide_trigger,
     to_status_json,
 )
+from bot.runtime.pull_cap import PullRequestCap
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
 from bot.views.render import failure_text
@@ -166,6 +167,8 @@ class Engine:
         self.metrics = metrics
         if dependencies is not None:
             dependencies.engine = self
+        self.pull_caps = PullRequestCap(self)
+        self.observers.append(self.pull_caps.observe)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -232,10 +235,11 @@ class Engine:
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False) -> Session | None:
+                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
         """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
         delivery is a replay. `policy` is the reading the handler took the label's meaning from;
-        `edited_after_label` says the issue changed after the label (the agent gets the labelled text)."""
+        `edited_after_label` says the issue changed after the label (the agent gets the labelled text);
+        `engine` is the adapter an engine label picked (SPEC §8)."""
         key = f"{issue.full_name}#{issue.number}"
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
@@ -254,6 +258,7 @@ class Engine:
                 base_branch=loaded.policy.base_branch or issue.default_branch,
                 limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds),
                 labelled_at=labelled_at,
+                engine=engine,
             )
             now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
@@ -286,7 +291,7 @@ class Engine:
                     issue_author=issue.author,
                     trigger_label=label,
                     trigger_at=now,
-                    policy=loaded.policy,
+                    policy=with_engine(loaded.policy, session.engine),
                     policy_problems=tuple(str(problem) for problem in loaded.problems),
                     notes=(NOTE_EDITED_AFTER_LABEL.format(actor=actor),) if edited_after_label else (),
                 )
@@ -529,8 +534,25 @@ class Engine:
             self._keep_plan(session, command)
         context = await self._session_context(stored, with_changes=isinstance(command, (PostStatus, FinishWork)))
         if isinstance(command, FinishWork):
-            return await self.finisher.finish(session, command, context)
+            return await self._finish(stored, command, context)
         return await self.publisher.publish(session, command, context)
+
+    async def _finish(self, stored: StoredSession, command: FinishWork, context: SessionContext) -> Sequence[Event]:
+        """Hand finished work to the finisher; a new PR first passes the repository's `max_open_prs` (SPEC §8).
+
+        Counting and opening happen under one lock per repository, and the PR is recorded before the lock
+        is let go, so two sessions finishing at once cannot both take the last free place."""
+        cap = context.policy.max_open_prs
+        if cap is None or command.pull_request_number is not None:
+            return await self.finisher.finish(stored.session, command, context)
+        async with self._lock(f"open-prs {stored.session.repo}"):
+            verdict = self.pull_caps.verdict(stored.session, cap)
+            if verdict is not None:
+                return (verdict,)
+            events = await self.finisher.finish(stored.session, command, context)
+            for event in events:
+                await self.apply(stored.session.id, event)
+        return ()
 
     def _note_policy_limits(self, repo: str, context: RuntimeContext) -> None:
         overrides = {**self.limits.repo_overrides, repo: int(context.policy.max_parallel)}
@@ -567,7 +589,7 @@ class Engine:
             worktree=worktree,
             session_dir=self.workspaces.session_dir(session_folder(session.id)),
             port=context.port,
-            queue_position=self.queue.position(session.id),
+            queue_position=self.queue.position(session.id) or self.pull_caps.position(session),
             changed_files=changed,
             log_tail=log_tail,
             notes=context.notes,
@@ -839,6 +861,11 @@ class Engine:
             if not busy and not self.sessions.pending():
                 return
             await asyncio.sleep(self.poll)
+
+
+def with_engine(policy: EffectivePolicy, engine: str | None) -> EffectivePolicy:
+    """The session's policy with the agent its engine label picked (the status comment shows it too)."""
+    return policy if engine is None else policy.model_copy(update={"agent": engine})
 
 
 def _is_git_or_http(error: BaseException) -> bool:

@@ -17,6 +17,7 @@ from bot.core.session import Session, State
 from bot.views.dashboard_token import token_matches
 from bot.views.render import failure_text
 from bot.views.session_logs import known_secrets, log_files
+from bot.views.outcomes_view import export_outcomes, load_outcomes, outcome_rows
 from bot.views.status_view import (
     SessionRow,
     count_by_state,
@@ -164,12 +165,13 @@ def dashboard_rows(
 
 def render_dashboard(
     rows: list[SessionRow], *, github_url: str, now: datetime, mode: str, agent: str | None = None,
-    sessions_dir: Path | None = None, secrets: list[str | None] | None = None,
+    sessions_dir: Path | None = None, secrets: list[str | None] | None = None, outcomes: list[Any] | None = None,
 ) -> str:
     template = _environment().get_template("dashboard.html.j2")
     shown = dashboard_rows(rows, now, github_url=github_url, agent=agent, sessions_dir=sessions_dir, secrets=secrets)
     return template.render(
         page="sessions",
+        outcomes=outcome_rows(outcomes or []),
         title=PAGE_TITLE,
         sessions=shown,
         stuck=sum(1 for row in shown if row["state"] == "stuck"),
@@ -205,6 +207,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
             agent=settings.agent,
             sessions_dir=settings.data_dir / "sessions",
             secrets=[*known_secrets(settings), services.dashboard_token],
+            outcomes=load_outcomes(services.store.db),
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
@@ -220,6 +223,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         services = services_of(request)
         for state, count in count_by_state(load_sessions(services.store.db)).items():
             services.metrics.sessions.labels(state=state).set(count)
+        export_outcomes(services.metrics, load_outcomes(services.store.db))
         response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

@@ -82,6 +82,14 @@ DETAIL_SENTENCES = {
     Detail.ISSUE_CLOSED: "The issue was closed.",
     Detail.STOP_COMMAND: "Someone commented `/agent stop`.",
     Detail.UNINSTALLED: "The app was uninstalled or lost access to this repository.",
+    Detail.WAITING_FOR_PULL_REQUEST_SLOT: (
+        "This repository has as many open agent pull requests as its `max_open_prs` allows; the pull request "
+        "opens when one of them is merged or closed."
+    ),
+}
+# A detail that changes what the state means replaces the state's sentence.
+DETAIL_STATE_SENTENCES = {
+    Detail.WAITING_FOR_PULL_REQUEST_SLOT: "The agent is done; its pull request waits for a free place.",
 }
 WITHDRAWN_SENTENCE = "The agent withdrew this question and carried on without an answer."
 CANCELLED_SENTENCE = "The session ended before this question was answered."
@@ -266,8 +274,10 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         state=str(session.state),
         symbol=STATE_SYMBOLS[session.state],
         title=STATE_TITLES[session.state],
-        sentence=STATE_SENTENCES[session.state],
+        sentence=DETAIL_STATE_SENTENCES.get(session.detail, STATE_SENTENCES[session.state])
+        if session.detail is not None else STATE_SENTENCES[session.state],
         detail=_detail_sentence(session),
+        engine=context.policy.agent,
         mode=PLAN_MODE_NAME if session.mode == Mode.PLAN else GO_MODE_NAME,
         queue_position=context.queue_position if session.state == State.QUEUED else None,
         stuck_reason=agent_text(session.stuck_reason) if session.state == State.STUCK else "",
