@@ -34,6 +34,9 @@ RATE_LIMIT_RESET_MARGIN = 1.0  # x-ratelimit-reset has whole seconds; do not arr
 RETRY_NOTE = "GitHub answered %s to %s %s (attempt %s of %s); retrying in %.1f s"
 GIVE_UP_WAIT_NOTE = "GitHub asks %s %s to wait %.0f s, longer than the %.0f s cap; not retrying"
 GIVE_UP_ATTEMPTS_NOTE = "GitHub answered %s to %s %s %s times; giving up"
+PAUSE_NOTE = "installation %s: every write paused for %.1f s (GitHub's %s rate limit)"
+LIMIT_PRIMARY = "primary"
+LIMIT_SECONDARY = "secondary"
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,11 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         attempt = 0
         while True:
             attempt += 1
-            if operation.write and self._gate is not None:
-                await self._gate.wait(current_priority.get())
+            if self._gate is not None:
+                if operation.write:
+                    await self._gate.wait(current_priority.get())
+                else:
+                    await self._gate.wait_out_pause()
             try:
                 status, response_headers, response_body = await self._send(method, url, headers, body)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
@@ -133,6 +139,9 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
                 await self._sleep(delay)
                 continue
             self._count(method, status, response_headers)
+            limit = self._rate_limit_wait(status, response_headers, response_body, attempt)
+            if limit is not None:
+                self._pause_installation(*limit)
             delay = self._retry_delay(status, response_headers, response_body, attempt)
             if delay is None:
                 return status, response_headers, response_body
@@ -143,6 +152,8 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
                 log.warning(GIVE_UP_WAIT_NOTE, method, operation.template, delay, self._retry.max_wait)
                 return status, response_headers, response_body
             log.warning(RETRY_NOTE, status, method, operation.template, attempt, attempts, delay)
+            if limit is not None and self._gate is not None:
+                continue  # the paused gate holds the retry, with every other write of the installation
             await self._sleep(delay)
 
     async def _send(
@@ -157,17 +168,40 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         """Seconds to wait before repeating a request GitHub may answer differently later, else None."""
         if status < 500 and status != 429 and not (status == 403 and _is_rate_limited_403(headers, body)):
             return None
+        limit = self._rate_limit_wait(status, headers, body, attempt)
+        if limit is not None:
+            return limit[0]
+        return self._retry.backoff_for(attempt)
+
+    def _rate_limit_wait(
+        self, status: int, headers: Mapping[str, str], body: bytes, attempt: int
+    ) -> tuple[float, str] | None:
+        """The wait GitHub asks of the whole installation after this answer, and which limit, else None.
+
+        A secondary limit (403 or 429) names its wait in `Retry-After`, or GitHub's documentation
+        asks for at least a minute; a primary limit (`x-ratelimit-remaining: 0`, even on an answer
+        that succeeded) lasts until `x-ratelimit-reset`.
+        """
+        limited = status == 429 or (status == 403 and _is_rate_limited_403(headers, body))
         retry_after = _header(headers, "retry-after")
-        if retry_after is not None:
+        if limited and retry_after is not None:
             with contextlib.suppress(ValueError):
-                return max(0.0, float(retry_after))
+                return max(0.0, float(retry_after)), LIMIT_SECONDARY
         reset = _header(headers, "x-ratelimit-reset")
         if _header(headers, "x-ratelimit-remaining") == "0" and reset is not None:
             with contextlib.suppress(ValueError):
-                return max(0.0, float(reset) - self._wall_clock()) + RATE_LIMIT_RESET_MARGIN
-        if status in (403, 429):
-            return min(max(self._retry.secondary_wait, self._retry.backoff_for(attempt)), self._retry.max_wait)
-        return self._retry.backoff_for(attempt)
+                return max(0.0, float(reset) - self._wall_clock()) + RATE_LIMIT_RESET_MARGIN, LIMIT_PRIMARY
+        if limited:
+            wait = min(max(self._retry.secondary_wait, self._retry.backoff_for(attempt)), self._retry.max_wait)
+            return wait, LIMIT_SECONDARY
+        return None
+
+    def _pause_installation(self, seconds: float, limit: str) -> None:
+        """Hold every write of this installation for `seconds` (GitHub's limits are per installation)."""
+        if self._gate is None or not self._gate.pause(seconds):
+            return
+        self._metrics.github_pauses.labels(installation=self._label, limit=limit).inc()
+        log.warning(PAUSE_NOTE, self._label, seconds, limit)
 
     def _count(self, method: str, status: int, headers: Mapping[str, str]) -> None:
         self._metrics.github_requests.labels(method=method, status=str(status)).inc()
@@ -401,7 +435,11 @@ class GitHubApp:
         installation_id = int(installation_id)
         client = self._installations.get(installation_id)
         if client is None:
-            gh = self._client(installation_id, gate=self._pacer.gate(installation_id))
+            gate = self._pacer.gate(installation_id)
+            self._metrics.github_pause_seconds.labels(installation=str(installation_id)).set_function(
+                gate.paused_for
+            )
+            gh = self._client(installation_id, gate=gate)
             client = InstallationClient(gh, self.tokens, installation_id)
             self._installations[installation_id] = client
         return client

@@ -1,4 +1,9 @@
-"""Write pacing per installation: spacing, GitHub's content-creation limits, and priorities."""
+"""Write pacing per installation: spacing, GitHub's content-creation limits, pauses GitHub asks for, and priorities.
+
+A rate limit GitHub signals on any one request (a secondary limit's `Retry-After`, a primary limit's
+reset) is the installation's, not the request's: the gate pauses every write of the installation
+until it passes, and the writes waiting then leave most urgent first.
+"""
 
 from __future__ import annotations
 
@@ -72,8 +77,9 @@ class WriteBudget:
 class WriteGate:
     """The async gate one installation's writes pass, most urgent first, then first come.
 
-    One dispatcher task runs while writes wait and ends when none do; it re-reads the queue after
-    every sleep so a write that arrives urgent during a wait overtakes those already waiting.
+    One dispatcher task runs while writes wait and ends when none do; it re-reads the queue (and
+    the pause) after every sleep so a write that arrives urgent during a wait overtakes those
+    already waiting, and a pause that arrives during a wait holds them all.
     """
 
     def __init__(
@@ -89,10 +95,28 @@ class WriteGate:
         self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
         self._order = itertools.count()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._paused_until = float("-inf")
 
     @property
     def waiting(self) -> int:
         return sum(1 for _, _, future in self._waiting if not future.done())
+
+    def pause(self, seconds: float) -> bool:
+        """Hold every write for `seconds` from now; True when this lengthens the pause already on."""
+        until = self._clock() + max(0.0, seconds)
+        if until <= self._paused_until:
+            return False
+        self._paused_until = until
+        return True
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when writes may go)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    async def wait_out_pause(self) -> None:
+        """Return once no pause is on (for reads: they are not spaced, but GitHub's wait is for all)."""
+        while (left := self.paused_for()) > 0:
+            await self._sleep(left)
 
     async def wait(self, priority: Priority = Priority.NORMAL) -> None:
         """Return when a write of `priority` may be sent; the write counts as sent then."""
@@ -109,7 +133,7 @@ class WriteGate:
                     heapq.heappop(self._waiting)
                     continue
                 now = self._clock()
-                delay = self.budget.delay(now)
+                delay = max(self.budget.delay(now), self._paused_until - now)
                 if delay > 0:
                     await self._sleep(delay)
                     continue

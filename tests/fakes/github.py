@@ -160,6 +160,8 @@ class Call:
     headers: dict[str, str]
     body: Any
     status: int = 0
+    at: float = 0.0  # arrival, on the fake's `clock` (time.monotonic unless a test sets its own)
+    installation_id: int | None = None  # whose installation token made the call, if any
 
 
 @dataclass
@@ -295,6 +297,7 @@ class FakeGitHub:
         self._violations: list[str] = []
         self._redeliveries: list[int] = []
         self.redelivery_status_code = 200
+        self.clock: Callable[[], float] = time.monotonic
         self.bot_id = self._new_id()
         self._users[self.bot_login] = self._user_json(self.bot_login, "Bot", self.bot_id)
 
@@ -1276,6 +1279,7 @@ class FakeGitHub:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        arrived = self.clock()
         with self._lock:
             gate = self._held_open
             if gate is not None:
@@ -1290,6 +1294,7 @@ class FakeGitHub:
             query=dict(request.query),
             headers=dict(request.headers),
             body=None,
+            at=arrived,
         )
         status, body, headers = self._answer(request.method, request.raw_path, call, raw)
         call.status = status
@@ -1345,6 +1350,8 @@ class FakeGitHub:
             return 422, Reply(422, MSG_VALIDATION_FAILED, errors=[{"message": e} for e in errors]).body(), {}
         try:
             actor = self._authenticate(op, params, call.headers)
+            if actor.token is not None:
+                call.installation_id = actor.token.installation_id
             self._authorise(op, method, actor)
         except Reply as refusal:
             self._violate(refusal.violation or VIOLATION_AUTH.format(reason=refusal.message, **where))
