@@ -204,6 +204,7 @@ class RepoState:
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    issue_events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # oldest first, as GitHub lists them
     reactions: list[dict[str, Any]] = field(default_factory=list)
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
@@ -693,7 +694,56 @@ class FakeGitHub:
             "reactions": self._reaction_summary(api + "/reactions", []),
         }
         state.issues[number] = issue
+        for label in issue["labels"]:
+            self._record_issue_event(state, number, "labeled", login, label)
         return issue
+
+    def _record_issue_event(
+        self, state: RepoState, number: int, event: str, login: str, label: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One entry of the issue's events API (who labelled or unlabelled it, and when)."""
+        event_id = self._new_id()
+        record: dict[str, Any] = {
+            "id": event_id,
+            "node_id": _node_id("LE", event_id),
+            "url": f"{self.url}/repos/{state.json['full_name']}/issues/events/{event_id}",
+            "actor": self._user(login),
+            "event": event,
+            "commit_id": None,
+            "commit_url": None,
+            "created_at": _iso(),
+            "performed_via_github_app": None,
+        }
+        if label is not None:
+            record["label"] = {"name": label["name"], "color": label.get("color", "ededed")}
+        state.issue_events.setdefault(number, []).append(record)
+        return record
+
+    def label_issue(self, full_name: str, number: int, label: str, *, by: str) -> None:
+        """A person (or another app) puts `label` on the issue, as the web UI would: an event records who."""
+        with self._lock:
+            state = self._repo(full_name)
+            issue = self._issue(state, number)
+            if label.lower() in (entry["name"].lower() for entry in issue["labels"]):
+                return
+            entry = copy.deepcopy(self._ensure_label(state, label))
+            issue["labels"].append(entry)
+            issue["updated_at"] = _iso()
+            self._record_issue_event(state, number, "labeled", by, entry)
+
+    def unlabel_issue(self, full_name: str, number: int, label: str, *, by: str) -> None:
+        with self._lock:
+            state = self._repo(full_name)
+            issue = self._issue(state, number)
+            gone = [entry for entry in issue["labels"] if entry["name"].lower() == label.lower()]
+            issue["labels"] = [entry for entry in issue["labels"] if entry not in gone]
+            for entry in gone:
+                issue["updated_at"] = _iso()
+                self._record_issue_event(state, number, "unlabeled", by, entry)
+
+    def issue_events(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._repo(full_name).issue_events.get(number, []))
 
     def _reaction_summary(self, url: str, contents: list[str]) -> dict[str, Any]:
         summary: dict[str, Any] = {"url": url, "total_count": len(contents)}
@@ -1821,8 +1871,17 @@ class FakeGitHub:
             if name.lower() not in present:
                 issue["labels"].append(copy.deepcopy(self._ensure_label(state, name)))
                 present.add(name.lower())
+                self._record_issue_event(state, req.number("issue_number"), "labeled", self.bot_login,
+                                         issue["labels"][-1])
         issue["updated_at"] = _iso()
         return copy.deepcopy(issue["labels"])
+
+    @operation("issues/list-events")
+    def _list_issue_events(self, req: Request) -> Any:
+        state = self._repo(req.repo_name())
+        number = req.number("issue_number")
+        self._issue(state, number)
+        return self._page(req, state.issue_events.get(number, []))
 
     @operation("issues/remove-label")
     def _remove_label(self, req: Request) -> Any:
@@ -1832,6 +1891,9 @@ class FakeGitHub:
         kept = [label for label in issue["labels"] if label["name"].lower() != name]
         if len(kept) == len(issue["labels"]):
             raise Reply(404, MSG_LABEL_MISSING)
+        for entry in issue["labels"]:
+            if entry not in kept:
+                self._record_issue_event(state, req.number("issue_number"), "unlabeled", self.bot_login, entry)
         issue["labels"] = kept
         issue["updated_at"] = _iso()
         return copy.deepcopy(kept)

@@ -244,10 +244,7 @@ def issue_opened(fake: FakeGitHub, full_name: str, number: int, *, sender: str |
 
 def issue_labeled(fake: FakeGitHub, full_name: str, number: int, label: str, sender: str = "alice") -> dict[str, Any]:
     """`issues.labeled`; the label is put on the fake's issue if it is not there yet (as the human did)."""
-    if label.lower() not in (name.lower() for name in fake.labels(full_name, number)):
-        with fake._lock:  # noqa: SLF001
-            state = fake._repos[full_name]  # noqa: SLF001
-            state.issues[number]["labels"].append(copy.deepcopy(fake._ensure_label(state, label)))  # noqa: SLF001
+    fake.label_issue(full_name, number, label, by=sender)
     payload = _issue_payload(fake, full_name, number, example("issues", "labeled"), "labeled", sender)
     payload["label"] = _overlay(payload.get("label"), _label(fake, full_name, label))
     return payload
@@ -255,9 +252,7 @@ def issue_labeled(fake: FakeGitHub, full_name: str, number: int, label: str, sen
 
 def issue_unlabeled(fake: FakeGitHub, full_name: str, number: int, label: str, sender: str = "alice") -> dict[str, Any]:
     """`issues.unlabeled`; the label is taken off the fake's issue if it is still there."""
-    with fake._lock:  # noqa: SLF001
-        issue = fake._repos[full_name].issues[number]  # noqa: SLF001
-        issue["labels"] = [entry for entry in issue["labels"] if entry["name"].lower() != label.lower()]
+    fake.unlabel_issue(full_name, number, label, by=sender)
     payload = _issue_payload(fake, full_name, number, example("issues", "unlabeled"), "unlabeled", sender)
     payload["label"] = _overlay(payload.get("label"), _label(fake, full_name, label))
     return payload
