@@ -12,6 +12,8 @@ import secrets
 import socket
 import string
 import threading
+import urllib.error
+import urllib.request
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -298,6 +300,8 @@ class FakeGitHub:
         self._violations: list[str] = []
         self._redeliveries: list[int] = []
         self.redelivery_status_code = 200
+        self.webhook_url: str | None = None  # where `send_webhook` and redeliveries POST, when set
+        self._delivery_bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.clock: Callable[[], float] = time.monotonic
         self.bot_id = self._new_id()
         self._users[self.bot_login] = self._user_json(self.bot_login, "Bot", self.bot_id)
@@ -1159,6 +1163,30 @@ class FakeGitHub:
             self._deliveries.append(delivery)
             return copy.deepcopy(delivery)
 
+    def send_webhook(self, guid: str, event: str, action: str | None, body: bytes, headers: dict[str, str],
+                     *, installation_id: int | None = None, redelivery: bool = False) -> int:
+        """POST one signed delivery to `webhook_url` as GitHub does, and log the attempt in the App's
+        delivery log with its answer (0 when nothing answered: Shepherd was down). Kept for redelivery."""
+        status = 0
+        if self.webhook_url is not None:
+            request = urllib.request.Request(self.webhook_url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+                    status = answer.status
+            except urllib.error.HTTPError as refused:
+                status = refused.code
+            except OSError:
+                status = 0
+        record = self.add_hook_delivery(guid, event, action, status, installation_id=installation_id,
+                                        redelivery=redelivery)
+        with self._lock:
+            self._delivery_bodies[guid] = (body, dict(headers))
+        return record["status_code"]
+
+    def _send_again(self, guid: str, event: str, action: str | None, installation_id: int | None) -> None:
+        body, headers = self._delivery_bodies[guid]
+        self.send_webhook(guid, event, action, body, headers, installation_id=installation_id, redelivery=True)
+
     def add_manifest_code(self, code: str) -> None:
         with self._lock:
             self._manifest_codes.add(code)
@@ -1651,6 +1679,13 @@ class FakeGitHub:
         if original is None:
             raise _not_found()
         self._redeliveries.append(delivery_id)
+        if self.webhook_url is not None and original["guid"] in self._delivery_bodies:
+            # GitHub sends the redelivery on its own time, after answering this request.
+            threading.Thread(
+                target=self._send_again, name="fake-github-redelivery", daemon=True,
+                args=(original["guid"], original["event"], original["action"], original["installation_id"]),
+            ).start()
+            return 202, {}
         self.add_hook_delivery(
             original["guid"], original["event"], original["action"], self.redelivery_status_code,
             installation_id=original["installation_id"], repository_id=original["repository_id"], redelivery=True,

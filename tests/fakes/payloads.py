@@ -125,6 +125,15 @@ def fake_delivery(fake: FakeGitHub, event: str, payload: dict[str, Any], deliver
     return delivery(event, payload, fake.webhook_secret, delivery_id, target_id=fake.app_id)
 
 
+def send(fake: FakeGitHub, event: str, payload: dict[str, Any]) -> int:
+    """GitHub sends `payload` to the fake's `webhook_url` under a new delivery id and logs the attempt
+    in the App's delivery log (status 0 when Shepherd is down); returns the answer's status."""
+    body, headers = fake_delivery(fake, event, payload)
+    installation = (payload.get("installation") or {}).get("id")
+    return fake.send_webhook(headers["X-GitHub-Delivery"], event, payload.get("action"), body, headers,
+                             installation_id=installation)
+
+
 # ---------------------------------------------------------------------------- adapting
 
 
