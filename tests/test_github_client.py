@@ -580,3 +580,34 @@ async def test_a_secondary_limit_without_retry_after_holds_the_installation_a_mi
     assert gate.paused_for() == 60.0
     await client.post("/repos/a/b/issues/1/reactions", data={"content": "eyes"}, oauth_token="t")
     assert sleeps.delays == [60.0]
+
+
+async def test_a_write_waits_for_the_answer_of_the_one_in_flight_and_its_limit(sleeps: Sleeps) -> None:
+    """Writes of an installation go one at a time: one sent while another's 403 was on its way back
+    would land inside the window GitHub is about to announce."""
+    gate = WriteGate(WriteBudget(min_spacing=0.0), clock=sleeps.clock, sleep=sleeps.sleep)
+    answer = asyncio.Event()
+    sent_at: list[tuple[str, float]] = []
+
+    class SlowAnswer(ScriptedClient):
+        async def _send(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+            sent_at.append((url.rsplit("/", 1)[-1], sleeps.now))
+            if len(sent_at) == 1:
+                await answer.wait()
+            return await super()._send(method, url, headers, body)
+
+    limited = (403, {**JSON, "Retry-After": "5"}, json_bytes(SECONDARY_LIMIT))
+    client = SlowAnswer([limited, (201, JSON, b"{}"), (201, JSON, b"{}")], sleep=sleeps.sleep,
+                        installation_id=INSTALLATION, gate=gate, retry=GitHubRetry(attempts=1))
+    first = asyncio.create_task(client.post("/repos/a/b/issues/1/comments", data={"body": "x"}, oauth_token="t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second = asyncio.create_task(client.post("/repos/a/b/issues/1/reactions", data={"content": "eyes"}, oauth_token="t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [name for name, _ in sent_at] == ["comments"]  # the reaction waits for the comment's answer
+    answer.set()
+    with pytest.raises(gidgethub.BadRequest):
+        await first
+    await second
+    assert sent_at == [("comments", 0.0), ("reactions", 5.0)]

@@ -122,14 +122,19 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         attempt = 0
         while True:
             attempt += 1
+            held = self._gate is not None and operation.write
             if self._gate is not None:
                 if operation.write:
-                    await self._gate.wait(current_priority.get())
+                    # One write of an installation in flight at a time (GitHub asks for serial writes),
+                    # so a limit in its answer pauses the next one before it leaves.
+                    await self._gate.wait(current_priority.get(), hold=True)
                 else:
                     await self._gate.wait_out_pause()
             try:
                 status, response_headers, response_body = await self._send(method, url, headers, body)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
                 self._metrics.github_requests.labels(method=method, status="error").inc()
                 # A write may have landed before the connection broke; only reads are safe to repeat.
                 if operation.write or attempt >= attempts:
@@ -138,10 +143,18 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
                 log.warning(RETRY_NOTE, "no answer", method, operation.template, attempt, attempts, delay)
                 await self._sleep(delay)
                 continue
-            self._count(method, status, response_headers)
-            limit = self._rate_limit_wait(status, response_headers, response_body, attempt)
-            if limit is not None:
-                self._pause_installation(*limit)
+            except BaseException:
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
+                raise
+            try:
+                self._count(method, status, response_headers)
+                limit = self._rate_limit_wait(status, response_headers, response_body, attempt)
+                if limit is not None:
+                    self._pause_installation(*limit)
+            finally:
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
             delay = self._retry_delay(status, response_headers, response_body, attempt)
             if delay is None:
                 return status, response_headers, response_body

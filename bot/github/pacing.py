@@ -92,14 +92,21 @@ class WriteGate:
         self.budget = budget or WriteBudget()
         self._clock = clock
         self._sleep = sleep
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[int, int, asyncio.Future[None], bool]] = []
+        self._in_flight = 0
+        self._landed = asyncio.Event()
         self._order = itertools.count()
         self._dispatcher: asyncio.Task[None] | None = None
         self._paused_until = float("-inf")
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, _, future in self._waiting if not future.done())
+        return sum(1 for _, _, future, _ in self._waiting if not future.done())
+
+    def landed(self) -> None:
+        """A write released with `hold=True` has its answer: the next may be weighed."""
+        self._in_flight = max(0, self._in_flight - 1)
+        self._landed.set()
 
     def pause(self, seconds: float) -> bool:
         """Hold every write for `seconds` from now; True when this lengthens the pause already on."""
@@ -118,13 +125,21 @@ class WriteGate:
         while (left := self.paused_for()) > 0:
             await self._sleep(left)
 
-    async def wait(self, priority: Priority = Priority.NORMAL) -> None:
-        """Return when a write of `priority` may be sent; the write counts as sent then."""
+    async def wait(self, priority: Priority = Priority.NORMAL, *, hold: bool = False) -> None:
+        """Return when a write of `priority` may be sent; the write counts as sent then.
+
+        With `hold`, no other write is released until the caller reports the answer with `landed()`.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (int(priority), next(self._order), future))
+        heapq.heappush(self._waiting, (int(priority), next(self._order), future, hold))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="shepherd-write-gate")
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if hold and future.done() and not future.cancelled():
+                self.landed()  # released, but its writer is gone
+            raise
 
     async def _dispatch(self) -> None:
         try:
@@ -132,18 +147,24 @@ class WriteGate:
                 if self._waiting[0][2].done():  # cancelled while waiting
                     heapq.heappop(self._waiting)
                     continue
+                if self._in_flight:
+                    self._landed.clear()
+                    await self._landed.wait()
+                    continue
                 now = self._clock()
                 delay = max(self.budget.delay(now), self._paused_until - now)
                 if delay > 0:
                     await self._sleep(delay)
                     continue
-                _, _, future = heapq.heappop(self._waiting)
+                _, _, future, hold = heapq.heappop(self._waiting)
                 self.budget.record(now)
+                if hold:
+                    self._in_flight += 1
                 future.set_result(None)
                 # Let the released writer run before the next one is weighed.
                 await asyncio.sleep(0)
         except BaseException as exc:
-            for _, _, future in self._waiting:
+            for _, _, future, _ in self._waiting:
                 if future.done():
                     continue
                 if isinstance(exc, Exception):
