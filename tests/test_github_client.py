@@ -611,3 +611,28 @@ async def test_a_write_waits_for_the_answer_of_the_one_in_flight_and_its_limit(s
         await first
     await second
     assert sent_at == [("comments", 0.0), ("reactions", 5.0)]
+
+
+async def test_a_pause_outlives_a_restart(fake: Any, session: aiohttp.ClientSession, metrics: Metrics, sleeps: Sleeps,
+                                          tmp_path: Any) -> None:
+    """Killed inside a Retry-After window, the next process must honour what GitHub asked of the last."""
+    from bot.store.database import Store
+    from bot.store.pauses import WritePauses
+
+    store = Store.open(tmp_path / "shepherd.db")
+    frozen = time.time()
+    wall = lambda: frozen  # noqa: E731 - the restart happens at the same wall-clock moment
+    url, url_vars = "/repos/{owner}/{repo}/issues/{issue_number}/comments", {"owner": OWNER, "repo": NAME, "issue_number": 1}
+    before = make_app(fake, session, metrics, sleeps, pauses=WritePauses(store.db), wall_clock=wall,
+                      retry=GitHubRetry(attempts=1))
+    fake.inject("issues/create-comment", status=403, headers={"Retry-After": "30"}, json=SECONDARY_LIMIT)
+    with pytest.raises(gidgethub.BadRequest):
+        await before.installation(INSTALLATION).post(url, url_vars, data={"body": "first"})
+    await before.close()  # the process dies
+
+    after = make_app(fake, session, Metrics(), sleeps, pauses=WritePauses(store.db), wall_clock=wall)
+    await after.installation(INSTALLATION).post(url, url_vars, data={"body": "after the restart"})
+    assert sleeps.delays == [30.0]
+    assert [c["body"] for c in fake.comments(REPO, 1)] == ["after the restart"]
+    await after.close()
+    store.close()

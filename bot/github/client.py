@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import gidgethub
@@ -37,6 +37,14 @@ GIVE_UP_ATTEMPTS_NOTE = "GitHub answered %s to %s %s %s times; giving up"
 PAUSE_NOTE = "installation %s: every write paused for %.1f s (GitHub's %s rate limit)"
 LIMIT_PRIMARY = "primary"
 LIMIT_SECONDARY = "secondary"
+
+
+class PauseLog(Protocol):
+    """Where pauses outlive the process: installation id -> wall-clock end (bot/store/pauses.py)."""
+
+    def load(self) -> Mapping[int, float]: ...
+
+    def save(self, installation_id: int, until: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -101,8 +109,10 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         requester: str = REQUESTER,
+        on_pause: Callable[[int, float], None] | None = None,
     ) -> None:
         super().__init__(session, requester, base_url=base_url)
+        self._on_pause = on_pause
         self.installation_id = installation_id
         self._metrics = metrics
         self._gate = gate
@@ -215,6 +225,8 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
             return
         self._metrics.github_pauses.labels(installation=self._label, limit=limit).inc()
         log.warning(PAUSE_NOTE, self._label, seconds, limit)
+        if self._on_pause is not None and self.installation_id is not None:
+            self._on_pause(self.installation_id, self._wall_clock() + seconds)
 
     def _count(self, method: str, status: int, headers: Mapping[str, str]) -> None:
         self._metrics.github_requests.labels(method=method, status=str(status)).inc()
@@ -407,8 +419,12 @@ class GitHubApp:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         retry: GitHubRetry = GitHubRetry(),
+        pauses: PauseLog | None = None,
     ) -> None:
+        """`pauses` keeps the pauses GitHub announced across restarts (a new process must honour them)."""
         self.app_id = app_id
+        self._pauses = pauses
+        self._known_pauses = dict(pauses.load()) if pauses is not None else {}
         self.api_url = api_url.rstrip("/")
         self._session = session
         self._private_key = private_key
@@ -427,6 +443,7 @@ class GitHubApp:
     def _client(self, installation_id: int | None, gate: WriteGate | None) -> GitHubClient:
         return GitHubClient(
             self._session,
+            on_pause=self._pauses.save if self._pauses is not None else None,
             metrics=self._metrics,
             base_url=self.api_url,
             installation_id=installation_id,
@@ -449,6 +466,9 @@ class GitHubApp:
         client = self._installations.get(installation_id)
         if client is None:
             gate = self._pacer.gate(installation_id)
+            left = self._known_pauses.pop(installation_id, 0.0) - self._wall_clock()
+            if left > 0:  # announced before a restart, and not over yet
+                gate.pause(left)
             self._metrics.github_pause_seconds.labels(installation=str(installation_id)).set_function(
                 gate.paused_for
             )
