@@ -89,6 +89,9 @@ VIOLATION_AUTH = "refused credentials on {method} {path} ({operation_id}): {reas
 VIOLATION_MERGE = "merge attempted: {method} {path} ({operation_id}): " + MSG_NEVER_MERGE
 VIOLATION_GRAPHQL = "GraphQL request: {method} {path}: " + MSG_NO_GRAPHQL
 VIOLATION_CRASH = "the fake failed on {method} {path} ({operation_id}): {error!r}"
+VIOLATION_RETRY_AFTER = ("write inside a Retry-After window of installation {installation} "
+                         "({early:.2f} s early): {method} {path} ({operation_id})")
+MSG_SECONDARY_LIMIT = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
 VIOLATION_PERMISSION = "token lacks {permission}:{level} for {method} {path} ({operation_id})"
 MSG_VIOLATIONS = "FakeGitHub saw {count} violation(s):\n{lines}"
 
@@ -183,6 +186,19 @@ class Actor:
 
     kind: str  # "app" | "installation" | "anonymous"
     token: Token | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What `FakeGitHub.fault_for` does to one installation write: fail it before applying it, apply it and
+    lose the answer, or answer a secondary rate limit with `Retry-After`."""
+
+    BEFORE = "before"
+    AFTER = "after"
+    LIMIT = "limit"
+
+    kind: str
+    retry_after: int = 0
 
 
 @dataclass
@@ -300,6 +316,9 @@ class FakeGitHub:
         self._violations: list[str] = []
         self._redeliveries: list[int] = []
         self.redelivery_status_code = 200
+        self.fault_for: Callable[[Call], Fault | None] | None = None  # chaos: decides per installation write
+        self.enforce_retry_after = False  # a write inside an announced Retry-After window is a violation
+        self._retry_after_until: dict[int, float] = {}
         self.webhook_url: str | None = None  # where `send_webhook` and redeliveries POST, when set
         self._delivery_bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.clock: Callable[[], float] = time.monotonic
@@ -1434,10 +1453,41 @@ class FakeGitHub:
         except Reply as refusal:
             self._violate(refusal.violation or VIOLATION_AUTH.format(reason=refusal.message, **where))
             return refusal.status, refusal.body(), refusal.headers
+        write = method not in ("GET", "HEAD", "OPTIONS")
+        if write and call.installation_id is not None and self.enforce_retry_after:
+            with self._lock:
+                until = self._retry_after_until.get(call.installation_id, float("-inf"))
+            if call.at < until:
+                self._violate(VIOLATION_RETRY_AFTER.format(installation=call.installation_id,
+                                                          early=until - call.at, **where))
         injected = self._take_injection(op.operation_id)
         if injected is not None:
             body = injected.json if injected.json is not None else Reply(injected.status, MSG_SERVER_ERROR).body()
+            self._remember_retry_after(call, injected.status, injected.headers)
             return injected.status, body, dict(injected.headers)
+        fault = self.fault_for(call) if (self.fault_for is not None and write
+                                         and call.installation_id is not None) else None
+        if fault is not None and fault.kind == Fault.LIMIT:
+            headers = {"Retry-After": str(fault.retry_after)}
+            self._remember_retry_after(call, 403, headers)
+            return 403, Reply(403, MSG_SECONDARY_LIMIT).body(), headers
+        if fault is not None and fault.kind == Fault.BEFORE:
+            return 502, Reply(502, MSG_SERVER_ERROR).body(), {}
+        status, body, headers = self._apply(op, method, path, params, call, data, actor, where)
+        if fault is not None and fault.kind == Fault.AFTER and status < 400:
+            return 502, Reply(502, MSG_SERVER_ERROR).body(), {}  # applied, but the answer is lost
+        return status, body, headers
+
+    def _remember_retry_after(self, call: Call, status: int, headers: dict[str, str]) -> None:
+        retry_after = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+        if status in (403, 429) and retry_after is not None and call.installation_id is not None:
+            with self._lock:
+                until = call.at + float(retry_after)
+                previous = self._retry_after_until.get(call.installation_id, float("-inf"))
+                self._retry_after_until[call.installation_id] = max(previous, until)
+
+    def _apply(self, op: Operation, method: str, path: str, params: dict[str, str], call: Call, data: Any,
+               actor: Actor, where: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
         handler_name = _HANDLERS.get(op.operation_id)
         if handler_name is None:
             self._violate(VIOLATION_UNEXPECTED.format(**where))
