@@ -61,6 +61,18 @@ class Metrics:
             ["installation"],
             registry=self.registry,
         )
+        self.github_pause_seconds = Gauge(
+            "shepherd_github_pause_seconds",
+            "Seconds left before an installation's writes may go again, after a rate limit GitHub signalled.",
+            ["installation"],
+            registry=self.registry,
+        )
+        self.github_pauses = Counter(
+            "shepherd_github_pauses",
+            "Pauses of an installation's writes GitHub asked for, by installation and limit (primary, secondary).",
+            ["installation", "limit"],
+            registry=self.registry,
+        )
         self.turn_seconds = Histogram(
             "shepherd_turn_seconds",
             "Wall time of agent turns, from the agent's start to its end (recorded when a turn ends).",

@@ -276,3 +276,61 @@ async def test_a_commit_message_that_would_close_another_issue_is_reported_in_th
     assert len(warnings) == 1, body  # its own issue is meant to close: no warning for that commit
     assert sha[:7] in warnings[0] and "#77" in warnings[0] and "GH-78" in warnings[0]
     assert "\n\n**Diff stat:**" in body  # its own paragraph, not swallowed by the last commit's bullet
+
+
+async def test_a_person_s_commit_on_the_agent_branch_is_never_overwritten(bed):
+    """SPEC §2: a maintainer pushes a commit to help between two Shepherd pushes, and another
+    session's mirror fetch has since seen it. Shepherd's next push must keep it, and say why it stopped."""
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "First version.")
+    opened = (await _finish(bed, session))[0]
+    assert isinstance(opened, PullRequestOpened)
+    session = bed.apply(session, opened)
+    first_push = _pushed(bed, session.branch)
+
+    helped = bed.remote.commit_on(REPO, session.branch, {"human.txt": "from a person\n"}, "Help from a person")
+    # Another session of the repository starts: the mirror fetches every branch, this one included.
+    await bed.workspaces.ensure_mirror(REPO, bed.clone_url, bed.fake.mint_token(77, repositories=[REPO]))
+
+    session = bed.apply(session, ReviewFeedback("review:1", "alice", "Please rename a.txt"))
+    session = bed.apply(session, SlotGranted())
+    session = bed.apply(session, TurnStarted(None))
+    await agent_commit(bed, tree, {"b.txt": "b\n"}, "Rename per review")
+    session = turn_done(bed, session, "Renamed.")
+    events = await _finish(bed, session)
+
+    history = bed.remote.log(REPO, f"refs/heads/{session.branch}")
+    assert helped in history and first_push in history
+    assert _pushed(bed, session.branch) == helped  # nothing of Shepherd's replaced it
+    [failed] = events
+    assert isinstance(failed, PushFailed)
+    assert helped[:7] in failed.reason and "Help from a person" in failed.reason
+    assert "did not write" in failed.reason and "never overwrites" in failed.reason
+    session = bed.apply(session, failed)
+    assert session.state == State.FAILED and "Help from a person" in (session.failure_reason or "")
+
+
+async def test_an_agent_s_rewritten_history_replaces_only_shepherd_s_own_push(bed):
+    """The agent rebases (a merge conflict with the base, say): its own earlier push may be replaced."""
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "First version.")
+    opened = (await _finish(bed, session))[0]
+    session = bed.apply(session, opened)
+    first_push = _pushed(bed, session.branch)
+
+    session = bed.apply(session, ReviewFeedback("review:1", "alice", "Squash please"))
+    session = bed.apply(session, SlotGranted())
+    session = bed.apply(session, TurnStarted(None))
+    await bed.workspaces._git_in(tree, "reset", "--soft", "HEAD~1")  # noqa: SLF001 - as the agent would
+    await agent_commit(bed, tree, {"a.txt": "a, squashed\n"}, "Add a, squashed")
+    session = turn_done(bed, session, "Squashed.")
+    [updated] = await _finish(bed, session)
+
+    assert isinstance(updated, PullRequestUpdated), updated
+    assert _pushed(bed, session.branch) == updated.head_sha
+    assert first_push not in bed.remote.log(REPO, f"refs/heads/{session.branch}")
+    assert bed.remote.messages(REPO, session.branch)[0] == "Add a, squashed"

@@ -5,6 +5,7 @@ from __future__ import annotations
 pytest_plugins = ["tests.fakes.plugin"]
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
@@ -473,3 +474,165 @@ def test_token_repr_never_shows_the_secret() -> None:
         {"token": "ghs_secret", "expires_at": (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")}
     )
     assert "ghs_secret" not in repr(token)
+
+
+# ---------------------------------------------------------------- rate limits pause the installation
+
+OTHER_INSTALLATION = 23
+OTHER_REPO = "acme/gadgets"
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+SECONDARY_LIMIT = {"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."}
+
+
+def pauses(metrics: Metrics, installation: int, limit: str = "secondary") -> float:
+    value = metrics.registry.get_sample_value(
+        "shepherd_github_pauses_total", {"installation": str(installation), "limit": limit}
+    )
+    return value or 0.0
+
+
+async def test_a_secondary_limit_on_one_write_holds_every_write_of_that_installation_only(
+    fake: Any, session: aiohttp.ClientSession, metrics: Metrics
+) -> None:
+    """GitHub's 403 + Retry-After: 3 on one comment: no write of that installation reaches GitHub for 3 s.
+
+    The real clock runs here (the window is GitHub's); the fake records when each request arrived.
+    """
+    fake.add_installation(OTHER_INSTALLATION, account="acme", repositories=[OTHER_REPO])
+    fake.add_issue(OTHER_REPO, title="Fix export", body="Please", user="bob")
+    github = GitHubApp(
+        session, app_id=fake.app_id, private_key=fake.private_key_pem, api_url=fake.url, metrics=metrics,
+        write_spacing=0.1,
+    )
+    gh, other = github.installation(INSTALLATION), github.installation(OTHER_INSTALLATION)
+    mine = {"owner": OWNER, "repo": NAME, "issue_number": 1}
+    theirs = {"owner": "acme", "repo": "gadgets", "issue_number": 1}
+    comments = "/repos/{owner}/{repo}/issues/{issue_number}/comments"
+    reactions = "/repos/{owner}/{repo}/issues/{issue_number}/reactions"
+    await gh.getitem("/repos/{owner}/{repo}/issues/{issue_number}", mine)  # tokens minted beforehand
+    await other.getitem("/repos/{owner}/{repo}/issues/{issue_number}", theirs)
+    fake.inject("issues/create-comment", status=403, headers={"Retry-After": "3"}, json=SECONDARY_LIMIT)
+
+    limited_write = asyncio.create_task(gh.post(comments, mine, data={"body": "Shepherd is on it."}))
+    while not fake.calls_to("issues/create-comment"):  # the 403 has been answered
+        await asyncio.sleep(0.01)
+    for _ in range(200):  # and has come back to Shepherd (bounded: old code never pauses)
+        if pauses(metrics, INSTALLATION) or limited_write.done():
+            break
+        await asyncio.sleep(0.01)
+    paused = metrics.registry.get_sample_value("shepherd_github_pause_seconds", {"installation": str(INSTALLATION)})
+    await asyncio.gather(
+        limited_write,
+        gh.post(reactions, mine, data={"content": "eyes"}),
+        gh.post(comments, mine, data={"body": "A question"}, priority=Priority.URGENT),
+        other.post(reactions, theirs, data={"content": "eyes"}),
+        other.post(comments, theirs, data={"body": "Shepherd is on it."}),
+    )
+
+    limited = fake.calls_to("issues/create-comment")[0]
+    assert limited.status == 403 and limited.installation_id == INSTALLATION
+    window_end = limited.at + 3.0
+    after = [c for c in fake.writes() if c.at > limited.at]
+    held = [c for c in after if c.installation_id == INSTALLATION]
+    went = [c for c in after if c.installation_id == OTHER_INSTALLATION]
+    assert len(held) == 3 and all(c.at >= window_end for c in held), [(c.operation_id, c.at - limited.at) for c in held]
+    # The other installation was not held: both its writes went before the paused one resumed.
+    assert len(went) == 2 and max(c.at for c in went) < min(c.at for c in held)
+    # Once the pause ends, the question goes first, then the waiting writes in their order.
+    assert [c.body for c in held if c.operation_id == "issues/create-comment"][0] == {"body": "A question"}
+    assert sorted(c["body"] for c in fake.comments(REPO, 1)) == ["A question", "Shepherd is on it."]
+    # /metrics showed the pause while it lasted, for this installation only.
+    assert paused is not None and 0 < paused <= 3
+    assert metrics.registry.get_sample_value(
+        "shepherd_github_pause_seconds", {"installation": str(OTHER_INSTALLATION)}) == 0.0
+    assert pauses(metrics, INSTALLATION) == 1 and pauses(metrics, OTHER_INSTALLATION) == 0
+    assert b"shepherd_github_pause_seconds" in metrics.render()
+    await github.close()
+
+
+async def test_a_primary_limit_on_a_successful_answer_holds_the_next_write_until_the_reset(sleeps: Sleeps) -> None:
+    now = 1_700_000_000.0
+    gate = WriteGate(WriteBudget(min_spacing=0.0), clock=sleeps.clock, sleep=sleeps.sleep)
+    last = {**JSON, "x-ratelimit-remaining": "0", "x-ratelimit-reset": str(int(now) + 30)}
+    client = ScriptedClient([(201, last, b"{}"), (201, JSON, b"{}"), (200, JSON, b"{}")], sleep=sleeps.sleep,
+                            installation_id=INSTALLATION, gate=gate, wall_clock=lambda: now)
+    await client.post("/repos/a/b/issues/1/comments", data={"body": "first"}, oauth_token="t")
+    assert sleeps.delays == []
+    await client.post("/repos/a/b/issues/1/comments", data={"body": "second"}, oauth_token="t")
+    assert sleeps.delays == [31.0]  # until the reset, plus its whole-second resolution
+    await client.getitem("/repos/a/b/issues/1", oauth_token="t")  # the pause is over: reads go at once
+    assert sleeps.delays == [31.0] and len(client.sent) == 3
+
+
+async def test_a_secondary_limit_without_retry_after_holds_the_installation_a_minute(sleeps: Sleeps) -> None:
+    """GitHub documents a wait of at least a minute when it names none; the next write waits, even
+    when the limited one was given up."""
+    gate = WriteGate(WriteBudget(min_spacing=0.0), clock=sleeps.clock, sleep=sleeps.sleep)
+    client = ScriptedClient(
+        [(403, JSON, json_bytes(SECONDARY_LIMIT)), (201, JSON, b"{}")],
+        sleep=sleeps.sleep, installation_id=INSTALLATION, gate=gate, retry=GitHubRetry(attempts=1),
+    )
+    with pytest.raises(gidgethub.BadRequest):
+        await client.post("/repos/a/b/issues/1/comments", data={"body": "x"}, oauth_token="t")
+    assert gate.paused_for() == 60.0
+    await client.post("/repos/a/b/issues/1/reactions", data={"content": "eyes"}, oauth_token="t")
+    assert sleeps.delays == [60.0]
+
+
+async def test_a_write_waits_for_the_answer_of_the_one_in_flight_and_its_limit(sleeps: Sleeps) -> None:
+    """Writes of an installation go one at a time: one sent while another's 403 was on its way back
+    would land inside the window GitHub is about to announce."""
+    gate = WriteGate(WriteBudget(min_spacing=0.0), clock=sleeps.clock, sleep=sleeps.sleep)
+    answer = asyncio.Event()
+    sent_at: list[tuple[str, float]] = []
+
+    class SlowAnswer(ScriptedClient):
+        async def _send(self, method: str, url: str, headers: Any, body: bytes) -> tuple[int, dict[str, str], bytes]:
+            sent_at.append((url.rsplit("/", 1)[-1], sleeps.now))
+            if len(sent_at) == 1:
+                await answer.wait()
+            return await super()._send(method, url, headers, body)
+
+    limited = (403, {**JSON, "Retry-After": "5"}, json_bytes(SECONDARY_LIMIT))
+    client = SlowAnswer([limited, (201, JSON, b"{}"), (201, JSON, b"{}")], sleep=sleeps.sleep,
+                        installation_id=INSTALLATION, gate=gate, retry=GitHubRetry(attempts=1))
+    first = asyncio.create_task(client.post("/repos/a/b/issues/1/comments", data={"body": "x"}, oauth_token="t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    second = asyncio.create_task(client.post("/repos/a/b/issues/1/reactions", data={"content": "eyes"}, oauth_token="t"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert [name for name, _ in sent_at] == ["comments"]  # the reaction waits for the comment's answer
+    answer.set()
+    with pytest.raises(gidgethub.BadRequest):
+        await first
+    await second
+    assert sent_at == [("comments", 0.0), ("reactions", 5.0)]
+
+
+async def test_a_pause_outlives_a_restart(fake: Any, session: aiohttp.ClientSession, metrics: Metrics, sleeps: Sleeps,
+                                          tmp_path: Any) -> None:
+    """Killed inside a Retry-After window, the next process must honour what GitHub asked of the last."""
+    from bot.store.database import Store
+    from bot.store.pauses import WritePauses
+
+    store = Store.open(tmp_path / "shepherd.db")
+    frozen = time.time()
+    wall = lambda: frozen  # noqa: E731 - the restart happens at the same wall-clock moment
+    url, url_vars = "/repos/{owner}/{repo}/issues/{issue_number}/comments", {"owner": OWNER, "repo": NAME, "issue_number": 1}
+    before = make_app(fake, session, metrics, sleeps, pauses=WritePauses(store.db), wall_clock=wall,
+                      retry=GitHubRetry(attempts=1))
+    fake.inject("issues/create-comment", status=403, headers={"Retry-After": "30"}, json=SECONDARY_LIMIT)
+    with pytest.raises(gidgethub.BadRequest):
+        await before.installation(INSTALLATION).post(url, url_vars, data={"body": "first"})
+    await before.close()  # the process dies
+
+    after = make_app(fake, session, Metrics(), sleeps, pauses=WritePauses(store.db), wall_clock=wall)
+    await after.installation(INSTALLATION).post(url, url_vars, data={"body": "after the restart"})
+    assert sleeps.delays == [30.0]
+    assert [c["body"] for c in fake.comments(REPO, 1)] == ["after the restart"]
+    await after.close()
+    store.close()

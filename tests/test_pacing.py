@@ -130,3 +130,43 @@ async def test_each_installation_has_its_own_gate(fake_time: FakeTime) -> None:
     assert fake_time.sleeps == [1.0]
     assert pacer.gate(1) is pacer.gate(1)
     await pacer.close()
+
+
+async def test_a_pause_holds_every_waiting_write_then_releases_urgent_first(fake_time: FakeTime) -> None:
+    gate = WriteGate(WriteBudget(min_spacing=1.0), clock=fake_time.clock, sleep=fake_time.sleep)
+    await gate.wait()
+    assert gate.pause(3.0)
+    assert not gate.pause(2.0)  # a shorter pause does not shorten the one on
+    released: list[tuple[str, float]] = []
+
+    async def write(name: str, priority: Priority) -> None:
+        await gate.wait(priority)
+        released.append((name, fake_time.now))
+
+    await asyncio.gather(
+        write("status edit", Priority.LOW),
+        write("reaction", Priority.NORMAL),
+        write("final state", Priority.URGENT),
+    )
+    assert released == [("final state", 3.0), ("reaction", 4.0), ("status edit", 5.0)]
+    assert gate.paused_for() == 0.0
+
+
+async def test_a_pause_that_arrives_during_a_wait_holds_the_waiting_write(fake_time: FakeTime) -> None:
+    gate = WriteGate(WriteBudget(min_spacing=1.0), clock=fake_time.clock, sleep=fake_time.sleep)
+    await gate.wait()
+    waiting = asyncio.create_task(gate.wait())
+    await asyncio.sleep(0)  # the dispatcher now sleeps out the 1 s spacing
+    gate.pause(10.0)
+    await waiting
+    assert fake_time.now >= 10.0
+
+
+async def test_reads_wait_out_a_pause_but_are_not_spaced(fake_time: FakeTime) -> None:
+    gate = WriteGate(WriteBudget(min_spacing=1.0), clock=fake_time.clock, sleep=fake_time.sleep)
+    await gate.wait()
+    await gate.wait_out_pause()
+    assert fake_time.now == 0.0
+    gate.pause(5.0)
+    await gate.wait_out_pause()
+    assert fake_time.now == 5.0

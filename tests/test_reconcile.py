@@ -61,11 +61,11 @@ async def test_labelled_issue_without_a_session_gets_exactly_one(shepherd_with, 
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello\n"
 
 
-async def test_issue_of_an_author_who_may_not_drive_is_skipped_quietly(shepherd_with, fake_github, git_remote):
+async def test_a_label_added_by_someone_who_may_not_drive_is_skipped_quietly(shepherd_with, fake_github, git_remote):
     async def before_start():
         fake_github.set_permission(REPO, "carol", "read")
-        fake_github.add_issue(REPO, title="From a reader", user="carol")
-        put_label(fake_github, 1, "agent:go")
+        fake_github.add_issue(REPO, title="From a reader", user=MAINTAINER)
+        payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender="carol")
 
     shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
     done = await reconcile_again(shepherd)
@@ -95,3 +95,50 @@ async def test_pull_request_merged_while_down_is_cleaned_up(shepherd_with, fake_
     assert "merged" in status["body"]
     assert (await reconcile_again(shepherd)).ended == []
     assert len(bot_comments(fake_github, 1)) == 1
+
+
+async def test_a_label_shepherd_refused_stays_refused_after_reconciliation(shepherd_with, fake_github, git_remote):
+    """A triage user labels a maintainer's issue; Shepherd refuses once. The sweep (and a restart's
+    start-up pass, the same function) must not start it "as its author", nor refuse a second time."""
+    shepherd = await shepherd_with(DONE_AGENT)
+    fake_github.set_permission(REPO, "tess", "triage")
+    fake_github.add_issue(REPO, title="Add a greeting", user=MAINTAINER)
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender="tess"))
+    await shepherd.settle()
+    refusal = bot_comments(fake_github, 1)
+    assert len(refusal) == 1 and shepherd.session(1) is None
+
+    for _ in range(2):
+        done = await reconcile_again(shepherd)
+        await shepherd.settle()
+        assert done.started == [] and done.skipped == [f"{REPO}#1"]
+    assert shepherd.session(1) is None
+    assert bot_comments(fake_github, 1) == refusal
+    assert fake_github.reactions(REPO, 1) == []
+    assert fake_github.pulls(REPO) == []
+
+
+async def test_a_label_a_bot_added_starts_nothing(shepherd_with, fake_github, git_remote):
+    async def before_start():
+        fake_github.add_issue(REPO, title="Bump a dependency", user=MAINTAINER)
+        payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender="renovate[bot]")
+
+    shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
+    done = await reconcile_again(shepherd)
+    await shepherd.settle()
+    assert done.started == [] and f"{REPO}#1" in done.skipped
+    assert shepherd.session(1) is None
+    assert fake_github.comments(REPO, 1) == [] and fake_github.reactions(REPO, 1) == []
+
+
+async def test_a_maintainer_s_label_on_a_reader_s_issue_starts_as_the_maintainer(shepherd_with, fake_github, git_remote):
+    async def before_start():
+        fake_github.set_permission(REPO, "carol", "read")
+        fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+        put_label(fake_github, 1, "agent:go")  # by the maintainer, while Shepherd was down
+
+    shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
+    session = await shepherd.until(lambda: shepherd.session(1))
+    assert session.trigger_actor == MAINTAINER
+    assert (await shepherd.ended(1)).state == State.COMPLETE
+    assert len(fake_github.pulls(REPO)) == 1

@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import gidgethub
@@ -34,6 +34,17 @@ RATE_LIMIT_RESET_MARGIN = 1.0  # x-ratelimit-reset has whole seconds; do not arr
 RETRY_NOTE = "GitHub answered %s to %s %s (attempt %s of %s); retrying in %.1f s"
 GIVE_UP_WAIT_NOTE = "GitHub asks %s %s to wait %.0f s, longer than the %.0f s cap; not retrying"
 GIVE_UP_ATTEMPTS_NOTE = "GitHub answered %s to %s %s %s times; giving up"
+PAUSE_NOTE = "installation %s: every write paused for %.1f s (GitHub's %s rate limit)"
+LIMIT_PRIMARY = "primary"
+LIMIT_SECONDARY = "secondary"
+
+
+class PauseLog(Protocol):
+    """Where pauses outlive the process: installation id -> wall-clock end (bot/store/pauses.py)."""
+
+    def load(self) -> Mapping[int, float]: ...
+
+    def save(self, installation_id: int, until: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,8 +109,10 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         wall_clock: Callable[[], float] = time.time,
         requester: str = REQUESTER,
+        on_pause: Callable[[int, float], None] | None = None,
     ) -> None:
         super().__init__(session, requester, base_url=base_url)
+        self._on_pause = on_pause
         self.installation_id = installation_id
         self._metrics = metrics
         self._gate = gate
@@ -119,20 +132,39 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         attempt = 0
         while True:
             attempt += 1
-            if operation.write and self._gate is not None:
-                await self._gate.wait(current_priority.get())
+            held = self._gate is not None and operation.write
+            if self._gate is not None:
+                if operation.write:
+                    # One write of an installation in flight at a time (GitHub asks for serial writes),
+                    # so a limit in its answer pauses the next one before it leaves.
+                    await self._gate.wait(current_priority.get(), hold=True)
+                else:
+                    await self._gate.wait_out_pause()
             try:
                 status, response_headers, response_body = await self._send(method, url, headers, body)
             except (aiohttp.ClientConnectionError, asyncio.TimeoutError):
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
                 self._metrics.github_requests.labels(method=method, status="error").inc()
                 # A write may have landed before the connection broke; only reads are safe to repeat.
                 if operation.write or attempt >= attempts:
                     raise
-                delay = self._retry.backoff_for(attempt)
-                log.warning(RETRY_NOTE, "no answer", method, operation.template, attempt, attempts, delay)
-                await self._sleep(delay)
+                backoff = self._retry.backoff_for(attempt)
+                log.warning(RETRY_NOTE, "no answer", method, operation.template, attempt, attempts, backoff)
+                await self._sleep(backoff)
                 continue
-            self._count(method, status, response_headers)
+            except BaseException:
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
+                raise
+            try:
+                self._count(method, status, response_headers)
+                limit = self._rate_limit_wait(status, response_headers, response_body, attempt)
+                if limit is not None:
+                    self._pause_installation(*limit)
+            finally:
+                if held:
+                    self._gate.landed()  # type: ignore[union-attr]
             delay = self._retry_delay(status, response_headers, response_body, attempt)
             if delay is None:
                 return status, response_headers, response_body
@@ -143,6 +175,8 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
                 log.warning(GIVE_UP_WAIT_NOTE, method, operation.template, delay, self._retry.max_wait)
                 return status, response_headers, response_body
             log.warning(RETRY_NOTE, status, method, operation.template, attempt, attempts, delay)
+            if limit is not None and self._gate is not None:
+                continue  # the paused gate holds the retry, with every other write of the installation
             await self._sleep(delay)
 
     async def _send(
@@ -157,17 +191,42 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
         """Seconds to wait before repeating a request GitHub may answer differently later, else None."""
         if status < 500 and status != 429 and not (status == 403 and _is_rate_limited_403(headers, body)):
             return None
+        limit = self._rate_limit_wait(status, headers, body, attempt)
+        if limit is not None:
+            return limit[0]
+        return self._retry.backoff_for(attempt)
+
+    def _rate_limit_wait(
+        self, status: int, headers: Mapping[str, str], body: bytes, attempt: int
+    ) -> tuple[float, str] | None:
+        """The wait GitHub asks of the whole installation after this answer, and which limit, else None.
+
+        A secondary limit (403 or 429) names its wait in `Retry-After`, or GitHub's documentation
+        asks for at least a minute; a primary limit (`x-ratelimit-remaining: 0`, even on an answer
+        that succeeded) lasts until `x-ratelimit-reset`.
+        """
+        limited = status == 429 or (status == 403 and _is_rate_limited_403(headers, body))
         retry_after = _header(headers, "retry-after")
-        if retry_after is not None:
+        if limited and retry_after is not None:
             with contextlib.suppress(ValueError):
-                return max(0.0, float(retry_after))
+                return max(0.0, float(retry_after)), LIMIT_SECONDARY
         reset = _header(headers, "x-ratelimit-reset")
         if _header(headers, "x-ratelimit-remaining") == "0" and reset is not None:
             with contextlib.suppress(ValueError):
-                return max(0.0, float(reset) - self._wall_clock()) + RATE_LIMIT_RESET_MARGIN
-        if status in (403, 429):
-            return min(max(self._retry.secondary_wait, self._retry.backoff_for(attempt)), self._retry.max_wait)
-        return self._retry.backoff_for(attempt)
+                return max(0.0, float(reset) - self._wall_clock()) + RATE_LIMIT_RESET_MARGIN, LIMIT_PRIMARY
+        if limited:
+            wait = min(max(self._retry.secondary_wait, self._retry.backoff_for(attempt)), self._retry.max_wait)
+            return wait, LIMIT_SECONDARY
+        return None
+
+    def _pause_installation(self, seconds: float, limit: str) -> None:
+        """Hold every write of this installation for `seconds` (GitHub's limits are per installation)."""
+        if self._gate is None or not self._gate.pause(seconds):
+            return
+        self._metrics.github_pauses.labels(installation=self._label, limit=limit).inc()
+        log.warning(PAUSE_NOTE, self._label, seconds, limit)
+        if self._on_pause is not None and self.installation_id is not None:
+            self._on_pause(self.installation_id, self._wall_clock() + seconds)
 
     def _count(self, method: str, status: int, headers: Mapping[str, str]) -> None:
         self._metrics.github_requests.labels(method=method, status=str(status)).inc()
@@ -360,8 +419,12 @@ class GitHubApp:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         retry: GitHubRetry = GitHubRetry(),
+        pauses: PauseLog | None = None,
     ) -> None:
+        """`pauses` keeps the pauses GitHub announced across restarts (a new process must honour them)."""
         self.app_id = app_id
+        self._pauses = pauses
+        self._known_pauses = dict(pauses.load()) if pauses is not None else {}
         self.api_url = api_url.rstrip("/")
         self._session = session
         self._private_key = private_key
@@ -380,6 +443,7 @@ class GitHubApp:
     def _client(self, installation_id: int | None, gate: WriteGate | None) -> GitHubClient:
         return GitHubClient(
             self._session,
+            on_pause=self._pauses.save if self._pauses is not None else None,
             metrics=self._metrics,
             base_url=self.api_url,
             installation_id=installation_id,
@@ -401,7 +465,14 @@ class GitHubApp:
         installation_id = int(installation_id)
         client = self._installations.get(installation_id)
         if client is None:
-            gh = self._client(installation_id, gate=self._pacer.gate(installation_id))
+            gate = self._pacer.gate(installation_id)
+            left = self._known_pauses.pop(installation_id, 0.0) - self._wall_clock()
+            if left > 0:  # announced before a restart, and not over yet
+                gate.pause(left)
+            self._metrics.github_pause_seconds.labels(installation=str(installation_id)).set_function(
+                gate.paused_for
+            )
+            gh = self._client(installation_id, gate=gate)
             client = InstallationClient(gh, self.tokens, installation_id)
             self._installations[installation_id] = client
         return client

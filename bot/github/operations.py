@@ -101,6 +101,7 @@ ALLOWED: tuple[Operation, ...] = (
     _op("GET",    f"{R}/issues/{{issue_number}}",                         "issues/get"),
     _op("PATCH",  f"{R}/issues/{{issue_number}}",                         "issues/update"),
     _op("GET",    f"{R}/issues/{{issue_number}}/comments",                "issues/list-comments"),
+    _op("GET",    f"{R}/issues/{{issue_number}}/events",                  "issues/list-events"),
     _op("POST",   f"{R}/issues/{{issue_number}}/comments",                "issues/create-comment"),
     _op("GET",    f"{R}/issues/comments/{{comment_id}}",                  "issues/get-comment"),
     _op("PATCH",  f"{R}/issues/comments/{{comment_id}}",                  "issues/update-comment"),

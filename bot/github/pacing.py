@@ -1,4 +1,9 @@
-"""Write pacing per installation: spacing, GitHub's content-creation limits, and priorities."""
+"""Write pacing per installation: spacing, GitHub's content-creation limits, pauses GitHub asks for, and priorities.
+
+A rate limit GitHub signals on any one request (a secondary limit's `Retry-After`, a primary limit's
+reset) is the installation's, not the request's: the gate pauses every write of the installation
+until it passes, and the writes waiting then leave most urgent first.
+"""
 
 from __future__ import annotations
 
@@ -72,8 +77,9 @@ class WriteBudget:
 class WriteGate:
     """The async gate one installation's writes pass, most urgent first, then first come.
 
-    One dispatcher task runs while writes wait and ends when none do; it re-reads the queue after
-    every sleep so a write that arrives urgent during a wait overtakes those already waiting.
+    One dispatcher task runs while writes wait and ends when none do; it re-reads the queue (and
+    the pause) after every sleep so a write that arrives urgent during a wait overtakes those
+    already waiting, and a pause that arrives during a wait holds them all.
     """
 
     def __init__(
@@ -86,21 +92,54 @@ class WriteGate:
         self.budget = budget or WriteBudget()
         self._clock = clock
         self._sleep = sleep
-        self._waiting: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._waiting: list[tuple[int, int, asyncio.Future[None], bool]] = []
+        self._in_flight = 0
+        self._landed = asyncio.Event()
         self._order = itertools.count()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._paused_until = float("-inf")
 
     @property
     def waiting(self) -> int:
-        return sum(1 for _, _, future in self._waiting if not future.done())
+        return sum(1 for _, _, future, _ in self._waiting if not future.done())
 
-    async def wait(self, priority: Priority = Priority.NORMAL) -> None:
-        """Return when a write of `priority` may be sent; the write counts as sent then."""
+    def landed(self) -> None:
+        """A write released with `hold=True` has its answer: the next may be weighed."""
+        self._in_flight = max(0, self._in_flight - 1)
+        self._landed.set()
+
+    def pause(self, seconds: float) -> bool:
+        """Hold every write for `seconds` from now; True when this lengthens the pause already on."""
+        until = self._clock() + max(0.0, seconds)
+        if until <= self._paused_until:
+            return False
+        self._paused_until = until
+        return True
+
+    def paused_for(self) -> float:
+        """Seconds left of the current pause (0 when writes may go)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    async def wait_out_pause(self) -> None:
+        """Return once no pause is on (for reads: they are not spaced, but GitHub's wait is for all)."""
+        while (left := self.paused_for()) > 0:
+            await self._sleep(left)
+
+    async def wait(self, priority: Priority = Priority.NORMAL, *, hold: bool = False) -> None:
+        """Return when a write of `priority` may be sent; the write counts as sent then.
+
+        With `hold`, no other write is released until the caller reports the answer with `landed()`.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (int(priority), next(self._order), future))
+        heapq.heappush(self._waiting, (int(priority), next(self._order), future, hold))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="shepherd-write-gate")
-        await future
+        try:
+            await future
+        except asyncio.CancelledError:
+            if hold and future.done() and not future.cancelled():
+                self.landed()  # released, but its writer is gone
+            raise
 
     async def _dispatch(self) -> None:
         try:
@@ -108,18 +147,24 @@ class WriteGate:
                 if self._waiting[0][2].done():  # cancelled while waiting
                     heapq.heappop(self._waiting)
                     continue
+                if self._in_flight:
+                    self._landed.clear()
+                    await self._landed.wait()
+                    continue
                 now = self._clock()
-                delay = self.budget.delay(now)
+                delay = max(self.budget.delay(now), self._paused_until - now)
                 if delay > 0:
                     await self._sleep(delay)
                     continue
-                _, _, future = heapq.heappop(self._waiting)
+                _, _, future, hold = heapq.heappop(self._waiting)
                 self.budget.record(now)
+                if hold:
+                    self._in_flight += 1
                 future.set_result(None)
                 # Let the released writer run before the next one is weighed.
                 await asyncio.sleep(0)
         except BaseException as exc:
-            for _, _, future in self._waiting:
+            for _, _, future, _ in self._waiting:
                 if future.done():
                     continue
                 if isinstance(exc, Exception):

@@ -3,11 +3,12 @@
 Run at start-up and every 15 minutes from the app's sweep. For every installation and repository:
 
 - an open issue carrying the go or plan label (the repository policy's names) but no session at all
-  gets one, started as if its **author** had added the label. The allow-listed API has no read that
-  says who added a label (that is in the issue's timeline, which Shepherd does not read), so the
-  author stands in, and only when the author may drive Shepherd (the policy's `min_permission`);
-  otherwise the issue is skipped with a log line. Issues whose delivery is still waiting in the store
-  are left to it, so the real labeller is recorded.
+  gets one only when the person who added that label (the newest `labeled` event for it in the
+  issue's events) may drive Shepherd, checked exactly as the webhook path checks it: a bot never, a
+  person by their permission against the policy's `min_permission`. It is started as that person.
+  Otherwise the issue is skipped with a log line and nothing on GitHub: a label the webhook path
+  refused stays refused, without a second refusal comment. Issues whose delivery is still waiting
+  in the store are left to it.
 - an open PR on an `agent/` branch whose session never recorded it (Shepherd stopped between opening
   the PR and storing it) is reported to the session as `PullRequestOpened`;
 - a session whose PR is no longer open on GitHub (merged or closed while Shepherd was down) gets
@@ -37,11 +38,12 @@ REPOSITORIES_URL = "/installation/repositories{?per_page}"
 ISSUES_URL = "/repos/{owner}/{repo}/issues{?state,labels,per_page}"
 PULLS_URL = "/repos/{owner}/{repo}/pulls{?state,per_page}"
 PULL_URL = "/repos/{owner}/{repo}/pulls/{pull_number}"
+EVENTS_URL = "/repos/{owner}/{repo}/issues/{issue_number}/events{?per_page}"
 PER_PAGE = 100
 
-LOG_STARTED = "%s#%s: %s label with no session; started as its author %s (reconciliation)"
-LOG_NOT_ALLOWED = "%s#%s: %s label with no session, but its author %s may not drive Shepherd; skipped"
-LOG_NO_AUTHOR = "%s#%s: %s label with no session and no human author to start it as; skipped"
+LOG_STARTED = "%s#%s: %s label with no session; started as %s, who added it (reconciliation)"
+LOG_NOT_ALLOWED = "%s#%s: %s label with no session, but %s, who added it, may not drive Shepherd; skipped"
+LOG_NO_LABELLER = "%s#%s: %s label with no session and no record of who added it; skipped"
 LOG_PR_FOUND = "%s: PR #%s on %s was opened but never recorded; linked to its session"
 LOG_PR_ENDED = "%s: PR #%s was %s while Shepherd was not listening; ending the session's work"
 LOG_REPO_FAILED = "reconciling %s failed; the next sweep tries again"
@@ -121,27 +123,39 @@ async def _reconcile_repository(
                 clone_url=repository["clone_url"], default_branch=default_branch,
                 author=(issue.get("user") or {}).get("login"),
             )
-            await _start_as_author(gh, engine, ref, issue.get("user"), mode, label, loaded.policy.min_permission,
-                                   permissions, done)
+            await _start_as_labeller(gh, engine, ref, mode, label, loaded.policy.min_permission, permissions, done)
     await _reconcile_pulls(gh, owner, name, full_name, engine, done)
 
 
-async def _start_as_author(
-    gh: Any, engine: Any, ref: IssueRef, author: dict[str, Any] | None, mode: Mode, label: str, minimum: str,
+async def labeller(gh: Any, owner: str, repo: str, number: int, label: str) -> dict[str, Any] | None:
+    """Who added `label` to the issue most recently (the user of its newest `labeled` event), if known."""
+    found: dict[str, Any] | None = None
+    async for event in gh.getiter(EVENTS_URL, {"owner": owner, "repo": repo, "issue_number": number,
+                                              "per_page": PER_PAGE}):
+        if event.get("event") != "labeled":
+            continue
+        if str((event.get("label") or {}).get("name", "")).lower() == label.lower():
+            found = event.get("actor") or None  # events come oldest first: the last one wins
+    return found
+
+
+async def _start_as_labeller(
+    gh: Any, engine: Any, ref: IssueRef, mode: Mode, label: str, minimum: str,
     permissions: PermissionCache, done: Reconciled,
 ) -> None:
     key = f"{ref.full_name}#{ref.number}"
-    if not author or not author.get("login"):
-        log.info(LOG_NO_AUTHOR, ref.full_name, ref.number, label)
+    actor = await labeller(gh, ref.owner, ref.repo, ref.number, label)
+    if not actor or not actor.get("login"):
+        log.info(LOG_NO_LABELLER, ref.full_name, ref.number, label)
         done.skipped.append(key)
         return
-    if not await permissions.may_drive(gh, ref.owner, ref.repo, author, minimum=minimum):
-        log.info(LOG_NOT_ALLOWED, ref.full_name, ref.number, label, author["login"])
+    if not await permissions.may_drive(gh, ref.owner, ref.repo, actor, minimum=minimum):
+        log.info(LOG_NOT_ALLOWED, ref.full_name, ref.number, label, actor["login"])
         done.skipped.append(key)
         return
-    session = await engine.trigger(ref, mode=mode, actor=author["login"], label=label)
+    session = await engine.trigger(ref, mode=mode, actor=actor["login"], label=label)
     if session is not None:
-        log.info(LOG_STARTED, ref.full_name, ref.number, label, author["login"])
+        log.info(LOG_STARTED, ref.full_name, ref.number, label, actor["login"])
         done.started.append(key)
 
 

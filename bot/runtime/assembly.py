@@ -30,6 +30,7 @@ from bot.metrics import Metrics
 from bot.runtime.rounds import InlineCollector
 from bot.runtime.engine import Engine
 from bot.settings import Settings
+from bot.store.pauses import WritePauses
 from bot.store.database import Store
 from bot.workspace.workspaces import Workspaces
 
@@ -77,6 +78,7 @@ def assemble(
         api_url=settings.api_url,
         metrics=metrics,
         write_spacing=settings.write_spacing_seconds,
+        pauses=WritePauses(store.db),
     )
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())

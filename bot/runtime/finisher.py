@@ -39,7 +39,7 @@ from bot.github.operations import OperationRefused
 from bot.agent.confinement import for_session as confinement_for
 from bot.agent.processes import REASON_EXITED, log_tail
 from bot.core.protected import touched_protected_paths
-from bot.workspace.push import PushRefused, agent_branch, push_branch
+from bot.workspace.push import PushRefused, agent_branch, push_branch, remote_tip
 from bot.views.render import environment, fence
 from bot.core.sanitize import closing_references, code_span, marker, neutralise_for_github
 from bot.runtime.coordination import test_merge
@@ -55,6 +55,7 @@ from bot.core.session import (
 )
 from bot.store.database import Store
 from bot.store.posted import PostedRecords
+from bot.store.pushes import PushRecords
 from bot.workspace.workspaces import WorkspaceError, Workspaces, session_folder
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,12 @@ PROTECTED_REFUSED = "the branch still changes protected paths ({paths}); Shepher
 NO_CHANGES_AGAINST_BASE = "the branch has no commits on top of {base}; there is nothing to open a pull request for"
 GITHUB_REFUSED = "GitHub refused to {what} ({status}): {message}"
 GIT_FAILED = "git failed: {message}"
+FOREIGN_COMMITS = (
+    "{branch} on GitHub has {count} commit(s) Shepherd did not write: {commits}. Shepherd never "
+    "overwrites them, so it did not push. Its own work is kept in its worktree; to go on, merge or "
+    "rebase it with those commits, or ask for `/agent retry`"
+)
+FOREIGN_COMMIT = "{sha} by {author} ({subject})"
 WORKSPACE_FAILED = "the worktree cannot be used: {message}"
 NO_SUMMARY = "_The agent did not write a summary._"
 CLOSING_COMMIT = (
@@ -218,7 +225,7 @@ class Finisher:
         if context.policy.test:
             test = await self._run_tests(session, context, worktree, branch, bot_name, bot_email)
 
-        head_sha = await self._push(context, branch)
+        head_sha = await self._push(session, context, branch)
 
         body = self._body(session, branch, base, commits, commit_count, diffstat, test, closing)
         draft = bool(context.policy.draft) or (test is not None and not test.passed)
@@ -314,20 +321,67 @@ class Finisher:
         log.info("tests of %s: exit %s (%s)", session.id, outcome.exit_code, outcome.reason)
         return TestRun(context.policy.test, outcome.exit_code, stop_reason, tail)
 
-    async def _push(self, context: Any, branch: str) -> str:
+    async def _push(self, session: Session, context: Any, branch: str) -> str:
+        """Push the branch without ever losing a commit Shepherd did not write (SPEC §2).
+
+        The remote tip is compared with what Shepherd itself last pushed there (`PushRecords`, which
+        no fetch moves). A remote the branch already contains is fast-forwarded; Shepherd's own last
+        push may be replaced (an agent's rewritten history) with a lease on exactly that commit;
+        anything else on the remote is someone else's work, and the push stops with their commits named.
+        """
         mirror = Mirror(context.full_name, self._workspaces.mirror_path(context.full_name), context.clone_url)
-        # The lease is the remote commit Shepherd last saw (its own previous push, or the fetch of a
-        # kept branch): an agent's rewritten history may replace it, a human's push may not.
-        seen = (await self._git.run(
-            "for-each-ref", "--format=%(objectname)", f"refs/remotes/origin/{branch}", mirror=mirror
-        )).strip() or None
+        records = PushRecords(self._store.db) if self._store is not None else None
+        ours = records.last(context.full_name, branch) if records is not None else None
+        local = (await self._git.run("rev-parse", "--verify", f"refs/heads/{branch}^{{commit}}", mirror=mirror)).strip()
         token = await self._github.mint_push_token(context.installation_id, context.owner, context.repo)
         try:
-            return await push_branch(
-                self._git, mirror, branch, token, created_by_shepherd=True, expected_remote_sha=seen
+            remote = await remote_tip(self._git, mirror, branch, token)
+            if remote is not None and remote != ours and not await self._contains(mirror, local, remote):
+                foreign = await self._foreign_commits(mirror, local, remote, ours)
+                if foreign:
+                    raise FinishRefused(FOREIGN_COMMITS.format(
+                        branch=code_span(branch), count=len(foreign), commits="; ".join(foreign)))
+            sha = await push_branch(
+                self._git, mirror, branch, token, created_by_shepherd=ours is not None, expected_remote_sha=remote
             )
         finally:
             del token
+        if records is not None:
+            records.record(context.full_name, branch, sha, session_id=session.id, now=self._clock())
+        return sha
+
+    async def _contains(self, mirror: Mirror, head: str, commit: str) -> bool:
+        try:
+            await self._git.run("merge-base", "--is-ancestor", commit, head, mirror=mirror)
+        except GitError as error:
+            if error.returncode == 1:
+                return False
+            raise
+        return True
+
+    async def _has_commit(self, mirror: Mirror, sha: str) -> bool:
+        try:
+            await self._git.run("cat-file", "-e", f"{sha}^{{commit}}", mirror=mirror)
+        except GitError:
+            return False
+        return True
+
+    async def _foreign_commits(self, mirror: Mirror, local: str, remote: str, ours: str | None) -> list[str]:
+        """Commits on the remote that neither the branch to push nor Shepherd's last push holds."""
+        exclude = [f"^{local}"]
+        if ours is not None and await self._has_commit(mirror, ours):
+            exclude.append(f"^{ours}")
+        out = await self._git.run(
+            "log", "--no-decorate", "--no-color", f"--max-count={MAX_COMMITS_LISTED}", "--format=%h%x09%an%x09%s",
+            remote, *exclude, "--", mirror=mirror,
+        )
+        commits = []
+        for line in out.splitlines():
+            sha, _, rest = line.partition("\t")
+            author, _, subject = rest.partition("\t")
+            commits.append(FOREIGN_COMMIT.format(sha=code_span(sha), author=neutralise_for_github(author),
+                                                 subject=neutralise_for_github(subject) or "(no message)"))
+        return commits
 
     def _body(
         self,

@@ -164,6 +164,17 @@ _SCHEMA = [
     ALTER TABLE deliveries_v5 RENAME TO deliveries;
     CREATE INDEX deliveries_by_status ON deliveries (status, seq);
     """,
+    # version 6: what Shepherd itself last pushed to each agent/ branch (bot/store/pushes.py)
+    """
+    CREATE TABLE pushed_branches (
+        repo TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        sha TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        pushed_at REAL NOT NULL,
+        PRIMARY KEY (repo, branch)
+    );
+    """,
 ]
 
 

@@ -85,3 +85,23 @@ async def push_branch(
     await git.run("update-ref", f"refs/remotes/origin/{short}", local, mirror=mirror)
     log.info("pushed %s of %s at %s", short, mirror.full_name, local)
     return local
+
+
+async def remote_tip(git: Git, mirror: Mirror, branch: str, token: str) -> str | None:
+    """The commit `branch` points to on the remote now (None when it does not exist), its objects
+    fetched into the mirror under `refs/remotes/origin/<branch>` so they can be compared and kept."""
+    short = agent_branch(branch)
+    if mirror.clone_url is None:
+        raise PushRefused(REFUSED_SHAPE.format(branch=branch, why="the mirror's clone URL is unknown"))
+    ref = f"{HEADS}{short}"
+    listed = await git.run("ls-remote", "--refs", "--", mirror.clone_url, ref, mirror=mirror, token=token)
+    tip = next((line.split()[0] for line in listed.splitlines() if line.split()[1:] == [ref]), None)
+    if tip is None:
+        return None
+    if not _SHA.match(tip):
+        raise PushRefused(REFUSED_LEASE.format(branch=branch, sha=tip))
+    await git.run(
+        "fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules", "--",
+        mirror.clone_url, f"+{ref}:refs/remotes/origin/{short}", mirror=mirror, token=token,
+    )
+    return tip

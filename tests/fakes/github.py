@@ -12,6 +12,8 @@ import secrets
 import socket
 import string
 import threading
+import urllib.error
+import urllib.request
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -87,6 +89,9 @@ VIOLATION_AUTH = "refused credentials on {method} {path} ({operation_id}): {reas
 VIOLATION_MERGE = "merge attempted: {method} {path} ({operation_id}): " + MSG_NEVER_MERGE
 VIOLATION_GRAPHQL = "GraphQL request: {method} {path}: " + MSG_NO_GRAPHQL
 VIOLATION_CRASH = "the fake failed on {method} {path} ({operation_id}): {error!r}"
+VIOLATION_RETRY_AFTER = ("write inside a Retry-After window of installation {installation} "
+                         "({early:.2f} s early): {method} {path} ({operation_id})")
+MSG_SECONDARY_LIMIT = "You have exceeded a secondary rate limit. Please wait a few minutes before you try again."
 VIOLATION_PERMISSION = "token lacks {permission}:{level} for {method} {path} ({operation_id})"
 MSG_VIOLATIONS = "FakeGitHub saw {count} violation(s):\n{lines}"
 
@@ -160,6 +165,8 @@ class Call:
     headers: dict[str, str]
     body: Any
     status: int = 0
+    at: float = 0.0  # arrival, on the fake's `clock` (time.monotonic unless a test sets its own)
+    installation_id: int | None = None  # whose installation token made the call, if any
 
 
 @dataclass
@@ -179,6 +186,19 @@ class Actor:
 
     kind: str  # "app" | "installation" | "anonymous"
     token: Token | None = None
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What `FakeGitHub.fault_for` does to one installation write: fail it before applying it, apply it and
+    lose the answer, or answer a secondary rate limit with `Retry-After`."""
+
+    BEFORE = "before"
+    AFTER = "after"
+    LIMIT = "limit"
+
+    kind: str
+    retry_after: int = 0
 
 
 @dataclass
@@ -202,6 +222,7 @@ class RepoState:
     labels: dict[str, dict[str, Any]] = field(default_factory=dict)
     issues: dict[int, dict[str, Any]] = field(default_factory=dict)
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    issue_events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # oldest first, as GitHub lists them
     reactions: list[dict[str, Any]] = field(default_factory=list)
     pulls: dict[int, dict[str, Any]] = field(default_factory=dict)
     reviews: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
@@ -295,6 +316,12 @@ class FakeGitHub:
         self._violations: list[str] = []
         self._redeliveries: list[int] = []
         self.redelivery_status_code = 200
+        self.fault_for: Callable[[Call], Fault | None] | None = None  # chaos: decides per installation write
+        self.enforce_retry_after = False  # a write inside an announced Retry-After window is a violation
+        self._retry_after_until: dict[int, float] = {}
+        self.webhook_url: str | None = None  # where `send_webhook` and redeliveries POST, when set
+        self._delivery_bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
+        self.clock: Callable[[], float] = time.monotonic
         self.bot_id = self._new_id()
         self._users[self.bot_login] = self._user_json(self.bot_login, "Bot", self.bot_id)
 
@@ -690,7 +717,56 @@ class FakeGitHub:
             "reactions": self._reaction_summary(api + "/reactions", []),
         }
         state.issues[number] = issue
+        for label in issue["labels"]:
+            self._record_issue_event(state, number, "labeled", login, label)
         return issue
+
+    def _record_issue_event(
+        self, state: RepoState, number: int, event: str, login: str, label: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One entry of the issue's events API (who labelled or unlabelled it, and when)."""
+        event_id = self._new_id()
+        record: dict[str, Any] = {
+            "id": event_id,
+            "node_id": _node_id("LE", event_id),
+            "url": f"{self.url}/repos/{state.json['full_name']}/issues/events/{event_id}",
+            "actor": self._user(login),
+            "event": event,
+            "commit_id": None,
+            "commit_url": None,
+            "created_at": _iso(),
+            "performed_via_github_app": None,
+        }
+        if label is not None:
+            record["label"] = {"name": label["name"], "color": label.get("color", "ededed")}
+        state.issue_events.setdefault(number, []).append(record)
+        return record
+
+    def label_issue(self, full_name: str, number: int, label: str, *, by: str) -> None:
+        """A person (or another app) puts `label` on the issue, as the web UI would: an event records who."""
+        with self._lock:
+            state = self._repo(full_name)
+            issue = self._issue(state, number)
+            if label.lower() in (entry["name"].lower() for entry in issue["labels"]):
+                return
+            entry = copy.deepcopy(self._ensure_label(state, label))
+            issue["labels"].append(entry)
+            issue["updated_at"] = _iso()
+            self._record_issue_event(state, number, "labeled", by, entry)
+
+    def unlabel_issue(self, full_name: str, number: int, label: str, *, by: str) -> None:
+        with self._lock:
+            state = self._repo(full_name)
+            issue = self._issue(state, number)
+            gone = [entry for entry in issue["labels"] if entry["name"].lower() == label.lower()]
+            issue["labels"] = [entry for entry in issue["labels"] if entry not in gone]
+            for entry in gone:
+                issue["updated_at"] = _iso()
+                self._record_issue_event(state, number, "unlabeled", by, entry)
+
+    def issue_events(self, full_name: str, number: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._repo(full_name).issue_events.get(number, []))
 
     def _reaction_summary(self, url: str, contents: list[str]) -> dict[str, Any]:
         summary: dict[str, Any] = {"url": url, "total_count": len(contents)}
@@ -1111,6 +1187,30 @@ class FakeGitHub:
             self._deliveries.append(delivery)
             return copy.deepcopy(delivery)
 
+    def send_webhook(self, guid: str, event: str, action: str | None, body: bytes, headers: dict[str, str],
+                     *, installation_id: int | None = None, redelivery: bool = False) -> int:
+        """POST one signed delivery to `webhook_url` as GitHub does, and log the attempt in the App's
+        delivery log with its answer (0 when nothing answered: Shepherd was down). Kept for redelivery."""
+        status = 0
+        if self.webhook_url is not None:
+            request = urllib.request.Request(self.webhook_url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback only
+                    status = answer.status
+            except urllib.error.HTTPError as refused:
+                status = refused.code
+            except OSError:
+                status = 0
+        record = self.add_hook_delivery(guid, event, action, status, installation_id=installation_id,
+                                        redelivery=redelivery)
+        with self._lock:
+            self._delivery_bodies[guid] = (body, dict(headers))
+        return record["status_code"]
+
+    def _send_again(self, guid: str, event: str, action: str | None, installation_id: int | None) -> None:
+        body, headers = self._delivery_bodies[guid]
+        self.send_webhook(guid, event, action, body, headers, installation_id=installation_id, redelivery=True)
+
     def add_manifest_code(self, code: str) -> None:
         with self._lock:
             self._manifest_codes.add(code)
@@ -1281,6 +1381,7 @@ class FakeGitHub:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
+        arrived = self.clock()
         with self._lock:
             gate = self._held_open
             if gate is not None:
@@ -1295,6 +1396,7 @@ class FakeGitHub:
             query=dict(request.query),
             headers=dict(request.headers),
             body=None,
+            at=arrived,
         )
         status, body, headers = self._answer(request.method, request.raw_path, call, raw)
         call.status = status
@@ -1350,14 +1452,47 @@ class FakeGitHub:
             return 422, Reply(422, MSG_VALIDATION_FAILED, errors=[{"message": e} for e in errors]).body(), {}
         try:
             actor = self._authenticate(op, params, call.headers)
+            if actor.token is not None:
+                call.installation_id = actor.token.installation_id
             self._authorise(op, method, actor)
         except Reply as refusal:
             self._violate(refusal.violation or VIOLATION_AUTH.format(reason=refusal.message, **where))
             return refusal.status, refusal.body(), refusal.headers
+        write = method not in ("GET", "HEAD", "OPTIONS")
+        if write and call.installation_id is not None and self.enforce_retry_after:
+            with self._lock:
+                until = self._retry_after_until.get(call.installation_id, float("-inf"))
+            if call.at < until:
+                self._violate(VIOLATION_RETRY_AFTER.format(installation=call.installation_id,
+                                                          early=until - call.at, **where))
         injected = self._take_injection(op.operation_id)
         if injected is not None:
             body = injected.json if injected.json is not None else Reply(injected.status, MSG_SERVER_ERROR).body()
+            self._remember_retry_after(call, injected.status, injected.headers)
             return injected.status, body, dict(injected.headers)
+        fault = self.fault_for(call) if (self.fault_for is not None and write
+                                         and call.installation_id is not None) else None
+        if fault is not None and fault.kind == Fault.LIMIT:
+            headers = {"Retry-After": str(fault.retry_after)}
+            self._remember_retry_after(call, 403, headers)
+            return 403, Reply(403, MSG_SECONDARY_LIMIT).body(), headers
+        if fault is not None and fault.kind == Fault.BEFORE:
+            return 502, Reply(502, MSG_SERVER_ERROR).body(), {}
+        status, body, headers = self._apply(op, method, path, params, call, data, actor, where)
+        if fault is not None and fault.kind == Fault.AFTER and status < 400:
+            return 502, Reply(502, MSG_SERVER_ERROR).body(), {}  # applied, but the answer is lost
+        return status, body, headers
+
+    def _remember_retry_after(self, call: Call, status: int, headers: dict[str, str]) -> None:
+        retry_after = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+        if status in (403, 429) and retry_after is not None and call.installation_id is not None:
+            with self._lock:
+                until = call.at + float(retry_after)
+                previous = self._retry_after_until.get(call.installation_id, float("-inf"))
+                self._retry_after_until[call.installation_id] = max(previous, until)
+
+    def _apply(self, op: Operation, method: str, path: str, params: dict[str, str], call: Call, data: Any,
+               actor: Actor, where: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
         handler_name = _HANDLERS.get(op.operation_id)
         if handler_name is None:
             self._violate(VIOLATION_UNEXPECTED.format(**where))
@@ -1599,6 +1734,13 @@ class FakeGitHub:
         if original is None:
             raise _not_found()
         self._redeliveries.append(delivery_id)
+        if self.webhook_url is not None and original["guid"] in self._delivery_bodies:
+            # GitHub sends the redelivery on its own time, after answering this request.
+            threading.Thread(
+                target=self._send_again, name="fake-github-redelivery", daemon=True,
+                args=(original["guid"], original["event"], original["action"], original["installation_id"]),
+            ).start()
+            return 202, {}
         self.add_hook_delivery(
             original["guid"], original["event"], original["action"], self.redelivery_status_code,
             installation_id=original["installation_id"], repository_id=original["repository_id"], redelivery=True,
@@ -1819,8 +1961,17 @@ class FakeGitHub:
             if name.lower() not in present:
                 issue["labels"].append(copy.deepcopy(self._ensure_label(state, name)))
                 present.add(name.lower())
+                self._record_issue_event(state, req.number("issue_number"), "labeled", self.bot_login,
+                                         issue["labels"][-1])
         issue["updated_at"] = _iso()
         return copy.deepcopy(issue["labels"])
+
+    @operation("issues/list-events")
+    def _list_issue_events(self, req: Request) -> Any:
+        state = self._repo(req.repo_name())
+        number = req.number("issue_number")
+        self._issue(state, number)
+        return self._page(req, state.issue_events.get(number, []))
 
     @operation("issues/remove-label")
     def _remove_label(self, req: Request) -> Any:
@@ -1830,6 +1981,9 @@ class FakeGitHub:
         kept = [label for label in issue["labels"] if label["name"].lower() != name]
         if len(kept) == len(issue["labels"]):
             raise Reply(404, MSG_LABEL_MISSING)
+        for entry in issue["labels"]:
+            if entry not in kept:
+                self._record_issue_event(state, req.number("issue_number"), "unlabeled", self.bot_login, entry)
         issue["labels"] = kept
         issue["updated_at"] = _iso()
         return copy.deepcopy(kept)

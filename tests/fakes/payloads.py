@@ -126,6 +126,15 @@ def fake_delivery(fake: FakeGitHub, event: str, payload: dict[str, Any], deliver
     return delivery(event, payload, fake.webhook_secret, delivery_id, target_id=fake.app_id)
 
 
+def send(fake: FakeGitHub, event: str, payload: dict[str, Any]) -> int:
+    """GitHub sends `payload` to the fake's `webhook_url` under a new delivery id and logs the attempt
+    in the App's delivery log (status 0 when Shepherd is down); returns the answer's status."""
+    body, headers = fake_delivery(fake, event, payload)
+    installation = (payload.get("installation") or {}).get("id")
+    return fake.send_webhook(headers["X-GitHub-Delivery"], event, payload.get("action"), body, headers,
+                             installation_id=installation)
+
+
 # ---------------------------------------------------------------------------- adapting
 
 
@@ -257,10 +266,7 @@ def _touch(fake: FakeGitHub, full_name: str, number: int) -> None:
 
 def issue_labeled(fake: FakeGitHub, full_name: str, number: int, label: str, sender: str = "alice") -> dict[str, Any]:
     """`issues.labeled`; the label is put on the fake's issue if it is not there yet (as the human did)."""
-    if label.lower() not in (name.lower() for name in fake.labels(full_name, number)):
-        with fake._lock:  # noqa: SLF001
-            state = fake._repos[full_name]  # noqa: SLF001
-            state.issues[number]["labels"].append(copy.deepcopy(fake._ensure_label(state, label)))  # noqa: SLF001
+    fake.label_issue(full_name, number, label, by=sender)
     with fake._lock:  # noqa: SLF001
         # Each call is a new label event (a label already there was taken off and put back meanwhile).
         _touch(fake, full_name, number)
@@ -271,9 +277,8 @@ def issue_labeled(fake: FakeGitHub, full_name: str, number: int, label: str, sen
 
 def issue_unlabeled(fake: FakeGitHub, full_name: str, number: int, label: str, sender: str = "alice") -> dict[str, Any]:
     """`issues.unlabeled`; the label is taken off the fake's issue if it is still there."""
+    fake.unlabel_issue(full_name, number, label, by=sender)
     with fake._lock:  # noqa: SLF001
-        issue = fake._repos[full_name].issues[number]  # noqa: SLF001
-        issue["labels"] = [entry for entry in issue["labels"] if entry["name"].lower() != label.lower()]
         _touch(fake, full_name, number)
     payload = _issue_payload(fake, full_name, number, example("issues", "unlabeled"), "unlabeled", sender)
     payload["label"] = _overlay(payload.get("label"), _label(fake, full_name, label))
