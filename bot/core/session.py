@@ -861,7 +861,9 @@ def decide_trigger(last: Session | None, trigger: Trigger, now: datetime) -> Dec
         if trigger.labelled_at is None:
             # `/agent retry` starts a new session from the same label: its replays stay replays.
             session = replace(session, trigger_labelled_at=last.trigger_labelled_at)
-        decision = Decision(session, decision.commands)
+        # The issue carries Shepherd's 👀 since its first session: one reaction per issue, not per session.
+        commands = tuple(c for c in decision.commands if c != React("eyes"))
+        decision = Decision(session, commands)
     return decision
 
 
