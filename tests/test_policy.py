@@ -59,6 +59,8 @@ DEFAULTS = {
     "stack": False,
     "dashboard_issue": True,
     "network": {"allow": []},
+    "max_cost_usd": None,
+    "loops": {"repeats": 3, "flip_flops": 2, "stall_minutes": 20},
 }
 
 FULL_FILE = """\
@@ -87,6 +89,8 @@ ci_rounds: 1
 protected_paths: ["migrations/**", ".github/**"]
 stack: true
 dashboard_issue: false
+max_cost_usd: 2.5
+loops: {repeats: 4, flip_flops: 3, stall_minutes: 7.5}
 """
 
 
@@ -144,6 +148,8 @@ def test_every_key_is_read() -> None:
         "stack": True,
         "dashboard_issue": False,
         "network": {"allow": []},
+        "max_cost_usd": 2.5,
+        "loops": {"repeats": 4, "flip_flops": 3, "stall_minutes": 7.5},
     }
     assert loaded.policy.max_runtime_seconds == 30
     assert loaded.policy.idle_timeout_seconds == 150
@@ -529,3 +535,15 @@ def test_a_bad_network_key_is_reported_with_what_it_expects() -> None:
     loaded = parse("network:\n  allow: registry.npmjs.org\n")
     assert [problem.key for problem in loaded.problems] == ["network.allow"]
     assert "a list of host[:port] patterns" in loaded.problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("max_cost_usd: 0\n", "max_cost_usd"), ("max_cost_usd: lots\n", "max_cost_usd"),
+     ("loops: {repeats: 1}\n", "loops.repeats"), ("loops: {stall_minutes: 0}\n", "loops.stall_minutes"),
+     ("loops: {forever: 2}\n", "loops.forever")],
+)
+def test_budget_and_loop_keys_refuse_what_makes_no_sense(text: str, key: str) -> None:
+    loaded = parse(text)
+    assert [problem.key for problem in loaded.problems] == [key]
+    assert loaded.policy.as_dict() == DEFAULTS  # a file with a problem is not partly applied

@@ -20,6 +20,7 @@ from bot.views.status_view import (
     format_age,
     load_sessions,
     open_question,
+    spend_by_repository,
     state_label,
     status_objects,
 )
@@ -154,8 +155,15 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         if not authorised(request):
             return _unauthorized()
         services = services_of(request)
-        for state, count in count_by_state(load_sessions(services.store.db)).items():
+        rows = load_sessions(services.store.db)
+        for state, count in count_by_state(rows).items():
             services.metrics.sessions.labels(state=state).set(count)
+        for repository, spent in spend_by_repository(rows).items():
+            services.metrics.repository_spend.labels(repository=repository).set(spent)
+        for row in rows:
+            if row.session.spent_usd > 0:
+                services.metrics.session_spend.labels(repository=row.session.repo, session=row.session.id).set(
+                    row.session.spent_usd)
         response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
