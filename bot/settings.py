@@ -80,6 +80,7 @@ VARIABLES = (
     SANDBOX_VAR,
     SANDBOX_PATHS_VAR,
     EGRESS_VAR,
+    MODEL_PRICES_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})

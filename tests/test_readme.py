@@ -17,7 +17,7 @@ def _block(readme: str, name: str) -> str:
 
 def expected_blocks() -> dict[str, str]:
     blocks = {}
-    for name in ("status", "question", "question_answered"):
+    for name in ("status", "question", "question_answered", "budget_status", "loop_question"):
         text = (EXAMPLES / f"{name}.md").read_text()
         blocks[f"example:{name}"] = "```markdown\n" + text.rstrip("\n") + "\n```\n"
     blocks["example:write_count"] = f"**{(EXAMPLES / 'write_count.txt').read_text().strip()}**\n"
