@@ -59,12 +59,17 @@ def _clip(text: str, lines: int = EVIDENCE_ERROR_LINES) -> str:
 class StreamParser:
     """Reads one adapter's JSON events into failures and the turn's cost so far."""
 
-    def __init__(self, adapter: str, prices: Mapping[str, ModelPrice], model: str | None = None) -> None:
+    def __init__(
+        self, adapter: str, prices: Mapping[str, ModelPrice], model: str | None = None,
+        earlier_logs: Callable[[], Iterable[Path]] = lambda: (),
+    ) -> None:
         self.adapter = adapter
         self.prices = prices
         self.model = model
+        self.earlier_logs = earlier_logs
         self.calls: dict[str, str] = {}  # Claude Code's tool_use id -> the call's canonical text
         self.cost: float | None = None
+        self.thread_id: str | None = None
 
     def feed(self, event: Mapping[str, Any]) -> list[loops.Failure]:
         if self.adapter == "claude":
@@ -97,22 +102,74 @@ class StreamParser:
 
     def _codex(self, event: Mapping[str, Any]) -> list[loops.Failure]:
         kind = event.get("type")
-        if kind == "item.completed":
+        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
+            self.thread_id = event["thread_id"]
+        elif kind == "item.completed":
             item = event.get("item") if isinstance(event.get("item"), dict) else {}
             code = item.get("exit_code")
             if item.get("type") == "command_execution" and isinstance(code, int) and code != 0:
                 output = item.get("aggregated_output") if isinstance(item.get("aggregated_output"), str) else ""
                 return [loops.Failure(str(item.get("command")), f"exit code {code}\n{output}")]
         elif kind == "turn.completed":
-            usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
+            # The usage counts the whole thread, from before a resume too: this turn's share is what it
+            # added to the thread's total at the end of the last turn that ran it.
+            used = _codex_usage(event)
+            before = self._thread_usage_before() if self.thread_id else (0, 0, 0)
+            added = tuple(max(0, now - then) for now, then in zip(used, before))
             keys = (self.model, "codex") if self.model else ("codex",)
-            cost = price_tokens(
-                self.prices, keys, input_tokens=_count(usage.get("input_tokens")),
-                cached_tokens=_count(usage.get("cached_input_tokens")), output_tokens=_count(usage.get("output_tokens")),
-            )
+            cost = price_tokens(self.prices, keys, input_tokens=added[0], cached_tokens=added[1], output_tokens=added[2])
             if cost is not None:
-                self.cost = (self.cost or 0.0) + cost
+                self.cost = cost
         return []
+
+    def _thread_usage_before(self) -> tuple[int, int, int]:
+        """The thread's usage at the end of the newest earlier turn of this session that ran it."""
+        for log_path in self.earlier_logs():
+            thread, usage = None, None
+            for event in _read_events(log_path):
+                if event.get("type") == "thread.started":
+                    thread = event.get("thread_id")
+                elif event.get("type") == "turn.completed":
+                    usage = _codex_usage(event)
+            if thread == self.thread_id and usage is not None:
+                return usage
+        return (0, 0, 0)
+
+
+def _codex_usage(event: Mapping[str, Any]) -> tuple[int, int, int]:
+    """(input, cached input, output) tokens of a Codex `turn.completed`."""
+    usage = event.get("usage") if isinstance(event.get("usage"), dict) else {}
+    return (_count(usage.get("input_tokens")), _count(usage.get("cached_input_tokens")), _count(usage.get("output_tokens")))
+
+
+def _read_events(log_path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a finished turn's log (its last READ_CHUNK_BYTES), skipping whatever else is there."""
+    try:
+        with open(log_path, "rb") as stream:
+            size = stream.seek(0, os.SEEK_END)
+            stream.seek(max(0, size - READ_CHUNK_BYTES))
+            data = stream.read()
+    except OSError:
+        return []
+    found = []
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                found.append(event)
+    return found
+
+
+def earlier_turn_logs(log_path: Path) -> list[Path]:
+    """The logs of the session's earlier turns (`turn-<n>.log` beside this one), newest first."""
+    match = re.fullmatch(r"turn-(\d+)\.log", log_path.name)
+    if match is None:
+        return []
+    return [log_path.with_name(f"turn-{n}.log") for n in range(int(match.group(1)) - 1, 0, -1)]
 
 
 def _count(value: Any) -> int:
@@ -146,7 +203,7 @@ class TurnWatchdog:
     ) -> None:
         self.turn = turn
         self.log_path = Path(log_path)
-        self.parser = StreamParser(adapter, prices, model)
+        self.parser = StreamParser(adapter, prices, model, earlier_logs=lambda: earlier_turn_logs(self.log_path))
         self.file_states = file_states
         self.snapshot_seconds = snapshot_seconds
         self.clock = clock
