@@ -263,3 +263,6 @@ async def test_spend_is_shown_per_session_and_per_repository(views):
     assert 'shepherd_repository_spend_usd{repository="acme/web"} 1.5' in text
     assert 'shepherd_repository_spend_usd{repository="acme/api"} 0.5' in text
     assert 'shepherd_session_spend_usd{repository="acme/web",session="acme/web#120/1"} 0.42' in text
+    html = await (await views.get(f"/?token={TOKEN}")).text()
+    assert "Spend: $0.42 of $2.00" in html
+    assert "Spend: acme/api $0.50, acme/web $1.50" in html

@@ -13,6 +13,7 @@ import jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot.core.budget import format_usd, spend_line
 from bot.views.dashboard_token import token_matches
 from bot.views.status_view import (
     SessionRow,
@@ -100,6 +101,8 @@ def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]
                 "pr_number": session.pr_number,
                 "checkpoint": session.checkpoint,
                 "failure": session.failure_reason,
+                "spend": (spend_line(session.spent_usd, session.limits.max_cost_usd)
+                          if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
             }
         )
     return shown
@@ -120,6 +123,8 @@ def render_dashboard(
         refresh_seconds=REFRESH_SECONDS,
         empty_text=EMPTY_TEXT,
         mode=mode,
+        spend_by_repository=[(repo, format_usd(spent)) for repo, spent in sorted(spend_by_repository(rows).items())
+                             if spent > 0],
     )
 
 
