@@ -128,6 +128,9 @@ def main() -> int:
             "GITHUB_API_URL": fake.url,
             "SHEPHERD_DATA_DIR": str(data_dir),
             "SHEPHERD_DASHBOARD_TOKEN": "bench",
+            # Ingest only: no agent ever runs, and start-up must not ask for the claude CLI.
+            "SHEPHERD_AGENT": "command",
+            "SHEPHERD_AGENT_COMMAND": "true",
             "PORT": str(shepherd_port),
         }
         log = (work / "shepherd.log").open("w")

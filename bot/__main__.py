@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
 import os
+import shutil
+import socket
 import sys
+from pathlib import Path
+from typing import IO
 
 from aiohttp import web
 
 from bot import redaction
+from bot.agent.adapters import agent_cli_install_spec
 from bot.agent.secrecy import make_undumpable, scrub_environment
 from bot.settings import (
     DASHBOARD_TOKEN_VAR,
@@ -25,6 +32,75 @@ from bot.settings import (
 # path is not secret, but it says where the key is.
 SCRUBBED_VARIABLES = (PRIVATE_KEY_VAR, PRIVATE_KEY_PATH_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR)
 
+LOCK_FILE_NAME = "shepherd.lock"
+DATA_DIR_NOT_WRITABLE = (
+    "the data folder {path} cannot be written ({reason}); set SHEPHERD_DATA_DIR to a folder this user can write"
+)
+DATA_DIR_IN_USE = (
+    "another Shepherd server is using the data folder {path} (it holds {lock}); stop it, or give this one "
+    "its own SHEPHERD_DATA_DIR"
+)
+AGENT_CLI_MISSING = (
+    "the agent CLI `{cli}` (SHEPHERD_AGENT={cli}) is not on PATH; run scripts/serve, which installs it, or "
+    "npm install -g {spec}, or set SHEPHERD_AGENT to an agent this server has"
+)
+PORT_IN_USE = "port {port} is already in use on {host}; stop what listens there or set PORT to a free port"
+PORT_REFUSED = "cannot listen on {host}:{port} ({reason}); check --host and PORT"
+
+
+class StartupError(Exception):
+    """A problem the operator fixes before Shepherd can start; its text is the one line printed."""
+
+
+def claim_data_folder(data_dir: Path) -> IO[str]:
+    """Create the data folder, prove it writable and lock it for this process (held until it exits).
+
+    The lock is `flock` on `<data>/shepherd.lock`: the kernel drops it when the process dies, even by
+    `kill -9`, so a crash never leaves a stale lock behind."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        handle = open(data_dir / LOCK_FILE_NAME, "a+", encoding="utf-8")  # noqa: SIM115 - held for the process's life
+    except OSError as error:
+        raise StartupError(DATA_DIR_NOT_WRITABLE.format(path=data_dir, reason=error.strerror or error)) from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StartupError(DATA_DIR_IN_USE.format(path=data_dir, lock=LOCK_FILE_NAME)) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+    except OSError as error:
+        handle.close()
+        raise StartupError(DATA_DIR_NOT_WRITABLE.format(path=data_dir, reason=error.strerror or error)) from None
+    return handle
+
+
+def check_agent_cli(agent: str, path: str | None) -> None:
+    """The default agent's CLI is installed: without it every session would fail with exit code 127."""
+    spec = agent_cli_install_spec(agent)
+    if spec is not None and shutil.which(agent, path=path) is None:
+        raise StartupError(AGENT_CLI_MISSING.format(cli=agent, spec=spec))
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything says it listens (the app serves on it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise StartupError(PORT_IN_USE.format(port=port, host=host)) from None
+        raise StartupError(PORT_REFUSED.format(host=host, port=port, reason=error.strerror or error)) from None
+    sock.setblocking(False)
+    return sock
+
 
 def protect_secrets(settings: Settings) -> None:
     """Make the settings' secrets unreadable to other processes and masked in every redacted text.
@@ -39,34 +115,42 @@ def protect_secrets(settings: Settings) -> None:
             redaction.register_secret(secret.get_secret_value(), lasting=True)
 
 
+SERVE_HELP = "run the webhook server (the Procfile's web process)"
+
+
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
+    """The options of `serve`, shared by `python -m bot serve` and the operator's `shepherd serve`."""
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Shepherd, the GitHub App.")
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the webhook server (the Procfile's web process)")
-    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")
+    add_serve_arguments(commands.add_parser("serve", help=SERVE_HELP))
     args = parser.parse_args(argv)
 
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    from bot.ingest.webhook import QuietBadRequests
-
-    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
     try:
         settings = load_settings()
     except SettingsError as error:
         sys.stderr.write(f"shepherd: cannot start: {error}\n")
         return 2
+    from bot.ingest.webhook import QuietBadRequests
+    from bot.views.log_lines import configure_logging
+
+    configure_logging(settings.log_format, sys.stderr)
+    logging.getLogger("aiohttp.server").addFilter(QuietBadRequests())
 
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
     from bot.agent.sandbox import Sandbox, SandboxError
 
     if args.command == "serve":
-        try:  # a sandbox this machine cannot make is a start-up error, not a failed first session
+        try:
+            lock = claim_data_folder(settings.data_dir)
+            # A sandbox this machine cannot make is a start-up error, not a failed first session.
             Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
-        except SandboxError as error:
+            check_agent_cli(settings.agent, os.environ.get("PATH"))
+            listener = bind_listener(args.host, settings.port)
+        except (StartupError, SandboxError) as error:
             sys.stderr.write(f"shepherd: cannot start: {error}\n")
             return 2
         protect_secrets(settings)
@@ -82,7 +166,10 @@ def main(argv: list[str] | None = None) -> int:
 
         app.on_startup.append(register_dashboard_token)
         # Per-request access lines would cost more than storing a delivery; errors are logged anyway.
-        web.run_app(app, host=args.host, port=settings.port, print=None, access_log=None)
+        try:
+            web.run_app(app, sock=listener, print=None, access_log=None)
+        finally:
+            lock.close()
     return 0
 
 

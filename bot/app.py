@@ -23,6 +23,7 @@ from bot.ingest.consumer import Consumer, RetryPolicy
 from bot.ingest.writer import DeliveryWriter
 from bot.views.dashboard_token import ensure_dashboard_token, log_dashboard_url
 from bot.github.client import GitHubApp
+from bot.github.reachability import unreachable_warning
 from bot.metrics import Metrics, watch_event_loop_lag
 from bot.ingest.reconcile import reconcile
 from bot.ingest.redelivery import redeliver_failed, utc_now
@@ -106,6 +107,7 @@ def create_app(
                     dependencies=services.assembly.dependencies,
                     clock=clock,
                     retry=retry,
+                    metrics=metrics,
                 )
                 services.consumer.start()
                 metrics.deliveries_waiting.set_function(services.consumer.waiting)
@@ -133,9 +135,13 @@ def create_app(
                     env_file=env_file.absolute(),
                     on_registered=leave_setup_mode,
                     metrics=metrics,
+                    dashboard_token=services.dashboard_token,
                 )
                 services.setup.log_setup_url()
             log_dashboard_url(settings, services.dashboard_token)
+            unreachable = unreachable_warning(settings.public_url)
+            if unreachable is not None:
+                log.warning(unreachable)
             yield
         finally:
             for task in background:

@@ -33,8 +33,15 @@ class Metrics:
         )
         self.deliveries = Counter(
             "shepherd_deliveries",
-            "Webhook deliveries answered, by HTTP status.",
+            "Webhook requests answered, by HTTP status (202 stored, 200 a redelivery, 4xx refused).",
             ["status"],
+            registry=self.registry,
+        )
+        self.deliveries_handled = Counter(
+            "shepherd_deliveries_handled",
+            "Attempts to handle a stored delivery, by outcome: done, retried (a handler failed; it runs "
+            "again after a backoff) or failed (for good, after the last attempt).",
+            ["outcome"],
             registry=self.registry,
         )
         self.deliveries_waiting = Gauge(
@@ -56,8 +63,27 @@ class Metrics:
         )
         self.turn_seconds = Histogram(
             "shepherd_turn_seconds",
-            "Wall time of agent turns.",
+            "Wall time of agent turns, from the agent's start to its end (recorded when a turn ends).",
             buckets=(10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+            registry=self.registry,
+        )
+        self.agent_pull_requests = Gauge(
+            "shepherd_agent_pull_requests",
+            "Agent pull requests by repository, engine and outcome (opened: all of them; merged; closed: "
+            "closed without merging).",
+            ["repo", "engine", "outcome"],
+            registry=self.registry,
+        )
+        self.merged_pull_request_seconds = Gauge(
+            "shepherd_merged_pull_request_seconds_median",
+            "Median time from a session's start to its pull request's merge, by repository and engine.",
+            ["repo", "engine"],
+            registry=self.registry,
+        )
+        self.merged_pull_request_cost = Gauge(
+            "shepherd_merged_pull_request_cost_usd_median",
+            "Median model cost of the sessions of merged pull requests, where the agent reported it.",
+            ["repo", "engine"],
             registry=self.registry,
         )
 

@@ -55,6 +55,7 @@ WORKTREE_POOL_VAR = "SHEPHERD_WORKTREE_POOL"
 SANDBOX_VAR = "SHEPHERD_SANDBOX"
 SANDBOX_PATHS_VAR = "SHEPHERD_SANDBOX_PATHS"
 EGRESS_VAR = "SHEPHERD_EGRESS"
+LOG_FORMAT_VAR = "SHEPHERD_LOG_FORMAT"
 MODEL_PRICES_VAR = "SHEPHERD_MODEL_PRICES"
 
 # The variables load_settings reads; anything else in the environment is ignored.
@@ -80,6 +81,7 @@ VARIABLES = (
     SANDBOX_VAR,
     SANDBOX_PATHS_VAR,
     EGRESS_VAR,
+    LOG_FORMAT_VAR,
     MODEL_PRICES_VAR,
 )
 # Their values must never appear in an error message or a log line.
@@ -224,6 +226,14 @@ class Settings(BaseModel):
         None,
         validation_alias=AGENT_COMMAND_VAR,
         description="For the `command` adapter: the shell command line run for each turn.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        validation_alias=LOG_FORMAT_VAR,
+        description=(
+            "The log on stderr: `text` (one line per event, with `repository=`, `issue=` and `session=` when "
+            "it concerns one) or `json` (one JSON object per line, the same fields as keys)."
+        ),
     )
     agent_env: tuple[str, ...] = Field(
         (),

@@ -1,14 +1,17 @@
-"""The App's installations: an uninstalled or suspended installation loses its tokens and its sessions."""
+"""The App's installations: a new one (or added repositories) gets the trigger labels; an uninstalled or
+suspended installation loses its tokens and its sessions."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import gidgethub
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
 from bot.github.api import GitHub
+from bot.github.labels import create_trigger_labels
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +20,16 @@ router = routing.Router()
 ACTIVE = "active"
 SUSPENDED = "suspended"
 REMOVED = "removed"
+
+
+async def _label_each(gh: GitHub, repositories: list[dict[str, Any]]) -> None:
+    # One repository GitHub refuses (archived, gone again) must not cost the others their labels, nor
+    # send the delivery round the retries: the labels are a convenience people can also make by hand.
+    for repository in repositories:
+        try:
+            await create_trigger_labels(gh, repository["full_name"])
+        except gidgethub.GitHubException as error:
+            log.warning("could not create the trigger labels in %s: %s", repository["full_name"], error)
 
 
 def _installation(event: sansio.Event) -> tuple[int, str | None]:
@@ -33,6 +46,12 @@ async def record_installation(event: sansio.Event, gh: GitHub, *, store: Any, cl
     installation_id, account = _installation(event)
     store.set_installation_state(installation_id, ACTIVE, account=account, now=clock())
     log.info("installation %s (%s) is active", installation_id, account)
+
+
+@router.register("installation", action="created")
+async def label_installed_repositories(event: sansio.Event, gh: GitHub, **_: Any) -> None:
+    """Create `agent:go` and `agent:plan` in every repository of a new installation."""
+    await _label_each(gh, event.data.get("repositories") or [])
 
 
 @router.register("installation", action="deleted")
@@ -66,6 +85,7 @@ async def cancel_removed_repositories(
 
 @router.register("installation_repositories", action="added")
 async def note_added_repositories(event: sansio.Event, gh: GitHub, *, github: Any, **_: Any) -> None:
-    """Drop cached tokens so the next one covers the added repositories."""
+    """Drop cached tokens so the next one covers the added repositories, then label them."""
     installation_id, _account = _installation(event)
     github.forget_installation(installation_id)
+    await _label_each(gh, event.data.get("repositories_added") or [])

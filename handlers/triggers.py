@@ -15,12 +15,13 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine, IssueRef
+from bot.core.engines import choose, is_trigger_of
 from bot.core.responses import Refuse
 from bot.core.session import Cancel, CancelReason
 from bot.core.payload import parse_time
 from bot.github.api import GitHub
 from bot.github.gate import Gate, gate_for
-from bot.github.labels import RepoPolicies, has_label, trigger_label, trigger_mode
+from bot.github.labels import RepoPolicies, has_label
 from bot.github.permissions import PermissionCache, is_bot
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ async def start_session(
     policies: RepoPolicies | None = None,
     **_: Any,
 ) -> None:
-    """Start (or refuse) a session when a person adds the go or plan label."""
+    """Start (or refuse) a session when a person adds the go or plan label, or one of the policy's engine labels."""
     sender = event.data.get("sender")
     label = (event.data.get("label") or {}).get("name") or ""
     if engine is None or is_bot(sender) or "pull_request" in event.data["issue"]:
@@ -79,8 +80,8 @@ async def start_session(
     ref = issue_ref(event)
     gate = gate_for(gate, permissions, policies)
     loaded = await gate.policy(gh, event.data["repository"])
-    mode = trigger_mode(loaded.policy.labels, label)
-    if mode is None:
+    choice = choose(loaded, label)
+    if choice is None:
         return
     issue = await current_issue(gh, ref)
     if issue.get("state") != "open" or not has_label(label_names(issue), label):
@@ -94,8 +95,8 @@ async def start_session(
         return
     labelled_at = parse_time(event.data["issue"].get("updated_at"))
     edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body
-    await engine.trigger(ref, mode=mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
-                         edited_after_label=edited)
+    await engine.trigger(ref, mode=choice.mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
+                         edited_after_label=edited, engine=choice.engine)
 
 
 @router.register("issues", action="unlabeled")
@@ -112,7 +113,7 @@ async def cancel_on_unlabel(
     if session is None or not session.is_live:
         return
     loaded = await gate_for(gate, None, policies).policy(gh, event.data["repository"])
-    if trigger_label(loaded.policy.labels, session.mode).lower() != label.lower():
+    if not is_trigger_of(loaded.policy, session, label):
         return
     issue = await current_issue(gh, ref)
     if has_label(label_names(issue), label):

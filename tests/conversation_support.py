@@ -89,10 +89,11 @@ class MemoryEngine:
     triggered_with: list[IssueRef] = field(default_factory=list)
 
     async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str, policy: Any = None,
-                      labelled_at: Any = None, edited_after_label: bool = False) -> Session | None:
+                      labelled_at: Any = None, edited_after_label: bool = False,
+                      engine: str | None = None) -> Session | None:
         last = self.last_session(issue.full_name, issue.number)
         trigger = Trigger(repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode,
-                          actor=actor, base_branch=issue.default_branch, labelled_at=labelled_at)
+                          actor=actor, base_branch=issue.default_branch, labelled_at=labelled_at, engine=engine)
         decision = decide_trigger(last, trigger, self.clock.datetime())
         self.triggered_with.append(issue)
         if decision.session is not None and (last is None or decision.session.id != last.id):

@@ -92,6 +92,12 @@ class Browser:
     async def css(self, element: str, name: str) -> str:
         return await self.call("GET", f"/element/{element}/css/{name}")
 
+    async def script(self, source: str) -> Any:
+        return await self.call("POST", "/execute/sync", {"script": source, "args": []})
+
+    async def resize(self, width: int, height: int) -> None:
+        await self.call("POST", "/window/rect", {"width": width, "height": height})
+
     async def screenshot(self, path: Path) -> bytes:
         png = base64.b64decode(await self.call("GET", "/screenshot"))
         path.write_bytes(png)
@@ -158,7 +164,37 @@ async def test_dashboard_in_chromium_shows_the_stuck_session_first_and_refuses_w
     await browser.go(dashboard)
     [body] = await browser.find_all("body")
     refused = await browser.text(body)
-    assert "dashboard token is required" in refused
+    assert "The dashboard needs its token" in refused  # a login page, not raw JSON
     assert "Should the export" not in refused and not await browser.find_all("tr.session")
     await browser.screenshot(tmp_path / "refused.png")
+    # Signing in on that page opens the dashboard.
+    [field] = await browser.find_all("input[name=token]")
+    await browser.call("POST", f"/element/{field}/value", {"text": TOKEN})
+    [button] = await browser.find_all("form.login button")
+    await browser.call("POST", f"/element/{button}/click", {})
+    for _ in range(100):
+        if len(await browser.find_all("tr.session")) == 4:
+            break
+        await asyncio.sleep(0.05)
+    assert len(await browser.find_all("tr.session")) == 4
+
+
+@pytest.mark.parametrize("width", [1280, 390])
+async def test_dashboard_fits_the_window_at_desktop_and_phone_width(
+    aiohttp_client, fake_github, tmp_path, browser, width
+):
+    client = await aiohttp_client(create_app(settings_for(fake_github, tmp_path / "data")))
+    for session in sample_sessions():
+        store_session(client.server.app[SERVICES].store, session)
+    await browser.resize(width, 900)
+    await browser.go(f"{client.make_url('/')}?token={TOKEN}")
+    viewport, scrolled = await browser.script(
+        "return [document.documentElement.clientWidth, document.documentElement.scrollWidth]")
+    assert viewport <= width
+    assert scrolled <= viewport, f"the page is {scrolled}px wide in a {viewport}px window"
+    rows = await browser.find_all("tr.session")
+    first = await browser.text(rows[0])
+    assert "acme/web#124" in first and "Should the export include archived rows?" in first
+    png = await browser.screenshot(tmp_path / f"dashboard-{width}.png")
+    assert _png_size(png)[0] <= width
 

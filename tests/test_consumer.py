@@ -199,3 +199,31 @@ async def test_a_delivery_without_an_installation_finishes_without_running_handl
         await consumer.stop()
     assert seen == []
     assert store.delivery("no-installation").status == DONE
+
+
+async def test_what_became_of_each_delivery_is_counted(store):
+    from bot.metrics import Metrics
+
+    clock = Clock()
+    router = routing.Router()
+    metrics = Metrics()
+
+    @router.register("issue_comment", action="created")
+    async def fail_on_broken(event, gh, **_):
+        if event.data["comment"]["body"] == "broken":
+            raise RuntimeError("cannot handle this one")
+
+    _store_delivery(store, clock, "good", 1)
+    _store_delivery(store, clock, "bad", 2, "broken")
+    consumer = _consumer(store, router, clock, metrics=metrics,
+                         retry=RetryPolicy(max_attempts=2, first_delay=10, max_delay=60))
+    consumer.start()
+    try:
+        await consumer.drain()
+        clock.now += 10
+        await consumer.drain()
+    finally:
+        await consumer.stop()
+    counted = {o: metrics.deliveries_handled.labels(o)._value.get() for o in ("done", "retried", "failed")}  # noqa: SLF001
+    assert counted == {"done": 1.0, "retried": 1.0, "failed": 1.0}
+    assert {d.id: d.status for d in store.deliveries()} == {"good": DONE, "bad": FAILED}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.runtime.coordination import find_overlaps
+from bot.core.overlaps import find_overlaps
 from bot.core.session import State, StartTurn, TurnKind
 from tests.e2e_support import MAINTAINER, REPO, agent_script, agent_settings, bot_comments, prepare_repo, \
     start_shepherd

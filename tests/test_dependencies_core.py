@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from bot.runtime.dependencies import (
+from bot.core.dependencies import (
     DependencyFacts,
     IssueKey,
     find_cycle,

@@ -145,3 +145,12 @@ def test_the_real_claude_cli_reports_its_version(tmp_path):
     [agent] = check_agent(settings, which=lambda name: str(CLAUDE) if name == "claude" else None)
     assert agent.level == Level.OK
     assert "2.1.197" in agent.message
+
+
+def test_a_private_network_url_is_a_warning_in_either_mode(fake_github, tmp_path):
+    environ = _environ(fake_github, tmp_path)
+    environ["SHEPHERD_PUBLIC_URL"] = "http://192.168.1.20:3000"
+    [warning] = [f for f in _checks(environ, "settings") if f.level == Level.WARN]
+    assert "private-network" in warning.message and "docs/setup.md" in warning.fix
+    setup = _checks({"SHEPHERD_DATA_DIR": str(tmp_path / "d")}, "settings")
+    assert any(f.level == Level.WARN and "loopback" in f.message for f in setup)

@@ -14,7 +14,8 @@ import psutil
 import pytest
 
 from bot.workspace.git import REMOTE_NAME as REMOTE
-from bot.workspace.git import Git, GitError, Mirror, check_clone_url, redact
+from bot.redaction import redact
+from bot.workspace.git import Git, GitError, Mirror, check_clone_url
 from bot.workspace.push import push_branch
 from bot.workspace.workspaces import WorkspaceError, Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, accept_test_token, git_remote  # noqa: F401

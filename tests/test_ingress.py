@@ -183,7 +183,11 @@ async def test_a_delivery_is_stored_before_202_and_a_redelivery_gets_200_and_run
     await services.consumer.drain()
     assert [d.status for d in _stored(shepherd)] == [DONE]
     runs = services.store.handler_runs("delivery-1")
-    assert runs == {"handlers.installation.record_installation": ("ok", 1, None)}
+    assert runs == {
+        "handlers.installation.record_installation": ("ok", 1, None),
+        "handlers.installation.label_installed_repositories": ("ok", 1, None),
+    }
+    assert {"agent:go", "agent:plan"} <= set(fake_github.repo_labels("octo-org/widgets"))
     assert services.store.installation_state(9) == "active"
 
 

@@ -59,6 +59,8 @@ DEFAULTS = {
     "stack": False,
     "dashboard_issue": True,
     "network": {"allow": []},
+    "max_open_prs": None,
+    "engines": {},
     "max_cost_usd": None,
     "loops": {"repeats": 3, "flip_flops": 2, "stall_minutes": 20},
 }
@@ -89,6 +91,9 @@ ci_rounds: 1
 protected_paths: ["migrations/**", ".github/**"]
 stack: true
 dashboard_issue: false
+max_open_prs: 3
+engines:
+  agent:codex: codex
 max_cost_usd: 2.5
 loops: {repeats: 4, flip_flops: 3, stall_minutes: 7.5}
 """
@@ -148,6 +153,8 @@ def test_every_key_is_read() -> None:
         "stack": True,
         "dashboard_issue": False,
         "network": {"allow": []},
+        "max_open_prs": 3,
+        "engines": {"agent:codex": "codex"},
         "max_cost_usd": 2.5,
         "loops": {"repeats": 4, "flip_flops": 3, "stall_minutes": 7.5},
     }
@@ -537,6 +544,30 @@ def test_a_bad_network_key_is_reported_with_what_it_expects() -> None:
     assert "a list of host[:port] patterns" in loaded.problems[0].message
 
 
+# -- engines (SPEC §3, §8) -------------------------------------------------------------------------
+
+
+def test_an_engine_the_operator_did_not_set_up_is_reported_under_its_label() -> None:
+    loaded = parse("engines:\n  agent:codex: codex\n  agent:script: command\n",
+                   OperatorLimits(agent="claude", adapters=("claude",)))
+    assert loaded.problems == [
+        Problem("engines.agent:codex",
+                'must be one of the agents this Shepherd server has set up (claude), got "codex"'),
+        Problem("engines.agent:script",
+                "is `command`, but this Shepherd server has no SHEPHERD_AGENT_COMMAND; ask its operator, or pick "
+                "one of claude"),
+    ]
+    assert loaded.policy.engines == {}  # the defaults, as for any problem
+
+
+def test_an_engine_must_be_a_known_agent_and_have_its_own_label() -> None:
+    assert parse("engines: {agent:gpt: gpt}\n").problems == [
+        Problem("engines.agent:gpt", 'must be one of claude, codex, command, got "gpt"')]
+    assert parse("engines: {Agent:Go: codex}\n").problems == [
+        Problem("engines", 'names "Agent:Go", which is already Shepherd\'s go label; an engine needs a label of '
+                           "its own")]
+    assert parse("max_open_prs: 0\n").problems == [
+        Problem("max_open_prs", "must be a whole number of at least 1, got 0")]
 @pytest.mark.parametrize(
     ("text", "key"),
     [("max_cost_usd: 0\n", "max_cost_usd"), ("max_cost_usd: lots\n", "max_cost_usd"),

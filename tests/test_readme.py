@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bot.views.render import fence
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 
@@ -19,7 +21,9 @@ def expected_blocks() -> dict[str, str]:
     blocks = {}
     for name in ("status", "question", "question_answered", "budget_status", "loop_question"):
         text = (EXAMPLES / f"{name}.md").read_text()
-        blocks[f"example:{name}"] = "```markdown\n" + text.rstrip("\n") + "\n```\n"
+        # The examples hold fenced blocks of their own: the outer fence must be longer than any inside.
+        outer = fence(text)
+        blocks[f"example:{name}"] = f"{outer}markdown\n" + text.rstrip("\n") + f"\n{outer}\n"
     blocks["example:write_count"] = f"**{(EXAMPLES / 'write_count.txt').read_text().strip()}**\n"
     flows = (ROOT / "docs" / "flows.md").read_text()
     # One heading level deeper inside the README.

@@ -76,14 +76,18 @@ def test_explicit_secrets_are_masked_longest_first() -> None:
     )
 
 
-def test_a_registered_secret_is_masked_everywhere() -> None:
+def test_a_registered_secret_is_masked_everywhere(tmp_path) -> None:
     line = "webhook secret is plain-words-secret, dashboard dash-token-123"
     assert redact(line) == line
     register_secret("plain-words-secret", lasting=True)
     register_secret("dash-token-123")
     assert redact(line) == "webhook secret is [redacted], dashboard [redacted]"
-    # The same redactor behind the log tail and git's errors.
-    assert processes.redact_text(line) == git.redact(line) == redact(line)
+    # The same redactor behind git's errors and a turn's log tail (what the issue and the log show).
+    error = git.GitError(["git", "push", "origin"], 1, f"fatal: {line}")
+    assert error.stderr == f"fatal: {redact(line)}" and "plain-words-secret" not in str(error)
+    log = tmp_path / "turn-1.log"
+    log.write_text(f"started\n{line}\n", encoding="utf-8")
+    assert processes.log_tail(log) == f"started\n{redact(line)}"
 
 
 def test_a_registered_private_key_masks_its_lines_printed_alone() -> None:

@@ -178,7 +178,10 @@ async def test_callback_checks_state_then_code_and_switches_to_github_mode(
     page = Forms(await response.text())
     app_json = fake_github.app_json()
     assert f"{app_json['html_url']}/installations/new" in page.links
-    assert f"{PUBLIC_URL}/" in page.links
+    # The dashboard link opens the dashboard, not a refusal: it carries the token.
+    assert f"{PUBLIC_URL}/?token={services.dashboard_token}" in page.links
+    dashboard = await setup_client.get(f"/?token={services.dashboard_token}")
+    assert dashboard.status == 200
     assert len(fake_github.calls_to("apps/create-from-manifest")) == 1
 
     # .env: 0600, the operator's lines kept, credentials readable by the settings loader.
@@ -238,3 +241,97 @@ def test_manifest_urls_follow_the_public_url_and_permissions_are_underscored():
     assert manifest["redirect_url"] == "http://127.0.0.1:3000/setup/callback"
     assert all("-" not in name for name in required_permissions())
     assert build_manifest("https://a.example")["url"] == "https://a.example"
+
+
+# -- a public URL GitHub can reach (issue 16) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("http://127.0.0.1:3000", "loopback"),
+    ("http://localhost:3000", "loopback"),
+    ("http://[::1]:3000", "loopback"),
+    ("http://192.168.1.20:3000", "private"),
+    ("http://10.0.0.5", "private"),
+    ("http://172.20.1.1", "private"),
+    ("http://build-box.local:3000", "private"),
+    ("http://shepherd:3000", "private"),
+    ("https://shepherd.example.com", None),
+    ("https://fuzzy-cat-42.trycloudflare.com", None),  # a relay (tunnel) is a public URL
+    ("https://1a2b-203-0-113-7.ngrok-free.app", None),
+])
+def test_public_urls_github_cannot_reach_are_named(url, problem):
+    from bot.github.reachability import unreachable_reason
+
+    reason = unreachable_reason(url)
+    assert (reason is None) == (problem is None)
+    if problem:
+        assert problem in reason
+
+
+async def test_the_setup_page_and_the_log_warn_when_github_cannot_reach_the_public_url(
+    aiohttp_client, fake_github, tmp_path, env_file, caplog
+):
+    caplog.set_level(logging.INFO)
+    settings = load_settings(  # SHEPHERD_PUBLIC_URL unset: the loopback default
+        {"GITHUB_API_URL": fake_github.url, "SHEPHERD_DATA_DIR": str(tmp_path / "data")}, env_file=None
+    )
+    client = await aiohttp_client(create_app(settings, env_file=env_file))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("SHEPHERD_PUBLIC_URL" in w and "GitHub cannot reach" in w and "docs/setup.md" in w for w in warnings)
+
+    code = client.server.app[SERVICES].setup.code
+    page = await (await client.get(f"/setup?code={code}")).text()
+    assert 'class="warning"' in page
+    assert "GitHub cannot reach http://127.0.0.1:3000 (a loopback address)" in page
+    assert "SHEPHERD_PUBLIC_URL" in page
+    assert "docs/setup.md" in page
+
+
+async def test_a_reachable_public_url_gets_no_warning(setup_client, caplog):
+    code = setup_client.server.app[SERVICES].setup.code
+    page = await (await setup_client.get(f"/setup?code={code}")).text()
+    assert 'class="warning"' not in page
+    assert not [r for r in caplog.records if "GitHub cannot reach" in r.getMessage()]
+
+
+async def test_an_env_file_that_cannot_be_written_stops_before_github(
+    aiohttp_client, setup_settings, tmp_path, fake_github
+):
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    client = await aiohttp_client(create_app(setup_settings, env_file=blocked / ".env"))
+    code = client.server.app[SERVICES].setup.code
+    response = await client.post("/setup/start", data={"code": code, "org": "", "name": ""})
+    assert response.status == 500
+    text = await response.text()
+    assert str(blocked / ".env") in text and "cannot write" in text
+    assert Forms(text).forms == []  # no form that goes on to GitHub
+    assert fake_github.calls_to("apps/create-from-manifest") == []
+
+
+async def test_when_env_cannot_be_written_after_github_created_the_app_the_credentials_are_shown_once(
+    setup_client, fake_github, env_file
+):
+    services = setup_client.server.app[SERVICES]
+    code = services.setup.code
+    fake_github.add_manifest_code("manifest-code-2")
+    state = _state_of(await _start(setup_client, code))
+    env_file.unlink()
+    env_file.mkdir()  # the file became unwritable between the check and GitHub's answer
+
+    response = await setup_client.get(f"/setup/callback?code=manifest-code-2&state={state}")
+    assert response.status == 200
+    text = await response.text()
+    assert "could not write" in text
+    assert f"GITHUB_APP_ID={fake_github.app_id}" in text
+    assert fake_github.webhook_secret in text
+    assert fake_github.private_key_pem.strip().splitlines()[1] in text
+    assert response.headers["Cache-Control"] == "no-store"
+
+    # GitHub mode in memory: deliveries are taken now, and no retry can register a second App.
+    assert services.settings.mode == "github"
+    assert (await (await setup_client.get("/healthz")).json())["mode"] == "github"
+    again = await setup_client.get(f"/setup/callback?code=manifest-code-2&state={state}")
+    assert again.status == 410
+    assert (await setup_client.get(f"/setup?code={code}")).status == 410
+    assert len(fake_github.calls_to("apps/create-from-manifest")) == 1

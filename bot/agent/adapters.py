@@ -28,6 +28,19 @@ ERROR_NO_SESSION_ID = "Cannot resume: the previous turn reported no session id."
 
 Command = list[str] | str
 
+# The npm package and exact version of each named agent CLI: `scripts/serve` installs these, start-up
+# and `shepherd doctor` ask for them, and the test suite runs these very versions (tests/vendor).
+AGENT_CLI_PACKAGES = {
+    "claude": ("@anthropic-ai/claude-code", "2.1.197"),
+    "codex": ("@openai/codex", "0.169.0"),
+}
+
+
+def agent_cli_install_spec(agent: str) -> str | None:
+    """`package@version` for `npm install`, or None for an agent Shepherd does not install (`command`)."""
+    pinned = AGENT_CLI_PACKAGES.get(agent)
+    return f"{pinned[0]}@{pinned[1]}" if pinned else None
+
 
 @dataclasses.dataclass(frozen=True)
 class AgentRunInfo:

@@ -380,10 +380,5 @@ def log_tail(
     text = data.decode("utf-8", errors="replace")
     if start > 0:
         text = text.partition("\n")[2]  # a cut line could hold the tail end of a secret
-    text = redact_text(text, redact)
+    text = redaction.redact(text, tuple(redact))
     return "\n".join(text.splitlines()[-lines:]) if lines > 0 else ""
-
-
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace each of ``secrets`` and anything that looks like a credential with ``[redacted]``."""
-    return redaction.redact(text, tuple(secrets))

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot import redaction
 from bot.agent import channel, processes
 from bot.agent.environment import SessionEnvironment, write_reply_file
 from bot.agent.adapters import Adapter
@@ -238,7 +239,7 @@ async def watch_turn(
         except WorkspaceError as error:
             # The agent broke its own repository (e.g. `.git` swapped for a link): say so, with the tail.
             tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact)
-            why = processes.redact_text(str(error), redact)
+            why = redaction.redact(str(error), tuple(redact))
             return TurnFailed(FailureKind.CRASH, f"{REPOSITORY_UNREADABLE.format(why=why)}\n{tail}".rstrip())
         tail = processes.log_tail(handle.log_path, LOG_TAIL_LINES, redact) if outcome.exit_code != 0 else ""
         return TurnExited(outcome.exit_code, new_commits, changes, touched, tail)

@@ -95,9 +95,10 @@ class Engine(Protocol):
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False) -> Session | None:
-        """A go or plan label was added by an authorised person: start, continue, point to the PR, or
-        nothing for a replayed label (`labelled_at` is GitHub's time of the label event)."""
+                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
+        """A go or plan label (or an engine label: `engine` is its adapter) was added by an authorised
+        person: start, continue, point to the PR, or nothing for a replayed label (`labelled_at` is
+        GitHub's time of the label event)."""
         ...
 
     async def respond(self, installation_id: int, full_name: str, issue_number: int,

@@ -26,6 +26,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -66,6 +67,7 @@ COMMAND_NOT_SET_UP_TEXT = (
 DUPLICATE_LABELS_TEXT = "must be four different label names, but {names} {verb} used twice"
 BAD_PATH_TEXT = "must be a relative path inside the repository, got {got}"
 BAD_BRANCH_TEXT = "must be a branch name, got {got}"
+ENGINE_LABEL_TAKEN_TEXT = "names {label}, which is already Shepherd's {field} label; an engine needs a label of its own"
 
 # What each key expects, said the way a maintainer would want to read it in an error.
 EXPECTATIONS = {
@@ -94,6 +96,9 @@ EXPECTATIONS = {
     "stack": "true or false",
     "dashboard_issue": "true or false",
     "network": "a mapping with allow, like {allow: [registry.npmjs.org]}",
+    "max_open_prs": "a whole number of at least 1",
+    "engines": "a mapping from a trigger label to an agent, like {agent:codex: codex}",
+    "engines.*": "one of claude, codex, command",
     "network.*": "a list of host[:port] patterns, like [registry.npmjs.org]",
     "max_cost_usd": "an amount in USD greater than 0, like 2.50",
     "loops": "a mapping with any of repeats, flip_flops and stall_minutes",
@@ -327,6 +332,22 @@ class RepoPolicy(BaseModel):
         Network(),
         description="`allow`: the hosts agents may reach, which can only narrow the operator's SHEPHERD_EGRESS.",
     )
+    max_open_prs: StrictInt | None = Field(
+        None,
+        ge=1,
+        description=(
+            "The most open agent pull requests in this repository. A finished session whose pull request "
+            "would go past it waits, queued, until an agent pull request is merged or closed."
+        ),
+        json_schema_extra={"x-default": "none"},
+    )
+    engines: dict[LabelName, Literal["claude", "codex", "command"]] = Field(
+        {},
+        description=(
+            "Extra trigger labels that pick an agent for the issue, e.g. `{agent:codex: codex}`. Only "
+            "agents the operator has set up can be picked."
+        ),
+    )
     max_cost_usd: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = Field(
         None,
         description=(
@@ -367,6 +388,18 @@ class RepoPolicy(BaseModel):
             _check_relative(copy)
         return value
 
+    @field_validator("engines")
+    @classmethod
+    def _check_engine_labels(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        labels = info.data.get("labels") or Labels()
+        own = {str(getattr(labels, name)).lower(): name for name in Labels.model_fields}
+        for label in value:
+            if label.lower() in own:
+                raise PydanticCustomError(
+                    "policy", ENGINE_LABEL_TAKEN_TEXT.format(label=_show(label), field=own[label.lower()])
+                )
+        return value
+
     @field_validator("protected_paths")
     @classmethod
     def _check_patterns(cls, value: list[str]) -> list[str]:
@@ -401,6 +434,8 @@ class EffectivePolicy(BaseModel):
     stack: bool
     dashboard_issue: bool = True  # a default, so sessions stored before it still load
     network: EffectiveNetwork = EffectiveNetwork()  # a default, so sessions stored before it still load
+    max_open_prs: int | None = None
+    engines: dict[str, str] = {}
     max_cost_usd: float | None = None  # defaults, so sessions stored before them still load
     loops: Loops = Loops()
 
@@ -512,14 +547,18 @@ def _validate(data: Mapping[Any, Any]) -> tuple[RepoPolicy | None, list[Problem]
 
 def _check_operator(policy: RepoPolicy, operator: OperatorLimits) -> list[Problem]:
     """The repository may tighten the operator's settings but never loosen them (SPEC §3)."""
-    if policy.agent is None or policy.agent in operator.adapters:
-        return []
+    choices = [("agent", policy.agent)] if policy.agent is not None else []
+    choices += [(f"engines.{label}", adapter) for label, adapter in policy.engines.items()]
     available = ", ".join(operator.adapters)
-    if policy.agent == "command":
-        return [Problem("agent", COMMAND_NOT_SET_UP_TEXT.format(available=available))]
-    return [
-        Problem("agent", AGENT_NOT_SET_UP_TEXT.format(available=available, got=_show(policy.agent)))
-    ]
+    problems = []
+    for key, adapter in choices:
+        if adapter in operator.adapters:
+            continue
+        if adapter == "command":
+            problems.append(Problem(key, COMMAND_NOT_SET_UP_TEXT.format(available=available)))
+        else:
+            problems.append(Problem(key, AGENT_NOT_SET_UP_TEXT.format(available=available, got=_show(adapter))))
+    return problems
 
 
 def apply_operator(
@@ -549,6 +588,8 @@ def apply_operator(
         stack=policy.stack,
         dashboard_issue=policy.dashboard_issue,
         network=EffectiveNetwork(allow=narrow_egress(operator.egress, policy.network.allow)),
+        max_open_prs=policy.max_open_prs,
+        engines=dict(policy.engines),
         max_cost_usd=float(policy.max_cost_usd) if policy.max_cost_usd is not None else None,
         loops=policy.loops,
     )

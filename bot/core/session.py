@@ -101,6 +101,7 @@ class Detail(enum.StrEnum):
     ISSUE_CLOSED = "issue-closed"  # cancelled
     STOP_COMMAND = "stop-command"  # cancelled
     UNINSTALLED = "uninstalled"  # cancelled
+    WAITING_FOR_PULL_REQUEST_SLOT = "waiting-for-pr-slot"  # queued: finished, the open-PR cap is reached
 
 
 class Mode(enum.StrEnum):
@@ -289,6 +290,9 @@ class Session(_Record):
     # GitHub's time of the label event that started this session's line (the issue's `updated_at` in
     # the `labeled` payload): a `labeled` delivery no newer than this is a replay (SPEC §6).
     trigger_labelled_at: datetime | None = None
+    engine: str | None = None  # the adapter an engine label picked (SPEC §8); None: the policy's `agent`
+    pr_wait_since: datetime | None = None  # when the finished work began waiting under `max_open_prs`
+    pr_closed_at: datetime | None = None  # when the PR was merged or closed
     # Cost (SPEC §8): the session's spend over all its turns, as the agent CLIs reported it; the running
     # turn's own figure so far; the running turn was stopped at the cap; the session waits for a higher cap.
     spent_usd: float = 0.0
@@ -331,6 +335,7 @@ class Trigger(Event):
     limits: Limits = field(default_factory=Limits)
     waiting_for: tuple[str, ...] = ()  # dependencies not done yet: the session waits before its workspace
     labelled_at: datetime | None = None  # GitHub's time of the label event; None for `/agent retry`
+    engine: str | None = None  # an engine label's adapter (SPEC §8)
 
 
 @dataclass(frozen=True)
@@ -564,6 +569,18 @@ class PullRequestClosed(Event):
 
 
 @dataclass(frozen=True)
+class PullRequestDeferred(Event):
+    """`FinishWork` found the repository at its `max_open_prs`: the PR waits for an agent PR to close."""
+
+    open_pull_requests: int
+
+
+@dataclass(frozen=True)
+class PullRequestSlotFree(Event):
+    """An agent PR of the repository was merged or closed: a waiting session may open its PR now."""
+
+
+@dataclass(frozen=True)
 class Recovered(Event):
     """Shepherd restarted; `turn_alive` says whether the recorded agent process still runs."""
 
@@ -757,7 +774,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SlotGranted, TurnStarted, Progress, Asked, QuestionPosted, PlanSubmitted, DoneReported,
         TurnExited, TurnFailed, ReplyReceived, Approve, Revise, Cancel, StatusRequested,
         PullRequestOpened, PullRequestUpdated, PushFailed, ReviewFeedback, CIFailed,
-        PullRequestClosed, Recovered, MergeConflict, SpendReported, BudgetRaised, LoopDetected, WorkPushed,
+        PullRequestClosed, Recovered, MergeConflict, PullRequestDeferred, PullRequestSlotFree,
+        SpendReported, BudgetRaised, LoopDetected, WorkPushed,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -845,6 +863,7 @@ def _new_session(
         limits=trigger.limits,
         waiting_for=tuple(trigger.waiting_for),
         trigger_labelled_at=trigger.labelled_at,
+        engine=trigger.engine,
     )
 
 
@@ -921,6 +940,7 @@ def _retry(session: Session, event: Retry, now: datetime) -> Decision:
         actor=event.actor,
         base_branch=session.base_branch,
         limits=session.limits,
+        engine=session.engine,
     )
     return decide_trigger(session, trigger, now)
 
@@ -1410,8 +1430,28 @@ def _on_pull_request_closed(s: Session, e: PullRequestClosed, now: datetime) -> 
     commands: list[Command] = []
     if s.is_live:
         s, commands = _stop_everything(s)
-    s = replace(s, pr_state=pr_state, state=State.COMPLETE, detail=None, deferred_feedback=())
+    s = replace(s, pr_state=pr_state, state=State.COMPLETE, detail=None, deferred_feedback=(), pr_closed_at=now)
     return Decision(s, (*commands, CleanupWorkspace(), PostStatus(urgent=True)))
+
+
+def _waits_for_pull_request_slot(s: Session) -> bool:
+    return s.state == State.QUEUED and s.detail == Detail.WAITING_FOR_PULL_REQUEST_SLOT
+
+
+def _on_pull_request_deferred(s: Session, e: PullRequestDeferred, now: datetime) -> Decision:
+    if not s.finishing or s.state != State.WORKING or s.pr_number is not None:
+        return Decision(s)
+    s = replace(s, finishing=False, state=State.QUEUED, detail=Detail.WAITING_FOR_PULL_REQUEST_SLOT,
+                pr_wait_since=s.pr_wait_since or now)
+    return Decision(s, (PostStatus(),))
+
+
+def _on_pull_request_slot_free(s: Session, e: PullRequestSlotFree, now: datetime) -> Decision:
+    """Try again to open the PR (FinishWork checks the cap again, and may defer once more)."""
+    if not _waits_for_pull_request_slot(s):
+        return Decision(s)
+    s = replace(s, state=State.WORKING, detail=None, finishing=True)
+    return Decision(s, (FinishWork(s.branch, s.done_summary, None), PostStatus()))
 
 
 def _finish_again(s: Session) -> FinishWork:
@@ -1446,6 +1486,9 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
         return Decision(s, (EnsureWorkspace(s.branch, s.base_branch, s.from_kept_branch),))
     if s.state == State.QUEUED and s.pending_turn is not None and s.detail != Detail.WAITING_FOR_DEPENDENCIES:
         return Decision(s, (RequestSlot(front=s.pending_turn.front),))
+    if _waits_for_pull_request_slot(s):
+        # A PR may have closed while Shepherd was down: look at the cap again.
+        return _on_pull_request_slot_free(s, PullRequestSlotFree(), now)
     return Decision(s)
 
 
@@ -1531,6 +1574,8 @@ _HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     PullRequestClosed: _on_pull_request_closed,
     Recovered: _on_recovered,
     MergeConflict: _on_merge_conflict,
+    PullRequestDeferred: _on_pull_request_deferred,
+    PullRequestSlotFree: _on_pull_request_slot_free,
     SpendReported: _on_spend_reported,
     BudgetRaised: _on_budget_raised,
     LoopDetected: _on_loop_detected,

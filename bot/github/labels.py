@@ -3,7 +3,8 @@
 The policy file is read here (`load_policy`, `RepoPolicies`); its schema and parsing are the core's
 (`bot/core/policy.py`).
 
-The trigger labels (go, plan) are only read: people add and remove them. The needs-input and
+The trigger labels (go, plan) are created when the App is installed on a repository (so people find them
+in the label picker), and otherwise only read: people add and remove them. The needs-input and
 needs-human labels are Shepherd's to add and remove; each is created with a colour and a description
 the first time Shepherd needs it in a repository (SPEC §1: "Shepherd creates its labels on first use").
 """
@@ -140,6 +141,27 @@ class LabelMaker:
             if int(exc.status_code) != 422:
                 raise
         self._known.add(key)
+
+
+async def create_trigger_labels(gh: GitHub, full_name: str, labels: Labels = Labels()) -> list[str]:
+    """Create the go and plan labels (colour, description) in a newly installed repository; return the names
+    created. A label that exists already is left as the maintainers made it."""
+    owner, _, repo = full_name.partition("/")
+    created = []
+    for field_name in _MODE_FIELD.values():
+        name = getattr(labels, field_name)
+        look = LOOKS[field_name]
+        try:
+            await gh.post(LABEL_URL, {"owner": owner, "repo": repo},
+                          data={"name": name, "color": look.color, "description": look.description})
+        except gidgethub.BadRequest as exc:
+            if int(exc.status_code) != 422:  # 422: it exists already
+                raise
+            continue
+        created.append(name)
+    if created:
+        log.info("created labels %s in %s", ", ".join(created), full_name)
+    return created
 
 
 async def add_label(gh: GitHub, maker: LabelMaker, owner: str, repo: str, number: int, labels: Labels,

@@ -28,6 +28,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import cachetools
@@ -36,6 +37,7 @@ import jinja2
 from aiohttp import web
 
 from bot.github.client import GitHubClient
+from bot.github.reachability import unreachable_warning
 from bot.github.manifest import CALLBACK_PATH, WEBHOOK_PATH, ManifestError, build_manifest, check_org, registration_url
 from bot.metrics import Metrics
 from bot.settings import APP_ID_VAR, PRIVATE_KEY_PATH_VAR, PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, Settings
@@ -62,7 +64,7 @@ POST_BUTTON = "Continue to GitHub"
 DONE_HEADING = "Shepherd is registered"
 DONE_INTRO = "GitHub created the App {name}. Shepherd now accepts its webhooks; no restart is needed."
 INSTALL_TEXT = "Install the App on your repositories"
-DASHBOARD_TEXT = "The dashboard (its token is in the server's log and in the data folder):"
+DASHBOARD_TEXT = "The dashboard (this link carries its token; it is also in the server's log and the data folder):"
 ENV_TEXT = "The App's id, private key and webhook secret are in {path} (readable by its owner only). Keep it secret."
 ERROR_HEADING = "Setup failed"
 BAD_CODE_TEXT = "This setup link is not valid. Use the /setup?code=... URL from the server's log."
@@ -77,7 +79,17 @@ CONVERSION_REFUSED_TEXT = (
     "from the setup link in the server's log."
 )
 GITHUB_UNREACHABLE_TEXT = "Shepherd could not reach GitHub at {api_url}; try again from the setup link."
-ENV_WRITE_FAILED_TEXT = "GitHub created the App {name}, but Shepherd could not write {path}: {reason}."
+ENV_NOT_WRITABLE_TEXT = (
+    "Shepherd cannot write {path} ({reason}), where the App's credentials go once GitHub creates it. "
+    "Make that file (or its folder) writable by the user that runs Shepherd, then reload this page."
+)
+ENV_WRITE_FAILED_HEADING = "Shepherd is registered, but its credentials are not saved"
+ENV_WRITE_FAILED_TEXT = (
+    "GitHub created the App {name}, but Shepherd could not write {path}: {reason}. Shepherd runs in GitHub "
+    "mode now, but forgets these credentials when it stops. Copy them below into {path} (or into the "
+    "server's environment) before the next restart. This page shows them once; GitHub will not show the "
+    "private key again (you can generate a new one on the App's settings page)."
+)
 BAD_FORM_TEXT = "{problem}. Go back and correct it."
 
 _CREDENTIAL_NAMES = (APP_ID_VAR, PRIVATE_KEY_VAR, PRIVATE_KEY_PATH_VAR, WEBHOOK_SECRET_VAR)
@@ -156,8 +168,10 @@ class SetupFlow:
         on_registered: Callable[[Settings], Awaitable[None]],
         metrics: Metrics | None = None,
         code: str | None = None,
+        dashboard_token: str | None = None,
     ) -> None:
         self.settings = settings
+        self.dashboard_token = dashboard_token  # the done page links to the dashboard with it
         self.env_file = env_file
         self.code = code or secrets.token_urlsafe(24)
         self.registered = False
@@ -174,6 +188,25 @@ class SetupFlow:
 
     def log_setup_url(self) -> None:
         log.warning(SETUP_URL_TEXT, self.settings.public_url, SETUP_PATH, self.code)
+
+    def _dashboard_url(self) -> str:
+        """The dashboard, signed in: the person who just registered the App is its operator (the page is
+        sent no-store and no-referrer, as the dashboard's own are)."""
+        base = self.settings.public_url + "/"
+        return f"{base}?{urlencode({'token': self.dashboard_token})}" if self.dashboard_token else base
+
+    def check_env_writable(self) -> None:
+        """Prove, before the person goes to GitHub, that the credentials can be saved where they belong:
+        `write_env` writes a file beside `.env` and renames it over, so that is what is tried."""
+        try:
+            descriptor, probe = tempfile.mkstemp(prefix=".env.", dir=self.env_file.parent)
+            os.close(descriptor)
+            os.unlink(probe)
+            if self.env_file.exists() and not self.env_file.is_file():
+                raise IsADirectoryError(21, "Is a directory")
+        except OSError as error:
+            reason = error.strerror or str(error)
+            raise SetupError(500, ENV_NOT_WRITABLE_TEXT.format(path=self.env_file, reason=reason)) from None
 
     def _check_code(self, offered: str | None) -> None:
         if self.registered:
@@ -208,6 +241,7 @@ class SetupFlow:
             org_hint=ORG_HINT,
             name_hint=NAME_HINT,
             default_name=build_manifest(base)["name"],
+            warning=unreachable_warning(base),
             button=START_BUTTON,
             webhook_url=base + WEBHOOK_PATH,
             callback_url=base + CALLBACK_PATH,
@@ -217,6 +251,7 @@ class SetupFlow:
         form = await request.post()
         try:
             self._check_code(_field(form, "code"))
+            self.check_env_writable()
             try:
                 org = check_org(_field(form, "org"))
                 # The URLs come from SHEPHERD_PUBLIC_URL only: a Host header is whatever the client says.
@@ -246,6 +281,7 @@ class SetupFlow:
                     raise SetupError(400, MISSING_CODE_TEXT)
                 app = await self.convert(code)
                 name = str(app.get("name") or app.get("slug") or app["id"])
+                unsaved: str | None = None
                 try:
                     write_env(
                         self.env_file,
@@ -256,11 +292,10 @@ class SetupFlow:
                         },
                     )
                 except (OSError, ValueError) as error:
-                    log.error("cannot write %s: %s", self.env_file, error)
-                    reason = getattr(error, "strerror", None) or str(error)
-                    raise SetupError(
-                        500, ENV_WRITE_FAILED_TEXT.format(name=name, path=self.env_file, reason=reason)
-                    ) from None
+                    # GitHub made the App already: going on in memory is the only way not to lose it
+                    # (a retry would register a second one). The person saves the credentials by hand.
+                    log.error("cannot write %s: %s; GitHub mode in memory only", self.env_file, error)
+                    unsaved = getattr(error, "strerror", None) or str(error)
                 registered = self.settings.with_credentials(
                     int(app["id"]), app["pem"], app["webhook_secret"]
                 )
@@ -268,16 +303,24 @@ class SetupFlow:
                 await self._on_registered(registered)
             except SetupError as error:
                 return _error_page(error)
+        if unsaved is not None:
+            return _page(
+                page="unsaved",
+                heading=ENV_WRITE_FAILED_HEADING,
+                intro=ENV_WRITE_FAILED_TEXT.format(name=name, path=self.env_file, reason=unsaved),
+                env_lines=_env_lines(app),
+                install_url=_install_url(app, self.settings.github_url),
+                install_text=INSTALL_TEXT,
+            )
         log.info(REGISTERED_LOG_TEXT, name, app["id"], self.env_file)
-        html_url = str(app.get("html_url") or f"{self.settings.github_url}/apps/{app.get('slug')}")
         return _page(
             page="done",
             heading=DONE_HEADING,
             intro=DONE_INTRO.format(name=name),
-            install_url=html_url.rstrip("/") + "/installations/new",
+            install_url=_install_url(app, self.settings.github_url),
             install_text=INSTALL_TEXT,
             dashboard_text=DASHBOARD_TEXT,
-            dashboard_url=self.settings.public_url + "/",
+            dashboard_url=self._dashboard_url(),
             env_text=ENV_TEXT.format(path=self.env_file),
         )
 
@@ -299,6 +342,21 @@ class SetupFlow:
         if not isinstance(answer, dict) or not {"id", "pem", "webhook_secret"} <= answer.keys():
             raise SetupError(502, CONVERSION_REFUSED_TEXT.format(status="incomplete answer"))
         return answer
+
+
+def _install_url(app: dict[str, Any], github_url: str) -> str:
+    html_url = str(app.get("html_url") or f"{github_url}/apps/{app.get('slug')}")
+    return html_url.rstrip("/") + "/installations/new"
+
+
+def _env_lines(app: dict[str, Any]) -> str:
+    """The `.env` lines of the App's credentials, as `write_env` would have written them."""
+    pem = str(app["pem"]).strip().replace("\r\n", "\n").replace("\n", "\\n")
+    return "\n".join([
+        f"{APP_ID_VAR}={app['id']}",
+        f"{PRIVATE_KEY_VAR}='{pem}'",
+        f"{WEBHOOK_SECRET_VAR}='{app['webhook_secret']}'",
+    ])
 
 
 def _field(form: Any, name: str) -> str | None:

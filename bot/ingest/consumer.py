@@ -23,6 +23,7 @@ from gidgethub import routing, sansio
 from bot.ingest.writer import DeliveryWriter, Outcome
 from bot.core.payload import load_payload
 from bot.ingest.pressure import IngestPressure
+from bot.metrics import Metrics
 from bot.store.database import PENDING, Store
 
 # Bodies of queued deliveries kept in memory, at most; beyond it they are read back from the store.
@@ -67,6 +68,12 @@ class _Pending:
     body: bytes | None = None
 
 
+# `shepherd_deliveries_handled_total{outcome}`: what became of each attempt to handle a stored delivery.
+HANDLED_DONE = "done"
+HANDLED_RETRIED = "retried"
+HANDLED_FAILED = "failed"
+
+
 class Consumer:
     """Runs stored deliveries. `enqueue()` after storing one; `start()`/`stop()` around the app's life.
 
@@ -86,6 +93,7 @@ class Consumer:
         concurrency: int = 16,
         writer: DeliveryWriter | None = None,
         pressure: IngestPressure | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
         # Finished deliveries are recorded in groups by the writer the webhook also stores through.
@@ -96,6 +104,7 @@ class Consumer:
         self._client_for = client_for
         self._dependencies = dict(dependencies)
         self._clock = clock
+        self._metrics = metrics
         self._retry = retry
         self._concurrency = concurrency
         self._wakeup = asyncio.Event()
@@ -282,6 +291,7 @@ class Consumer:
         if not errors:
             # The common case: recorded with the done mark, grouped with other done marks in one commit.
             self._writer.mark_done(delivery.id, outcomes)
+            self._count(HANDLED_DONE)
             return None
         # A retry must know which handlers already succeeded: recorded before it is scheduled.
         for outcome in outcomes:
@@ -294,13 +304,19 @@ class Consumer:
         if attempt >= self._retry.max_attempts:
             log.error("delivery %s failed for good after %d attempts: %s", delivery.id, attempt, summary)
             self._store.fail_delivery(delivery.id, error=summary, now=now)
+            self._count(HANDLED_FAILED)
             return None
         delay = self._retry.delay(attempt)
         log.warning(
             "delivery %s attempt %d failed (%s); retrying in %.1fs", delivery.id, attempt, summary, delay
         )
         self._store.retry_delivery(delivery.id, error=summary, next_attempt_at=now + delay)
+        self._count(HANDLED_RETRIED)
         return now + delay
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.deliveries_handled.labels(outcome).inc()
 
     async def _run_handlers(self, delivery: _Pending, outcomes: list[Outcome]) -> None:
         """Run every handler that has not yet succeeded for this delivery, adding to `outcomes`."""

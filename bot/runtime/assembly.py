@@ -91,7 +91,7 @@ def assemble(
     dependencies = DependencyTracker(github, store, clock=clock)
     engine = Engine(
         store, workspaces, github, publisher, finisher, settings,
-        clock=clock, parent_env=parent_env, permissions=permissions, dependencies=dependencies,
+        clock=clock, parent_env=parent_env, permissions=permissions, dependencies=dependencies, metrics=metrics,
     )
     dashboard = DashboardRefresher(github, store, engine.sessions)
     coordinator = Coordinator(engine, github, store, clock=clock)

@@ -1,6 +1,6 @@
 """Coordination of parallel sessions in one repository: shared files between live sessions, and the test merge before a PR.
 
-`find_overlaps` is pure. `Coordinator.check` measures each live session's changed files against its
+`bot.core.overlaps.find_overlaps` decides which sessions share files. `Coordinator.check` measures each live session's changed files against its
 base, stores each session's overlaps in its context (the next turn's message names them) and keeps one
 coordination comment per issue, edited when the overlap changes and never repeated. `test_merge` merges
 the branch's head into the current base in a scratch worktree of the mirror and reports the conflicting
@@ -22,6 +22,7 @@ from bot.store.posted import PostedRecords
 from bot.workspace.git import Git, GitError, Mirror
 from bot.github.pacing import Priority
 from bot.views.render import environment
+from bot.core.overlaps import find_overlaps
 from bot.core.sanitize import marker
 from bot.core.session import Progress, Session, TurnExited
 from bot.store.context import RuntimeContext
@@ -37,19 +38,6 @@ COORDINATION_SENTENCE = (
 )
 COORDINATION_CLEARED = "The overlap is gone: the sessions no longer change the same files."
 SCRATCH_USER = ("Shepherd test merge", "shepherd@invalid")
-
-
-def find_overlaps(changes: Mapping[str, set[str]]) -> dict[str, dict[str, tuple[str, ...]]]:
-    """For each session, the other sessions it shares files with, and those files (sorted)."""
-    overlaps: dict[str, dict[str, tuple[str, ...]]] = {}
-    names = sorted(changes)
-    for i, first in enumerate(names):
-        for second in names[i + 1:]:
-            shared = tuple(sorted(changes[first] & changes[second]))
-            if shared:
-                overlaps.setdefault(first, {})[second] = shared
-                overlaps.setdefault(second, {})[first] = shared
-    return overlaps
 
 
 def render_coordination(session_id: str, others: list[dict[str, Any]]) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from bot.github.pacing import Priority
+from bot.core import open_prs
 from bot.core.dashboard import APPROVE_MARKER_KIND, MARKER_KIND
 from bot.core.sanitize import marker, neutralise_for_github
 from bot.core.session import Detail, PullRequestState, Session, State
@@ -141,7 +142,8 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
     current = _latest_per_issue(sessions, full_name)
     plans = [s for s in current if s.state == State.STUCK and s.detail == Detail.PLAN_AWAITING_APPROVAL]
     waiting = [s for s in current if s.state == State.STUCK and s not in plans]
-    running = [s for s in current if s.state in _RUNNING]
+    line = open_prs.waiting_line(current)
+    running = [s for s in current if s.state in _RUNNING and s not in line]
     pulls = [s for s in current if s.pr_state == PullRequestState.OPEN and (s.pr_number or s.pr_url)]
     failed = [s for s in current if s.state == State.FAILED]
     return environment().get_template("dashboard_issue.md.j2").render(
@@ -155,6 +157,7 @@ def render_dashboard_issue(full_name: str, sessions: Iterable[Session]) -> str:
         running=[_shown(s) for s in running],
         pulls=[_shown(s) for s in pulls],
         failed=[_shown(s) for s in failed],
+        pr_line=[{**_shown(s), "place": place} for place, s in enumerate(line, start=1)],
     )
 
 

@@ -65,8 +65,11 @@ from bot.core.session import (
     decide_trigger,
     to_status_json,
 )
+from bot.runtime.pull_cap import PullRequestCap
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
+from bot.views.render import failure_text
+from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
 from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces, session_folder
@@ -138,8 +141,10 @@ class Engine:
         retry_delay: float = RETRY_FIRST_DELAY,
         max_attempts: int = MAX_ATTEMPTS,
         dependencies: Any = None,
+        metrics: Metrics | None = None,
     ) -> None:
-        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait."""
+        """`dependencies` is a `bot.runtime.dependencies.DependencyTracker`; without it issues never wait.
+        `metrics` records each turn's wall time (`shepherd_turn_seconds`)."""
         self.sessions = SessionStore(store.db)
         self.workspaces = workspaces
         self.github = github
@@ -169,8 +174,11 @@ class Engine:
         # How often a running turn's worktree is looked at for loops and stalls (tests look more often).
         self.loop_snapshot_seconds = SNAPSHOT_SECONDS
         self.dependencies = dependencies
+        self.metrics = metrics
         if dependencies is not None:
             dependencies.engine = self
+        self.pull_caps = PullRequestCap(self)
+        self.observers.append(self.pull_caps.observe)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -190,8 +198,23 @@ class Engine:
         await self._admit()
 
     async def stop(self) -> None:
-        """Stop watching and carrying out; agent processes keep running for the next start."""
+        """Stop watching and carrying out; agent processes keep running for the next start (and the log says so)."""
         self._stopped = True
+        try:
+            left = [
+                (stored.session, handle) for stored in self.sessions.live()
+                if (handle := self._turn_handle(stored.session, stored.context)) is not None
+                and processes.attach(handle)
+            ]
+        except Exception:  # noqa: BLE001 - a stop goes on whatever the database holds
+            log.warning("could not list the agent turns left running", exc_info=True)
+            left = []
+        if left:
+            log.warning(
+                "stopping with %d agent turn(s) left running; the next start picks them up: %s", len(left),
+                ", ".join(f"{session.id} (pid {handle.pid})" for session, handle in left),
+                extra={"sessions": [session.id for session, _ in left]},
+            )
         tasks = [*self._runners.values(), *self._watchers.values(), *self._status_posters.values(), *self._tasks]
         for task in tasks:
             task.cancel()
@@ -222,10 +245,11 @@ class Engine:
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False) -> Session | None:
+                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
         """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
         delivery is a replay. `policy` is the reading the handler took the label's meaning from;
-        `edited_after_label` says the issue changed after the label (the agent gets the labelled text)."""
+        `edited_after_label` says the issue changed after the label (the agent gets the labelled text);
+        `engine` is the adapter an engine label picked (SPEC §8)."""
         key = f"{issue.full_name}#{issue.number}"
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
@@ -245,6 +269,7 @@ class Engine:
                 limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds,
                               max_cost_usd=loaded.policy.max_cost_usd),
                 labelled_at=labelled_at,
+                engine=engine,
             )
             now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
@@ -277,12 +302,15 @@ class Engine:
                     issue_author=issue.author,
                     trigger_label=label,
                     trigger_at=now,
-                    policy=loaded.policy,
+                    policy=with_engine(loaded.policy, session.engine),
                     policy_problems=tuple(str(problem) for problem in loaded.problems),
                     notes=(NOTE_EDITED_AFTER_LABEL.format(actor=actor),) if edited_after_label else (),
                 )
             self._note_policy_limits(session.repo, context)
             self.sessions.record(session, context, event, decision.commands, now=now)
+        before = last.session if last is not None else None
+        if before is None or session.id != before.id or session.state != before.state:
+            self._log_state_change(before, session, event, context)
         self._write_status(session, context)
         self._kick(session.id)
         self._notify(last.session if last else None, session, event)
@@ -356,6 +384,8 @@ class Engine:
             else:
                 context = stored.context
             self.sessions.record(session, context, event, decision.commands, now=now)
+        if session.id != stored.session.id or session.state != stored.session.state:
+            self._log_state_change(stored.session, session, event, context)
         self._write_status(session, context)
         if decision.commands:
             self._kick(session.id)
@@ -379,6 +409,27 @@ class Engine:
             if changed != stored.context:
                 self.sessions.save_context(session_id, changed)
             return changed
+
+    def _log_state_change(
+        self, before: Session | None, after: Session, event: Event, context: RuntimeContext
+    ) -> None:
+        """One line per state change, with the repository, issue, session and why (SPEC §5's operator log)."""
+        reason = type(event).__name__
+        extra: dict[str, Any] = {}
+        if after.state == State.FAILED:
+            reason = failure_text(after, context.policy.agent) or reason
+            known = context.turn
+            if known is not None and known.session == after.id and known.handle:
+                extra["log_path"] = str(processes.TurnHandle.from_json(dict(known.handle)).log_path)
+        elif after.state == State.STUCK and after.stuck_reason:
+            reason = after.stuck_reason
+        old_state = before.state if before is not None and before.id == after.id else None
+        log.log(
+            logging.WARNING if after.state == State.FAILED else logging.INFO,
+            "session %s: %s -> %s (%s)", after.id, old_state or "new", after.state, reason,
+            extra={"repository": after.repo, "issue": after.issue_number, "session": after.id,
+                   "state": str(after.state), "reason": reason, **extra},
+        )
 
     def _notify(self, before: Session | None, after: Session, event: Event) -> None:
         if self._stopped:
@@ -494,8 +545,26 @@ class Engine:
             self._keep_plan(session, command)
         context = await self._session_context(stored, with_changes=isinstance(command, (PostStatus, FinishWork)))
         if isinstance(command, FinishWork):
-            return await self.finisher.finish(session, command, context)
+            return await self._finish(stored, command, context)
         return await self.publisher.publish(session, command, context)
+
+    async def _finish(self, stored: StoredSession, command: FinishWork, context: SessionContext) -> Sequence[Event]:
+        """Hand finished work to the finisher; a new PR first passes the repository's `max_open_prs` (SPEC §8).
+
+        Counting and opening happen under one lock per repository, and the PR is recorded before the lock
+        is let go, so two sessions finishing at once cannot both take the last free place."""
+        cap = context.policy.max_open_prs
+        if cap is None or command.pull_request_number is not None or not command.open_pull_request:
+            # A push that keeps work at the cost cap opens no PR, so the cap on open PRs does not hold it.
+            return await self.finisher.finish(stored.session, command, context)
+        async with self._lock(f"open-prs {stored.session.repo}"):
+            verdict = self.pull_caps.verdict(stored.session, cap)
+            if verdict is not None:
+                return (verdict,)
+            events = await self.finisher.finish(stored.session, command, context)
+            for event in events:
+                await self.apply(stored.session.id, event)
+        return ()
 
     def _note_policy_limits(self, repo: str, context: RuntimeContext) -> None:
         overrides = {**self.limits.repo_overrides, repo: int(context.policy.max_parallel)}
@@ -532,7 +601,7 @@ class Engine:
             worktree=worktree,
             session_dir=self.workspaces.session_dir(session_folder(session.id)),
             port=context.port,
-            queue_position=self.queue.position(session.id),
+            queue_position=self.queue.position(session.id) or self.pull_caps.position(session),
             changed_files=changed,
             log_tail=log_tail,
             notes=context.notes,
@@ -722,6 +791,8 @@ class Engine:
         except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
             log.exception("watching the turn of %s failed", session_id)
             end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+        if self.metrics is not None:  # the turn is over, however it ended
+            self.metrics.turn_seconds.observe(max(0.0, time.time() - handle.started_at))
         agent_id = turns.agent_session_id(adapter, handle)
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))
@@ -813,6 +884,11 @@ class Engine:
             if not busy and not self.sessions.pending():
                 return
             await asyncio.sleep(self.poll)
+
+
+def with_engine(policy: EffectivePolicy, engine: str | None) -> EffectivePolicy:
+    """The session's policy with the agent its engine label picked (the status comment shows it too)."""
+    return policy if engine is None else policy.model_copy(update={"agent": engine})
 
 
 def _is_git_or_http(error: BaseException) -> bool:

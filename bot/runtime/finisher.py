@@ -33,7 +33,8 @@ from typing import Any
 import gidgethub
 
 from bot.agent.environment import SessionEnvironment
-from bot.workspace.git import Git, GitError, Mirror, redact
+from bot.redaction import redact
+from bot.workspace.git import Git, GitError, Mirror
 from bot.github.operations import OperationRefused
 from bot.agent.confinement import for_session as confinement_for
 from bot.agent.processes import REASON_EXITED, log_tail
@@ -100,6 +101,16 @@ FOREIGN_PULL = (
 def render(template: str, **values: Any) -> str:
     """Render one of `templates/` through Shepherd's one Jinja2 environment."""
     return environment().get_template(template).render(**values)
+
+
+def shown_diffstat(out: str) -> str:
+    """`git diff --stat` output for the PR body: defused, and every line still in line (git indents each
+    line by one space; stripping the text as a whole would pull only the first one left)."""
+    text = neutralise_for_github(out)
+    if not text:
+        return NO_DIFF
+    indent = out[: len(out) - len(out.lstrip(" "))].rpartition("\n")[2]
+    return indent + text if not text.startswith(" ") else text
 
 
 @dataclass(frozen=True)
@@ -267,7 +278,7 @@ class Finisher:
             f"refs/remotes/origin/{base}...{ref}", "--",
             mirror=self._workspaces.mirror(full_name),
         )
-        return neutralise_for_github(out) or NO_DIFF
+        return shown_diffstat(out)
 
     async def _run_tests(
         self, session: Session, context: Any, worktree: Path, branch: str, bot_name: str, bot_email: str

@@ -176,6 +176,11 @@ class SessionStore:
                 log.exception("skipping an unreadable session row")
         return found
 
+    def agents(self) -> dict[str, str]:
+        """The agent each stored session ran (its effective policy's `agent`), by session id, for the outcomes."""
+        rows = self.db.execute("SELECT id, json_extract(context, '$.policy.agent') FROM sessions").fetchall()
+        return {str(row[0]): str(row[1] or "") for row in rows}
+
     def events(self, session_id: str) -> list[Event]:
         rows = self.db.execute(
             "SELECT event FROM session_events WHERE session_id = ? ORDER BY seq", (session_id,)

@@ -1,5 +1,7 @@
 """The operator's `shepherd` command line (SPEC §5): one argparse subcommand per task.
 
+Bare `shepherd` prints the help (as `gh` does); `shepherd serve` is `python -m bot serve`.
+
 Other subcommands (`status`, `doctor`) register themselves in `build_parser` the same way `prune` does:
 a subparser with `set_defaults(run=...)`, where `run(args) -> int` is the exit code.
 """
@@ -10,9 +12,11 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 
 from bot.workspace.cleanup import prune
 from bot.views.doctor import add_doctor_command
+from bot.views.session_logs import add_logs_command
 from bot.core.session import Session
 from bot.settings import SettingsError, load_settings
 from bot.views.status_view import add_status_command
@@ -47,19 +51,43 @@ def run_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def installed_version() -> str:
+    try:
+        return version("shepherd")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from bot.__main__ import main as serve  # the one place that runs the server
+
+    return serve(["serve", "--host", args.host])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from bot.__main__ import SERVE_HELP, add_serve_arguments
+
     parser = argparse.ArgumentParser(prog="shepherd", description="Operate a Shepherd installation.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"shepherd {installed_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serving = commands.add_parser("serve", help=SERVE_HELP, description=SERVE_HELP)
+    add_serve_arguments(serving)
+    serving.set_defaults(run=run_serve)
     pruning = commands.add_parser("prune", help=PRUNE_HELP, description=PRUNE_HELP)
     pruning.add_argument("--dry-run", action="store_true", help=DRY_RUN_HELP)
     pruning.set_defaults(run=run_prune)
     add_status_command(commands)
     add_doctor_command(commands)
+    add_logs_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:  # bare `shepherd`: what it can do, not a usage error
+        parser.print_help()
+        return 0
     try:
         return int(args.run(args))
     except SettingsError as error:

@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bot.github.manifest import required_permissions
+from bot.github.reachability import unreachable_reason
+from bot.agent.adapters import agent_cli_install_spec
 from bot.settings import PUBLIC_URL_VAR, Settings, SettingsError, load_settings
 
 DOCTOR_HELP = "check the settings, the GitHub App (read-only), git and the agent CLI, and say what to fix"
@@ -35,8 +36,11 @@ SETTINGS_BAD = "the settings are invalid: {problem}"
 SETTINGS_FIX = "fix the variable in the environment or in .env, then run `shepherd doctor` again"
 SETUP_MODE = "no GitHub App credentials yet (setup mode)"
 SETUP_MODE_FIX = "run `python -m bot serve` and open the /setup?code=... URL it logs to register the App"
-LOOPBACK_URL = "{var}={url} is a loopback address: GitHub cannot deliver webhooks there"
-LOOPBACK_URL_FIX = "set {var} to the public https:// URL that reaches this server (e.g. a tunnel or a proxy)"
+UNREACHABLE_URL = "{var}={reason}: GitHub cannot deliver webhooks there"
+UNREACHABLE_URL_FIX = (
+    "set {var} to the public https:// URL that reaches this server (a proxy, or a cloudflared or ngrok "
+    "tunnel: see docs/setup.md)"
+)
 DATA_DIR_OK = "data folder {path} is usable"
 DATA_DIR_MISSING = "data folder {path} does not exist yet (created at first start)"
 DATA_DIR_BAD = "data folder {path} is not writable"
@@ -72,8 +76,8 @@ GIT_OLD = "git {version} is older than {minimum}"
 AGENT_OK = "agent CLI {name}: {version}"
 AGENT_MISSING = "the agent CLI {binary!r} ({name}) is not on PATH"
 AGENT_MISSING_FIX = {
-    "claude": "install Claude Code (npm install -g @anthropic-ai/claude-code) or set SHEPHERD_AGENT",
-    "codex": "install the Codex CLI (npm install -g @openai/codex) or set SHEPHERD_AGENT",
+    "claude": "run scripts/serve (it installs it), or npm install -g {spec}, or set SHEPHERD_AGENT",
+    "codex": "run scripts/serve (it installs it), or npm install -g {spec}, or set SHEPHERD_AGENT",
     "command": "check SHEPHERD_AGENT_COMMAND: its program must be on PATH",
 }
 AGENT_BROKEN = "the agent CLI {binary!r} failed to print its version: {reason}"
@@ -116,21 +120,17 @@ def check_settings(environ: Mapping[str, str] | None, env_file: Path | None) -> 
     findings = [Finding(Level.OK, "settings", SETTINGS_OK.format(mode=settings.mode))]
     if settings.mode == "setup":
         findings.append(Finding(Level.WARN, "settings", SETUP_MODE, SETUP_MODE_FIX))
-    elif _is_loopback(settings.public_url):
+    unreachable = unreachable_reason(settings.public_url)
+    if unreachable is not None:
         findings.append(
             Finding(
                 Level.WARN,
                 "settings",
-                LOOPBACK_URL.format(var=PUBLIC_URL_VAR, url=settings.public_url),
-                LOOPBACK_URL_FIX.format(var=PUBLIC_URL_VAR),
+                UNREACHABLE_URL.format(var=PUBLIC_URL_VAR, reason=unreachable),
+                UNREACHABLE_URL_FIX.format(var=PUBLIC_URL_VAR),
             )
         )
     return settings, findings
-
-
-def _is_loopback(url: str) -> bool:
-    host = (urlsplit(url).hostname or "").lower()
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def check_data_dir(settings: Settings) -> list[Finding]:
@@ -281,7 +281,8 @@ def check_agent(
         binary = name
     path = which(binary) if binary else None
     if path is None:
-        return [Finding(Level.FAIL, "agent", AGENT_MISSING.format(binary=binary, name=name), AGENT_MISSING_FIX[name])]
+        fix = AGENT_MISSING_FIX[name].format(spec=agent_cli_install_spec(name))
+        return [Finding(Level.FAIL, "agent", AGENT_MISSING.format(binary=binary, name=name), fix)]
     if name == "command":
         return [Finding(Level.OK, "agent", AGENT_OK.format(name=name, version=path))]
     try:

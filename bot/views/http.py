@@ -13,8 +13,12 @@ import jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from bot.core.session import Session, State
 from bot.core.budget import format_usd, spend_line
 from bot.views.dashboard_token import token_matches
+from bot.views.render import failure_text
+from bot.views.session_logs import known_secrets, log_files
+from bot.views.outcomes_view import export_outcomes, load_outcomes, outcome_rows
 from bot.views.status_view import (
     SessionRow,
     count_by_state,
@@ -35,6 +39,12 @@ UNAUTHORIZED_TEXT = "A dashboard token is required: send 'Authorization: Bearer 
 NOT_READY_TEXT = "Shepherd is starting."
 PAGE_TITLE = "Shepherd"
 EMPTY_TEXT = "No sessions yet. Label an issue agent:go to start one."
+LOGIN_TEXT = (
+    "The dashboard needs its token: the server printed it in its log at start (the Dashboard: line), and "
+    "it is kept in the data folder's dashboard_token file unless SHEPHERD_DASHBOARD_TOKEN sets it."
+)
+LOG_TAIL_LINES = 15
+ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
 # The token may sit in the page's URL: never send it on as a Referer, never cache, never frame.
 _PRIVATE_HEADERS = {
@@ -46,6 +56,12 @@ _PRIVATE_HEADERS = {
 _PAGE_HEADERS = {
     **_PRIVATE_HEADERS,
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'",
+}
+# The login page's one form goes back to this server, nowhere else.
+_LOGIN_HEADERS = {
+    **_PRIVATE_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'self'",
+    "WWW-Authenticate": 'Bearer realm="shepherd"',
 }
 
 
@@ -77,7 +93,46 @@ def _unauthorized() -> web.Response:
     )
 
 
-def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]]:
+def _login_page() -> web.Response:
+    html = _environment().get_template("dashboard.html.j2").render(
+        page="login", title=PAGE_TITLE, login_text=LOGIN_TEXT, refresh_seconds=REFRESH_SECONDS,
+    )
+    return web.Response(text=html, status=401, content_type="text/html", charset="utf-8", headers=_LOGIN_HEADERS)
+
+
+def _question_url(session: Session, github_url: str) -> str | None:
+    question = session.question
+    if session.state != State.STUCK or question is None or question.comment_id is None:
+        return None
+    return f"{github_url}/{session.repo}/issues/{session.issue_number}#issuecomment-{question.comment_id}"
+
+
+def _branch_url(session: Session, github_url: str) -> str | None:
+    # Only a branch that is on GitHub: pushed for a pull request, or kept from earlier work.
+    if session.pr_number is None and not session.from_kept_branch:
+        return None
+    return f"{github_url}/{session.repo}/tree/{session.branch}"
+
+
+def failed_log_tail(session: Session, sessions_dir: Path | None, secrets: list[str | None]) -> str:
+    """The last lines of a failed session's newest log (setup, turn or test), secrets masked."""
+    if session.state != State.FAILED or sessions_dir is None:
+        return ""
+    from bot.runtime.engine import session_folder  # the one rule that names a session's folder
+
+    folder = sessions_dir / session_folder(session.id)
+    files = log_files(folder) if folder.is_dir() else []
+    if not files:
+        return ""
+    from bot.agent.processes import log_tail
+
+    return log_tail(files[-1], LOG_TAIL_LINES, [secret for secret in secrets if secret])
+
+
+def dashboard_rows(
+    rows: list[SessionRow], now: datetime, *, github_url: str = "https://github.com", agent: str | None = None,
+    sessions_dir: Path | None = None, secrets: list[str | None] | None = None,
+) -> list[dict[str, Any]]:
     """What the dashboard template shows per session."""
     shown = []
     for row in rows:
@@ -93,14 +148,18 @@ def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]
                 "state_label": state_label(session),
                 "age": format_age(session.created_at, now),
                 "started": session.created_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "heartbeat": format_age(heartbeat, now) + " ago",
+                # An ended session has no heartbeat to watch.
+                "heartbeat": None if session.state in ENDED else format_age(heartbeat, now) + " ago",
                 "question": open_question(session),
+                "question_url": _question_url(session, github_url),
+                "branch_url": _branch_url(session, github_url),
                 "options": list(session.question.options) if session.question else [],
                 "branch": session.branch,
                 "pr_url": session.pr_url,
                 "pr_number": session.pr_number,
                 "checkpoint": session.checkpoint,
-                "failure": session.failure_reason,
+                "failure": failure_text(session, agent),
+                "log_tail": failed_log_tail(session, sessions_dir, secrets or []),
                 "spend": (spend_line(session.spent_usd, session.limits.max_cost_usd)
                           if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
             }
@@ -109,11 +168,14 @@ def dashboard_rows(rows: list[SessionRow], now: datetime) -> list[dict[str, Any]
 
 
 def render_dashboard(
-    rows: list[SessionRow], *, github_url: str, now: datetime, mode: str
+    rows: list[SessionRow], *, github_url: str, now: datetime, mode: str, agent: str | None = None,
+    sessions_dir: Path | None = None, secrets: list[str | None] | None = None, outcomes: list[Any] | None = None,
 ) -> str:
     template = _environment().get_template("dashboard.html.j2")
-    shown = dashboard_rows(rows, now)
+    shown = dashboard_rows(rows, now, github_url=github_url, agent=agent, sessions_dir=sessions_dir, secrets=secrets)
     return template.render(
+        page="sessions",
+        outcomes=outcome_rows(outcomes or []),
         title=PAGE_TITLE,
         sessions=shown,
         stuck=sum(1 for row in shown if row["state"] == "stuck"),
@@ -139,14 +201,19 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
 
     async def dashboard(request: web.Request) -> web.Response:
         if not authorised(request):
-            return _unauthorized()
+            return _login_page()  # a person in a browser: say where the token is, and ask for it
         services = services_of(request)
         rows = load_sessions(services.store.db)
+        settings = services.settings
         html = render_dashboard(
             rows,
-            github_url=services.settings.github_url,
+            github_url=settings.github_url,
             now=datetime.now(timezone.utc),
-            mode=services.settings.mode,
+            mode=settings.mode,
+            agent=settings.agent,
+            sessions_dir=settings.data_dir / "sessions",
+            secrets=[*known_secrets(settings), services.dashboard_token],
+            outcomes=load_outcomes(services.store.db),
         )
         return web.Response(text=html, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
 
@@ -163,6 +230,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         rows = load_sessions(services.store.db)
         for state, count in count_by_state(rows).items():
             services.metrics.sessions.labels(state=state).set(count)
+        export_outcomes(services.metrics, load_outcomes(services.store.db))
         for repository, spent in spend_by_repository(rows).items():
             services.metrics.repository_spend.labels(repository=repository).set(spent)
         for row in rows:

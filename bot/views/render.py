@@ -21,9 +21,9 @@ import yaml
 from bot.core.budget import spend_line
 from bot.core.effects import ChangedFile, SessionContext
 from bot.core.policy import Problem
-from bot.agent.processes import redact_text
+from bot.redaction import redact
 from bot.core.sanitize import code_span, marker, neutralise_for_github
-from bot.core.session import Detail, Mode, Session, State
+from bot.core.session import FAILURE_EXIT_CODE, Detail, Mode, Session, State
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S UTC"
@@ -83,6 +83,14 @@ DETAIL_SENTENCES = {
     Detail.ISSUE_CLOSED: "The issue was closed.",
     Detail.STOP_COMMAND: "Someone commented `/agent stop`.",
     Detail.UNINSTALLED: "The app was uninstalled or lost access to this repository.",
+    Detail.WAITING_FOR_PULL_REQUEST_SLOT: (
+        "This repository has as many open agent pull requests as its `max_open_prs` allows; the pull request "
+        "opens when one of them is merged or closed."
+    ),
+}
+# A detail that changes what the state means replaces the state's sentence.
+DETAIL_STATE_SENTENCES = {
+    Detail.WAITING_FOR_PULL_REQUEST_SLOT: "The agent is done; its pull request waits for a free place.",
 }
 WITHDRAWN_SENTENCE = "The agent withdrew this question and carried on without an answer."
 CANCELLED_SENTENCE = "The session ended before this question was answered."
@@ -206,6 +214,29 @@ def _egress_refusals(context: SessionContext) -> str:
     return f"{stats['refused']} connection(s) refused" + (f": {hosts}" if hosts else "")
 
 
+# Exit code 127 is the shell's "command not found": for a named agent CLI it means the CLI is missing.
+COMMAND_NOT_FOUND = 127
+AGENT_CLI_MISSING = (
+    "The agent CLI `{cli}` was not found on the server (exit code 127). The operator installs it "
+    "(`scripts/serve` does, or `shepherd doctor` says how); then `/agent retry` starts again."
+)
+NAMED_AGENT_CLIS = ("claude", "codex")
+
+
+def failure_text(session: Session, agent: str | None) -> str | None:
+    """Why the session failed, in the words a person needs: the stored reason, except that exit code 127
+    of a named agent CLI says the CLI is missing (the real cause is otherwise buried in the turn's log)."""
+    if session.state != State.FAILED:
+        return None
+    if (
+        session.detail == Detail.EXIT_CODE
+        and session.failure_reason == FAILURE_EXIT_CODE.format(code=COMMAND_NOT_FOUND)
+        and agent in NAMED_AGENT_CLIS
+    ):
+        return AGENT_CLI_MISSING.format(cli=agent)
+    return session.failure_reason
+
+
 def _detail_sentence(session: Session) -> str:
     if session.state == State.COMPLETE and session.pr_state is not None:
         return {"merged": MERGED_SENTENCE, "closed": CLOSED_SENTENCE}.get(str(session.pr_state), "")
@@ -234,7 +265,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
     if repo_url and (session.pr_number is not None or session.from_kept_branch):
         branch_url = f"{repo_url}/tree/{session.branch}"
     tail = log_tail if log_tail is not None else context.log_tail
-    tail = redact_text(tail or "").strip()
+    tail = redact(tail or "").strip()
     if len(tail) > MAX_LOG_TAIL_CHARS:
         tail = tail[-MAX_LOG_TAIL_CHARS:].partition("\n")[2]
     return render(
@@ -244,15 +275,17 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         state=str(session.state),
         symbol=STATE_SYMBOLS[session.state],
         title=STATE_TITLES[session.state],
-        sentence=STATE_SENTENCES[session.state],
+        sentence=DETAIL_STATE_SENTENCES.get(session.detail, STATE_SENTENCES[session.state])
+        if session.detail is not None else STATE_SENTENCES[session.state],
         detail=_detail_sentence(session),
+        engine=context.policy.agent,
         mode=PLAN_MODE_NAME if session.mode == Mode.PLAN else GO_MODE_NAME,
         queue_position=context.queue_position if session.state == State.QUEUED else None,
         stuck_reason=agent_text(session.stuck_reason) if session.state == State.STUCK else "",
         checkpoint=agent_text(session.checkpoint),
         files=_files(context.changed_files),
         branch_url=branch_url,
-        failure=agent_text(session.failure_reason) if session.state == State.FAILED else "",
+        failure=agent_text(failure_text(session, context.policy.agent)) if session.state == State.FAILED else "",
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
         earlier=_earlier(context.extra.get("earlier") or ()),

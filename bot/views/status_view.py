@@ -138,7 +138,8 @@ def run_status(args: argparse.Namespace) -> int:
     settings = load_settings()
     database = settings.data_dir / "shepherd.db"
     if not database.is_file():
-        sys.stdout.write(NO_DATABASE_TEXT.format(path=database) + "\n")
+        # `--json` is for scripts: always JSON, and no database means no sessions.
+        sys.stdout.write("[]\n" if getattr(args, "json", False) else NO_DATABASE_TEXT.format(path=database) + "\n")
         return 0
     store = Store.open(database)
     try:

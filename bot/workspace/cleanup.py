@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 REMOVED_LINE = "removed {path} ({session})"
 KEPT_LINE = "kept {path} ({session}): {reason}"
 WOULD_REMOVE_LINE = "would remove {path} ({session})"
+WOULD_KEEP_LINE = "would keep {path} ({session}): {reason}"
 NOTHING_LINE = "no worktree of closed work to remove"
 CLOSED_PR_STATES = frozenset({PullRequestState.MERGED, PullRequestState.CLOSED})
 
@@ -40,7 +41,8 @@ class PruneReport:
         """One line per worktree, for a person reading the terminal."""
         template = WOULD_REMOVE_LINE if self.dry_run else REMOVED_LINE
         lines = [template.format(path=o.path, session=o.session_id) for o in self.removed]
-        lines += [KEPT_LINE.format(path=o.path, session=o.session_id, reason=o.reason) for o in self.kept]
+        kept = WOULD_KEEP_LINE if self.dry_run else KEPT_LINE
+        lines += [kept.format(path=o.path, session=o.session_id, reason=o.reason) for o in self.kept]
         return lines or [NOTHING_LINE]
 
 
@@ -77,11 +79,13 @@ async def prune(workspaces: Workspaces, sessions: Iterable[Session], *, dry_run:
             continue
         if not path.exists():
             continue
-        if dry_run:
-            report.removed.append(CleanupOutcome(session.id, path, removed=False))
-            continue
         try:
-            outcome = await remove_session_worktree(workspaces, session)
+            if dry_run:  # the same questions the real run asks, without removing anything
+                workspaces.mirror(workspaces.repo_of(path))
+                reason = await workspaces.reason_to_keep(path)
+                outcome = CleanupOutcome(session.id, path, removed=reason is None, reason=reason)
+            else:
+                outcome = await remove_session_worktree(workspaces, session)
         except WorkspaceError as error:  # e.g. the mirror is gone: keep, and say so
             outcome = CleanupOutcome(session.id, path, removed=False, reason=str(error))
         (report.removed if outcome.removed else report.kept).append(outcome)

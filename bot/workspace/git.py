@@ -74,17 +74,12 @@ class GitError(Exception):
         self, args: list[str], returncode: int | None, stderr: str, secrets: tuple[str, ...] = ()
     ) -> None:
         # Redacted here, whoever raises it: the message reaches logs and issue comments.
-        self.args_run = [redact(arg, secrets) for arg in args]
+        self.args_run = [redaction.redact(arg, secrets) for arg in args]
         self.returncode = returncode
-        self.stderr = redact(stderr, secrets)
+        self.stderr = redaction.redact(stderr, secrets)
         super().__init__(
             f"git {' '.join(self.args_run[:3])} failed ({returncode}): {self.stderr.strip()[-2000:]}"
         )
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Mask secrets and credential-shaped text; the same redactor as every other (bot/redaction.py)."""
-    return redaction.redact(text, secrets)
 
 
 def check_clone_url(url: str) -> str:

@@ -731,6 +731,17 @@ class Workspaces:
                 changes.append((path, int(added) if added.isdigit() else 0, int(removed) if removed.isdigit() else 0))
         return sorted(changes)
 
+    async def reason_to_keep(self, worktree: Path) -> str | None:
+        """Why removing this worktree would lose work (uncommitted changes, unpushed commits), or None.
+
+        `remove_worktree` asks this too, so `shepherd prune --dry-run` lists exactly what a real run does."""
+        if await self.is_dirty(worktree):
+            return KEPT_DIRTY
+        count = await self.unpushed_count(worktree)
+        if count:
+            return KEPT_UNPUSHED.format(count=count)
+        return None
+
     async def remove_worktree(self, worktree: Path) -> None:
         """Remove a session's repository and its imported branch, unless that would lose work.
 
@@ -739,11 +750,9 @@ class Workspaces:
         """
         full_name = self.repo_of(worktree)
         mirror = self.mirror(full_name)
-        if await self.is_dirty(worktree):
-            raise WorkspaceKept(KEPT_DIRTY)
-        count = await self.unpushed_count(worktree)
-        if count:
-            raise WorkspaceKept(KEPT_UNPUSHED.format(count=count))
+        reason = await self.reason_to_keep(worktree)
+        if reason is not None:
+            raise WorkspaceKept(reason)
         branch = await self.current_branch(worktree)
         async with self._lock(full_name):
             await asyncio.to_thread(shutil.rmtree, worktree)

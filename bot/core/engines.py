@@ -1,0 +1,56 @@
+"""Which label starts what (SPEC §3 `engines`, §8): the go and plan labels, and the policy's engine labels.
+
+An engine label (`agent:codex` in `engines: {agent:codex: codex}`) starts a go session whose agent is
+that adapter instead of the policy's `agent`. A label the policy names under `engines` with an agent
+the operator has not set up is still a trigger, as an invalid `agent` is: the session runs with the
+defaults and its status comment reports the problem, so the person who labelled the issue learns why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.core.policy import EffectivePolicy, LoadedPolicy
+from bot.core.session import Mode, Session
+
+ENGINES_KEY = "engines."
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a trigger label asks for: the mode and, for an engine label, the adapter to run."""
+
+    mode: Mode
+    engine: str | None = None  # None: the policy's own `agent`
+
+
+def _same(left: str, right: str) -> bool:
+    return left.lower() == right.lower()  # GitHub label names compare without case
+
+
+def engine_for(policy: EffectivePolicy, label: str) -> str | None:
+    """The adapter an engine label picks, or None when `label` is not one of the policy's engine labels."""
+    return next((adapter for name, adapter in policy.engines.items() if _same(name, label)), None)
+
+
+def choose(loaded: LoadedPolicy, label: str) -> Choice | None:
+    """What adding `label` starts, or None when it is not a trigger label."""
+    labels = loaded.policy.labels
+    if _same(label, labels.go):
+        return Choice(Mode.GO)
+    if _same(label, labels.plan):
+        return Choice(Mode.PLAN)
+    engine = engine_for(loaded.policy, label)
+    if engine is not None:
+        return Choice(Mode.GO, engine)
+    if any(_same(problem.key, ENGINES_KEY + label) for problem in loaded.problems):
+        return Choice(Mode.GO)  # the file names it, wrongly: run the defaults and say what is wrong
+    return None
+
+
+def is_trigger_of(policy: EffectivePolicy, session: Session, label: str) -> bool:
+    """Whether removing `label` takes away the label that started `session` (and so cancels it)."""
+    if session.engine is not None and engine_for(policy, label) == session.engine:
+        return True
+    own = policy.labels.plan if session.mode == Mode.PLAN else policy.labels.go
+    return session.engine is None and _same(label, own)

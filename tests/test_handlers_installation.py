@@ -1,0 +1,35 @@
+"""Installing the App creates the trigger labels (issue 16): `agent:go` and `agent:plan`, with a colour and a
+description, in every repository of a new installation and in every repository added later."""
+
+from __future__ import annotations
+
+from bot.core.policy import Labels
+from bot.github.labels import LOOKS
+from tests.conversation_support import INSTALLATION, REPO, Bed, bed  # noqa: F401 - fixture
+from tests.fakes import payloads
+
+pytest_plugins = ["tests.fakes.plugin"]
+
+TRIGGERS = {Labels().go: LOOKS["go"], Labels().plan: LOOKS["plan"]}
+
+
+def looks(bed: Bed, full_name: str) -> dict[str, tuple[str, str | None]]:
+    labels = bed.fake._repo(full_name).labels.values()  # noqa: SLF001 - the fake's view of the repository
+    return {label["name"]: (label["color"], label.get("description")) for label in labels}
+
+
+async def test_a_new_installation_gets_the_trigger_labels(bed: Bed) -> None:
+    await bed.deliver("installation", payloads.installation_event(bed.fake, "created", INSTALLATION))
+    assert looks(bed, REPO) == {name: (look.color, look.description) for name, look in TRIGGERS.items()}
+
+
+async def test_added_repositories_get_them_and_existing_labels_are_left_alone(bed: Bed) -> None:
+    bed.fake.add_repo("octo-org/gadgets")
+    bed.fake.add_label("octo-org/gadgets", "agent:go", color="123456", description="ours")
+    added = payloads.installation_repositories_event(bed.fake, "added", INSTALLATION, ["octo-org/gadgets"])
+    await bed.deliver("installation_repositories", added)
+    assert looks(bed, "octo-org/gadgets") == {
+        "agent:go": ("123456", "ours"),
+        "agent:plan": (LOOKS["plan"].color, LOOKS["plan"].description),
+    }
+    assert looks(bed, REPO) == {}  # only the added repository
