@@ -99,6 +99,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.session_spend = Gauge(
+            "shepherd_session_spend_usd",
+            "What each session spent on the model so far, as its agent CLI reported it (SPEC §8).",
+            ["repository", "session"],
+            registry=self.registry,
+        )
+        self.repository_spend = Gauge(
+            "shepherd_repository_spend_usd",
+            "What the sessions of each repository spent on the model so far, all of them together.",
+            ["repository"],
+            registry=self.registry,
+        )
         self.event_loop_lag = Gauge(
             "shepherd_event_loop_lag_seconds",
             "How late the event loop woke a 100 ms timer, most recently, and at worst since start.",

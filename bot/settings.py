@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bot.core.budget import DEFAULT_PRICES, ModelPrice, parse_prices
 from bot.core.policy import OperatorLimits
 
 APP_ID_VAR = "GITHUB_APP_ID"
@@ -55,6 +56,7 @@ SANDBOX_VAR = "SHEPHERD_SANDBOX"
 SANDBOX_PATHS_VAR = "SHEPHERD_SANDBOX_PATHS"
 EGRESS_VAR = "SHEPHERD_EGRESS"
 LOG_FORMAT_VAR = "SHEPHERD_LOG_FORMAT"
+MODEL_PRICES_VAR = "SHEPHERD_MODEL_PRICES"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -80,6 +82,7 @@ VARIABLES = (
     SANDBOX_PATHS_VAR,
     EGRESS_VAR,
     LOG_FORMAT_VAR,
+    MODEL_PRICES_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -273,6 +276,16 @@ class Settings(BaseModel):
             "the egress proxy besides their model endpoint; `*` allows any public host."
         ),
     )
+    model_prices: str | None = Field(
+        None,
+        validation_alias=MODEL_PRICES_VAR,
+        description=(
+            "JSON prices in USD per million tokens, merged over Shepherd's own table, for agents that "
+            "report tokens rather than cost (Codex), e.g. "
+            '`{"gpt-5.5": {"input": 1.25, "cached_input": 0.125, "output": 10}}`; the key `codex` prices '
+            "Codex when its model is not known."
+        ),
+    )
     max_workers: int = Field(
         4, ge=1, validation_alias=MAX_WORKERS_VAR, description="Agent processes running at once."
     )
@@ -349,6 +362,19 @@ class Settings(BaseModel):
         if value is not None and not _PEM_PATTERN.search(value.get_secret_value()):
             raise PydanticCustomError("pem", NOT_PEM_TEXT)
         return value
+
+    @field_validator("model_prices")
+    @classmethod
+    def _check_prices(cls, value: str | None) -> str | None:
+        if value is not None and value.strip():
+            parse_prices(value)  # raises ValueError saying what is wrong
+            return value
+        return None
+
+    @property
+    def prices(self) -> dict[str, ModelPrice]:
+        """The price table for token-reporting agents: Shepherd's, with the operator's entries over it."""
+        return parse_prices(self.model_prices) if self.model_prices else dict(DEFAULT_PRICES)
 
     @field_validator("agent_command", "agent_user")
     @classmethod

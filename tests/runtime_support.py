@@ -28,6 +28,7 @@ from bot.core.session import (
     PullRequestOpened,
     PullRequestUpdated,
     Session,
+    WorkPushed,
 )
 from bot.settings import Settings
 from bot.store.database import Store
@@ -84,6 +85,8 @@ class PushingFinisher:
                 stream.write(json.dumps({"session": session.id, "branch": command.branch, "sha": sha}) + "\n")
         if self.pushed_marker is not None:
             self.pushed_marker.write_text(session.id)
+        if not command.open_pull_request:
+            return (WorkPushed(sha),)
         if command.pull_request_number is not None:
             return (PullRequestUpdated(sha),)
         number = len(self.calls)

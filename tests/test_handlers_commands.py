@@ -149,3 +149,19 @@ async def test_a_replayed_command_runs_once(bed: Bed) -> None:
     payload = payloads.issue_comment_created(bed.fake, REPO, 1, bed.fake.comments(REPO, 1)[-1])
     await bed.deliver("issue_comment", payload, delivery_id="replayed")
     assert reactions(bed, stop) == ["+1"]
+
+
+async def test_budget_raises_the_cap_only_for_authorised_people(bed: Bed) -> None:
+    """`/agent budget <usd>` (SPEC §8): a write-access person raises the cap; anyone else changes nothing."""
+    await start(bed)
+    writes = len(bed.writes())
+    await command(bed, "/agent budget 50", user="eve")
+    assert len(bed.writes()) == writes and bed.engine.last_session(REPO, 1).limits.max_cost_usd is None
+    raised = await command(bed, "/agent budget $5")
+    assert bed.engine.last_session(REPO, 1).limits.max_cost_usd == 5.0
+    assert reactions(bed, raised) == ["+1"]
+    same = await command(bed, "/agent budget 5")
+    assert reactions(bed, same) == ["confused"]  # already the cap: nothing to do
+    wrong = await command(bed, "/agent budget lots")
+    assert reactions(bed, wrong) == ["confused"]
+    assert "Shepherd does not know `/agent budget lots`" in [b for b in bed.bot_bodies() if "shepherd:help" in b][-1]

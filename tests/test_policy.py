@@ -61,6 +61,8 @@ DEFAULTS = {
     "network": {"allow": []},
     "max_open_prs": None,
     "engines": {},
+    "max_cost_usd": None,
+    "loops": {"repeats": 3, "flip_flops": 2, "stall_minutes": 20},
 }
 
 FULL_FILE = """\
@@ -92,6 +94,8 @@ dashboard_issue: false
 max_open_prs: 3
 engines:
   agent:codex: codex
+max_cost_usd: 2.5
+loops: {repeats: 4, flip_flops: 3, stall_minutes: 7.5}
 """
 
 
@@ -151,6 +155,8 @@ def test_every_key_is_read() -> None:
         "network": {"allow": []},
         "max_open_prs": 3,
         "engines": {"agent:codex": "codex"},
+        "max_cost_usd": 2.5,
+        "loops": {"repeats": 4, "flip_flops": 3, "stall_minutes": 7.5},
     }
     assert loaded.policy.max_runtime_seconds == 30
     assert loaded.policy.idle_timeout_seconds == 150
@@ -562,3 +568,13 @@ def test_an_engine_must_be_a_known_agent_and_have_its_own_label() -> None:
                            "its own")]
     assert parse("max_open_prs: 0\n").problems == [
         Problem("max_open_prs", "must be a whole number of at least 1, got 0")]
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [("max_cost_usd: 0\n", "max_cost_usd"), ("max_cost_usd: lots\n", "max_cost_usd"),
+     ("loops: {repeats: 1}\n", "loops.repeats"), ("loops: {stall_minutes: 0}\n", "loops.stall_minutes"),
+     ("loops: {forever: 2}\n", "loops.forever")],
+)
+def test_budget_and_loop_keys_refuse_what_makes_no_sense(text: str, key: str) -> None:
+    loaded = parse(text)
+    assert [problem.key for problem in loaded.problems] == [key]
+    assert loaded.policy.as_dict() == DEFAULTS  # a file with a problem is not partly applied

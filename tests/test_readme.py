@@ -19,7 +19,7 @@ def _block(readme: str, name: str) -> str:
 
 def expected_blocks() -> dict[str, str]:
     blocks = {}
-    for name in ("status", "question", "question_answered"):
+    for name in ("status", "question", "question_answered", "budget_status", "loop_question"):
         text = (EXAMPLES / f"{name}.md").read_text()
         # The examples hold fenced blocks of their own: the outer fence must be longer than any inside.
         outer = fence(text)

@@ -201,6 +201,8 @@ def test_repr_and_errors_never_show_secrets(credentials: dict[str, str], pem: st
         ("SHEPHERD_WORKTREE_POOL", "-1", "SHEPHERD_WORKTREE_POOL: must be at least 0, got '-1'"),
         ("SHEPHERD_AGENT", "gpt", None),
         ("GITHUB_API_URL", "api.github.com", None),
+        ("SHEPHERD_MODEL_PRICES", '{"gpt-5.5": {"input": 1}}', None),
+        ("SHEPHERD_MODEL_PRICES", "cheap", None),
     ],
 )
 def test_bad_values_are_named(name: str, value: str, expected: str | None) -> None:
@@ -347,3 +349,10 @@ def test_dotenv_values_are_taken_literally(tmp_path: Path) -> None:
     settings = load_settings({}, env_file=env_file)
     assert settings.dashboard_token is not None
     assert settings.dashboard_token.get_secret_value() == "a${HOME}b$PATH"
+
+
+def test_model_prices_are_merged_over_the_defaults() -> None:
+    settings = load_settings({"SHEPHERD_MODEL_PRICES": '{"house-model": {"input": 3, "output": 15}}'}, env_file=None)
+    assert settings.prices["house-model"].output == 15.0
+    assert "codex" in settings.prices  # the defaults stay
+    assert load_settings({}, env_file=None).prices["codex"].input > 0

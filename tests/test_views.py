@@ -246,3 +246,23 @@ async def test_metrics_show_the_event_loop_lag_and_a_blocked_loop_raises_it(view
     text = await (await views.get(f"/metrics?token={TOKEN}")).text()
     worst = [line for line in text.splitlines() if line.startswith('shepherd_event_loop_lag_seconds{which="max"}')]
     assert worst and float(worst[0].split()[-1]) >= 0.2
+
+
+async def test_spend_is_shown_per_session_and_per_repository(views):
+    """SPEC §8: what each session spent, and each repository's sessions together, in the JSON API and metrics."""
+    store = views.server.app[SERVICES].store
+    sessions = sample_sessions()
+    store_session(store, replace(sessions[0], spent_usd=0.42, limits=replace(sessions[0].limits, max_cost_usd=2.0)))
+    store_session(store, replace(sessions[1], spent_usd=1.08))
+    store_session(store, replace(sessions[3], spent_usd=0.5))
+    listed = await (await views.get(f"/api/sessions?token={TOKEN}")).json()
+    by_number = {item["issueNumber"]: item for item in listed}
+    assert (by_number[120]["spentUsd"], by_number[120]["maxCostUsd"]) == (0.42, 2.0)
+    assert (by_number[121]["spentUsd"], by_number[121]["maxCostUsd"]) == (1.08, None)
+    text = await (await views.get(f"/metrics?token={TOKEN}")).text()
+    assert 'shepherd_repository_spend_usd{repository="acme/web"} 1.5' in text
+    assert 'shepherd_repository_spend_usd{repository="acme/api"} 0.5' in text
+    assert 'shepherd_session_spend_usd{repository="acme/web",session="acme/web#120/1"} 0.42' in text
+    html = await (await views.get(f"/?token={TOKEN}")).text()
+    assert "Spend: $0.42 of $2.00" in html
+    assert "Spend: acme/api $0.50, acme/web $1.50" in html

@@ -58,14 +58,21 @@ class Adapter(Protocol):
 
     name: str
 
-    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> Command:
-        """The command of a session's first turn."""
+    def first_turn(
+        self, prompt: str, prompt_file: str | os.PathLike[str], *, budget_usd: float | None = None
+    ) -> Command:
+        """The command of a session's first turn; `budget_usd` is what the session may still spend."""
 
-    def resume_turn(self, agent_session_id: str | None, reply: str) -> Command:
+    def resume_turn(self, agent_session_id: str | None, reply: str, *, budget_usd: float | None = None) -> Command:
         """The command of a later turn, answering ``reply`` in the same agent session."""
 
     def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
         """Read a turn's log (stdout and stderr mixed) for what the agent reported."""
+
+
+def budget_argument(amount: float) -> str:
+    """`--max-budget-usd`'s value: plain decimals (no exponent), never below a millionth of a dollar."""
+    return f"{max(amount, 0.000001):.6f}".rstrip("0").rstrip(".")
 
 
 def _argument_text(text: str, instruction: str) -> str:
@@ -97,23 +104,28 @@ class ClaudeAdapter:
     allowed_tools: Sequence[str] | None = None
     name: str = "claude"
 
-    def _common(self) -> list[str]:
+    def _common(self, budget_usd: float | None = None) -> list[str]:
         options = ["--output-format", "stream-json", "--verbose"]
+        if budget_usd is not None:
+            # The CLI stops itself at the session's remaining budget; Shepherd checks the reported cost too.
+            options += ["--max-budget-usd", budget_argument(budget_usd)]
         if self.allowed_tools:
             options += ["--allowedTools", ",".join(self.allowed_tools)]
         else:
             options += ["--permission-mode", "bypassPermissions"]
         return options
 
-    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> list[str]:
+    def first_turn(
+        self, prompt: str, prompt_file: str | os.PathLike[str], *, budget_usd: float | None = None
+    ) -> list[str]:
         text = _argument_text(prompt, PROMPT_FILE_INSTRUCTION.format(path=os.fspath(prompt_file)))
-        return [self.binary, "-p", *self._common(), "--", text]
+        return [self.binary, "-p", *self._common(budget_usd), "--", text]
 
-    def resume_turn(self, agent_session_id: str | None, reply: str) -> list[str]:
+    def resume_turn(self, agent_session_id: str | None, reply: str, *, budget_usd: float | None = None) -> list[str]:
         if not agent_session_id:
             raise ValueError(ERROR_NO_SESSION_ID)
         text = _argument_text(reply, REPLY_FILE_INSTRUCTION)
-        return [self.binary, "-p", "--resume", agent_session_id, *self._common(), "--", text]
+        return [self.binary, "-p", "--resume", agent_session_id, *self._common(budget_usd), "--", text]
 
     def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:
         session_id = None
@@ -153,11 +165,13 @@ class CodexAdapter:
     def _common(self) -> list[str]:
         return ["--json", "--dangerously-bypass-approvals-and-sandbox", "-c", "allow_login_shell=false"]
 
-    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> list[str]:
+    def first_turn(
+        self, prompt: str, prompt_file: str | os.PathLike[str], *, budget_usd: float | None = None
+    ) -> list[str]:
         text = _argument_text(prompt, PROMPT_FILE_INSTRUCTION.format(path=os.fspath(prompt_file)))
         return [self.binary, "exec", *self._common(), "--", text]
 
-    def resume_turn(self, agent_session_id: str | None, reply: str) -> list[str]:
+    def resume_turn(self, agent_session_id: str | None, reply: str, *, budget_usd: float | None = None) -> list[str]:
         if not agent_session_id:
             raise ValueError(ERROR_NO_SESSION_ID)
         text = _argument_text(reply, REPLY_FILE_INSTRUCTION)
@@ -199,10 +213,12 @@ class CommandAdapter:
     command: str
     name: str = "command"
 
-    def first_turn(self, prompt: str, prompt_file: str | os.PathLike[str]) -> str:
+    def first_turn(
+        self, prompt: str, prompt_file: str | os.PathLike[str], *, budget_usd: float | None = None
+    ) -> str:
         return self.command
 
-    def resume_turn(self, agent_session_id: str | None, reply: str) -> str:
+    def resume_turn(self, agent_session_id: str | None, reply: str, *, budget_usd: float | None = None) -> str:
         return self.command
 
     def parse_output(self, output: str | Iterable[str]) -> AgentRunInfo:

@@ -89,6 +89,7 @@ def start_turn(
     message: str | None,
     reply: str | None,
     resume_session_id: str | None,
+    budget_usd: float | None = None,
 ) -> TurnHandle:
     """Spawn one turn. A first turn passes `prompt`; a resumed one passes `message` (what the agent
     is told) and `reply` (the human text it answers, for `SHEPHERD_REPLY` and its file)."""
@@ -102,13 +103,13 @@ def start_turn(
         reply_file = write_reply_file(setup.reply_file, reply)
     env = setup.environment.build(setup.turn, reply=reply, reply_file=reply_file)
     if prompt is not None:
-        command = adapter.first_turn(prompt, setup.prompt_file)
+        command = adapter.first_turn(prompt, setup.prompt_file, budget_usd=budget_usd)
     elif resume_session_id is not None or adapter.name == "command":
-        command = adapter.resume_turn(resume_session_id, message or "")
+        command = adapter.resume_turn(resume_session_id, message or "", budget_usd=budget_usd)
     else:
         # No agent session to resume: a fresh turn carrying the earlier prompt and the new message.
         earlier = setup.prompt_file.read_text(encoding="utf-8") if setup.prompt_file.is_file() else ""
-        command = adapter.first_turn(f"{earlier}\n\n{message or ''}".strip(), setup.prompt_file)
+        command = adapter.first_turn(f"{earlier}\n\n{message or ''}".strip(), setup.prompt_file, budget_usd=budget_usd)
     if setup.confinement is not None:
         return setup.confinement.spawn(
             command, name=f"turn-{setup.turn}", env=env, log_path=setup.log_path, exit_path=setup.exit_path
@@ -183,8 +184,12 @@ async def watch_turn(
     redact: Sequence[str] = (),
     poll: float = WATCH_POLL_SECONDS,
     confinement: Confinement | None = None,
+    monitor: Callable[..., Awaitable[Sequence[Event]]] | None = None,
 ) -> Event:
-    """Feed the turn's reports to `emit(event, seq)` as they come; return its end as an event."""
+    """Feed the turn's reports to `emit(event, seq)` as they come; return its end as an event.
+
+    `monitor()` (the spend and loop watch, `bot.agent.watchdog`) is asked on every poll for events of
+    its own, and once more with `final=True` after the process is gone, before the turn's end."""
     reports_path = channel.reports_path(session_dir)
 
     def heartbeat() -> float | None:
@@ -212,6 +217,9 @@ async def watch_turn(
                     seq = int(report["seq"])
                     if event is not None:
                         await emit(event, seq)
+            if monitor is not None:
+                for event in await monitor(final=done):
+                    await emit(event, seq)
             if done:
                 break
             await asyncio.wait({waiting}, timeout=poll)

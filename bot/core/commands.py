@@ -1,4 +1,4 @@
-"""The slash-command parser (contract): `/agent stop|retry|status|approve|revise <text>|help` at the start of a line.
+"""The slash-command parser (contract): `/agent stop|retry|status|approve|revise <text>|budget <usd>|help` at the start of a line.
 
 Pure text in, commands out. A command line starts with `/agent` (any case) at the very beginning of a
 line; lines inside fenced code blocks and quoted lines (`> /agent stop`) are not commands, so quoting
@@ -11,13 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from bot.core.budget import parse_usd
+
 STOP = "stop"
 RETRY = "retry"
 STATUS = "status"
 APPROVE = "approve"
 REVISE = "revise"
+BUDGET = "budget"
 HELP = "help"
-KNOWN = (STOP, RETRY, STATUS, APPROVE, REVISE, HELP)
+KNOWN = (STOP, RETRY, STATUS, APPROVE, REVISE, BUDGET, HELP)
 
 _COMMAND_LINE = re.compile(r"^/agent(?![\w-])[ \t]*(?P<rest>.*)$", re.IGNORECASE)
 _FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
@@ -72,6 +75,12 @@ def parse_commands(body: str | None) -> list[SlashCommand]:
                 commands.append(SlashCommand(HELP, unknown=rest.strip()))
                 continue
             commands.append(SlashCommand(REVISE, text=text))
+        elif name == BUDGET:
+            # `/agent budget 5`: a positive amount in USD, or the help says how to write one.
+            if parse_usd(argument) is None:
+                commands.append(SlashCommand(HELP, unknown=rest.strip()))
+                continue
+            commands.append(SlashCommand(BUDGET, text=argument.strip()))
         elif name in KNOWN:
             commands.append(SlashCommand(name))
         else:

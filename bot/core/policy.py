@@ -100,6 +100,11 @@ EXPECTATIONS = {
     "engines": "a mapping from a trigger label to an agent, like {agent:codex: codex}",
     "engines.*": "one of claude, codex, command",
     "network.*": "a list of host[:port] patterns, like [registry.npmjs.org]",
+    "max_cost_usd": "an amount in USD greater than 0, like 2.50",
+    "loops": "a mapping with any of repeats, flip_flops and stall_minutes",
+    "loops.repeats": "a whole number of at least 2",
+    "loops.flip_flops": "a whole number of at least 1",
+    "loops.stall_minutes": "a number of minutes greater than 0 (fractions allowed)",
 }
 
 PositiveMinutes = Annotated[StrictFloat | StrictInt, Field(gt=0)]
@@ -155,6 +160,22 @@ def narrow_egress(operator: Sequence[str], repository: Sequence[str] | None) -> 
         return tuple(dict.fromkeys(repository))
     allowed = set(operator)
     return tuple(entry for entry in dict.fromkeys(repository) if entry in allowed)
+
+
+class Loops(BaseModel):
+    """When Shepherd stops a turn that spins (SPEC §8), judged from the agent's events and the worktree."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    repeats: StrictInt = Field(
+        3, ge=2, description="The same command or tool call failing the same way this many times in a turn."
+    )
+    flip_flops: StrictInt = Field(
+        2, ge=1, description="A file's change reverted and re-applied this many times in a turn."
+    )
+    stall_minutes: PositiveMinutes = Field(
+        20, description="No change to the worktree for this many minutes while the agent keeps working."
+    )
 
 
 class Labels(BaseModel):
@@ -327,6 +348,23 @@ class RepoPolicy(BaseModel):
             "agents the operator has set up can be picked."
         ),
     )
+    max_cost_usd: Annotated[StrictFloat | StrictInt, Field(gt=0)] | None = Field(
+        None,
+        description=(
+            "The most one session may spend on the model, in USD, as the agent CLI reports it (Claude "
+            "Code's cost; Codex's tokens priced by the operator's table). At the cap the turn stops, the "
+            "work so far is pushed, and the session waits for `/agent budget <usd>`."
+        ),
+        json_schema_extra={"x-default": "none"},
+    )
+    loops: Loops = Field(
+        Loops(),
+        description=(
+            "When Shepherd stops a spinning turn and asks a person, with the evidence: `repeats` (the same "
+            "failing command), `flip_flops` (the same change undone and redone), `stall_minutes` (no "
+            "change while the agent keeps going)."
+        ),
+    )
 
     @field_validator("min_permission")
     @classmethod
@@ -398,6 +436,8 @@ class EffectivePolicy(BaseModel):
     network: EffectiveNetwork = EffectiveNetwork()  # a default, so sessions stored before it still load
     max_open_prs: int | None = None
     engines: dict[str, str] = {}
+    max_cost_usd: float | None = None  # defaults, so sessions stored before them still load
+    loops: Loops = Loops()
 
     @property
     def max_runtime_seconds(self) -> float:
@@ -550,6 +590,8 @@ def apply_operator(
         network=EffectiveNetwork(allow=narrow_egress(operator.egress, policy.network.allow)),
         max_open_prs=policy.max_open_prs,
         engines=dict(policy.engines),
+        max_cost_usd=float(policy.max_cost_usd) if policy.max_cost_usd is not None else None,
+        loops=policy.loops,
     )
 
 

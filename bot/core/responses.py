@@ -11,7 +11,10 @@ from dataclasses import dataclass
 
 from bot.core import commands as slash
 from bot.core.sanitize import clean_for_agent
-from bot.core.session import Approve, Cancel, CancelReason, Event, Retry, Revise, Session, StatusRequested
+from bot.core.budget import parse_usd
+from bot.core.session import (
+    Approve, BudgetRaised, Cancel, CancelReason, Event, Retry, Revise, Session, StatusRequested,
+)
 
 DONE = "+1"  # the command did something
 NOT_APPLICABLE = "confused"  # nothing to do: no session, or the session was not in a state to take it
@@ -57,6 +60,10 @@ def event_for(command: slash.SlashCommand, actor: str) -> Event:
         return Approve(actor)
     if command.name == slash.REVISE:
         return Revise(actor, clean_for_agent(command.text))
+    if command.name == slash.BUDGET:
+        amount = parse_usd(command.text)
+        if amount is not None:
+            return BudgetRaised(actor, amount)
     raise ValueError(f"no event for /agent {command.name}")
 
 

@@ -35,6 +35,8 @@ from typing import Any, TypeVar
 
 from pydantic import TypeAdapter
 
+from bot.core import budget
+
 BRANCH_PREFIX = "agent/"
 SLUG_MAX_LENGTH = 40
 SLUG_FALLBACK = "issue"
@@ -190,6 +192,7 @@ class Limits(_Record):
     max_turns: int = 20
     review_rounds: int = 3
     ci_rounds: int = 2
+    max_cost_usd: float | None = None  # SPEC §8; raised by `/agent budget <usd>`
 
 
 @dataclass(frozen=True)
@@ -290,6 +293,12 @@ class Session(_Record):
     engine: str | None = None  # the adapter an engine label picked (SPEC §8); None: the policy's `agent`
     pr_wait_since: datetime | None = None  # when the finished work began waiting under `max_open_prs`
     pr_closed_at: datetime | None = None  # when the PR was merged or closed
+    # Cost (SPEC §8): the session's spend over all its turns, as the agent CLIs reported it; the running
+    # turn's own figure so far; the running turn was stopped at the cap; the session waits for a higher cap.
+    spent_usd: float = 0.0
+    turn_spent_usd: float = 0.0
+    budget_stop: bool = False
+    budget_hold: bool = False
 
     @property
     def turn_running(self) -> bool:
@@ -441,6 +450,37 @@ class TurnFailed(Event):
 
     reason: FailureKind
     log_tail: str = ""
+
+
+@dataclass(frozen=True)
+class SpendReported(Event):
+    """What turn `turn` has cost so far, as its agent CLI reported it (a running total, not a delta)."""
+
+    turn: int
+    cost_usd: float
+
+
+@dataclass(frozen=True)
+class BudgetRaised(Event):
+    """`/agent budget <usd>`: the session's new cost cap."""
+
+    actor: str
+    max_cost_usd: float
+
+
+@dataclass(frozen=True)
+class LoopDetected(Event):
+    """Shepherd saw the running turn loop or stall (SPEC §8): stop it and ask, with the evidence."""
+
+    question: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class WorkPushed(Event):
+    """`FinishWork(open_pull_request=False)` pushed the branch (the work kept at the cost cap)."""
+
+    head_sha: str | None = None
 
 
 @dataclass(frozen=True)
@@ -600,6 +640,7 @@ class StartTurn(Command):
     notes: tuple[Note, ...] = ()
     paths: tuple[str, ...] = ()
     resume_session_id: str | None = None
+    max_cost_usd: float | None = None  # what the session may still spend: Claude Code's --max-budget-usd
 
 
 @dataclass(frozen=True)
@@ -686,6 +727,7 @@ class FinishWork(Command):
     branch: str
     summary: str | None
     pull_request_number: int | None
+    open_pull_request: bool = True  # False: commit and push only, report `WorkPushed` (the cost cap)
 
 
 @dataclass(frozen=True)
@@ -733,6 +775,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TurnExited, TurnFailed, ReplyReceived, Approve, Revise, Cancel, StatusRequested,
         PullRequestOpened, PullRequestUpdated, PushFailed, ReviewFeedback, CIFailed,
         PullRequestClosed, Recovered, MergeConflict, PullRequestDeferred, PullRequestSlotFree,
+        SpendReported, BudgetRaised, LoopDetected, WorkPushed,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -940,7 +983,8 @@ def _stop_everything(session: Session) -> tuple[Session, list[Command]]:
     if session.question is not None:
         commands.append(MarkQuestionCancelled(session.question.question_id))
     session = replace(
-        session, running_turn=None, pending_turn=None, question=None, finishing=False, stuck_reason=None
+        session, running_turn=None, pending_turn=None, question=None, finishing=False, stuck_reason=None,
+        budget_stop=False, budget_hold=False,
     )
     return session, commands
 
@@ -966,6 +1010,8 @@ def _needs_human(session: Session, reason: str, commands: list[Command]) -> Deci
 def _schedule(session: Session, spec: TurnSpec, commands: list[Command]) -> Decision:
     """Queue the next turn, or stop at max_turns. A still-running turn (the ask grace) keeps its slot
     until it exits; the request is made then."""
+    if budget.over_budget(session.limits.max_cost_usd, session.spent_usd):
+        return _hold_for_budget(session, commands)
     if session.turn_count >= session.limits.max_turns:
         if session.pr_number is not None:
             reason = STUCK_REASON_TURN_CAP.format(limit=session.limits.max_turns)
@@ -1050,10 +1096,11 @@ def _on_slot_granted(s: Session, e: SlotGranted, now: datetime) -> Decision:
     s = replace(
         s, state=state, detail=_round_detail(spec.kind), turn_count=turn, running_turn=spec,
         pending_turn=None, notes=(), turn_done=False, done_summary=None, last_heartbeat=now,
+        turn_spent_usd=0.0, budget_stop=False,
     )
     start = StartTurn(
         kind=spec.kind, turn=turn, reply=spec.reply, notes=spec.notes, paths=spec.paths,
-        resume_session_id=s.agent_session_id,
+        resume_session_id=s.agent_session_id, max_cost_usd=budget.remaining(s.limits.max_cost_usd, s.spent_usd),
     )
     return Decision(s, (start, PostStatus()))
 
@@ -1183,6 +1230,8 @@ def _on_turn_exited(s: Session, e: TurnExited, now: datetime) -> Decision:
         return _fail(s, Detail.NO_PLAN, FAILURE_NO_PLAN, commands)
     if s.state != State.WORKING:
         return Decision(s, tuple(commands))
+    if s.budget_stop and not s.turn_done:
+        return _keep_work_at_cap(s, e.has_new_commits or e.has_changes, commands)
     changed = e.has_new_commits or e.has_changes
     done = s.turn_done or (e.exit_code == 0 and changed)
     if done and e.protected_paths_touched:
@@ -1209,6 +1258,9 @@ def _on_turn_failed(s: Session, e: TurnFailed, now: datetime) -> Decision:
     if s.state == State.STUCK or (s.state == State.QUEUED and s.pending_turn is not None):
         # The turn had already asked or planned; its end is expected.
         return _on_turn_exited(s, TurnExited(exit_code=-1), now)
+    if s.budget_stop and not s.turn_done and s.state == State.WORKING:
+        # Stopped at the cost cap: whatever it left in the worktree is kept all the same.
+        return _keep_work_at_cap(replace(s, running_turn=None), True, [ReleaseSlot()])
     detail, reason = {
         FailureKind.RUNTIME: (Detail.TIMED_OUT, FAILURE_RUNTIME),
         FailureKind.IDLE: (Detail.IDLE, FAILURE_IDLE),
@@ -1319,6 +1371,9 @@ def _on_push_failed(s: Session, e: PushFailed, now: datetime) -> Decision:
         return Decision(replace(s, finishing=False))
     if not s.finishing or s.state != State.WORKING:
         return Decision(s)
+    if s.budget_stop:
+        # Nothing could be kept (e.g. no commits yet): the cap still stops the session.
+        return _hold_for_budget(replace(s, finishing=False, budget_stop=False), [])
     return _fail(replace(s, finishing=False), Detail.PUSH_FAILED, FAILURE_PUSH.format(reason=e.reason), [])
 
 
@@ -1401,6 +1456,13 @@ def _on_pull_request_slot_free(s: Session, e: PullRequestSlotFree, now: datetime
     return Decision(s, (FinishWork(s.branch, s.done_summary, None), PostStatus()))
 
 
+def _finish_again(s: Session) -> FinishWork:
+    """The `FinishWork` a restart lost, as it was: a push only when it was keeping the work at the cap."""
+    if s.budget_stop:
+        return FinishWork(s.branch, None, s.pr_number, open_pull_request=False)
+    return FinishWork(s.branch, s.done_summary, s.pr_number)
+
+
 def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
     if s.turn_running:
         if e.turn_alive:
@@ -1411,7 +1473,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
             extra = (RequestSlot(front=s.pending_turn.front),) if s.pending_turn else ()
             return Decision(s, (ReleaseSlot(), *extra))
         if s.finishing:
-            return Decision(replace(s, running_turn=None), (ReleaseSlot(), FinishWork(s.branch, s.done_summary, s.pr_number)))
+            return Decision(replace(s, running_turn=None), (ReleaseSlot(), _finish_again(s)))
         # Re-run the lost turn under the same turn number (SPEC §6).
         assert s.running_turn is not None
         spec = replace(s.running_turn, front=True)
@@ -1421,7 +1483,7 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
         )
         return Decision(s, (ReleaseSlot(), RequestSlot(front=True), PostStatus()))
     if s.finishing and s.state == State.WORKING:
-        return Decision(s, (FinishWork(s.branch, s.done_summary, s.pr_number),))
+        return Decision(s, (_finish_again(s),))
     if s.state == State.REGISTERED:
         return Decision(s, (EnsureWorkspace(s.branch, s.base_branch, s.from_kept_branch),))
     if s.state == State.QUEUED and s.pending_turn is not None and s.detail != Detail.WAITING_FOR_DEPENDENCIES:
@@ -1430,6 +1492,61 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
         # A PR may have closed while Shepherd was down: look at the cap again.
         return _on_pull_request_slot_free(s, PullRequestSlotFree(), now)
     return Decision(s)
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost cap and loop stops (SPEC §8); the arithmetic is `bot.core.budget`'s.
+
+
+def _hold_for_budget(s: Session, commands: list[Command]) -> Decision:
+    cap = s.limits.max_cost_usd or 0.0
+    return _needs_human(replace(s, budget_hold=True), budget.budget_stuck_reason(s.spent_usd, cap), commands)
+
+
+def _keep_work_at_cap(s: Session, changed: bool, commands: list[Command]) -> Decision:
+    """The turn stopped at the cap: push what it did (no pull request for unfinished work), then hold."""
+    if not changed:
+        return _hold_for_budget(replace(s, budget_stop=False), commands)
+    s = replace(s, finishing=True)
+    commands += [FinishWork(s.branch, None, s.pr_number, open_pull_request=False), PostStatus()]
+    return Decision(s, tuple(commands))
+
+
+def _on_spend_reported(s: Session, e: SpendReported, now: datetime) -> Decision:
+    if e.turn != s.turn_count or e.cost_usd <= s.turn_spent_usd:
+        return Decision(s)
+    s = replace(s, spent_usd=s.spent_usd + (e.cost_usd - s.turn_spent_usd), turn_spent_usd=e.cost_usd)
+    stoppable = s.turn_running and not s.finishing and not s.turn_done and s.state in (State.WORKING, State.PLANNING)
+    if stoppable and not s.budget_stop and budget.over_budget(s.limits.max_cost_usd, s.spent_usd):
+        return Decision(replace(s, budget_stop=True), (StopAgent(STOP_NOW_SECONDS), PostStatus(urgent=True)))
+    return Decision(s, (PostStatus(throttled=True),))
+
+
+def _on_work_pushed(s: Session, e: WorkPushed, now: datetime) -> Decision:
+    if not s.finishing or not s.budget_stop or s.state != State.WORKING:
+        return Decision(s)
+    s = replace(s, finishing=False, budget_stop=False, pr_head_sha=e.head_sha if s.pr_number else s.pr_head_sha)
+    return _hold_for_budget(s, [])
+
+
+def _on_budget_raised(s: Session, e: BudgetRaised, now: datetime) -> Decision:
+    if not s.is_live or e.max_cost_usd <= s.spent_usd or e.max_cost_usd == s.limits.max_cost_usd:
+        return Decision(s)
+    s = replace(s, limits=replace(s.limits, max_cost_usd=e.max_cost_usd))
+    if not (s.budget_hold and s.state == State.STUCK and s.detail == Detail.NEEDS_HUMAN):
+        return Decision(s, (PostStatus(urgent=True),))
+    s = replace(s, budget_hold=False, stuck_reason=None)
+    reply = budget.budget_raised_reply(s.spent_usd, e.max_cost_usd)
+    return _schedule(s, TurnSpec(TurnKind.REPLY, reply=reply, front=True), [RemoveLabel(LabelKind.NEEDS_HUMAN)])
+
+
+def _on_loop_detected(s: Session, e: LoopDetected, now: datetime) -> Decision:
+    """Like an `ask` from the agent, but Shepherd's own, with the evidence, and the turn stops now."""
+    if not s.turn_running or s.state not in (State.WORKING, State.PLANNING) or s.finishing:
+        return Decision(s)
+    decision = _on_asked(s, Asked(question=e.question, context=e.evidence), now)
+    commands = tuple(StopAgent(STOP_NOW_SECONDS) if isinstance(c, StopAgent) else c for c in decision.commands)
+    return Decision(decision.session, commands)
 
 
 _HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
@@ -1461,6 +1578,10 @@ _HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     MergeConflict: _on_merge_conflict,
     PullRequestDeferred: _on_pull_request_deferred,
     PullRequestSlotFree: _on_pull_request_slot_free,
+    SpendReported: _on_spend_reported,
+    BudgetRaised: _on_budget_raised,
+    LoopDetected: _on_loop_detected,
+    WorkPushed: _on_work_pushed,
 }
 
 
@@ -1520,4 +1641,6 @@ def to_status_json(
             {"text": session.question.text, "options": list(session.question.options)}
             if session.question is not None else None
         ),
+        "spentUsd": round(session.spent_usd, 6),
+        "maxCostUsd": session.limits.max_cost_usd,
     }

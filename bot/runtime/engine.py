@@ -22,6 +22,7 @@ from typing import Any
 
 from bot.agent import processes
 from bot.agent import turns
+from bot.agent.watchdog import SNAPSHOT_SECONDS, TurnWatchdog
 from bot.github.permissions import PermissionCache
 from bot.agent.channel import STATUS_NAME, write_status
 from bot.agent.adapters import Adapter, make_adapter
@@ -29,6 +30,7 @@ from bot.agent.environment import SessionEnvironment
 from bot.agent.confinement import Confinement, for_session as confinement_for
 from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
 from bot.core.policy import EffectivePolicy, LoadedPolicy
+from bot.core.loops import LoopLimits
 from bot.core.responses import Response
 from bot.github.labels import load_policy
 from bot.agent.prompt import gather_comments, render_prompt, render_turn_message
@@ -87,6 +89,12 @@ SETUP_TIMEOUT_SECONDS = 30 * 60
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 60.0
 MAX_ATTEMPTS = 6
+
+def loop_limits(policy: EffectivePolicy) -> LoopLimits:
+    """The policy's `loops` thresholds, in the core's terms."""
+    loops = policy.loops
+    return LoopLimits(repeats=loops.repeats, flip_flops=loops.flip_flops, stall_seconds=loops.stall_minutes * 60)
+
 
 AdapterFactory = Callable[[EffectivePolicy], Adapter]
 # Called after every stored change: (session before, session after, the event). Observers (the dashboard
@@ -163,6 +171,8 @@ class Engine:
         self._holding_admission = False
         self._stopped = False
         self.observers: list[Observer] = []
+        # How often a running turn's worktree is looked at for loops and stalls (tests look more often).
+        self.loop_snapshot_seconds = SNAPSHOT_SECONDS
         self.dependencies = dependencies
         self.metrics = metrics
         if dependencies is not None:
@@ -256,7 +266,8 @@ class Engine:
                 mode=mode,
                 actor=actor,
                 base_branch=loaded.policy.base_branch or issue.default_branch,
-                limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds),
+                limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds,
+                              max_cost_usd=loaded.policy.max_cost_usd),
                 labelled_at=labelled_at,
                 engine=engine,
             )
@@ -543,7 +554,8 @@ class Engine:
         Counting and opening happen under one lock per repository, and the PR is recorded before the lock
         is let go, so two sessions finishing at once cannot both take the last free place."""
         cap = context.policy.max_open_prs
-        if cap is None or command.pull_request_number is not None:
+        if cap is None or command.pull_request_number is not None or not command.open_pull_request:
+            # A push that keeps work at the cost cap opens no PR, so the cap on open PRs does not hold it.
             return await self.finisher.finish(stored.session, command, context)
         async with self._lock(f"open-prs {stored.session.repo}"):
             verdict = self.pull_caps.verdict(stored.session, cap)
@@ -686,7 +698,7 @@ class Engine:
         if first:
             prompt = await self._render_prompt(stored, worktree)
             handle = turns.start_turn(setup, adapter, prompt=prompt, message=None, reply=None,
-                                      resume_session_id=None)
+                                      resume_session_id=None, budget_usd=command.max_cost_usd)
         else:
             # Read now, not from `stored`: coordination may have found new overlaps while we awaited.
             current = self.sessions.get(session.id)
@@ -696,7 +708,7 @@ class Engine:
                 overlaps=overlaps,
             )
             handle = turns.start_turn(setup, adapter, prompt=None, message=message, reply=command.reply,
-                                      resume_session_id=command.resume_session_id)
+                                      resume_session_id=command.resume_session_id, budget_usd=command.max_cost_usd)
         record = TurnRecord(command.turn, session.id, handle.to_json())
         await self.change_context(session.id, lambda known: replace(known, turn=record))
         self._watch(session.id, handle)
@@ -756,12 +768,23 @@ class Engine:
             base = current.session.base_branch if current else stored.session.base_branch
             return await turns.measure_worktree(self.workspaces, worktree, base, policy.protected_paths)
 
+        async def file_states() -> list[tuple[str, str, str | None]]:
+            current = self.sessions.get(session_id)
+            base = current.session.base_branch if current else stored.session.base_branch
+            return await self.workspaces.file_states(worktree, base)
+
+        known = stored.context.turn
+        watchdog = TurnWatchdog(
+            adapter=adapter.name, turn=known.turn if known is not None else stored.session.turn_count,
+            log_path=Path(handle.log_path), limits=loop_limits(policy), file_states=file_states,
+            prices=self.settings.prices, snapshot_seconds=self.loop_snapshot_seconds,
+        )
         try:
             end = await turns.watch_turn(
                 handle, session_dir=session_dir, after_seq=stored.context.reports_seq,
                 emit=emit, measure=measure, max_runtime_s=policy.max_runtime_seconds,
                 idle_timeout_s=policy.idle_timeout_seconds, poll=self.poll,
-                confinement=self.confinement(stored.session, worktree, policy),
+                confinement=self.confinement(stored.session, worktree, policy), monitor=watchdog.check,
             )
         except asyncio.CancelledError:
             raise

@@ -52,6 +52,7 @@ from bot.core.session import (
     PullRequestUpdated,
     PushFailed,
     Session,
+    WorkPushed,
 )
 from bot.store.database import Store
 from bot.store.posted import PostedRecords
@@ -215,6 +216,9 @@ class Finisher:
         closing = await self._closing_commits(full_name, ref, base, session.issue_number)
         if commit_count == 0:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
+        if not command.open_pull_request:
+            # Stopped at the cost cap (SPEC §8): the work so far is kept on the branch, unreviewed.
+            return WorkPushed(await self._push(context, branch))
         conflicts = await self._test_merge(context, head, base)
         if conflicts:
             log.info("%s does not merge into %s: %s", branch, base, ", ".join(conflicts))

@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bot.core.session import Session, State
+from bot.core.budget import format_usd, spend_line
 from bot.views.dashboard_token import token_matches
 from bot.views.render import failure_text
 from bot.views.session_logs import known_secrets, log_files
@@ -24,6 +25,7 @@ from bot.views.status_view import (
     format_age,
     load_sessions,
     open_question,
+    spend_by_repository,
     state_label,
     status_objects,
 )
@@ -158,6 +160,8 @@ def dashboard_rows(
                 "checkpoint": session.checkpoint,
                 "failure": failure_text(session, agent),
                 "log_tail": failed_log_tail(session, sessions_dir, secrets or []),
+                "spend": (spend_line(session.spent_usd, session.limits.max_cost_usd)
+                          if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
             }
         )
     return shown
@@ -181,6 +185,8 @@ def render_dashboard(
         refresh_seconds=REFRESH_SECONDS,
         empty_text=EMPTY_TEXT,
         mode=mode,
+        spend_by_repository=[(repo, format_usd(spent)) for repo, spent in sorted(spend_by_repository(rows).items())
+                             if spent > 0],
     )
 
 
@@ -221,9 +227,16 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         if not authorised(request):
             return _unauthorized()
         services = services_of(request)
-        for state, count in count_by_state(load_sessions(services.store.db)).items():
+        rows = load_sessions(services.store.db)
+        for state, count in count_by_state(rows).items():
             services.metrics.sessions.labels(state=state).set(count)
         export_outcomes(services.metrics, load_outcomes(services.store.db))
+        for repository, spent in spend_by_repository(rows).items():
+            services.metrics.repository_spend.labels(repository=repository).set(spent)
+        for row in rows:
+            if row.session.spent_usd > 0:
+                services.metrics.session_spend.labels(repository=row.session.repo, session=row.session.id).set(
+                    row.session.spent_usd)
         response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response

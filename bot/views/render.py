@@ -18,6 +18,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from bot.core.budget import spend_line
 from bot.core.effects import ChangedFile, SessionContext
 from bot.core.policy import Problem
 from bot.redaction import redact
@@ -292,6 +293,8 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         sandbox_off=SANDBOX_OFF_SENTENCE if context.extra.get("sandbox") == "none" else "",
         egress_refused=_egress_refusals(context),
         waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
+        spend=(spend_line(session.spent_usd, session.limits.max_cost_usd)
+               if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
     )
 
 

@@ -65,6 +65,14 @@ def count_by_state(rows: list[SessionRow]) -> dict[str, int]:
     return counts
 
 
+def spend_by_repository(rows: list[SessionRow]) -> dict[str, float]:
+    """What each repository's sessions spent on the model, all together (SPEC §8)."""
+    totals: dict[str, float] = {}
+    for row in rows:
+        totals[row.session.repo] = totals.get(row.session.repo, 0.0) + row.session.spent_usd
+    return totals
+
+
 def format_age(since: datetime, now: datetime) -> str:
     """A short age such as `45s`, `12m`, `3h 5m` or `2d 4h`."""
     seconds = max(0, int((now - since).total_seconds()))

@@ -111,6 +111,43 @@ json.dump(sorted([p, a, r] for p, (a, r) in changes.items()), sys.stdout)
 """
 
 
+# The worktree's files that differ from the base, each with a digest of its content and, for a small text
+# file, the content itself (the loop watch shows a flip-flopping change from it). Read in the box, like
+# the changed files above, so a link the agent planted cannot show Shepherd a file outside the worktree.
+FILE_STATES_SCRIPT = r"""
+import hashlib, json, os, stat, subprocess, sys
+base, limit, git = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def run(*args):
+    return subprocess.run(git + list(args), capture_output=True, check=True).stdout.decode("utf-8", "replace")
+try:
+    merge_base = run("merge-base", "HEAD", base).strip() or base
+except subprocess.CalledProcessError:
+    merge_base = base
+paths = set(p for p in run("diff", "--name-only", "-z", "--no-renames", "--ignore-submodules=dirty", merge_base, "--").split("\0") if p)
+paths |= set(p for p in run("ls-files", "-z", "--others", "--exclude-standard").split("\0")[:20000] if p)
+rows = []
+for path in sorted(paths)[:500]:
+    digest, text = "missing", None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                data = os.read(fd, 8 << 20)
+                digest = hashlib.sha256(data).hexdigest()[:16]
+                if len(data) <= limit and b"\0" not in data:
+                    text = data.decode("utf-8", "replace")
+            else:
+                digest = "not-a-file"
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+    rows.append([path, digest, text])
+json.dump(rows, sys.stdout)
+"""
+FILE_STATE_TEXT_LIMIT = 32 * 1024
+
+
 class WorkspaceError(Exception):
     """A workspace operation cannot be carried out."""
 
@@ -540,6 +577,23 @@ class Workspaces:
             return [(str(path), int(added), int(removed)) for path, added, removed in rows]
         except (ValueError, TypeError):
             raise WorkspaceError("the changed files could not be read") from None
+
+    async def file_states(self, worktree: Path, base: str) -> list[tuple[str, str, str | None]]:
+        """(path, content digest, content of a small text file or None) of each file that differs from
+        the merge base with `base`, uncommitted and untracked ones included; read in the box."""
+        mirror = self.mirror(self.repo_of(worktree))
+        base_sha = await self._rev(mirror, f"refs/remotes/origin/{base}")
+        if base_sha is None:
+            raise WorkspaceError(f"the remote has no branch {base!r}")
+        _, out = await self.run_boxed(
+            [self.sandbox.python, "-I", "-c", FILE_STATES_SCRIPT, base_sha, str(FILE_STATE_TEXT_LIMIT), *self.box_git],
+            self._box(worktree, mirror),
+        )
+        try:
+            rows = json.loads(out)
+            return [(str(path), str(digest), text if isinstance(text, str) else None) for path, digest, text in rows]
+        except (ValueError, TypeError):
+            raise WorkspaceError("the worktree's files could not be read") from None
 
     async def is_dirty(self, worktree: Path) -> bool:
         """Whether the worktree has uncommitted changes or untracked files (excluded ones aside)."""
