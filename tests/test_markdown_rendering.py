@@ -52,6 +52,7 @@ def intended(markdown: str) -> Shape:
     code: list[str] = []
     after_item = False
     for line in markdown.splitlines():
+        line = re.sub(r"^(?: {0,3}> ?)+", "", line)  # inside a block quote, the same structure holds
         match = FENCE.match(line) or re.match(r"^ {0,6}(`{3,}|~{3,})(.*)$", line)
         if fence is not None:
             if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1] and not match.group(2).strip():
