@@ -51,8 +51,10 @@ def intended(markdown: str) -> Shape:
     fence: tuple[str, int, int] | None = None  # character, length, indentation
     code: list[str] = []
     after_item = False
-    for line in markdown.splitlines():
-        line = re.sub(r"^(?: {0,3}> ?)+", "", line)  # inside a block quote, the same structure holds
+    quoted_fence = False  # a fence opened inside a block quote: its lines carry the quote's `>` too
+    for raw in markdown.splitlines():
+        unquoted = re.sub(r"^(?: {0,3}> ?)+", "", raw)  # inside a block quote, the same structure holds
+        line = unquoted if fence is None or quoted_fence else raw
         match = FENCE.match(line) or re.match(r"^ {0,6}(`{3,}|~{3,})(.*)$", line)
         if fence is not None:
             if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1] and not match.group(2).strip():
@@ -64,6 +66,7 @@ def intended(markdown: str) -> Shape:
         if match and not (match.group(1)[0] == "`" and "`" in match.group(2)):
             indent = len(line) - len(line.lstrip(" "))
             fence, code, after_item = (match.group(1)[0], len(match.group(1)), indent), [], False
+            quoted_fence = unquoted != raw
             continue
         heading = HEADING.match(line)
         if heading:
