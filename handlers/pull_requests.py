@@ -153,5 +153,5 @@ async def end_with_pull_request(event: sansio.Event, gh: GitHub, *, engine: Engi
     if session is None or engine is None:
         return
     merged = bool(pull.get("merged"))
-    await engine.signal(full_name, session.issue_number, PullRequestClosed(merged=merged))
+    await engine.signal(full_name, session.issue_number, PullRequestClosed(merged=merged, number=pull["number"]))
     log.info("PR #%s of %s %s", pull["number"], full_name, "merged" if merged else "closed")

@@ -236,7 +236,7 @@ async def test_a_merged_pr_ends_the_work_and_the_worktree_goes(bed):
 
     await _run(bed, engine, "pull_request", payloads.pull_request_closed(bed.fake, REPO, session.pr_number, merged=True))
 
-    assert engine.events == [PullRequestClosed(merged=True)]
+    assert engine.events == [PullRequestClosed(merged=True, number=session.pr_number)]
     after = engine.sessions[session.id]
     assert after.pr_state == PullRequestState.MERGED and CleanupWorkspace() in engine.commands
     outcome = await remove_session_worktree(bed.workspaces, after)

@@ -575,3 +575,17 @@ def test_events_and_sessions_round_trip_through_json():
     assert core.event_from_dict(json.loads(json.dumps(core.event_to_dict(event)))) == event
     command = StartTurn(TurnKind.REPLY, 2, "yes", (Note(1, "bob", "x"),))
     assert core.command_from_dict(json.loads(json.dumps(core.command_to_dict(command)))) == command
+
+
+def test_a_merge_that_overtakes_the_recording_of_its_pr_is_applied_once_the_pr_is_recorded():
+    """GitHub's pull_request.closed can arrive before the answer to the create is recorded: nothing is lost."""
+    s = drive(running(), DoneReported("done"), TurnExited(0, has_new_commits=True)).session
+    assert s.finishing and s.pr_number is None
+    early = decide(s, PullRequestClosed(merged=True, number=7), T0)
+    assert early.session.state == s.state and early.commands == ()
+    opened = decide(early.session, PullRequestOpened(7, "https://github.com/acme/web/pull/7", "sha1"), T0)
+    assert opened.session.pr_state == core.PullRequestState.MERGED and opened.session.state == State.COMPLETE
+    assert CleanupWorkspace() in opened.commands
+    # A close of another PR of the branch (an earlier session's) is not this session's.
+    other = decide(opened.session, PullRequestClosed(merged=False, number=3), T0)
+    assert other.session == opened.session

@@ -293,6 +293,10 @@ class Session(_Record):
     engine: str | None = None  # the adapter an engine label picked (SPEC §8); None: the policy's `agent`
     pr_wait_since: datetime | None = None  # when the finished work began waiting under `max_open_prs`
     pr_closed_at: datetime | None = None  # when the PR was merged or closed
+    # A close of the PR that arrived while its opening was still being recorded (GitHub's webhook can
+    # overtake the answer to the create): applied as soon as `PullRequestOpened` names that PR.
+    pr_closed_early: int | None = None
+    pr_closed_early_merged: bool = False
     # Cost (SPEC §8): the session's spend over all its turns, as the agent CLIs reported it; the running
     # turn's own figure so far; the running turn was stopped at the cap; the session waits for a higher cap.
     spent_usd: float = 0.0
@@ -563,9 +567,10 @@ class CIFailed(Event):
 
 @dataclass(frozen=True)
 class PullRequestClosed(Event):
-    """The PR was merged or closed."""
+    """The PR was merged or closed (`number`: which one, when the shell knows)."""
 
     merged: bool
+    number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1347,7 +1352,12 @@ def _on_pull_request_opened(s: Session, e: PullRequestOpened, now: datetime) -> 
     )
     # After a cancel that raced the push, the PR now exists, so the session is complete after all.
     s = replace(s, state=State.COMPLETE, detail=None)
-    return _after_complete(s, [], now)
+    opened = _after_complete(s, [], now)
+    if s.pr_closed_early != e.number or opened.session is None:
+        return opened
+    early = PullRequestClosed(merged=s.pr_closed_early_merged, number=e.number)
+    closed = _on_pull_request_closed(replace(opened.session, pr_closed_early=None), early, now)
+    return Decision(closed.session, (*opened.commands, *closed.commands))
 
 
 def _on_merge_conflict(s: Session, e: MergeConflict, now: datetime) -> Decision:
@@ -1426,8 +1436,13 @@ def _on_ci_failed(s: Session, e: CIFailed, now: datetime) -> Decision:
 
 
 def _on_pull_request_closed(s: Session, e: PullRequestClosed, now: datetime) -> Decision:
+    if s.pr_number is None and s.finishing and e.number is not None:
+        # The PR is being recorded right now; nothing is lost: the close waits for it.
+        return Decision(replace(s, pr_closed_early=e.number, pr_closed_early_merged=e.merged))
     if s.pr_number is None or s.pr_state != PullRequestState.OPEN:
         return Decision(s)
+    if e.number is not None and e.number != s.pr_number:
+        return Decision(s)  # another PR of the branch (an earlier session's), not this session's
     pr_state = PullRequestState.MERGED if e.merged else PullRequestState.CLOSED
     commands: list[Command] = []
     if s.is_live:

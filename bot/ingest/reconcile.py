@@ -181,7 +181,7 @@ async def _reconcile_pulls(gh: Any, owner: str, name: str, full_name: str, engin
         if pull.get("state") != "closed":
             continue
         merged = bool(pull.get("merged") or pull.get("merged_at"))
-        await engine.signal(full_name, session.issue_number, PullRequestClosed(merged=merged))
+        await engine.signal(full_name, session.issue_number, PullRequestClosed(merged=merged, number=session.pr_number))
         log.info(LOG_PR_ENDED, full_name, session.pr_number, "merged" if merged else "closed")
         done.ended.append(f"{full_name}#{session.pr_number}")
 
