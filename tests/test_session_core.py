@@ -589,3 +589,14 @@ def test_a_merge_that_overtakes_the_recording_of_its_pr_is_applied_once_the_pr_i
     # A close of another PR of the branch (an earlier session's) is not this session's.
     other = decide(opened.session, PullRequestClosed(merged=False, number=3), T0)
     assert other.session == opened.session
+
+
+def test_a_review_that_overtakes_the_recording_of_its_pr_starts_its_round_once_the_pr_is_recorded():
+    s = drive(running(), DoneReported("done"), TurnExited(0, has_new_commits=True)).session
+    assert s.finishing and s.pr_number is None
+    early = decide(s, ReviewFeedback("review:9", "bob", "One more file."), T0)
+    assert early.commands == () and early.session.deferred_feedback
+    opened = decide(early.session, PullRequestOpened(7, "https://github.com/acme/web/pull/7", "sha1"), T0)
+    assert opened.session.review_rounds_used == 1 and opened.session.state == State.QUEUED
+    again = decide(opened.session, ReviewFeedback("review:9", "bob", "One more file."), T0)
+    assert again.session == opened.session  # the same review, delivered again, is one round

@@ -1404,12 +1404,15 @@ def _start_round(s: Session, kind: TurnKind, text: str, commands: list[Command],
 
 
 def _on_review_feedback(s: Session, e: ReviewFeedback, now: datetime) -> Decision:
-    if e.feedback_id in s.review_ids_seen or s.pr_state != PullRequestState.OPEN:
+    # A review can overtake the recording of the PR it is about (a PR is reviewed as soon as it shows):
+    # it then waits, like feedback during a round, for the PR to be recorded.
+    recording = s.pr_number is None and s.finishing
+    if e.feedback_id in s.review_ids_seen or (s.pr_state != PullRequestState.OPEN and not recording):
         return Decision(s)
     if s.state == State.COMPLETE:
         s = replace(s, review_ids_seen=(*s.review_ids_seen, e.feedback_id))
         return _start_round(s, TurnKind.REVIEW, e.text, [], now)
-    if _round_busy(s):
+    if _round_busy(s) or recording:
         s = replace(
             s, review_ids_seen=(*s.review_ids_seen, e.feedback_id),
             deferred_feedback=(*s.deferred_feedback, Feedback(e.feedback_id, TurnKind.REVIEW, e.text)),

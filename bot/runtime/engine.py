@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -620,6 +621,14 @@ class Engine:
             if existing is not None and (existing / ".git").exists():
                 worktree = existing
             else:
+                planned = self.workspaces.worktree_path(full_name, command.branch)
+                if existing == planned and planned.exists():
+                    # This session's own repository, cut short by a crash: made again from the start.
+                    await asyncio.to_thread(shutil.rmtree, planned, True)  # no .git: nothing to keep
+                # Recorded before it is made, so a crash in between is recognised on the re-run above.
+                context = await self.change_context(
+                    session.id, lambda known: replace(known, worktree=str(planned))
+                ) or context
                 worktree = await self.workspaces.create_worktree(
                     full_name, command.branch, command.base_branch,
                     continue_from_existing=command.from_kept_branch,
