@@ -9,8 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 # Linux caps one argument at 128 KiB; a longer prompt is read from the prompt file instead.
 PROMPT_ARG_LIMIT_BYTES = 100 * 1024
@@ -81,19 +81,23 @@ def _argument_text(text: str, instruction: str) -> str:
     return text
 
 
-def _json_lines(output: str | Iterable[str]) -> Iterable[dict]:
-    """The JSON objects of ``output``, skipping whatever else stderr mixed into the log."""
-    lines = output.splitlines() if isinstance(output, str) else output
+def json_objects(lines: Iterable[str | bytes]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among ``lines`` (text or bytes), skipping whatever else stderr mixed into a log."""
     for line in lines:
-        line = line.strip()
-        if not line.startswith("{"):
+        text = (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).strip()
+        if not text.startswith("{"):
             continue
         try:
-            event = json.loads(line)
+            event = json.loads(text)
         except ValueError:
             continue
         if isinstance(event, dict):
             yield event
+
+
+def _json_lines(output: str | Iterable[str]) -> Iterable[dict[str, Any]]:
+    """The JSON objects of a turn's ``output``."""
+    return json_objects(output.splitlines() if isinstance(output, str) else output)
 
 
 @dataclasses.dataclass(frozen=True)

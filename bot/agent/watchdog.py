@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Awaitable
 
 from bot import redaction
+from bot.agent.adapters import json_objects
 from bot.core import loops
 from bot.core.budget import DEFAULT_PRICES, ModelPrice, price_tokens
 from bot.core.session import Event, LoopDetected, SpendReported
@@ -151,17 +152,7 @@ def _read_events(log_path: Path) -> list[dict[str, Any]]:
             data = stream.read()
     except OSError:
         return []
-    found = []
-    for line in data.split(b"\n"):
-        line = line.strip()
-        if line.startswith(b"{"):
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                found.append(event)
-    return found
+    return list(json_objects(data.split(b"\n")))
 
 
 def earlier_turn_logs(log_path: Path) -> list[Path]:
@@ -247,18 +238,7 @@ class TurnWatchdog:
         self.offset += len(data)
         lines = (self.partial + data).split(b"\n")
         self.partial = lines.pop()[-READ_CHUNK_BYTES:]
-        found = []
-        for line in lines:
-            line = line.strip()
-            if not line.startswith(b"{"):
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                found.append(event)
-        return found
+        return list(json_objects(lines))
 
     async def _snapshot(self, now: float) -> loops.LoopVerdict | None:
         assert self.file_states is not None
