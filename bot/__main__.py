@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the webhook server (the Procfile's web process)")
     serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: all)")
+    commands.add_parser("worker", help="run a worker host of the Temporal engine (SHEPHERD_ENGINE=temporal, SPEC §7)")
     args = parser.parse_args(argv)
 
     logging.basicConfig(
@@ -63,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
     from bot.agent.sandbox import Sandbox, SandboxError
 
+    if args.command == "worker":
+        try:
+            Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
+        except SandboxError as error:
+            sys.stderr.write(f"shepherd: cannot start: {error}\n")
+            return 2
+        if settings.mode != "github":
+            sys.stderr.write("shepherd: cannot start a worker host without the App's credentials\n")
+            return 2
+        protect_secrets(settings)
+        from bot.temporal.worker import run_until_signalled
+
+        run_until_signalled(settings, parent_env=os.environ)
+        return 0
     if args.command == "serve":
         try:  # a sandbox this machine cannot make is a start-up error, not a failed first session
             Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")

@@ -91,10 +91,17 @@ def create_app(
             async def enter_github_mode(settings: Settings) -> None:
                 # Also called by the setup flow once the App is registered: no restart needed.
                 services.settings = settings
-                services.assembly = assemble(
-                    settings, store=store, session=session, metrics=metrics, clock=clock,
-                    parent_env=parent_env,
-                )
+                if settings.engine == "temporal":  # SPEC §7: this process is a front end
+                    from bot.temporal.frontend import assemble_front_end
+
+                    services.assembly = await assemble_front_end(
+                        settings, store=store, session=session, metrics=metrics, clock=clock
+                    )
+                else:
+                    services.assembly = assemble(
+                        settings, store=store, session=session, metrics=metrics, clock=clock,
+                        parent_env=parent_env,
+                    )
                 services.github = services.assembly.github
                 services.engine = services.assembly.engine
                 await services.assembly.start()
@@ -106,6 +113,7 @@ def create_app(
                     dependencies=services.assembly.dependencies,
                     clock=clock,
                     retry=retry,
+                    before_handlers=getattr(services.engine, "before_delivery", None),
                 )
                 services.consumer.start()
                 metrics.deliveries_waiting.set_function(services.consumer.waiting)

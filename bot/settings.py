@@ -54,6 +54,12 @@ WORKTREE_POOL_VAR = "SHEPHERD_WORKTREE_POOL"
 SANDBOX_VAR = "SHEPHERD_SANDBOX"
 SANDBOX_PATHS_VAR = "SHEPHERD_SANDBOX_PATHS"
 EGRESS_VAR = "SHEPHERD_EGRESS"
+# SPEC §7: the Temporal engine (bot/temporal/).
+ENGINE_VAR = "SHEPHERD_ENGINE"
+HOST_ID_VAR = "SHEPHERD_HOST_ID"
+HOST_TIMEOUT_VAR = "SHEPHERD_HOST_TIMEOUT_SECONDS"
+TEMPORAL_ADDRESS_VAR = "TEMPORAL_ADDRESS"
+TEMPORAL_NAMESPACE_VAR = "TEMPORAL_NAMESPACE"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -78,6 +84,11 @@ VARIABLES = (
     SANDBOX_VAR,
     SANDBOX_PATHS_VAR,
     EGRESS_VAR,
+    ENGINE_VAR,
+    HOST_ID_VAR,
+    HOST_TIMEOUT_VAR,
+    TEMPORAL_ADDRESS_VAR,
+    TEMPORAL_NAMESPACE_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -298,6 +309,36 @@ class Settings(BaseModel):
             "Ready worktrees kept per repository at the default branch's tip, so a new session "
             "claims one instead of checking out the whole tree (0 turns the pool off)."
         ),
+    )
+
+    # -- SPEC §7: the Temporal engine ------------------------------------------------------------
+    engine: Literal["local", "temporal"] = Field(
+        "local",
+        validation_alias=ENGINE_VAR,
+        description=(
+            "`local`: one process runs every session (the default). `temporal`: `serve` is a front end that "
+            "turns deliveries into Temporal signals and `python -m bot worker` hosts run the sessions."
+        ),
+    )
+    host_id: str = Field(
+        "",
+        validation_alias=HOST_ID_VAR,
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="A worker host's name, for its task queue `shepherd-host-<id>`; defaults to the machine's name.",
+    )
+    host_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=HOST_TIMEOUT_VAR,
+        description="How long a silent worker host keeps its sessions before they move to another host.",
+    )
+    temporal_address: str = Field(
+        "127.0.0.1:7233",
+        validation_alias=TEMPORAL_ADDRESS_VAR,
+        description="The Temporal frontend `host:port` the engine connects to.",
+    )
+    temporal_namespace: str = Field(
+        "default", validation_alias=TEMPORAL_NAMESPACE_VAR, description="The Temporal namespace."
     )
 
     @model_validator(mode="before")

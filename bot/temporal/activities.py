@@ -1,0 +1,172 @@
+"""A worker host's activities (SPEC §7): the local engine's executors, driven by the session workflow.
+
+The host keeps what only it can know in its own data folder: the worktree, the port, the running
+turn's handle and the last agent report seen, in its own store (a copy of each session it works on,
+refreshed from the workflow before every activity). Everything else, and every decision, is the
+workflow's. The executors themselves are the local engine's (`bot/runtime/engine.py`), the Publisher's
+and the Finisher's: `HostEngine` is that engine with one change, its events go to the session's
+workflow as signals instead of to a local `decide`.
+
+A turn is one long activity: it waits for one of the host's agent slots (SHEPHERD_MAX_WORKERS and
+the per-repository limit, on this host, first come first served with resumed turns first), starts
+or re-attaches the agent, heartbeats while it runs and signals each report to the workflow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from temporalio import activity
+from temporalio.client import Client
+
+from bot.agent import processes
+from bot.core.session import (
+    Command,
+    EnsureWorkspace,
+    Event,
+    Session,
+    StartTurn,
+    StopAgent,
+    command_from_dict,
+    event_to_dict,
+)
+from bot.core.slots import SlotLimits, SlotQueue
+from bot.runtime.engine import Engine
+from bot.store.sessions import StoredSession
+from bot.temporal.workflow import CARRY_OUT, CLAIM_HOST, HOST_KEYS, RUN_TURN, SIGNAL_EVENT, STOP_AGENT
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_SECONDS = 2.0
+
+
+class HostSlots:
+    """This host's agent slots: the core's `SlotQueue` (FIFO, resumed turns first, per-repo limits)."""
+
+    def __init__(self, limits: SlotLimits) -> None:
+        self.limits = limits
+        self.queue = SlotQueue()
+        self._admitted: dict[str, asyncio.Event] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, session_id: str, repo: str, *, front: bool):
+        admitted = self._admitted.setdefault(session_id, asyncio.Event())
+        if not self.queue.is_running(session_id):
+            self.queue.enqueue(session_id, repo, front=front)
+            self._admit()
+        try:
+            await admitted.wait()
+            yield
+        finally:
+            self.queue.release(session_id)
+            self._admitted.pop(session_id, None)
+            self._admit()
+
+    def _admit(self) -> None:
+        for session_id in self.queue.admit(self.limits):
+            self._admitted.setdefault(session_id, asyncio.Event()).set()
+
+
+class HostEngine(Engine):
+    """The local engine's executors on a worker host; events are signalled to the session's workflow."""
+
+    def __init__(self, *args: Any, client: Client, host_id: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.client = client
+        self.host_id = host_id
+        self.slots = HostSlots(SlotLimits(global_limit=self.settings.max_workers, per_repo=self.settings.max_per_repo))
+        self._workflow_of: dict[str, str] = {}
+        self._started: dict[str, processes.TurnHandle] = {}
+
+    async def apply(self, session_id: str, event: Event) -> Session | None:
+        """Not decided here: the event goes to the workflow, which runs the core."""
+        workflow_id = self._workflow_of[session_id]
+        await self.client.get_workflow_handle(workflow_id).signal(SIGNAL_EVENT, event_to_dict(event))
+        return None
+
+    def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
+        self._started[session_id] = handle  # the turn activity watches it itself, while heartbeating
+
+    def adopt(self, data: dict[str, Any]) -> StoredSession:
+        """Take the workflow's copy of the session, keeping this host's own facts about it."""
+        session = Session.from_dict(data["session"])
+        self._workflow_of[session.id] = data["workflow_id"]
+        known = self.sessions.get(session.id)
+        context = {k: v for k, v in data["context"].items() if k not in HOST_KEYS}
+        if known is not None:
+            context.update({k: v for k, v in known.context.items() if k in HOST_KEYS})
+        self.sessions.record(session, context, None, (), now=self.clock())
+        self._note_policy_limits(session.repo, context)
+        stored = self.sessions.get(session.id)
+        assert stored is not None
+        return stored
+
+    def result(self, session_id: str, events: Sequence[Event]) -> dict[str, Any]:
+        return {"session_id": session_id, "events": [event_to_dict(e) for e in events],
+                "context": self.context_of(session_id)}
+
+
+class HostActivities:
+    """The activities one worker host registers (names in `bot/temporal/workflow.py`)."""
+
+    def __init__(self, engine: HostEngine) -> None:
+        self.engine = engine
+
+    @activity.defn(name=CLAIM_HOST)
+    async def claim_host(self) -> str:
+        """Runs on the shared queue: whichever host picks it up takes the session."""
+        return self.engine.host_id
+
+    @activity.defn(name=CARRY_OUT)
+    async def carry_out(self, data: dict[str, Any]) -> dict[str, Any]:
+        stored = self.engine.adopt(data)
+        command: Command = command_from_dict(data["command"])
+        if isinstance(command, EnsureWorkspace) and data.get("prepare_only"):
+            await self.engine._ensure_workspace(stored, command)  # noqa: SLF001 - the local engine's executor
+            return self.engine.result(stored.session.id, ())
+        events = await self.engine._execute(stored.session.id, command)  # noqa: SLF001
+        return self.engine.result(stored.session.id, events)
+
+    @activity.defn(name=STOP_AGENT)
+    async def stop_agent(self, data: dict[str, Any]) -> dict[str, Any]:
+        stored = self.engine.adopt(data)
+        command = command_from_dict(data["command"])
+        assert isinstance(command, StopAgent)
+        self.engine._stop_agent(stored, command.grace_seconds)  # noqa: SLF001
+        return self.engine.result(stored.session.id, ())
+
+    @activity.defn(name=RUN_TURN)
+    async def run_turn(self, data: dict[str, Any]) -> dict[str, Any]:
+        stored = self.engine.adopt(data)
+        command = command_from_dict(data["command"])
+        assert isinstance(command, StartTurn)
+        session = stored.session
+        front = bool(session.running_turn and session.running_turn.front)
+        beating = asyncio.create_task(_heartbeat())
+        try:
+            async with self.engine.slots.slot(session.id, session.repo, front=front):
+                self.engine._started.pop(session.id, None)  # noqa: SLF001
+                events = await self.engine._execute(session.id, command)  # noqa: SLF001
+                for event in events:
+                    await self.engine.apply(session.id, event)
+                handle = self.engine._started.pop(session.id, None)  # noqa: SLF001
+                if handle is not None:
+                    await self.engine._watch_turn(session.id, handle)  # noqa: SLF001
+        finally:
+            beating.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+        return self.engine.result(session.id, ())
+
+    def all(self) -> list[Any]:
+        return [self.claim_host, self.carry_out, self.stop_agent, self.run_turn]
+
+
+async def _heartbeat() -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)

@@ -1,0 +1,244 @@
+"""The front end of the Temporal engine: the `Engine` the handlers talk to, as Temporal calls (SPEC §7).
+
+`python -m bot serve` with `SHEPHERD_ENGINE=temporal` keeps its webhook contract (stored first, §6) and
+its handlers; only the engine behind them differs. A trigger is a signal-with-start of the issue's
+workflow (`<owner>/<repo>#<n>`), every other event a signal, so two front ends behind one URL reach the
+same workflow and the core there deduplicates (one live session, one forwarded reply per comment id).
+
+Handlers read sessions synchronously (`last_session`, `session_for_branch`, ...). The front end keeps
+a read copy of the sessions it has seen in its own store, refreshed from each workflow's `snapshot`
+query before a delivery's handlers run (`before_delivery`) and after every signal it sends. The
+dashboard, `/api/sessions` and `shepherd status` read the same copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from bot.core.effects import IssueRef
+from bot.core.policy import LoadedPolicy, load_policy
+from bot.core.responses import Response
+from bot.core.session import (
+    BRANCH_PREFIX,
+    Cancel,
+    CancelReason,
+    Detail,
+    Event,
+    Limits,
+    Mode,
+    Session,
+    State,
+    Trigger,
+    event_to_dict,
+)
+from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL
+from bot.settings import Settings
+from bot.store.sessions import SessionStore
+from bot.temporal.workflow import QUERY_SNAPSHOT, SHARED_QUEUE, SIGNAL_EVENT, SIGNAL_TRIGGER, WORKFLOW_NAME, workflow_id
+
+log = logging.getLogger(__name__)
+
+ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
+
+
+class TemporalEngine:
+    """Implements `bot.core.effects.Engine` with signal-with-start, signals and queries."""
+
+    def __init__(self, client: Client, store: Any, github: Any, publisher: Any, settings: Settings, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.sessions = SessionStore(store.db)
+        self.github = github
+        self.publisher = publisher
+        self.settings = settings
+        self.clock = clock
+        self.hosts: dict[str, str | None] = {}  # session id -> the host holding it, as last seen
+        self.idle_sessions: set[str] = set()  # sessions whose workflow had nothing left to carry out
+
+    # -- lifecycle (the Assembly's) ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Refresh the copy of every session still live, so the first deliveries see them."""
+        for stored in self.sessions.live():
+            await self.refresh(stored.session.repo, stored.session.issue_number)
+
+    async def stop(self) -> None:
+        return None
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _handle(self, full_name: str, issue_number: int) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(workflow_id(full_name, issue_number))
+
+    async def refresh(self, full_name: str, issue_number: int) -> Session | None:
+        """Read the issue's workflow and keep its newest session in the local copy."""
+        try:
+            snapshot = await self._handle(full_name, issue_number).query(QUERY_SNAPSHOT)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if not snapshot.get("session"):
+            return None
+        session = Session.from_dict(snapshot["session"])
+        self.hosts[session.id] = snapshot.get("host")
+        if snapshot.get("idle"):
+            self.idle_sessions.add(session.id)
+        else:
+            self.idle_sessions.discard(session.id)
+        context = {**snapshot.get("context", {}), "host": snapshot.get("host")}
+        self.sessions.record(session, context, None, (), now=self.clock())
+        return session
+
+    async def before_delivery(self, payload: dict[str, Any]) -> None:
+        """Refresh the sessions a delivery may be about: its issue, and the issue of an `agent/` branch."""
+        repository = (payload.get("repository") or {}).get("full_name")
+        if not repository:
+            return
+        numbers: set[int] = set()
+        if isinstance(payload.get("issue"), dict) and payload["issue"].get("number"):
+            numbers.add(int(payload["issue"]["number"]))
+        pull = payload.get("pull_request") or {}
+        for ref in ((pull.get("head") or {}).get("ref"), ((payload.get("check_suite") or {}).get("head_branch"))):
+            match = ISSUE_BRANCH.match(ref or "")
+            if match:
+                numbers.add(int(match.group(1)))
+        for number in sorted(numbers):
+            await self.refresh(repository, number)
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        last = self.sessions.last_for_issue(full_name, issue_number)
+        return last.session if last else None
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        return [
+            stored.session for stored in self.sessions.for_repository(full_name)
+            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
+        ]
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        found = self.sessions.last_for_branch(full_name, branch)
+        return found.session if found else None
+
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+    def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
+        return bool(self.publisher.answered(full_name, issue_number, comment_id))
+
+    # -- writes: Temporal calls -----------------------------------------------------------------
+
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False) -> Session | None:
+        """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay."""
+        loaded = policy
+        if loaded is None:
+            gh = self.github.installation(issue.installation_id)
+            loaded = await load_policy(gh, issue.owner, issue.repo, issue.default_branch,
+                                       self.settings.operator_limits())
+        event = Trigger(
+            repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode, actor=actor,
+            base_branch=loaded.policy.base_branch or issue.default_branch,
+            limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds),
+            labelled_at=labelled_at,
+        )
+        context = {
+            "installation_id": issue.installation_id,
+            "owner": issue.owner,
+            "repo": issue.repo,
+            "clone_url": issue.clone_url,
+            "default_branch": issue.default_branch,
+            "issue_body": issue.body,
+            "issue_author": issue.author,
+            "trigger_label": label,
+            "trigger_at": self.clock(),
+            "policy": loaded.policy.as_dict(),
+            "policy_problems": [str(problem) for problem in loaded.problems],
+            "notes": [NOTE_EDITED_AFTER_LABEL.format(actor=actor)] if edited_after_label else [],
+        }
+        await self.client.start_workflow(
+            WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds},
+            id=workflow_id(issue.full_name, issue.number), task_queue=SHARED_QUEUE,
+            start_signal=SIGNAL_TRIGGER, start_signal_args=[{"event": event_to_dict(event), "context": context}],
+        )
+        return await self.refresh(issue.full_name, issue.number)
+
+    async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
+        try:
+            await self._handle(full_name, issue_number).signal(SIGNAL_EVENT, event_to_dict(event))
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return await self.refresh(full_name, issue_number)
+
+    async def respond(self, installation_id: int, full_name: str, issue_number: int,
+                      responses: Sequence[Response]) -> None:
+        for response in responses:
+            await self.publisher.respond(installation_id, full_name, issue_number, response)
+
+    async def cancel_installation(self, installation_id: int, *, reason: str) -> None:
+        for stored in self.sessions.for_installation(installation_id):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.signal(stored.session.repo, stored.session.issue_number, Cancel(CancelReason.UNINSTALLED))
+
+    async def cancel_repository(self, full_name: str, *, reason: str) -> None:
+        for stored in self.sessions.for_repository(full_name):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.signal(full_name, stored.session.issue_number, Cancel(CancelReason.UNINSTALLED))
+
+    # -- inspection (tests, dashboard) ----------------------------------------------------------
+
+    def host_of(self, session_id: str) -> str | None:
+        return self.hosts.get(session_id)
+
+    async def idle(self) -> None:
+        return None
+
+
+async def assemble_front_end(settings: Settings, *, store: Any, session: Any, metrics: Any,
+                             clock: Callable[[], float]) -> Any:
+    """The GitHub-mode services of a front end: as `bot.runtime.assembly.assemble`, with this engine.
+
+    A front end runs no agents: it has no workspaces, finisher or sandbox, only the Publisher for the
+    answers it gives outside a session (refusals, command outcomes, help)."""
+    from bot.github.client import GitHubApp
+    from bot.github.gate import Gate
+    from bot.github.labels import RepoPolicies
+    from bot.github.permissions import PermissionCache
+    from bot.runtime.assembly import Assembly
+    from bot.runtime.publisher import Publisher
+    from bot.runtime.rounds import InlineCollector
+    from bot.temporal.client import connect
+
+    assert settings.app_id is not None and settings.private_key is not None
+    github = GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
+                       api_url=settings.api_url, metrics=metrics, write_spacing=settings.write_spacing_seconds)
+    client = await connect(settings)
+    permissions = PermissionCache()
+    policies = RepoPolicies(settings.operator_limits())
+    engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
+    inline_collector = InlineCollector(store, engine, clock=clock)
+    assembly = Assembly(github, engine, inline_collector, permissions, policies)  # type: ignore[arg-type]
+    assembly.dependencies = {
+        "github": github,
+        "store": store,
+        "clock": clock,
+        "engine": engine,
+        "permissions": permissions,
+        "policies": policies,
+        "gate": Gate(permissions, policies),
+        "inline_collector": inline_collector,
+        "dependencies": None,
+    }
+    return assembly
