@@ -52,7 +52,6 @@ with workflow.unsafe.imports_passed_through():
         decide,
         decide_trigger,
         event_from_dict,
-        event_to_dict,
     )
 
 WORKFLOW_NAME = "ShepherdSession"
