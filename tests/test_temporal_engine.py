@@ -7,6 +7,8 @@ against the strict fake GitHub and a real git remote. Only what a maintainer see
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot.core.session import State
@@ -50,3 +52,83 @@ async def test_label_to_pull_request_through_temporal(temporal_bed, fake_github,
     assert fake_github.reactions(REPO, 1) == ["eyes"]
     # The session ran on the host: its worktree is in that host's data folder, not the front end's.
     assert str(bed.tmp / "host-a") in front.engine.sessions.get(session.id).context["worktree"]
+
+
+async def test_one_delivery_through_two_front_ends_starts_one_session(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    first, second = await bed.front_end("front-1"), await bed.front_end("front-2")
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    payload = payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER)
+
+    # GitHub's delivery and its redelivery reach the two front ends behind one URL at the same moment.
+    statuses = await asyncio.gather(first.deliver("issues", payload, "delivery-1"),
+                                    second.deliver("issues", payload, "delivery-1"))
+    assert statuses == [202, 202]
+    await first.drain()
+    await second.drain()
+    session = await first.ended(1)
+
+    assert session.state == State.COMPLETE and session.id == f"{REPO}#1/1"
+    runs = [run async for run in first.engine.client.list_workflows(f'WorkflowId = "{REPO}#1"')]
+    assert len(runs) == 1
+    assert len(fake_github.pulls(REPO)) == 1
+    assert len(status_comments(fake_github, 1)) == 1 and len(bot_comments(fake_github, 1)) == 1
+    assert fake_github.reactions(REPO, 1) == ["eyes"]
+    assert git_remote.messages(REPO, f"refs/heads/{session.branch}").count("Add hello") == 1
+    # The other front end sees the same session.
+    assert (await second.session(1)).id == session.id
+
+
+ASKING_AGENT = """
+if [ "$SHEPHERD_TURN" = 1 ]; then
+  shepherd ask "Which port?" --option 8080 --option 9090
+  exit 0
+fi
+printf '%s' "$SHEPHERD_REPLY" > "$HOME/seen-reply"
+echo "$SHEPHERD_REPLY" > port.txt
+git add port.txt
+git commit -q -m "Set the port"
+shepherd done "Port set"
+"""
+
+
+async def test_question_and_reply_are_signals_of_the_same_session(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, ASKING_AGENT)
+    first, second = await bed.front_end("front-1"), await bed.front_end("front-2")
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    fake_github.set_permission(REPO, "bob", "maintain")
+    await first.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    asking = await first.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                               and s.question.comment_id is not None and s.id in first.engine.idle_sessions)
+
+    [question] = [c for c in bot_comments(fake_github, 1) if "shepherd:question" in c["body"]]
+    assert f"@{MAINTAINER}" in question["body"] and "1. 8080\n2. 9090" in question["body"]
+    assert "agent:needs-input" in fake_github.labels(REPO, 1)
+
+    # The reply reaches the other front end, and once more the first (a redelivery): forwarded once.
+    bob = fake_github.add_comment(REPO, 1, "2", user="bob")
+    reply = payloads.issue_comment_created(fake_github, REPO, 1, bob)
+    assert await second.deliver("issue_comment", reply, "reply-1") == 202
+    await second.drain()
+    assert await first.deliver("issue_comment", reply, "reply-1") == 202
+    await first.drain()
+    session = await second.ended(1)
+
+    assert session.id == asking.id and session.state == State.COMPLETE and session.turn_count == 2
+    assert session.forwarded_comment_ids == (bob["id"],)
+    assert fake_github.reactions(REPO, 1, comment_id=bob["id"]) == ["eyes"]
+    assert "agent:needs-input" not in fake_github.labels(REPO, 1)
+    edited = next(c for c in fake_github.comments(REPO, 1) if c["id"] == question["id"])
+    assert "Question answered by @bob" in edited["body"]
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
+    # The resumed turn ran on the host that asked, with the answer (its private HOME is in that host's folder).
+    host_dir = bed.tmp / "host-a" / "sessions"
+    [seen] = list(host_dir.glob("*/home/seen-reply"))
+    assert seen.read_text() == "9090"
+    [pull] = fake_github.pulls(REPO)
+    assert pull["body"].startswith("Closes #1\n")
+    assert len(status_comments(fake_github, 1)) == 1
