@@ -66,10 +66,10 @@ def temporal_server(tmp_path_factory) -> Any:
 
 def temporal_settings(fake: FakeGitHub, data_dir: Path, bed: TemporalBed, namespace: str, command: str,
                       **env: str) -> Settings:
-    return settings_for(
-        fake, data_dir, SHEPHERD_AGENT="command", SHEPHERD_AGENT_COMMAND=command, SHEPHERD_ENGINE="temporal",
-        TEMPORAL_ADDRESS=bed.server.address, TEMPORAL_NAMESPACE=namespace, **env,
-    )
+    return settings_for(fake, data_dir, **{
+        "SHEPHERD_AGENT": "command", "SHEPHERD_AGENT_COMMAND": command, "SHEPHERD_ENGINE": "temporal",
+        "TEMPORAL_ADDRESS": bed.server.address, "TEMPORAL_NAMESPACE": namespace, **env,
+    })
 
 
 @dataclass

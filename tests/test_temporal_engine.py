@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
+import psutil
 import pytest
 
 from bot.core.session import State
@@ -16,7 +17,7 @@ from tests.e2e_support import MAINTAINER, bot_comments, status_comments
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import agent_script
-from tests.temporal_support import REPO, temporal_bed, temporal_server  # noqa: F401 - fixtures
+from tests.temporal_support import REPO, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
 
@@ -132,3 +133,57 @@ async def test_question_and_reply_are_signals_of_the_same_session(temporal_bed, 
     [pull] = fake_github.pulls(REPO)
     assert pull["body"].startswith("Closes #1\n")
     assert len(status_comments(fake_github, 1)) == 1
+
+
+SLEEPING_AGENT = """
+echo first > first.txt
+git add first.txt
+git commit -q -m "First try"
+touch "$HOME/started"
+sleep 300.7171
+"""
+
+
+def _orphans(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        line = " ".join(process.info["cmdline"] or ())
+        if process.info["status"] != psutil.STATUS_ZOMBIE and marker in line:
+            found.append(process)
+    return found
+
+
+async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
+    sleeping = agent_script(bed.tmp, SLEEPING_AGENT, name="sleeping.sh")
+    front = await bed.front_end()
+    host_a = bed.host_process("host-a", SHEPHERD_AGENT_COMMAND=sleeping)
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    try:
+        await wait_for(lambda: list((bed.tmp / "host-a").glob("sessions/*/home/started")), timeout=90)
+        assert (await front.session(1)).state == State.WORKING
+        assert front.engine.host_of(f"{REPO}#1/1") == "host-a"
+        bed.host_process("host-b")
+
+        # kill -9 in the middle of the turn; the machine's agent goes with it.
+        kill_group(host_a)
+        for process in _orphans("300.7171"):
+            process.kill()
+        session = await front.ended(1, timeout=120)
+    finally:
+        for process in _orphans("300.7171"):
+            process.kill()
+
+    assert session.state == State.COMPLETE and session.id == f"{REPO}#1/1"
+    assert front.engine.host_of(session.id) == "host-b"
+    [pull] = fake_github.pulls(REPO)
+    assert "Added hello.txt" in pull["body"]
+    messages = git_remote.messages(REPO, f"refs/heads/{session.branch}")
+    assert "Add hello" in messages and "First try" not in messages  # nothing of the lost turn was pushed
+    [status] = status_comments(fake_github, 1)
+    assert "moved from host host-a to host host-b" in status["body"]
+    assert "the running turn was lost and runs again" in status["body"]
+    assert len(bot_comments(fake_github, 1)) == 1

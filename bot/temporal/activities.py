@@ -31,6 +31,7 @@ from bot.core.session import (
     Session,
     StartTurn,
     StopAgent,
+    WorkspaceFailed,
     command_from_dict,
     event_to_dict,
 )
@@ -126,10 +127,19 @@ class HostActivities:
         stored = self.engine.adopt(data)
         command: Command = command_from_dict(data["command"])
         if isinstance(command, EnsureWorkspace) and data.get("prepare_only"):
-            await self.engine._ensure_workspace(stored, command)  # noqa: SLF001 - the local engine's executor
-            return self.engine.result(stored.session.id, ())
+            return await self._prepare_moved(stored, command)
         events = await self.engine._execute(stored.session.id, command)  # noqa: SLF001
         return self.engine.result(stored.session.id, events)
+
+    async def _prepare_moved(self, stored: StoredSession, command: EnsureWorkspace) -> dict[str, Any]:
+        """A session moved here from a lost host: its worktree from the branch as last pushed, or from
+        the base when nothing was pushed yet. The workflow decides nothing from this; it only learns the
+        worktree."""
+        events = await self.engine._ensure_workspace(stored, command)  # noqa: SLF001 - the local engine's executor
+        if any(isinstance(event, WorkspaceFailed) for event in events):
+            fresh = EnsureWorkspace(command.branch, command.base_branch, from_kept_branch=False)
+            await self.engine._ensure_workspace(self.engine.sessions.get(stored.session.id) or stored, fresh)  # noqa: SLF001
+        return self.engine.result(stored.session.id, ())
 
     @activity.defn(name=STOP_AGENT)
     async def stop_agent(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -167,6 +177,8 @@ class HostActivities:
 
 
 async def _heartbeat() -> None:
+    timeout = activity.info().heartbeat_timeout
+    every = min(HEARTBEAT_EVERY_SECONDS, timeout.total_seconds() / 4) if timeout else HEARTBEAT_EVERY_SECONDS
     while True:
         activity.heartbeat()
-        await asyncio.sleep(HEARTBEAT_EVERY_SECONDS)
+        await asyncio.sleep(every)
