@@ -17,7 +17,9 @@ from tests.e2e_support import MAINTAINER, bot_comments, status_comments
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import agent_script
-from tests.temporal_support import REPO, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
+from bot.temporal.devserver import DevServer
+from tests.e2e_support import prepare_repo
+from tests.temporal_support import REPO, Bed, TemporalBed, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
 
@@ -187,3 +189,35 @@ async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fak
     assert "moved from host host-a to host host-b" in status["body"]
     assert "the running turn was lost and runs again" in status["body"]
     assert len(bot_comments(fake_github, 1)) == 1
+
+
+async def test_a_reply_reaches_the_same_session_after_the_temporal_server_restarts(
+        fake_github, git_remote, tmp_path, aiohttp_client):
+    server = DevServer.start(tmp_path / "temporal", namespaces=["restart"])
+    prepare_repo(fake_github, git_remote)
+    bed = Bed(fake_github, git_remote, tmp_path, TemporalBed(server, ["restart"]), "restart", aiohttp_client)
+    try:
+        bed.command = agent_script(tmp_path, ASKING_AGENT)
+        front = await bed.front_end()
+        bed.host("host-a")
+        fake_github.add_issue(REPO, title="Pick a port", user="carol")
+        await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+        asking = await front.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                                   and s.question.comment_id is not None and s.id in front.engine.idle_sessions)
+
+        # The server goes down while the session waits for its answer, and comes back on its database file.
+        server.stop()
+        server = DevServer.start(tmp_path / "temporal", port=server.port, namespaces=["restart"])
+        bed.temporal.server = server
+
+        bob = fake_github.add_comment(REPO, 1, "2", user=MAINTAINER)
+        assert await front.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, bob)) == 202
+        await front.drain()
+        session = await front.ended(1, timeout=120)
+    finally:
+        await bed.close()
+        server.stop()
+
+    assert session.id == asking.id and session.state == State.COMPLETE and session.turn_count == 2
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
+    assert len(fake_github.pulls(REPO)) == 1 and len(status_comments(fake_github, 1)) == 1
