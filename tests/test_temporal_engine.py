@@ -221,3 +221,45 @@ async def test_a_reply_reaches_the_same_session_after_the_temporal_server_restar
     assert session.id == asking.id and session.state == State.COMPLETE and session.turn_count == 2
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
     assert len(fake_github.pulls(REPO)) == 1 and len(status_comments(fake_github, 1)) == 1
+
+
+WAITING_AGENT = """
+touch "$HOME/started"
+while [ ! -f "$HOME/go" ]; do sleep 0.1; done
+echo "$SHEPHERD_ISSUE" > "issue-$SHEPHERD_ISSUE.txt"
+git add . && git commit -q -m "Issue $SHEPHERD_ISSUE"
+shepherd done "Done with $SHEPHERD_ISSUE"
+"""
+
+
+async def test_the_repository_limit_holds_across_hosts(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, WAITING_AGENT)
+    bed.env = {"SHEPHERD_MAX_PER_REPO": "1"}
+    front = await bed.front_end()
+    bed.host("host-a")
+    bed.host("host-b")
+    for number in (1, 2):
+        fake_github.add_issue(REPO, title=f"Job {number}", user="carol")
+        await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+    await front.drain()
+
+    def started() -> list:
+        return sorted(bed.tmp.glob("host-*/sessions/*/home/started"))
+
+    [first_started] = await wait_for(started, timeout=90)
+    # The session folder is `owner__repo__<issue>__<attempt>`.
+    running_number = int(first_started.parent.parent.name.split("__")[2])
+    waiting_number = 3 - running_number
+    await front.until(running_number, lambda s: s.state == State.WORKING)
+    await front.until(waiting_number, lambda s: s.state == State.QUEUED and s.id in front.engine.idle_sessions)
+    assert started() == [first_started]  # one agent of the repository at a time, whichever host has it
+    [queued_status] = status_comments(fake_github, waiting_number)
+    assert "queued" in queued_status["body"].lower()
+
+    (first_started.parent / "go").touch()
+    [second_started] = await wait_for(lambda: [p for p in started() if p != first_started], timeout=90)
+    (second_started.parent / "go").touch()
+    for number in (1, 2):
+        assert (await front.ended(number)).state == State.COMPLETE
+    assert sorted(p["head"]["ref"] for p in fake_github.pulls(REPO)) == ["agent/issue-1-job-1", "agent/issue-2-job-2"]

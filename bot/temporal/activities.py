@@ -7,9 +7,10 @@ workflow's. The executors themselves are the local engine's (`bot/runtime/engine
 and the Finisher's: `HostEngine` is that engine with one change, its events go to the session's
 workflow as signals instead of to a local `decide`.
 
-A turn is one long activity: it waits for one of the host's agent slots (SHEPHERD_MAX_WORKERS and
-the per-repository limit, on this host, first come first served with resumed turns first), starts
-or re-attaches the agent, heartbeats while it runs and signals each report to the workflow.
+A turn is one long activity: it waits for one of the host's agent slots (SHEPHERD_MAX_WORKERS, first
+come first served with resumed turns first; the per-repository limit is the shared queue's, in
+`bot/temporal/slots.py`), starts or re-attaches the agent, heartbeats while it runs and signals each
+report to the workflow.
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ class HostEngine(Engine):
         super().__init__(*args, **kwargs)
         self.client = client
         self.host_id = host_id
-        self.slots = HostSlots(SlotLimits(global_limit=self.settings.max_workers, per_repo=self.settings.max_per_repo))
+        # This host's agents only; the per-repository limit is the shared queue's (bot/temporal/slots.py).
+        workers = self.settings.max_workers
+        self.slots = HostSlots(SlotLimits(global_limit=workers, per_repo=workers))
         self._workflow_of: dict[str, str] = {}
         self._started: dict[str, processes.TurnHandle] = {}
 

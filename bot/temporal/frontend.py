@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 from bot.core.effects import IssueRef
@@ -42,11 +43,20 @@ from bot.core.session import (
 from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL
 from bot.settings import Settings
 from bot.store.sessions import SessionStore
+from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
 from bot.temporal.workflow import QUERY_SNAPSHOT, SHARED_QUEUE, SIGNAL_EVENT, SIGNAL_TRIGGER, WORKFLOW_NAME, workflow_id
 
 log = logging.getLogger(__name__)
 
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
+
+
+async def ensure_slots(client: Client, settings: Settings) -> None:
+    """Start the slot-queue workflow unless it runs already (every front end and host calls this)."""
+    await client.start_workflow(
+        SLOTS_WORKFLOW, {"per_repo": settings.max_per_repo}, id=SLOTS_ID, task_queue=SHARED_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 class TemporalEngine:
@@ -66,7 +76,9 @@ class TemporalEngine:
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Refresh the copy of every session still live, so the first deliveries see them."""
+        """Make sure the one slot queue runs; refresh the copy of every session still live, so the first
+        deliveries see them."""
+        await ensure_slots(self.client, self.settings)
         for stored in self.sessions.live():
             await self.refresh(stored.session.repo, stored.session.issue_number)
 
@@ -167,7 +179,8 @@ class TemporalEngine:
             "notes": [NOTE_EDITED_AFTER_LABEL.format(actor=actor)] if edited_after_label else [],
         }
         await self.client.start_workflow(
-            WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds},
+            WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds,
+                            "max_per_repo": self.settings.max_per_repo},
             id=workflow_id(issue.full_name, issue.number), task_queue=SHARED_QUEUE,
             start_signal=SIGNAL_TRIGGER, start_signal_args=[{"event": event_to_dict(event), "context": context}],
         )

@@ -26,6 +26,8 @@ from bot.settings import Settings
 from bot.store.database import Store
 from bot.temporal.activities import HostActivities, HostEngine
 from bot.temporal.client import connect
+from bot.temporal.frontend import ensure_slots
+from bot.temporal.slots import SlotsWorkflow
 from bot.temporal.workflow import SHARED_QUEUE, SessionWorkflow, host_queue
 from bot.workspace.workspaces import Workspaces
 
@@ -60,13 +62,14 @@ async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: a
         engine = HostEngine(store, workspaces, github, publisher, finisher, settings, clock=clock,
                             parent_env=parent_env, client=client, host_id=host)
         activities = HostActivities(engine)
-        shared = Worker(client, task_queue=SHARED_QUEUE, workflows=[SessionWorkflow],
+        shared = Worker(client, task_queue=SHARED_QUEUE, workflows=[SessionWorkflow, SlotsWorkflow],
                         activities=[activities.claim_host], max_concurrent_activities=1)
         own = Worker(client, task_queue=host_queue(host),
                      activities=[activities.carry_out, activities.stop_agent, activities.run_turn],
                      max_concurrent_activities=OTHER_ACTIVITIES + settings.max_workers)
         log.info("worker host %s polling %s and %s at %s", host, host_queue(host), SHARED_QUEUE,
                  settings.temporal_address)
+        await ensure_slots(client, settings)
         async with shared, own:
             await stop.wait()
         await engine.stop()

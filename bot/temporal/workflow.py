@@ -29,6 +29,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, TimeoutError as ActivityTimeout, TimeoutType
 
+from bot.temporal.slots import SIGNAL_HOLD, SIGNAL_RELEASE, SIGNAL_REQUEST, SLOTS_ID
+
 with workflow.unsafe.imports_passed_through():
     from bot.core.session import (
         Command,
@@ -40,7 +42,6 @@ with workflow.unsafe.imports_passed_through():
         ReleaseSlot,
         RequestSlot,
         Session,
-        SlotGranted,
         StartTurn,
         State,
         StopAgent,
@@ -110,6 +111,7 @@ class SessionWorkflow:
         self.host: str | None = None
         self.outbox: list[Command] = []
         self.host_timeout = 60.0
+        self.max_per_repo = 2
         self.events_seen = 0
         self.turn_task: asyncio.Task[None] | None = None
         self.carrying_out = False
@@ -124,6 +126,7 @@ class SessionWorkflow:
             "host": self.host,
             "outbox": [command_to_dict(c) for c in self.outbox],
             "host_timeout": self.host_timeout,
+            "max_per_repo": self.max_per_repo,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -132,6 +135,7 @@ class SessionWorkflow:
         self.host = state.get("host")
         self.outbox = [command_from_dict(c) for c in state.get("outbox") or ()]
         self.host_timeout = float(state.get("host_timeout") or self.host_timeout)
+        self.max_per_repo = int(state.get("max_per_repo") or self.max_per_repo)
 
     # -- the run loop: carry out the commands in order -----------------------------------------
 
@@ -158,12 +162,9 @@ class SessionWorkflow:
                              or workflow.info().is_continue_as_new_suggested())
 
     async def _carry_out(self, command: Command) -> None:
-        if isinstance(command, RequestSlot):
-            # Each host bounds its own running agents (SHEPHERD_MAX_WORKERS) when the turn activity
-            # starts there; the workflow lets the turn go to its host at once.
-            self._apply(SlotGranted())
-            return
-        if isinstance(command, (HoldSlot, ReleaseSlot)):
+        if isinstance(command, (RequestSlot, HoldSlot, ReleaseSlot)):
+            # The one queue of all hosts (bot/temporal/slots.py) answers a request with `SlotGranted`.
+            await self._tell_slots(command)
             return
         if isinstance(command, PostStatus) and any(isinstance(c, PostStatus) for c in self.outbox):
             # "Latest wins": a later status post in the queue says everything this one would.
@@ -212,6 +213,17 @@ class SessionWorkflow:
             self._apply(TurnFailed(FailureKind.CRASH, str(error.cause or error)[-2000:]))
             return
         self._take_result(result)
+
+    async def _tell_slots(self, command: Command) -> None:
+        assert self.session is not None
+        policy = self.context.get("policy") or {}
+        data = {"session_id": self.session.id, "repo": self.session.repo, "workflow_id": workflow.info().workflow_id,
+                "per_repo": self.max_per_repo, "max_parallel": policy.get("max_parallel")}
+        if isinstance(command, RequestSlot):
+            name, data["front"] = SIGNAL_REQUEST, command.front
+        else:
+            name = SIGNAL_HOLD if isinstance(command, HoldSlot) else SIGNAL_RELEASE
+        await workflow.get_external_workflow_handle(SLOTS_ID).signal(name, data)
 
     # -- hosts ----------------------------------------------------------------------------------
 
