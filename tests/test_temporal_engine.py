@@ -17,7 +17,8 @@ from tests.e2e_support import MAINTAINER, bot_comments, status_comments
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import agent_script
-from bot.temporal.devserver import DevServer
+from bot.temporal.devserver import DevServer, free_port
+from bot.views.doctor import Level, check_temporal, render_findings
 from tests.e2e_support import prepare_repo
 from tests.temporal_support import REPO, Bed, TemporalBed, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
 
@@ -263,3 +264,27 @@ async def test_the_repository_limit_holds_across_hosts(temporal_bed, fake_github
     for number in (1, 2):
         assert (await front.ended(number)).state == State.COMPLETE
     assert sorted(p["head"]["ref"] for p in fake_github.pulls(REPO)) == ["agent/issue-1-job-1", "agent/issue-2-job-2"]
+
+
+async def test_doctor_checks_the_temporal_connection_and_the_hosts(temporal_bed):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    settings = bed.settings("doctor")
+    [alone] = await asyncio.to_thread(check_temporal, settings)
+    assert alone.level == Level.WARN and "no worker host polls it" in alone.message
+    assert "python -m bot worker" in alone.fix
+
+    bed.host("host-a")
+    for _ in range(300):
+        [found] = await asyncio.to_thread(check_temporal, settings)
+        if found.level == Level.OK:
+            break
+        await asyncio.sleep(0.2)
+    assert found.level == Level.OK and "1 worker host(s) poll the shared queue" in found.message
+    assert bed.temporal.server.address in found.message
+
+    nobody = bed.settings("doctor", TEMPORAL_ADDRESS=f"127.0.0.1:{free_port()}")
+    [refused] = await asyncio.to_thread(check_temporal, nobody, timeout=5)
+    assert refused.level == Level.FAIL and "cannot reach Temporal" in refused.message
+    assert "TEMPORAL_ADDRESS" in refused.fix
+    assert render_findings([refused]).startswith("[FAIL] temporal: cannot reach Temporal at 127.0.0.1:")
