@@ -8,6 +8,10 @@ against the strict fake GitHub and a real git remote. Only what a maintainer see
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 
 import psutil
 import pytest
@@ -20,7 +24,7 @@ from tests.runtime_support import agent_script
 from bot.temporal.devserver import DevServer, free_port
 from bot.views.doctor import Level, check_temporal, render_findings
 from tests.e2e_support import prepare_repo
-from tests.temporal_support import REPO, Bed, TemporalBed, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
+from tests.temporal_support import REPO, ROOT, Bed, TemporalBed, kill_group, temporal_bed, temporal_server, wait_for  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
 
@@ -288,3 +292,58 @@ async def test_doctor_checks_the_temporal_connection_and_the_hosts(temporal_bed)
     assert refused.level == Level.FAIL and "cannot reach Temporal" in refused.message
     assert "TEMPORAL_ADDRESS" in refused.fix
     assert render_findings([refused]).startswith("[FAIL] temporal: cannot reach Temporal at 127.0.0.1:")
+
+
+async def test_serve_temporal_runs_a_dev_server_a_host_and_a_front_end_on_one_machine(fake_github, git_remote, tmp_path):
+    """`scripts/serve --temporal` (`python -m bot.temporal.local`): a labelled issue becomes a PR, and
+    stopping it stops the dev server, the host and the front end."""
+    import aiohttp
+
+    prepare_repo(fake_github, git_remote)
+    command = agent_script(tmp_path, DONE_AGENT)
+    web_port, temporal_port = free_port(), free_port()
+    data = tmp_path / "data"
+    environ = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), "PYTHONPATH": str(ROOT),
+        "GITHUB_APP_ID": str(fake_github.app_id), "GITHUB_PRIVATE_KEY": fake_github.private_key_pem,
+        "GITHUB_WEBHOOK_SECRET": fake_github.webhook_secret, "GITHUB_API_URL": fake_github.url,
+        "SHEPHERD_DATA_DIR": str(data), "SHEPHERD_WRITE_SPACING_SECONDS": "0", "PORT": str(web_port),
+        "SHEPHERD_AGENT": "command", "SHEPHERD_AGENT_COMMAND": command,
+        "SHEPHERD_DASHBOARD_TOKEN": "test-dashboard-token", "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+    }
+    log = (tmp_path / "local.log").open("ab")
+    local = subprocess.Popen([sys.executable, "-m", "bot.temporal.local", "--host", "127.0.0.1"], env=environ,
+                             cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{web_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"{url}/healthz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            for _ in range(600):
+                if await healthy():
+                    break
+                assert local.poll() is None, (tmp_path / "local.log").read_text()[-3000:]
+                await asyncio.sleep(0.1)
+            fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+            body, headers = payloads.fake_delivery(
+                fake_github, "issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+            async with http.post(f"{url}/webhook", data=body, headers=headers) as response:
+                assert response.status == 202
+            await wait_for(lambda: fake_github.pulls(REPO), timeout=120)
+            await wait_for(lambda: "complete" in status_comments(fake_github, 1)[0]["body"].lower(), timeout=60)
+    finally:
+        local.send_signal(signal.SIGTERM)
+        local.wait(60)
+
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-add-a-greeting"
+    assert (data / "temporal" / "temporal.db").is_file()
+    assert (data / "host-local" / "shepherd.db").is_file()  # the host's own data folder
+    left = [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or ())
+            or str(tmp_path) in " ".join(p.info["cmdline"] or ())]
+    assert left == []
