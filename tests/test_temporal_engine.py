@@ -347,3 +347,63 @@ async def test_serve_temporal_runs_a_dev_server_a_host_and_a_front_end_on_one_ma
     left = [p for p in psutil.process_iter(["cmdline"]) if str(data) in " ".join(p.info["cmdline"] or ())
             or str(tmp_path) in " ".join(p.info["cmdline"] or ())]
     assert left == []
+
+
+BUSY_AGENT = """
+touch "$HOME/started"
+sleep 3.2323
+echo "$SHEPHERD_ISSUE" > "issue-$SHEPHERD_ISSUE.txt"
+git add . && git commit -q -m "Issue $SHEPHERD_ISSUE"
+shepherd done "Done with $SHEPHERD_ISSUE"
+"""
+
+
+async def test_ten_issues_two_hosts_two_front_ends_and_a_host_killed_mid_turn(fake_github, git_remote, tmp_path,
+                                                                              temporal_server, aiohttp_client):
+    prepare_repo(fake_github, git_remote, policy="max_runtime_minutes: 2\nidle_timeout_minutes: 2\nmax_parallel: 6\n")
+    bed = Bed(fake_github, git_remote, tmp_path, temporal_server, temporal_server.namespace(), aiohttp_client)
+    bed.command = agent_script(tmp_path, BUSY_AGENT)
+    bed.env = {"SHEPHERD_MAX_PER_REPO": "6", "SHEPHERD_MAX_WORKERS": "3", "SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
+    try:
+        fronts = [await bed.front_end("front-1"), await bed.front_end("front-2")]
+        host_a = bed.host_process("host-a")
+        bed.host_process("host-b")
+        for number in range(1, 11):
+            fake_github.add_issue(REPO, title=f"Job {number}", user="carol")
+            payload = payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER)
+            # Every delivery reaches both front ends (a redelivery through the other one).
+            await asyncio.gather(*(front.deliver("issues", payload, f"label-{number}") for front in fronts))
+
+        # host-a is killed with -9 while one of its agents is in the middle of a turn.
+        await wait_for(lambda: list((tmp_path / "host-a").glob("sessions/*/home/started")), timeout=120)
+        kill_group(host_a)
+        for process in _orphans("3.2323"):
+            if str(tmp_path / "host-a") in " ".join(process.cmdline() or ()) or process.cwd().startswith(
+                    str(tmp_path / "host-a")):
+                process.kill()
+        sessions = [await fronts[number % 2].ended(number, timeout=180) for number in range(1, 11)]
+        for number in range(1, 11):
+            await fronts[0].session(number)
+    finally:
+        for process in _orphans("3.2323"):
+            process.kill()
+        await bed.close()
+
+    assert [s.state for s in sessions] == [State.COMPLETE] * 10
+    assert all(s.attempt == 1 for s in sessions)  # one session per issue, however many deliveries
+    pulls = fake_github.pulls(REPO)
+    assert sorted(p["head"]["ref"] for p in pulls) == sorted(f"agent/issue-{n}-job-{n}" for n in range(1, 11))
+    for number in range(1, 11):
+        assert len(status_comments(fake_github, number)) == 1
+        assert len(bot_comments(fake_github, number)) == 1
+        assert fake_github.reactions(REPO, number) == ["eyes"]
+    started_on_a = {p.parent.parent.name for p in (tmp_path / "host-a").glob("sessions/*/home/started")}
+    started_on_b = {p.parent.parent.name for p in (tmp_path / "host-b").glob("sessions/*/home/started")}
+    assert started_on_a and started_on_b  # the work spread over both hosts
+    hosts = {number: fronts[0].engine.host_of(s.id) for number, s in enumerate(sessions, start=1)}
+    moved = [n for n in range(1, 11) if "moved from host host-a to host host-b" in status_comments(fake_github, n)[0]["body"]]
+    assert moved, "no session said it moved"
+    # The sessions host-a held when it died finished on host-b and say so; host-a keeps only work it had
+    # finished before.
+    assert all(hosts[number] == "host-b" for number in moved)
+    assert set(hosts.values()) <= {"host-a", "host-b"}

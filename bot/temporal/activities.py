@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from temporalio import activity
@@ -127,6 +127,10 @@ class HostActivities:
 
     @activity.defn(name=CARRY_OUT)
     async def carry_out(self, data: dict[str, Any]) -> dict[str, Any]:
+        async with _heartbeating():
+            return await self._carry_out(data)
+
+    async def _carry_out(self, data: dict[str, Any]) -> dict[str, Any]:
         stored = self.engine.adopt(data)
         command: Command = command_from_dict(data["command"])
         if isinstance(command, EnsureWorkspace) and data.get("prepare_only"):
@@ -159,24 +163,30 @@ class HostActivities:
         assert isinstance(command, StartTurn)
         session = stored.session
         front = bool(session.running_turn and session.running_turn.front)
-        beating = asyncio.create_task(_heartbeat())
-        try:
-            async with self.engine.slots.slot(session.id, session.repo, front=front):
-                self.engine._started.pop(session.id, None)  # noqa: SLF001
-                events = await self.engine._execute(session.id, command)  # noqa: SLF001
-                for event in events:
-                    await self.engine.apply(session.id, event)
-                handle = self.engine._started.pop(session.id, None)  # noqa: SLF001
-                if handle is not None:
-                    await self.engine._watch_turn(session.id, handle)  # noqa: SLF001
-        finally:
-            beating.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beating
+        async with _heartbeating(), self.engine.slots.slot(session.id, session.repo, front=front):
+            self.engine._started.pop(session.id, None)  # noqa: SLF001
+            events = await self.engine._execute(session.id, command)  # noqa: SLF001
+            for event in events:
+                await self.engine.apply(session.id, event)
+            handle = self.engine._started.pop(session.id, None)  # noqa: SLF001
+            if handle is not None:
+                await self.engine._watch_turn(session.id, handle)  # noqa: SLF001
         return self.engine.result(session.id, ())
 
     def all(self) -> list[Any]:
         return [self.claim_host, self.carry_out, self.stop_agent, self.run_turn]
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating() -> AsyncIterator[None]:
+    """Heartbeat while the block runs: a host that dies stops heartbeating, and its sessions move."""
+    beating = asyncio.create_task(_heartbeat())
+    try:
+        yield
+    finally:
+        beating.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await beating
 
 
 async def _heartbeat() -> None:

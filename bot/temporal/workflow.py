@@ -204,7 +204,7 @@ class SessionWorkflow:
     async def _run_turn(self, command: StartTurn) -> None:
         assert self.session is not None
         try:
-            result = await self._on_host(RUN_TURN, self._payload(command), limit=TURN_LIMIT, heartbeat=True)
+            result = await self._on_host(RUN_TURN, self._payload(command), limit=TURN_LIMIT, turn=True)
         except HostLost:
             await self._move(turn_lost=True)
             return
@@ -236,14 +236,16 @@ class SessionWorkflow:
         )
 
     async def _on_host(self, name: str, payload: dict[str, Any], *, limit: timedelta,
-                       heartbeat: bool = False) -> dict[str, Any]:
+                       turn: bool = False) -> dict[str, Any]:
+        """Run one activity on the session's host; `HostLost` when the host does not take it up or stops
+        heartbeating within the host timeout (every host activity heartbeats)."""
         assert self.host is not None
         timeout = timedelta(seconds=self.host_timeout)
         try:
             result: dict[str, Any] = await workflow.execute_activity(
                 name, payload, task_queue=host_queue(self.host), schedule_to_start_timeout=timeout,
-                start_to_close_timeout=limit, heartbeat_timeout=timeout if heartbeat else None,
-                retry_policy=RetryPolicy(maximum_attempts=1) if heartbeat else COMMAND_RETRY,
+                start_to_close_timeout=limit, heartbeat_timeout=timeout,
+                retry_policy=RetryPolicy(maximum_attempts=1) if turn else COMMAND_RETRY,
             )
         except ActivityError as error:
             if _host_lost(error):
