@@ -16,7 +16,7 @@ import sys
 import psutil
 import pytest
 
-from bot.core.session import State
+from bot.core.session import Detail, State
 from tests.e2e_support import MAINTAINER, bot_comments, status_comments
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
@@ -407,3 +407,38 @@ async def test_ten_issues_two_hosts_two_front_ends_and_a_host_killed_mid_turn(fa
     # finished before.
     assert all(hosts[number] == "host-b" for number in moved)
     assert set(hosts.values()) <= {"host-a", "host-b"}
+
+
+WORK_AGENT = """
+echo "issue $SHEPHERD_ISSUE" > "issue-$SHEPHERD_ISSUE.txt"
+git add -A
+git commit -q -m "Work on issue $SHEPHERD_ISSUE"
+shepherd done "Did issue $SHEPHERD_ISSUE"
+"""
+
+
+async def test_a_dependent_issue_waits_for_the_merge_across_the_engine(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, WORK_AGENT)
+    front = await bed.front_end()
+    bed.host("host-a")
+    a = fake_github.add_issue(REPO, title="Step A", body="First step")["number"]
+    b = fake_github.add_issue(REPO, title="Step B", body=f"Depends on #{a}")["number"]
+    for number in (b, a):
+        await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+    first = await front.ended(a)
+    waiting = await front.until(b, lambda s: s.state == State.QUEUED and s.detail == Detail.WAITING_FOR_DEPENDENCIES
+                                and s.id in front.engine.idle_sessions)
+    assert first.state == State.COMPLETE and waiting.waiting_for == (f"#{a}",)
+    [status_b] = status_comments(fake_github, b)
+    assert f"**Waiting for:** [#{a}](" in status_b["body"]
+    assert [p["head"]["ref"] for p in fake_github.pulls(REPO)] == [first.branch]
+
+    # A maintainer merges A's PR: B starts, from the default branch with A's work under it.
+    [pull] = fake_github.pulls(REPO)
+    git_remote.git(REPO, "update-ref", "refs/heads/main", git_remote.refs(REPO)[f"refs/heads/{first.branch}"])
+    await front.deliver("pull_request", payloads.pull_request_closed(fake_github, REPO, pull["number"], merged=True))
+    second = await front.ended(b)
+    assert second.state == State.COMPLETE
+    assert git_remote.show(REPO, f"refs/heads/{second.branch}", f"issue-{a}.txt") == f"issue {a}\n"
+    assert git_remote.show(REPO, f"refs/heads/{second.branch}", f"issue-{b}.txt") == f"issue {b}\n"

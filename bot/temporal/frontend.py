@@ -13,11 +13,13 @@ dashboard, `/api/sessions` and `shepherd status` read the same copy.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
@@ -38,16 +40,28 @@ from bot.core.session import (
     Session,
     State,
     Trigger,
+    decide_trigger,
     event_to_dict,
 )
 from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL
 from bot.settings import Settings
 from bot.store.sessions import SessionStore
 from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
-from bot.temporal.workflow import QUERY_SNAPSHOT, SHARED_QUEUE, SIGNAL_EVENT, SIGNAL_TRIGGER, WORKFLOW_NAME, workflow_id
+from bot.runtime.dependencies import DEPENDENCY_BODY
+from bot.temporal.workflow import (
+    QUERY_SNAPSHOT,
+    SHARED_QUEUE,
+    SIGNAL_EVENT,
+    SIGNAL_EVENT_FOR,
+    SIGNAL_TRIGGER,
+    WORKFLOW_NAME,
+    workflow_id,
+)
 
 log = logging.getLogger(__name__)
 
+# Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
+FRONT_END_KEYS = (DEPENDENCY_BODY,)
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
 
 
@@ -72,6 +86,10 @@ class TemporalEngine:
         self.clock = clock
         self.hosts: dict[str, str | None] = {}  # session id -> the host holding it, as last seen
         self.idle_sessions: set[str] = set()  # sessions whose workflow had nothing left to carry out
+        # Told of every change the front end sees (before, after, None), as the local engine's observers.
+        self.observers: list[Callable[[Session | None, Session, Any], Awaitable[None]]] = []
+        self.dependencies: Any = None  # a DependencyTracker, whose `engine` is this
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
 
@@ -83,7 +101,8 @@ class TemporalEngine:
             await self.refresh(stored.session.repo, stored.session.issue_number)
 
     async def stop(self) -> None:
-        return None
+        for task in list(self._tasks):
+            task.cancel()
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -101,14 +120,34 @@ class TemporalEngine:
         if not snapshot.get("session"):
             return None
         session = Session.from_dict(snapshot["session"])
-        self.hosts[session.id] = snapshot.get("host")
+        known = self.sessions.get(session.id)
+        before = known.session if known is not None else None
         if snapshot.get("idle"):
             self.idle_sessions.add(session.id)
         else:
             self.idle_sessions.discard(session.id)
+        self.hosts[session.id] = snapshot.get("host")
         context = {**snapshot.get("context", {}), "host": snapshot.get("host")}
+        if known is not None:  # what the front end's own parts keep beside the workflow's copy
+            context.update({k: v for k, v in known.context.items() if k in FRONT_END_KEYS})
         self.sessions.record(session, context, None, (), now=self.clock())
+        if before is not None and before != session:
+            for observer in self.observers:
+                self._spawn(observer(before, session, None))
         return session
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def apply(self, session_id: str, event: Event) -> Session | None:
+        """Feed an event to one session (the dependency tracker's re-checks); a stale id is dropped."""
+        issue = session_id.rpartition("/")[0]
+        full_name, _, number = issue.rpartition("#")
+        await self._handle(full_name, int(number)).signal(
+            SIGNAL_EVENT_FOR, {"session_id": session_id, "event": event_to_dict(event)})
+        return await self.refresh(full_name, int(number))
 
     async def before_delivery(self, payload: dict[str, Any]) -> None:
         """Refresh the sessions a delivery may be about: its issue, and the issue of an `agent/` branch."""
@@ -164,6 +203,14 @@ class TemporalEngine:
             limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds),
             labelled_at=labelled_at,
         )
+        last = self.last_session(issue.full_name, issue.number)
+        starts = decide_trigger(last, event, datetime.now(timezone.utc)).session
+        if self.dependencies is not None and starts is not None and (last is None or starts.id != last.id):
+            # Only a new session waits for its dependencies (the core's answer tells whether it starts).
+            verdict = await self.dependencies.evaluate(
+                issue.installation_id, issue.full_name, issue.number, issue.body, stack=loaded.policy.stack)
+            event = replace(event, waiting_for=tuple(k.ref(issue.full_name) for k in verdict.waiting),
+                            base_branch=verdict.stack_base or event.base_branch)
         context = {
             "installation_id": issue.installation_id,
             "owner": issue.owner,
@@ -230,6 +277,7 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     from bot.github.labels import RepoPolicies
     from bot.github.permissions import PermissionCache
     from bot.runtime.assembly import Assembly
+    from bot.runtime.dependencies import DependencyTracker
     from bot.runtime.publisher import Publisher
     from bot.runtime.rounds import InlineCollector
     from bot.temporal.client import connect
@@ -241,6 +289,10 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
     engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
+    dependencies = DependencyTracker(github, store, clock=clock)
+    dependencies.engine = engine
+    engine.dependencies = dependencies
+    engine.observers.append(dependencies.observe)
     inline_collector = InlineCollector(store, engine, clock=clock)
     assembly = Assembly(github, engine, inline_collector, permissions, policies)  # type: ignore[arg-type]
     assembly.dependencies = {
@@ -252,6 +304,6 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
         "policies": policies,
         "gate": Gate(permissions, policies),
         "inline_collector": inline_collector,
-        "dependencies": None,
+        "dependencies": dependencies,
     }
     return assembly

@@ -60,6 +60,7 @@ SHARED_QUEUE = "shepherd"
 HOST_QUEUE = "shepherd-host-{host}"
 SIGNAL_TRIGGER = "trigger"
 SIGNAL_EVENT = "event"
+SIGNAL_EVENT_FOR = "event_for"
 QUERY_SNAPSHOT = "snapshot"
 
 # Activity names (bot/temporal/activities.py); referred to by name so that nothing of the hosts' I/O
@@ -318,6 +319,12 @@ class SessionWorkflow:
     @workflow.signal(name=SIGNAL_EVENT)
     def on_event(self, data: dict[str, Any]) -> None:
         self._apply(event_from_dict(data))
+
+    @workflow.signal(name=SIGNAL_EVENT_FOR)
+    def on_event_for(self, data: dict[str, Any]) -> None:
+        """An event for one session of the issue (`session_id`): dropped if a newer session replaced it."""
+        if self.session is not None and self.session.id == data["session_id"]:
+            self._apply(event_from_dict(data["event"]))
 
     @workflow.query(name=QUERY_SNAPSHOT)
     def snapshot(self) -> dict[str, Any]:
