@@ -44,6 +44,7 @@ from bot.temporal.workflow import CARRY_OUT, CLAIM_HOST, HOST_KEYS, RUN_TURN, SI
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_SECONDS = 2.0
+CLAIM_POLL_SECONDS = 0.1
 
 
 class HostSlots:
@@ -67,6 +68,10 @@ class HostSlots:
             self.queue.release(session_id)
             self._admitted.pop(session_id, None)
             self._admit()
+
+    def busy(self) -> bool:
+        """Every agent slot of this host is taken or promised to a waiting turn."""
+        return len(self.queue.running) + len(self.queue.waiting) >= self.limits.global_limit
 
     def _admit(self) -> None:
         for session_id in self.queue.admit(self.limits):
@@ -122,7 +127,12 @@ class HostActivities:
 
     @activity.defn(name=CLAIM_HOST)
     async def claim_host(self) -> str:
-        """Runs on the shared queue: whichever host picks it up takes the session."""
+        """Runs on the shared queue: whichever host picks it up takes the session. A host whose agent
+        slots are all taken holds on to the claim until one frees up; the host takes one claim at a
+        time, so meanwhile the next sessions go to hosts with room."""
+        async with _heartbeating():
+            while self.engine.slots.busy():
+                await asyncio.sleep(CLAIM_POLL_SECONDS)
         return self.engine.host_id
 
     @activity.defn(name=CARRY_OUT)

@@ -232,7 +232,8 @@ class SessionWorkflow:
         if self.host is not None:
             return
         self.host = await workflow.execute_activity(
-            CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=timedelta(seconds=10),
+            CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=TURN_LIMIT,
+            heartbeat_timeout=timedelta(seconds=self.host_timeout),
             retry_policy=RetryPolicy(maximum_attempts=0),  # waits for any host, however long
         )
 
