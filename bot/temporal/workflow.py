@@ -116,6 +116,9 @@ class SessionWorkflow:
         self.events_seen = 0
         self.turn_task: asyncio.Task[None] | None = None
         self.carrying_out = False
+        self.status_wanted: PostStatus | None = None
+        self.status_task: asyncio.Task[None] | None = None
+        self.claiming = asyncio.Lock()
         self._restore(state)
 
     # -- state as plain data (the start argument and continue-as-new) ---------------------------
@@ -157,8 +160,11 @@ class SessionWorkflow:
             finally:
                 self.carrying_out = False
 
+    def _busy(self) -> bool:
+        return any(task is not None and not task.done() for task in (self.turn_task, self.status_task))
+
     def _should_continue(self) -> bool:
-        busy = self.turn_task is not None and not self.turn_task.done()
+        busy = self._busy()
         return not busy and (self.events_seen >= EVENTS_BEFORE_CONTINUE
                              or workflow.info().is_continue_as_new_suggested())
 
@@ -167,13 +173,8 @@ class SessionWorkflow:
             # The one queue of all hosts (bot/temporal/slots.py) answers a request with `SlotGranted`.
             await self._tell_slots(command)
             return
-        if isinstance(command, PostStatus) and any(isinstance(c, PostStatus) for c in self.outbox):
-            # "Latest wins": a later status post in the queue says everything this one would.
-            later = next(i for i, c in enumerate(self.outbox) if isinstance(c, PostStatus))
-            waiting = self.outbox[later]
-            assert isinstance(waiting, PostStatus)
-            self.outbox[later] = PostStatus(urgent=waiting.urgent or command.urgent,
-                                            throttled=waiting.throttled and command.throttled)
+        if isinstance(command, PostStatus):
+            self._want_status(command)
             return
         if self.session is None:
             return
@@ -196,9 +197,38 @@ class SessionWorkflow:
             return
         self._take_result(result)
 
+    def _want_status(self, command: PostStatus) -> None:
+        """The status comment is "latest wins": posted beside the other commands, off the path to the
+        agent's start (as the local engine does), with requests that come meanwhile merged into one."""
+        waiting = self.status_wanted
+        if waiting is not None:
+            command = PostStatus(urgent=waiting.urgent or command.urgent, throttled=waiting.throttled and command.throttled)
+        self.status_wanted = command
+        if self.status_task is None or self.status_task.done():
+            self.status_task = asyncio.create_task(self._post_statuses())
+
+    async def _post_statuses(self) -> None:
+        while self.status_wanted is not None and self.session is not None:
+            command, self.status_wanted = self.status_wanted, None
+            try:
+                await self._claim_host()
+                result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
+            except HostLost:
+                self.outbox.insert(0, command)  # the run loop moves the session, then posts it
+                return
+            except ActivityError as error:
+                workflow.logger.warning("the status of %s could not be posted: %s", self.session.id,
+                                        error.cause or error)
+                continue
+            self._take_result(result)
+
     def _take_result(self, result: dict[str, Any]) -> None:
         if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
-            self.context = dict(result["context"])
+            # The host adds only its own facts and, at times, a note; everything else is the workflow's.
+            theirs = result["context"]
+            self.context.update({k: theirs[k] for k in HOST_KEYS if k in theirs})
+            ours, notes = list(self.context.get("notes") or []), list(theirs.get("notes") or [])
+            self.context["notes"] = ours + [note for note in notes if note not in ours]
         for data in result.get("events") or ():
             self._apply(event_from_dict(data))
 
@@ -229,8 +259,11 @@ class SessionWorkflow:
     # -- hosts ----------------------------------------------------------------------------------
 
     async def _claim_host(self) -> None:
-        if self.host is not None:
-            return
+        async with self.claiming:  # the run loop and the status poster may both need a host
+            if self.host is None:
+                await self._claim()
+
+    async def _claim(self) -> None:
         self.host = await workflow.execute_activity(
             CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=TURN_LIMIT,
             heartbeat_timeout=timedelta(seconds=self.host_timeout),
@@ -329,6 +362,5 @@ class SessionWorkflow:
 
     @workflow.query(name=QUERY_SNAPSHOT)
     def snapshot(self) -> dict[str, Any]:
-        turn = self.turn_task is not None and not self.turn_task.done()
         return {"session": self.session.to_dict() if self.session else None, "context": self.context,
-                "host": self.host, "idle": not (self.outbox or self.carrying_out or turn)}
+                "host": self.host, "idle": not (self.outbox or self.carrying_out or self._busy())}
