@@ -175,6 +175,8 @@ async def throughput(bench: Bench, hosts: int, args: argparse.Namespace) -> floa
         await bench.label(port, full_name, number)
     await wait_until(lambda: len(bench.fake.pulls(full_name)) == len(numbers), 600)
     elapsed = time.time() - first
+    spread = [len(list((bench.scratch / f"{name}-host-{i}" / "sessions").glob("*"))) for i in range(hosts)]
+    print(f"  {hosts} host(s): {len(numbers)} sessions in {elapsed:.1f} s, sessions per host {spread}")
     return len(numbers) / elapsed * 60
 
 
@@ -206,21 +208,26 @@ async def latency(bench: Bench, args: argparse.Namespace) -> dict[str, list[floa
 
 
 async def run(args: argparse.Namespace) -> None:
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="shepherd-scale-") as folder:
         scratch = Path(folder)
         bench = Bench(scratch)
         try:
             bench.server = DevServer.start(scratch / "temporal", namespaces=["scale-1", "scale-2", "latency"])
             bench.http = aiohttp.ClientSession()
-            one = await throughput(bench, 1, args)
-            two = await throughput(bench, 2, args)
+            one = two = 0.0
+            if not args.latency_only:
+                one = await throughput(bench, 1, args)
+                two = await throughput(bench, 2, args)
             latencies = await latency(bench, args)
         finally:
             await bench.close()
-    print(f"scale-out: {args.sessions} sessions, agents of {args.agent_seconds:g} s, "
-          f"SHEPHERD_MAX_WORKERS={args.workers} per host")
-    print(f"  one host   {one:7.1f} sessions/min")
-    print(f"  two hosts  {two:7.1f} sessions/min   {two / one:.2f}x one host (target >= 1.8x)")
+    print(f"load average before: {load[0]:.1f} on {os.cpu_count()} cores")
+    if one:
+        print(f"scale-out: {args.sessions} sessions, agents of {args.agent_seconds:g} s, "
+              f"SHEPHERD_MAX_WORKERS={args.workers} per host")
+        print(f"  one host   {one:7.1f} sessions/min")
+        print(f"  two hosts  {two:7.1f} sessions/min   {two / one:.2f}x one host (target >= 1.8x)")
     local, temporal = statistics.median(latencies["local"]), statistics.median(latencies["temporal"])
     print(f"webhook -> agent start, median of {args.rounds} (min..max):")
     for engine, values in latencies.items():
@@ -235,6 +242,7 @@ def main() -> None:
     parser.add_argument("--agent-seconds", type=float, default=6.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput runs")
     asyncio.run(run(parser.parse_args()))
 
 
