@@ -442,3 +442,37 @@ async def test_a_dependent_issue_waits_for_the_merge_across_the_engine(temporal_
     assert second.state == State.COMPLETE
     assert git_remote.show(REPO, f"refs/heads/{second.branch}", f"issue-{a}.txt") == f"issue {a}\n"
     assert git_remote.show(REPO, f"refs/heads/{second.branch}", f"issue-{b}.txt") == f"issue {b}\n"
+
+
+ONCE_AGENT = """
+echo started >> "$HOME/starts"
+while [ ! -f "$HOME/go" ]; do sleep 0.1; done
+echo hello > hello.txt
+git add hello.txt
+git commit -q -m "Add hello"
+shepherd done "Added hello.txt"
+"""
+
+
+async def test_a_restarted_host_reattaches_to_its_running_agent(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, ONCE_AGENT)
+    bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "20"}
+    front = await bed.front_end()
+    host = bed.host_process("host-a")
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    [starts] = await wait_for(lambda: list((bed.tmp / "host-a").glob("sessions/*/home/starts")), timeout=90)
+
+    # The host is restarted (SIGTERM, then the same host on the same data folder) while its agent works.
+    host.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(host.wait, 30) == 0
+    bed.host_process("host-a")
+    (starts.parent / "go").touch()
+    session = await front.ended(1, timeout=120)
+
+    assert session.state == State.COMPLETE and session.turn_count == 1
+    assert starts.read_text() == "started\n"  # the agent ran once: the host found it again
+    assert front.engine.host_of(session.id) == "host-a"
+    assert len(fake_github.pulls(REPO)) == 1 and len(status_comments(fake_github, 1)) == 1
+    assert "moved" not in status_comments(fake_github, 1)[0]["body"]

@@ -78,6 +78,11 @@ LOST_NOTHING = "nothing was lost."
 EVENTS_BEFORE_CONTINUE = 2000
 COMMAND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0,
                             maximum_interval=timedelta(seconds=60), maximum_attempts=6)
+# A turn activity that ends without a result (its host restarted) runs again on the same host, which
+# finds the agent still running and watches it on; a host that is gone does not take it up in time,
+# and the session moves.
+TURN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(seconds=10), maximum_attempts=4)
 TURN_LIMIT = timedelta(hours=24)
 COMMAND_LIMIT = timedelta(hours=2)
 
@@ -280,7 +285,7 @@ class SessionWorkflow:
             result: dict[str, Any] = await workflow.execute_activity(
                 name, payload, task_queue=host_queue(self.host), schedule_to_start_timeout=timeout,
                 start_to_close_timeout=limit, heartbeat_timeout=timeout,
-                retry_policy=RetryPolicy(maximum_attempts=1) if turn else COMMAND_RETRY,
+                retry_policy=TURN_RETRY if turn else COMMAND_RETRY,
             )
         except ActivityError as error:
             if _host_lost(error):
