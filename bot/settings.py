@@ -60,6 +60,9 @@ HOST_ID_VAR = "SHEPHERD_HOST_ID"
 HOST_TIMEOUT_VAR = "SHEPHERD_HOST_TIMEOUT_SECONDS"
 TEMPORAL_ADDRESS_VAR = "TEMPORAL_ADDRESS"
 TEMPORAL_NAMESPACE_VAR = "TEMPORAL_NAMESPACE"
+TEMPORAL_TLS_CA_VAR = "TEMPORAL_TLS_CA_PATH"
+TEMPORAL_TLS_CERT_VAR = "TEMPORAL_TLS_CERT_PATH"
+TEMPORAL_TLS_KEY_VAR = "TEMPORAL_TLS_KEY_PATH"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -89,6 +92,9 @@ VARIABLES = (
     HOST_TIMEOUT_VAR,
     TEMPORAL_ADDRESS_VAR,
     TEMPORAL_NAMESPACE_VAR,
+    TEMPORAL_TLS_CA_VAR,
+    TEMPORAL_TLS_CERT_VAR,
+    TEMPORAL_TLS_KEY_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -339,6 +345,16 @@ class Settings(BaseModel):
     )
     temporal_namespace: str = Field(
         "default", validation_alias=TEMPORAL_NAMESPACE_VAR, description="The Temporal namespace."
+    )
+    temporal_tls_ca: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_CA_VAR,
+        description="TLS to Temporal: the server's CA certificate (PEM file); setting any TLS path turns TLS on.",
+    )
+    temporal_tls_cert: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_CERT_VAR, description="mTLS to Temporal: this client's certificate (PEM file)."
+    )
+    temporal_tls_key: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_KEY_VAR, description="mTLS to Temporal: this client's private key (PEM file)."
     )
 
     @model_validator(mode="before")

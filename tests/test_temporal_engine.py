@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import psutil
 import pytest
@@ -476,3 +477,34 @@ async def test_a_restarted_host_reattaches_to_its_running_agent(temporal_bed, fa
     assert front.engine.host_of(session.id) == "host-a"
     assert len(fake_github.pulls(REPO)) == 1 and len(status_comments(fake_github, 1)) == 1
     assert "moved" not in status_comments(fake_github, 1)[0]["body"]
+
+
+def _self_signed_ca(folder: Path) -> Path:
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(key, hashes.SHA256()))
+    path = folder / "ca.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+async def test_tls_settings_reach_the_connection(temporal_bed):
+    """With TEMPORAL_TLS_CA_PATH set, Shepherd speaks TLS: the plain dev server does not answer it."""
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    [plain] = await asyncio.to_thread(check_temporal, bed.settings("doctor"))
+    assert plain.level != Level.FAIL
+    tls = bed.settings("doctor", TEMPORAL_TLS_CA_PATH=str(_self_signed_ca(bed.tmp)))
+    [refused] = await asyncio.to_thread(check_temporal, tls, timeout=10)
+    assert refused.level == Level.FAIL and "cannot reach Temporal" in refused.message
+    assert "TEMPORAL_TLS_*" in refused.fix

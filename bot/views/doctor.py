@@ -326,8 +326,8 @@ TEMPORAL_OK = "connected to Temporal at {address} (namespace {namespace}); {poll
 TEMPORAL_NO_HOSTS = "connected to Temporal at {address} (namespace {namespace}), but no worker host polls it"
 TEMPORAL_NO_HOSTS_FIX = "start at least one worker host: python -m bot worker (same TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE)"
 TEMPORAL_BAD = "cannot reach Temporal at {address} (namespace {namespace}): {reason}"
-TEMPORAL_BAD_FIX = ("check TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE, and that the server runs "
-                    "(one machine: scripts/serve --temporal starts a dev server)")
+TEMPORAL_BAD_FIX = ("check TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and the TEMPORAL_TLS_* files, and that the "
+                    "server runs (one machine: scripts/serve --temporal starts a dev server)")
 
 
 def check_temporal(settings: Settings, *, timeout: float = 10.0) -> list[Finding]:
@@ -339,12 +339,11 @@ def check_temporal(settings: Settings, *, timeout: float = 10.0) -> list[Finding
     from temporalio.api.enums.v1 import TaskQueueType
     from temporalio.api.taskqueue.v1 import TaskQueue
     from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-    from temporalio.client import Client
-
+    from bot.temporal.client import connect_once
     from bot.temporal.workflow import SHARED_QUEUE
 
     async def ask() -> int:
-        client = await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace)
+        client = await connect_once(settings)
         answer = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
             namespace=settings.temporal_namespace, task_queue=TaskQueue(name=SHARED_QUEUE),
             task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
