@@ -201,6 +201,9 @@ async def _sweep_forever(services: Services, clock: Callable[[], float], interva
         try:
             assembly = services.assembly
             assert assembly is not None
+            refresh_all = getattr(assembly.engine, "refresh_all", None)
+            if refresh_all is not None:  # a Temporal front end: see the sessions other front ends started
+                await refresh_all()
             await reconcile(
                 assembly.github, assembly.engine,
                 policies=assembly.policies, permissions=assembly.permissions, store=services.store,

@@ -508,3 +508,30 @@ async def test_tls_settings_reach_the_connection(temporal_bed):
     [refused] = await asyncio.to_thread(check_temporal, tls, timeout=10)
     assert refused.level == Level.FAIL and "cannot reach Temporal" in refused.message
     assert "TEMPORAL_TLS_*" in refused.fix
+
+
+async def test_a_new_front_end_does_not_restart_sessions_it_has_not_seen(temporal_bed, fake_github, git_remote):
+    """Reconciliation (SPEC §6) on a front end with an empty copy of the sessions: the labelled issue
+    already has its session and PR, so nothing is started or said again."""
+    from bot.app import SERVICES
+    from bot.ingest.reconcile import reconcile
+
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    first = await bed.front_end("front-1")
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Add a greeting", user=MAINTAINER)
+    await first.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await first.ended(1)
+    assert session.state == State.COMPLETE and len(fake_github.pulls(REPO)) == 1
+
+    second = await bed.front_end("front-2")
+    assembly = second.client.app[SERVICES].assembly
+    await reconcile(assembly.github, assembly.engine, policies=assembly.policies, permissions=assembly.permissions,
+                    store=second.client.app[SERVICES].store)
+    await second.drain()
+    again = await second.ended(1)
+
+    assert again.id == session.id
+    assert fake_github.reactions(REPO, 1) == ["eyes"]
+    assert len(bot_comments(fake_github, 1)) == 1

@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 # Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
 FRONT_END_KEYS = (DEPENDENCY_BODY,)
+ALL_SESSIONS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
 
 
@@ -94,11 +95,22 @@ class TemporalEngine:
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
 
     async def start(self) -> None:
-        """Make sure the one slot queue runs; refresh the copy of every session still live, so the first
-        deliveries see them."""
+        """Make sure the one slot queue runs; copy every issue's session, so the first deliveries and the
+        first reconciliation see them."""
         await ensure_slots(self.client, self.settings)
-        for stored in self.sessions.live():
-            await self.refresh(stored.session.repo, stored.session.issue_number)
+        await self.refresh_all()
+
+    async def refresh_all(self) -> None:
+        """Refresh the copy of every issue's session from Temporal's list of workflows, including the
+        sessions other front ends started (before a reconciliation, which must not start them again)."""
+        seen: set[str] = set()
+        async for execution in self.client.list_workflows(ALL_SESSIONS):
+            if execution.id in seen:
+                continue
+            seen.add(execution.id)
+            full_name, _, number = execution.id.rpartition("#")
+            if full_name and number.isdigit():
+                await self.refresh(full_name, int(number))
 
     async def stop(self) -> None:
         for task in list(self._tasks):
