@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from bot.app import SERVICES, create_app
@@ -172,6 +173,21 @@ class Bed:
                 await asyncio.wait_for(task, 30)
         for process in self.processes:
             kill_group(process)
+        kill_leftovers(self.tmp)
+
+
+def kill_leftovers(folder: Path) -> None:
+    """Agents outlive their host by design (a restarted host finds them again); a test ends them: every
+    process group with a command line in the test's folder, except this one's."""
+    own = os.getpgrp()
+    groups = set()
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(folder) in " ".join(process.info["cmdline"] or ()) and os.getpgid(process.pid) != own:
+                groups.add(os.getpgid(process.pid))
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
 
 
 def kill_group(process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
