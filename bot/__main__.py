@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Shepherd, the GitHub App.")
     commands = parser.add_subparsers(dest="command", required=True)
     add_serve_arguments(commands.add_parser("serve", help=SERVE_HELP))
+    commands.add_parser("worker", help="run a worker host of the Temporal engine (SHEPHERD_ENGINE=temporal, SPEC §7)")
     args = parser.parse_args(argv)
 
     try:
@@ -143,6 +144,20 @@ def main(argv: list[str] | None = None) -> int:
     from bot.app import SERVICES, create_app  # imported late: settings errors must not need the whole app
     from bot.agent.sandbox import Sandbox, SandboxError
 
+    if args.command == "worker":
+        try:
+            Sandbox.build(settings.sandbox, agent_user=settings.agent_user, state_dir=settings.data_dir / "sandbox")
+        except SandboxError as error:
+            sys.stderr.write(f"shepherd: cannot start: {error}\n")
+            return 2
+        if settings.mode != "github":
+            sys.stderr.write("shepherd: cannot start a worker host without the App's credentials\n")
+            return 2
+        protect_secrets(settings)
+        from bot.temporal.worker import run_until_signalled
+
+        run_until_signalled(settings, parent_env=os.environ)
+        return 0
     if args.command == "serve":
         try:
             lock = claim_data_folder(settings.data_dir)

@@ -92,10 +92,17 @@ def create_app(
             async def enter_github_mode(settings: Settings) -> None:
                 # Also called by the setup flow once the App is registered: no restart needed.
                 services.settings = settings
-                services.assembly = assemble(
-                    settings, store=store, session=session, metrics=metrics, clock=clock,
-                    parent_env=parent_env,
-                )
+                if settings.engine == "temporal":  # SPEC §7: this process is a front end
+                    from bot.temporal.frontend import assemble_front_end
+
+                    services.assembly = await assemble_front_end(
+                        settings, store=store, session=session, metrics=metrics, clock=clock
+                    )
+                else:
+                    services.assembly = assemble(
+                        settings, store=store, session=session, metrics=metrics, clock=clock,
+                        parent_env=parent_env,
+                    )
                 services.github = services.assembly.github
                 services.engine = services.assembly.engine
                 await services.assembly.start()
@@ -108,6 +115,7 @@ def create_app(
                     clock=clock,
                     retry=retry,
                     metrics=metrics,
+                    before_handlers=getattr(services.engine, "before_delivery", None),
                 )
                 services.consumer.start()
                 metrics.deliveries_waiting.set_function(services.consumer.waiting)
@@ -199,6 +207,9 @@ async def _sweep_forever(services: Services, clock: Callable[[], float], interva
         try:
             assembly = services.assembly
             assert assembly is not None
+            refresh_all = getattr(assembly.engine, "refresh_all", None)
+            if refresh_all is not None:  # a Temporal front end: see the sessions other front ends started
+                await refresh_all()
             await reconcile(
                 assembly.github, assembly.engine,
                 policies=assembly.policies, permissions=assembly.permissions, store=services.store,

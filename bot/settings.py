@@ -57,6 +57,15 @@ SANDBOX_PATHS_VAR = "SHEPHERD_SANDBOX_PATHS"
 EGRESS_VAR = "SHEPHERD_EGRESS"
 LOG_FORMAT_VAR = "SHEPHERD_LOG_FORMAT"
 MODEL_PRICES_VAR = "SHEPHERD_MODEL_PRICES"
+# SPEC §7: the Temporal engine (bot/temporal/).
+ENGINE_VAR = "SHEPHERD_ENGINE"
+HOST_ID_VAR = "SHEPHERD_HOST_ID"
+HOST_TIMEOUT_VAR = "SHEPHERD_HOST_TIMEOUT_SECONDS"
+TEMPORAL_ADDRESS_VAR = "TEMPORAL_ADDRESS"
+TEMPORAL_NAMESPACE_VAR = "TEMPORAL_NAMESPACE"
+TEMPORAL_TLS_CA_VAR = "TEMPORAL_TLS_CA_PATH"
+TEMPORAL_TLS_CERT_VAR = "TEMPORAL_TLS_CERT_PATH"
+TEMPORAL_TLS_KEY_VAR = "TEMPORAL_TLS_KEY_PATH"
 
 # The variables load_settings reads; anything else in the environment is ignored.
 VARIABLES = (
@@ -83,6 +92,14 @@ VARIABLES = (
     EGRESS_VAR,
     LOG_FORMAT_VAR,
     MODEL_PRICES_VAR,
+    ENGINE_VAR,
+    HOST_ID_VAR,
+    HOST_TIMEOUT_VAR,
+    TEMPORAL_ADDRESS_VAR,
+    TEMPORAL_NAMESPACE_VAR,
+    TEMPORAL_TLS_CA_VAR,
+    TEMPORAL_TLS_CERT_VAR,
+    TEMPORAL_TLS_KEY_VAR,
 )
 # Their values must never appear in an error message or a log line.
 SECRET_VARIABLES = frozenset({PRIVATE_KEY_VAR, WEBHOOK_SECRET_VAR, DASHBOARD_TOKEN_VAR})
@@ -321,6 +338,46 @@ class Settings(BaseModel):
             "Ready worktrees kept per repository at the default branch's tip, so a new session "
             "claims one instead of checking out the whole tree (0 turns the pool off)."
         ),
+    )
+
+    # -- SPEC §7: the Temporal engine ------------------------------------------------------------
+    engine: Literal["local", "temporal"] = Field(
+        "local",
+        validation_alias=ENGINE_VAR,
+        description=(
+            "`local`: one process runs every session (the default). `temporal`: `serve` is a front end that "
+            "turns deliveries into Temporal signals and `python -m bot worker` hosts run the sessions."
+        ),
+    )
+    host_id: str = Field(
+        "",
+        validation_alias=HOST_ID_VAR,
+        pattern=r"^[A-Za-z0-9._-]{0,64}$",
+        description="A worker host's name, for its task queue `shepherd-host-<id>`; defaults to the machine's name.",
+    )
+    host_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        validation_alias=HOST_TIMEOUT_VAR,
+        description="How long a silent worker host keeps its sessions before they move to another host.",
+    )
+    temporal_address: str = Field(
+        "127.0.0.1:7233",
+        validation_alias=TEMPORAL_ADDRESS_VAR,
+        description="The Temporal frontend `host:port` the engine connects to.",
+    )
+    temporal_namespace: str = Field(
+        "default", validation_alias=TEMPORAL_NAMESPACE_VAR, description="The Temporal namespace."
+    )
+    temporal_tls_ca: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_CA_VAR,
+        description="TLS to Temporal: the server's CA certificate (PEM file); setting any TLS path turns TLS on.",
+    )
+    temporal_tls_cert: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_CERT_VAR, description="mTLS to Temporal: this client's certificate (PEM file)."
+    )
+    temporal_tls_key: Path | None = Field(
+        None, validation_alias=TEMPORAL_TLS_KEY_VAR, description="mTLS to Temporal: this client's private key (PEM file)."
     )
 
     @model_validator(mode="before")

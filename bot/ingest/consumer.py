@@ -94,7 +94,11 @@ class Consumer:
         writer: DeliveryWriter | None = None,
         pressure: IngestPressure | None = None,
         metrics: Metrics | None = None,
+        before_handlers: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
     ) -> None:
+        """`before_handlers(payload)` runs before a delivery's handlers (the Temporal front end refreshes
+        its copy of the sessions the delivery is about there)."""
+        self._before_handlers = before_handlers
         self._store = store
         # Finished deliveries are recorded in groups by the writer the webhook also stores through.
         self._writer = writer if writer is not None else DeliveryWriter(store, clock)
@@ -333,6 +337,8 @@ class Consumer:
         if not pending:
             return
         gh = self._client_for(delivery.installation_id)
+        if self._before_handlers is not None:
+            await self._before_handlers(event.data)
         for callback in pending:
             name = handler_name(callback)
             try:

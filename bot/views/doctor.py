@@ -323,6 +323,44 @@ def check_sandbox(settings: Settings) -> list[Finding]:
     return [Finding(level, "sandbox", SANDBOX_OK.format(who=who, limits=str(support)))]
 
 
+TEMPORAL_OK = "connected to Temporal at {address} (namespace {namespace}); {pollers} worker host(s) poll the shared queue"
+TEMPORAL_NO_HOSTS = "connected to Temporal at {address} (namespace {namespace}), but no worker host polls it"
+TEMPORAL_NO_HOSTS_FIX = "start at least one worker host: python -m bot worker (same TEMPORAL_ADDRESS and TEMPORAL_NAMESPACE)"
+TEMPORAL_BAD = "cannot reach Temporal at {address} (namespace {namespace}): {reason}"
+TEMPORAL_BAD_FIX = ("check TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE and the TEMPORAL_TLS_* files, and that the "
+                    "server runs (one machine: scripts/serve --temporal starts a dev server)")
+
+
+def check_temporal(settings: Settings, *, timeout: float = 10.0) -> list[Finding]:
+    """With SHEPHERD_ENGINE=temporal: the cluster answers, the namespace exists and worker hosts poll it."""
+    if settings.engine != "temporal":
+        return []
+    import asyncio
+
+    from temporalio.api.enums.v1 import TaskQueueType
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+    from bot.temporal.client import connect_once
+    from bot.temporal.workflow import SHARED_QUEUE
+
+    async def ask() -> int:
+        client = await connect_once(settings)
+        answer = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+            namespace=settings.temporal_namespace, task_queue=TaskQueue(name=SHARED_QUEUE),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        ))
+        return len({poller.identity for poller in answer.pollers})
+
+    where = {"address": settings.temporal_address, "namespace": settings.temporal_namespace}
+    try:
+        pollers = asyncio.run(asyncio.wait_for(ask(), timeout))
+    except Exception as error:  # noqa: BLE001 - every failure is the operator's to read
+        return [Finding(Level.FAIL, "temporal", TEMPORAL_BAD.format(**where, reason=_reason(error)), TEMPORAL_BAD_FIX)]
+    if pollers == 0:
+        return [Finding(Level.WARN, "temporal", TEMPORAL_NO_HOSTS.format(**where), TEMPORAL_NO_HOSTS_FIX)]
+    return [Finding(Level.OK, "temporal", TEMPORAL_OK.format(**where, pollers=pollers))]
+
+
 def run_checks(
     environ: Mapping[str, str] | None = None,
     *,
@@ -336,6 +374,7 @@ def run_checks(
         findings += check_data_dir(settings)
         if settings.mode == "github":
             findings += check_github(settings)
+        findings += check_temporal(settings)
     findings += check_git(which, run)
     if settings is not None:
         findings += check_sandbox(settings)

@@ -1,0 +1,325 @@
+"""The front end of the Temporal engine: the `Engine` the handlers talk to, as Temporal calls (SPEC §7).
+
+`python -m bot serve` with `SHEPHERD_ENGINE=temporal` keeps its webhook contract (stored first, §6) and
+its handlers; only the engine behind them differs. A trigger is a signal-with-start of the issue's
+workflow (`<owner>/<repo>#<n>`), every other event a signal, so two front ends behind one URL reach the
+same workflow and the core there deduplicates (one live session, one forwarded reply per comment id).
+
+Handlers read sessions synchronously (`last_session`, `session_for_branch`, ...). The front end keeps
+a read copy of the sessions it has seen in its own store, refreshed from each workflow's `snapshot`
+query before a delivery's handlers run (`before_delivery`) and after every signal it sends. The
+dashboard, `/api/sessions` and `shepherd status` read the same copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
+
+from bot.store.context import RuntimeContext
+from bot.core.effects import IssueRef
+from bot.core.policy import LoadedPolicy
+from bot.github.labels import load_policy
+from bot.core.responses import Response
+from bot.core.session import (
+    BRANCH_PREFIX,
+    Cancel,
+    CancelReason,
+    Detail,
+    Event,
+    Limits,
+    Mode,
+    Session,
+    State,
+    Trigger,
+    decide_trigger,
+    event_to_dict,
+)
+from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, with_engine
+from bot.settings import Settings
+from bot.store.sessions import SessionStore
+from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
+
+from bot.temporal.workflow import (
+    QUERY_SNAPSHOT,
+    SHARED_QUEUE,
+    SIGNAL_EVENT,
+    SIGNAL_EVENT_FOR,
+    SIGNAL_TRIGGER,
+    WORKFLOW_NAME,
+    workflow_id,
+)
+
+log = logging.getLogger(__name__)
+
+# Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
+FRONT_END_KEYS = ("dependency_body",)  # the issue body an authorised person last edited (RuntimeContext)
+ALL_SESSIONS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
+ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
+
+
+async def ensure_slots(client: Client, settings: Settings) -> None:
+    """Start the slot-queue workflow unless it runs already (every front end and host calls this)."""
+    await client.start_workflow(
+        SLOTS_WORKFLOW, {"per_repo": settings.max_per_repo}, id=SLOTS_ID, task_queue=SHARED_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
+class TemporalEngine:
+    """Implements `bot.core.effects.Engine` with signal-with-start, signals and queries."""
+
+    def __init__(self, client: Client, store: Any, github: Any, publisher: Any, settings: Settings, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.client = client
+        self.sessions = SessionStore(store.db)
+        self.github = github
+        self.publisher = publisher
+        self.settings = settings
+        self.clock = clock
+        self.hosts: dict[str, str | None] = {}  # session id -> the host holding it, as last seen
+        self.idle_sessions: set[str] = set()  # sessions whose workflow had nothing left to carry out
+        # Told of every change the front end sees (before, after, None), as the local engine's observers.
+        self.observers: list[Callable[[Session | None, Session, Any], Awaitable[None]]] = []
+        self.dependencies: Any = None  # a DependencyTracker, whose `engine` is this
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle (the Assembly's) ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Make sure the one slot queue runs; copy every issue's session, so the first deliveries and the
+        first reconciliation see them."""
+        await ensure_slots(self.client, self.settings)
+        await self.refresh_all()
+
+    async def refresh_all(self) -> None:
+        """Refresh the copy of every issue's session from Temporal's list of workflows, including the
+        sessions other front ends started (before a reconciliation, which must not start them again)."""
+        seen: set[str] = set()
+        async for execution in self.client.list_workflows(ALL_SESSIONS):
+            if execution.id in seen:
+                continue
+            seen.add(execution.id)
+            full_name, _, number = execution.id.rpartition("#")
+            if full_name and number.isdigit():
+                await self.refresh(full_name, int(number))
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def _handle(self, full_name: str, issue_number: int) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(workflow_id(full_name, issue_number))
+
+    async def refresh(self, full_name: str, issue_number: int) -> Session | None:
+        """Read the issue's workflow and keep its newest session in the local copy."""
+        try:
+            snapshot = await self._handle(full_name, issue_number).query(QUERY_SNAPSHOT)
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        if not snapshot.get("session"):
+            return None
+        session = Session.from_dict(snapshot["session"])
+        known = self.sessions.get(session.id)
+        before = known.session if known is not None else None
+        if snapshot.get("idle"):
+            self.idle_sessions.add(session.id)
+        else:
+            self.idle_sessions.discard(session.id)
+        self.hosts[session.id] = snapshot.get("host")
+        context = {**snapshot.get("context", {}), "host": snapshot.get("host")}
+        if known is not None:  # what the front end's own parts keep beside the workflow's copy
+            context.update({k: v for k, v in known.context.to_dict().items() if k in FRONT_END_KEYS})
+        self.sessions.record(session, RuntimeContext.from_dict(context), None, (), now=self.clock())
+        if before is not None and before != session:
+            for observer in self.observers:
+                self._spawn(observer(before, session, None))
+        return session
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def apply(self, session_id: str, event: Event) -> Session | None:
+        """Feed an event to one session (the dependency tracker's re-checks); a stale id is dropped."""
+        issue = session_id.rpartition("/")[0]
+        full_name, _, number = issue.rpartition("#")
+        await self._handle(full_name, int(number)).signal(
+            SIGNAL_EVENT_FOR, {"session_id": session_id, "event": event_to_dict(event)})
+        return await self.refresh(full_name, int(number))
+
+    async def before_delivery(self, payload: dict[str, Any]) -> None:
+        """Refresh the sessions a delivery may be about: its issue, and the issue of an `agent/` branch."""
+        repository = (payload.get("repository") or {}).get("full_name")
+        if not repository:
+            return
+        numbers: set[int] = set()
+        if isinstance(payload.get("issue"), dict) and payload["issue"].get("number"):
+            numbers.add(int(payload["issue"]["number"]))
+        pull = payload.get("pull_request") or {}
+        for ref in ((pull.get("head") or {}).get("ref"), ((payload.get("check_suite") or {}).get("head_branch"))):
+            match = ISSUE_BRANCH.match(ref or "")
+            if match:
+                numbers.add(int(match.group(1)))
+        for number in sorted(numbers):
+            await self.refresh(repository, number)
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        last = self.sessions.last_for_issue(full_name, issue_number)
+        return last.session if last else None
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        return [
+            stored.session for stored in self.sessions.for_repository(full_name)
+            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
+        ]
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        found = self.sessions.last_for_branch(full_name, branch)
+        return found.session if found else None
+
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+    def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
+        return bool(self.publisher.answered(full_name, issue_number, comment_id))
+
+    # -- writes: Temporal calls -----------------------------------------------------------------
+
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
+                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
+                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
+        """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay."""
+        loaded = policy
+        if loaded is None:
+            gh = self.github.installation(issue.installation_id)
+            loaded = await load_policy(gh, issue.owner, issue.repo, issue.default_branch,
+                                       self.settings.operator_limits())
+        event = Trigger(
+            repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode, actor=actor,
+            base_branch=loaded.policy.base_branch or issue.default_branch,
+            limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds,
+                          max_cost_usd=loaded.policy.max_cost_usd),
+            labelled_at=labelled_at,
+            engine=engine,
+        )
+        last = self.last_session(issue.full_name, issue.number)
+        starts = decide_trigger(last, event, datetime.now(timezone.utc)).session
+        if self.dependencies is not None and starts is not None and (last is None or starts.id != last.id):
+            # Only a new session waits for its dependencies (the core's answer tells whether it starts).
+            verdict = await self.dependencies.evaluate(
+                issue.installation_id, issue.full_name, issue.number, issue.body, stack=loaded.policy.stack)
+            event = replace(event, waiting_for=tuple(k.ref(issue.full_name) for k in verdict.waiting),
+                            base_branch=verdict.stack_base or event.base_branch)
+        context = {
+            "installation_id": issue.installation_id,
+            "owner": issue.owner,
+            "repo": issue.repo,
+            "clone_url": issue.clone_url,
+            "default_branch": issue.default_branch,
+            "issue_body": issue.body,
+            "issue_author": issue.author,
+            "trigger_label": label,
+            "trigger_at": self.clock(),
+            "policy": with_engine(loaded.policy, engine).as_dict(),
+            "policy_problems": [str(problem) for problem in loaded.problems],
+            "notes": [NOTE_EDITED_AFTER_LABEL.format(actor=actor)] if edited_after_label else [],
+        }
+        await self.client.start_workflow(
+            WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds,
+                            "max_per_repo": self.settings.max_per_repo},
+            id=workflow_id(issue.full_name, issue.number), task_queue=SHARED_QUEUE,
+            start_signal=SIGNAL_TRIGGER, start_signal_args=[{"event": event_to_dict(event), "context": context}],
+        )
+        return await self.refresh(issue.full_name, issue.number)
+
+    async def signal(self, full_name: str, issue_number: int, event: Event) -> Session | None:
+        try:
+            await self._handle(full_name, issue_number).signal(SIGNAL_EVENT, event_to_dict(event))
+        except RPCError as error:
+            if error.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return await self.refresh(full_name, issue_number)
+
+    async def respond(self, installation_id: int, full_name: str, issue_number: int,
+                      responses: Sequence[Response]) -> None:
+        for response in responses:
+            await self.publisher.respond(installation_id, full_name, issue_number, response)
+
+    async def cancel_installation(self, installation_id: int, *, reason: str) -> None:
+        for stored in self.sessions.for_installation(installation_id):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.signal(stored.session.repo, stored.session.issue_number, Cancel(CancelReason.UNINSTALLED))
+
+    async def cancel_repository(self, full_name: str, *, reason: str) -> None:
+        for stored in self.sessions.for_repository(full_name):
+            log.info("cancelling %s: %s", stored.session.id, reason)
+            await self.signal(full_name, stored.session.issue_number, Cancel(CancelReason.UNINSTALLED))
+
+    # -- inspection (tests, dashboard) ----------------------------------------------------------
+
+    def host_of(self, session_id: str) -> str | None:
+        return self.hosts.get(session_id)
+
+    async def idle(self) -> None:
+        return None
+
+
+async def assemble_front_end(settings: Settings, *, store: Any, session: Any, metrics: Any,
+                             clock: Callable[[], float]) -> Any:
+    """The GitHub-mode services of a front end: as `bot.runtime.assembly.assemble`, with this engine.
+
+    A front end runs no agents: it has no workspaces, finisher or sandbox, only the Publisher for the
+    answers it gives outside a session (refusals, command outcomes, help)."""
+    from bot.github.client import GitHubApp
+    from bot.github.gate import Gate
+    from bot.github.labels import RepoPolicies
+    from bot.github.permissions import PermissionCache
+    from bot.runtime.assembly import Assembly
+    from bot.runtime.dependencies import DependencyTracker
+    from bot.runtime.publisher import Publisher
+    from bot.runtime.rounds import InlineCollector
+    from bot.temporal.client import connect
+
+    assert settings.app_id is not None and settings.private_key is not None
+    github = GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
+                       api_url=settings.api_url, metrics=metrics, write_spacing=settings.write_spacing_seconds)
+    client = await connect(settings)
+    permissions = PermissionCache()
+    policies = RepoPolicies(settings.operator_limits())
+    engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
+    dependencies = DependencyTracker(github, store, clock=clock)
+    dependencies.engine = engine
+    engine.dependencies = dependencies
+    engine.observers.append(dependencies.observe)
+    inline_collector = InlineCollector(store, engine, clock=clock)
+    assembly = Assembly(github, engine, inline_collector, permissions, policies)  # type: ignore[arg-type]
+    assembly.dependencies = {
+        "github": github,
+        "store": store,
+        "clock": clock,
+        "engine": engine,
+        "permissions": permissions,
+        "policies": policies,
+        "gate": Gate(permissions, policies),
+        "inline_collector": inline_collector,
+        "dependencies": dependencies,
+    }
+    return assembly

@@ -1,0 +1,371 @@
+"""One issue's sessions as a Temporal workflow (SPEC §7): the pure core decides, activities act.
+
+The workflow id is `<owner>/<repo>#<n>`, so a redelivery or a second front end signals the running
+workflow instead of starting another. Its state is the core's state: the issue's newest `Session`, the
+per-session facts the executors need (`context`, the same dictionary the local engine stores) and the
+commands still to carry out. Every event, from a front end (signals) or from an activity (returned or
+signalled), goes through `bot.core.session.decide`, the function the local engine calls; nothing in this
+module decides a rule of SPEC §1.
+
+Commands run in the order they were decided, one at a time, as activities on the task queue of the
+worker host that holds the session's worktree (`shepherd-host-<id>`); the host is claimed through the
+shared queue the first time one is needed. An agent turn is a long activity that heartbeats and signals
+the agent's reports back while it runs, so the workflow keeps carrying out other commands (a question,
+a stop) during the turn. When the host stops answering (a heartbeat or schedule-to-start timeout), the
+session moves: another host is claimed, prepares the workspace from the pushed branch and the lost turn
+runs again, and the status comment says so.
+
+Only deterministic code lives here: the time is `workflow.now()`, and the only imports are the core
+(passed through the sandbox) and the standard library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, TimeoutError as ActivityTimeout, TimeoutType
+
+from bot.temporal.slots import SIGNAL_HOLD, SIGNAL_RELEASE, SIGNAL_REQUEST, SLOTS_ID
+
+with workflow.unsafe.imports_passed_through():
+    from bot.core.session import (
+        Command,
+        EnsureWorkspace,
+        Event,
+        HoldSlot,
+        PostStatus,
+        Recovered,
+        ReleaseSlot,
+        RequestSlot,
+        Session,
+        StartTurn,
+        State,
+        StopAgent,
+        Trigger,
+        TurnFailed,
+        FailureKind,
+        command_from_dict,
+        command_to_dict,
+        decide,
+        decide_trigger,
+        event_from_dict,
+    )
+
+WORKFLOW_NAME = "ShepherdSession"
+SHARED_QUEUE = "shepherd"
+HOST_QUEUE = "shepherd-host-{host}"
+SIGNAL_TRIGGER = "trigger"
+SIGNAL_EVENT = "event"
+SIGNAL_EVENT_FOR = "event_for"
+QUERY_SNAPSHOT = "snapshot"
+
+# Activity names (bot/temporal/activities.py); referred to by name so that nothing of the hosts' I/O
+# is imported into the workflow's sandbox.
+CLAIM_HOST = "claim_host"
+CARRY_OUT = "carry_out"
+RUN_TURN = "run_turn"
+STOP_AGENT = "stop_agent"
+
+# The per-host facts of a session: they do not travel when the session moves to another host.
+HOST_KEYS = ("worktree", "port", "turn", "reports_seq")
+NOTE_MOVED = "The session moved from host {old} to host {new}: {lost}"
+LOST_TURN = "the running turn was lost and runs again from the last pushed state of the branch."
+LOST_NOTHING = "nothing was lost."
+EVENTS_BEFORE_CONTINUE = 2000
+COMMAND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0,
+                            maximum_interval=timedelta(seconds=60), maximum_attempts=6)
+# A turn activity that ends without a result (its host restarted) runs again on the same host, which
+# finds the agent still running and watches it on; a host that is gone does not take it up in time,
+# and the session moves.
+TURN_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                         maximum_interval=timedelta(seconds=10), maximum_attempts=4)
+TURN_LIMIT = timedelta(hours=24)
+COMMAND_LIMIT = timedelta(hours=2)
+
+
+def workflow_id(full_name: str, issue_number: int) -> str:
+    """The one workflow of an issue: `owner/repo#12` (SPEC §7)."""
+    return f"{full_name}#{issue_number}"
+
+
+def host_queue(host: str) -> str:
+    return HOST_QUEUE.format(host=host)
+
+
+class HostLost(Exception):
+    """The session's host did not pick up or finish an activity in time."""
+
+
+def _host_lost(error: ActivityError) -> bool:
+    cause = error.cause
+    return isinstance(cause, ActivityTimeout) and cause.type in (TimeoutType.SCHEDULE_TO_START, TimeoutType.HEARTBEAT)
+
+
+@workflow.defn(name=WORKFLOW_NAME)
+class SessionWorkflow:
+    """The issue's sessions, oldest to newest; `session` is the newest (the one the core acts on)."""
+
+    @workflow.init
+    def __init__(self, state: dict[str, Any]) -> None:
+        # Restored here, not in `run`: signals that came with the start are handled before `run` begins.
+        self.session: Session | None = None
+        self.context: dict[str, Any] = {}
+        self.host: str | None = None
+        self.outbox: list[Command] = []
+        self.host_timeout = 60.0
+        self.max_per_repo = 2
+        self.events_seen = 0
+        self.turn_task: asyncio.Task[None] | None = None
+        self.carrying_out = False
+        self.status_wanted: PostStatus | None = None
+        self.status_task: asyncio.Task[None] | None = None
+        self.claiming = asyncio.Lock()
+        self._restore(state)
+
+    # -- state as plain data (the start argument and continue-as-new) ---------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "session": self.session.to_dict() if self.session else None,
+            "context": self.context,
+            "host": self.host,
+            "outbox": [command_to_dict(c) for c in self.outbox],
+            "host_timeout": self.host_timeout,
+            "max_per_repo": self.max_per_repo,
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.session = Session.from_dict(state["session"]) if state.get("session") else None
+        self.context = dict(state.get("context") or {})
+        self.host = state.get("host")
+        self.outbox = [command_from_dict(c) for c in state.get("outbox") or ()]
+        self.host_timeout = float(state.get("host_timeout") or self.host_timeout)
+        self.max_per_repo = int(state.get("max_per_repo") or self.max_per_repo)
+
+    # -- the run loop: carry out the commands in order -----------------------------------------
+
+    @workflow.run
+    async def run(self, state: dict[str, Any]) -> None:
+        if self.session is not None and self.session.running_turn is not None and self.outbox == []:
+            # Continued as new with no turn task: a running turn is re-attached by its host.
+            self.outbox.append(StartTurn(self.session.running_turn.kind, self.session.turn_count))
+        while True:
+            await workflow.wait_condition(lambda: bool(self.outbox) or self._should_continue())
+            if not self.outbox:
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(self._state())
+            command = self.outbox.pop(0)
+            self.carrying_out = True
+            try:
+                await self._carry_out(command)
+            finally:
+                self.carrying_out = False
+
+    def _busy(self) -> bool:
+        return any(task is not None and not task.done() for task in (self.turn_task, self.status_task))
+
+    def _should_continue(self) -> bool:
+        busy = self._busy()
+        return not busy and (self.events_seen >= EVENTS_BEFORE_CONTINUE
+                             or workflow.info().is_continue_as_new_suggested())
+
+    async def _carry_out(self, command: Command) -> None:
+        if isinstance(command, (RequestSlot, HoldSlot, ReleaseSlot)):
+            # The one queue of all hosts (bot/temporal/slots.py) answers a request with `SlotGranted`.
+            await self._tell_slots(command)
+            return
+        if isinstance(command, PostStatus):
+            self._want_status(command)
+            return
+        if self.session is None:
+            return
+        try:
+            await self._claim_host()
+            if isinstance(command, StartTurn):
+                self.turn_task = asyncio.create_task(self._run_turn(command))
+                return
+            if isinstance(command, StopAgent):
+                await self._on_host(STOP_AGENT, self._payload(command), limit=COMMAND_LIMIT)
+                return
+            result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
+        except HostLost:
+            await self._move(turn_lost=False)
+            self.outbox.insert(0, command)
+            return
+        except ActivityError as error:
+            workflow.logger.warning("%s of %s failed for good: %s", type(command).__name__,
+                                    self.session.id, error.cause or error)
+            return
+        self._take_result(result)
+
+    def _want_status(self, command: PostStatus) -> None:
+        """The status comment is "latest wins": posted beside the other commands, off the path to the
+        agent's start (as the local engine does), with requests that come meanwhile merged into one."""
+        waiting = self.status_wanted
+        if waiting is not None:
+            command = PostStatus(urgent=waiting.urgent or command.urgent, throttled=waiting.throttled and command.throttled)
+        self.status_wanted = command
+        if self.status_task is None or self.status_task.done():
+            self.status_task = asyncio.create_task(self._post_statuses())
+
+    async def _post_statuses(self) -> None:
+        while self.status_wanted is not None and self.session is not None:
+            command, self.status_wanted = self.status_wanted, None
+            try:
+                await self._claim_host()
+                result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
+            except HostLost:
+                self.outbox.insert(0, command)  # the run loop moves the session, then posts it
+                return
+            except ActivityError as error:
+                workflow.logger.warning("the status of %s could not be posted: %s", self.session.id,
+                                        error.cause or error)
+                continue
+            self._take_result(result)
+
+    def _take_result(self, result: dict[str, Any]) -> None:
+        if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
+            # The host adds only its own facts and, at times, a note; everything else is the workflow's.
+            theirs = result["context"]
+            self.context.update({k: theirs[k] for k in HOST_KEYS if k in theirs})
+            ours, notes = list(self.context.get("notes") or []), list(theirs.get("notes") or [])
+            self.context["notes"] = ours + [note for note in notes if note not in ours]
+        for data in result.get("events") or ():
+            self._apply(event_from_dict(data))
+
+    async def _run_turn(self, command: StartTurn) -> None:
+        assert self.session is not None
+        try:
+            result = await self._on_host(RUN_TURN, self._payload(command), limit=TURN_LIMIT, turn=True)
+        except HostLost:
+            await self._move(turn_lost=True)
+            return
+        except ActivityError as error:
+            workflow.logger.warning("the turn of %s failed: %s", self.session.id, error.cause or error)
+            self._apply(TurnFailed(FailureKind.CRASH, str(error.cause or error)[-2000:]))
+            return
+        self._take_result(result)
+
+    async def _tell_slots(self, command: Command) -> None:
+        assert self.session is not None
+        policy = self.context.get("policy") or {}
+        data = {"session_id": self.session.id, "repo": self.session.repo, "workflow_id": workflow.info().workflow_id,
+                "per_repo": self.max_per_repo, "max_parallel": policy.get("max_parallel")}
+        if isinstance(command, RequestSlot):
+            name, data["front"] = SIGNAL_REQUEST, command.front
+        else:
+            name = SIGNAL_HOLD if isinstance(command, HoldSlot) else SIGNAL_RELEASE
+        await workflow.get_external_workflow_handle(SLOTS_ID).signal(name, data)
+
+    # -- hosts ----------------------------------------------------------------------------------
+
+    async def _claim_host(self) -> None:
+        async with self.claiming:  # the run loop and the status poster may both need a host
+            if self.host is None:
+                await self._claim()
+
+    async def _claim(self) -> None:
+        self.host = await workflow.execute_activity(
+            CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=TURN_LIMIT,
+            heartbeat_timeout=timedelta(seconds=self.host_timeout),
+            retry_policy=RetryPolicy(maximum_attempts=0),  # waits for any host, however long
+        )
+
+    async def _on_host(self, name: str, payload: dict[str, Any], *, limit: timedelta,
+                       turn: bool = False) -> dict[str, Any]:
+        """Run one activity on the session's host; `HostLost` when the host does not take it up or stops
+        heartbeating within the host timeout (every host activity heartbeats)."""
+        assert self.host is not None
+        timeout = timedelta(seconds=self.host_timeout)
+        try:
+            result: dict[str, Any] = await workflow.execute_activity(
+                name, payload, task_queue=host_queue(self.host), schedule_to_start_timeout=timeout,
+                start_to_close_timeout=limit, heartbeat_timeout=timeout,
+                retry_policy=TURN_RETRY if turn else COMMAND_RETRY,
+            )
+        except ActivityError as error:
+            if _host_lost(error):
+                raise HostLost(self.host) from error
+            raise
+        return result
+
+    async def _move(self, *, turn_lost: bool) -> None:
+        """The host is gone: claim another, prepare the workspace there and re-run what was lost."""
+        assert self.session is not None
+        old = self.host
+        self.host = None
+        self.context = {k: v for k, v in self.context.items() if k not in HOST_KEYS}
+        await self._claim_host()
+        lost = LOST_TURN if turn_lost else LOST_NOTHING
+        self.context["notes"] = [*self.context.get("notes", []),
+                                 NOTE_MOVED.format(old=old, new=self.host, lost=lost)]
+        workflow.logger.warning("%s moved from host %s to %s", self.session.id, old, self.host)
+        if self.session.state not in (State.REGISTERED,) and self.session.is_live:
+            # The new host needs the worktree before any turn: from the branch as last pushed.
+            prepare = EnsureWorkspace(self.session.branch, self.session.base_branch, from_kept_branch=True)
+            try:
+                result = await self._on_host(CARRY_OUT, {**self._payload(prepare), "prepare_only": True},
+                                             limit=COMMAND_LIMIT)
+            except (HostLost, ActivityError):
+                result = {}
+            if self.session is not None and result.get("context"):
+                self.context = dict(result["context"])
+        if turn_lost:
+            self._apply(Recovered(turn_alive=False))
+        else:
+            self.outbox.insert(0, PostStatus())
+
+    def _payload(self, command: Command) -> dict[str, Any]:
+        assert self.session is not None
+        return {"session": self.session.to_dict(), "context": self.context, "command": command_to_dict(command),
+                "workflow_id": workflow.info().workflow_id}
+
+    # -- deciding: the core ---------------------------------------------------------------------
+
+    def _apply(self, event: Event) -> None:
+        before = self.session
+        decision = decide(before, event, workflow.now())
+        self.events_seen += 1
+        if decision.session is None:
+            return
+        if before is not None and decision.session.id != before.id:
+            # A retry on a finished session starts a new one with the same facts (as the local engine).
+            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, "notes")}
+        self.session = decision.session
+        self.outbox.extend(decision.commands)
+
+    @workflow.signal(name=SIGNAL_TRIGGER)
+    def on_trigger(self, data: dict[str, Any]) -> None:
+        """A trigger label: `event` is the core's `Trigger`, `context` the new session's facts."""
+        event = event_from_dict(data["event"])
+        assert isinstance(event, Trigger)
+        before = self.session
+        decision = decide_trigger(before, event, workflow.now())
+        self.events_seen += 1
+        if decision.session is None:
+            return
+        if before is None or decision.session.id != before.id:
+            self.context = dict(data["context"])
+            if self.host is not None and before is not None:
+                self.context.pop("worktree", None)
+        self.session = decision.session
+        self.outbox.extend(decision.commands)
+
+    @workflow.signal(name=SIGNAL_EVENT)
+    def on_event(self, data: dict[str, Any]) -> None:
+        self._apply(event_from_dict(data))
+
+    @workflow.signal(name=SIGNAL_EVENT_FOR)
+    def on_event_for(self, data: dict[str, Any]) -> None:
+        """An event for one session of the issue (`session_id`): dropped if a newer session replaced it."""
+        if self.session is not None and self.session.id == data["session_id"]:
+            self._apply(event_from_dict(data["event"]))
+
+    @workflow.query(name=QUERY_SNAPSHOT)
+    def snapshot(self) -> dict[str, Any]:
+        return {"session": self.session.to_dict() if self.session else None, "context": self.context,
+                "host": self.host, "idle": not (self.outbox or self.carrying_out or self._busy())}
