@@ -16,6 +16,7 @@ from bot.core.session import (
     PullRequestClosed,
     PullRequestOpened,
     SlotGranted,
+    SpendReported,
     Trigger,
     TurnExited,
     TurnStarted,
@@ -31,7 +32,7 @@ START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 
 
 def store_pull(store, repo: str, number: int, *, agent: str, engine: str | None = None, hours: float,
-               merged: bool | None) -> None:
+               merged: bool | None, cost: float | None = None) -> None:
     """A session of `repo#number` run by `agent` (or an engine label's `engine`) whose PR was merged
     (`merged` True), closed unmerged (False) or is still open (None) `hours` after the session began."""
     owner, name = repo.split("/")
@@ -40,7 +41,9 @@ def store_pull(store, repo: str, number: int, *, agent: str, engine: str | None 
     events = [
         Trigger(repo=repo, issue_number=number, issue_title=f"Issue {number}", mode=Mode.GO, actor="alice",
                 base_branch="main", limits=Limits(), engine=engine),
-        WorkspaceReady(), SlotGranted(), TurnStarted(), TurnExited(0, has_new_commits=True),
+        WorkspaceReady(), SlotGranted(), TurnStarted(),
+        *([SpendReported(1, cost)] if cost is not None else []),
+        TurnExited(0, has_new_commits=True),
         PullRequestOpened(number + 100, f"https://github.com/{repo}/pull/{number + 100}", "abc"),
     ]
     for event in events:
@@ -99,3 +102,15 @@ async def test_metrics_and_dashboard_show_pull_requests_per_repository_and_engin
         ["acme/web", "claude", "4", "3", "1", "6h 0m", "–"],
         ["acme/web", "codex", "2", "1", "0", "3h 0m", "–"],
     ]
+
+
+async def test_the_median_cost_of_a_merged_pr_comes_from_what_the_agents_reported(aiohttp_client, fake_github,
+                                                                                 tmp_path):
+    client = await aiohttp_client(create_app(settings_for(fake_github, tmp_path / "data")))
+    store = client.server.app[SERVICES].store
+    for number, cost in ((1, 0.5), (2, 1.5), (3, 4.0)):
+        store_pull(store, "acme/web", number, agent="claude", hours=1, merged=True, cost=cost)
+    store_pull(store, "acme/web", 4, agent="claude", hours=1, merged=False, cost=9.0)  # not merged: not counted
+    text = await (await client.get(f"/metrics?token={TOKEN}")).text()
+    [line] = [line for line in text.splitlines() if line.startswith("shepherd_merged_pull_request_cost_usd_median{")]
+    assert line.endswith(" 1.5")

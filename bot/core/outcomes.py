@@ -43,12 +43,13 @@ class Outcome:
         return self.merged / decided if decided else None
 
 
-def record_of(session: Session, engine: str, cost_usd: float | None = None) -> PullRecord | None:
-    """The PR record of a session, or None when it opened no PR."""
+def record_of(session: Session, engine: str) -> PullRecord | None:
+    """The PR record of a session, or None when it opened no PR; its cost is what its agent reported."""
     if session.pr_number is None or session.pr_state is None:
         return None
+    cost = session.spent_usd if session.spent_usd > 0 else None  # an agent that reports nothing costs unknown
     return PullRecord(session.repo, session.engine or engine, session.pr_state, session.created_at,
-                      session.pr_closed_at, cost_usd)
+                      session.pr_closed_at, cost)
 
 
 def outcomes(records: Iterable[PullRecord]) -> list[Outcome]:
