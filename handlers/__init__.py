@@ -6,14 +6,33 @@ where ``gh`` is the installation's client from the one door to GitHub and ``deps
 arguments the consumer dispatches with (``github``, ``store``, ``clock``, ...).
 """
 
-from gidgethub import routing
+import logging
+from typing import Any
 
+from gidgethub import routing, sansio
+
+from bot.core.payload import missing_fields
 from handlers import comments, dashboard, dependencies, installation, pull_requests, triggers
+
+log = logging.getLogger(__name__)
+
+
+class ShapedRouter(routing.Router):
+    """A router that hands a delivery to no handler when it lacks what GitHub always sends with its event
+    (`bot.core.payload.REQUIRED_FIELDS`): one line in the log instead of a KeyError in every handler."""
+
+    def fetch(self, event: sansio.Event) -> frozenset[Any]:
+        missing = missing_fields(event.event, event.data)
+        if missing:
+            log.warning("delivery %s (%s) lacks %s, which GitHub always sends; nothing to do",
+                        event.delivery_id, event.event, ", ".join(missing))
+            return frozenset()
+        return frozenset(super().fetch(event))
 
 
 def compose_router() -> routing.Router:
     """The one router the consumer dispatches through."""
-    return routing.Router(
+    return ShapedRouter(
         installation.router, triggers.router, comments.router, pull_requests.router, dashboard.router,
         dependencies.router,
     )

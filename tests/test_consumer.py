@@ -227,3 +227,22 @@ async def test_what_became_of_each_delivery_is_counted(store):
     counted = {o: metrics.deliveries_handled.labels(o)._value.get() for o in ("done", "retried", "failed")}  # noqa: SLF001
     assert counted == {"done": 1.0, "retried": 1.0, "failed": 1.0}
     assert {d.id: d.status for d in store.deliveries()} == {"good": DONE, "bad": FAILED}
+
+
+def test_a_delivery_without_the_objects_github_always_sends_reaches_no_handler():
+    """Found by the webhook fuzzer: an `issue_comment` without `issue` failed three handlers with KeyError."""
+    from gidgethub import sansio
+
+    from bot.core.payload import missing_fields
+    from handlers import compose_router
+
+    repository = {"name": "w", "full_name": "o/w", "owner": {"login": "o"}}
+    broken = sansio.Event({"action": "created", "comment": {"id": 1}, "repository": repository},
+                          event="issue_comment", delivery_id="fuzzed")
+    whole = sansio.Event({"action": "created", "comment": {"id": 1}, "issue": {"number": 2},
+                          "repository": repository}, event="issue_comment", delivery_id="real")
+    router = compose_router()
+    assert router.fetch(broken) == frozenset() and len(router.fetch(whole)) >= 3
+    assert missing_fields("issue_comment", broken.data) == ["issue.number"]
+    assert missing_fields("issues", {"issue": "not an object", "repository": None}) == [
+        "issue.number", "repository.name", "repository.full_name", "repository.owner.login"]
