@@ -6,6 +6,7 @@ where ``gh`` is the installation's client from the one door to GitHub and ``deps
 arguments the consumer dispatches with (``github``, ``store``, ``clock``, ...).
 """
 
+import functools
 import logging
 from typing import Any
 
@@ -18,16 +19,31 @@ log = logging.getLogger(__name__)
 
 
 class ShapedRouter(routing.Router):
-    """A router that hands a delivery to no handler when it lacks what GitHub always sends with its event
-    (`bot.core.payload.REQUIRED_FIELDS`): one line in the log instead of a KeyError in every handler."""
+    """A router whose handlers leave alone a delivery that lacks what GitHub always sends with its event
+    (`bot.core.payload.REQUIRED_FIELDS`): one line in the log instead of a KeyError in every handler.
+    Which handlers an event routes to is unchanged (the consumer asks that of a bare event)."""
+
+    def __init__(self, *other_routers: routing.Router) -> None:
+        super().__init__(*other_routers)
+        self._guards: dict[Any, Any] = {}
 
     def fetch(self, event: sansio.Event) -> frozenset[Any]:
-        missing = missing_fields(event.event, event.data)
-        if missing:
-            log.warning("delivery %s (%s) lacks %s, which GitHub always sends; nothing to do",
-                        event.delivery_id, event.event, ", ".join(missing))
-            return frozenset()
-        return frozenset(super().fetch(event))
+        return frozenset(self._guard(callback) for callback in super().fetch(event))
+
+    def _guard(self, callback: Any) -> Any:
+        guarded = self._guards.get(callback)
+        if guarded is None:
+            @functools.wraps(callback)  # the same name: the consumer stores outcomes by it
+            async def guarded(event: sansio.Event, *args: Any, **kwargs: Any) -> Any:
+                missing = missing_fields(event.event, event.data)
+                if missing:
+                    log.warning("delivery %s (%s) lacks %s, which GitHub always sends; %s does nothing",
+                                event.delivery_id, event.event, ", ".join(missing), callback.__name__)
+                    return None
+                return await callback(event, *args, **kwargs)
+
+            guarded = self._guards[callback] = guarded
+        return guarded
 
 
 def compose_router() -> routing.Router:

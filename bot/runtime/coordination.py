@@ -117,29 +117,31 @@ def _web_repo(clone_url: str) -> str:
 async def test_merge(git: Git, workspaces: Workspaces, full_name: str, head: str, base: str) -> tuple[str, ...]:
     """Merge `head` (a commit) into `refs/remotes/origin/<base>` in a scratch worktree; the conflicting
     files, or () when it merges cleanly. Nothing of the scratch merge survives the call."""
-    mirror: Mirror = workspaces.mirror(full_name)
-    scratch_root = workspaces.data_dir / "scratch"
-    scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch_root))
-    shutil.rmtree(scratch)  # git worktree add wants to create it
-    base_ref = f"refs/remotes/origin/{base}"
-    await git.run("worktree", "add", "--quiet", "--detach", str(scratch), base_ref, mirror=mirror)
-    try:
-        name, email = SCRATCH_USER
+    # Under the mirror's lock: a session's export reads the mirror, which this worktree changes.
+    async with workspaces.mirror_lock(full_name):
+        mirror: Mirror = workspaces.mirror(full_name)
+        scratch_root = workspaces.data_dir / "scratch"
+        scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch_root))
+        shutil.rmtree(scratch)  # git worktree add wants to create it
+        base_ref = f"refs/remotes/origin/{base}"
+        await git.run("worktree", "add", "--quiet", "--detach", str(scratch), base_ref, mirror=mirror)
         try:
-            await git.run(
-                "-c", f"user.name={name}", "-c", f"user.email={email}",
-                "merge", "--no-commit", "--no-ff", "--quiet", head,
-                mirror=mirror, worktree=scratch,
-            )
-        except GitError:
-            out = await git.run("diff", "--name-only", "--diff-filter=U", "-z", mirror=mirror, worktree=scratch)
-            conflicts = tuple(sorted(path for path in out.split("\0") if path))
-            return conflicts or ("(unknown)",)
-        return ()
-    finally:
-        try:
-            await git.run("worktree", "remove", "--force", str(scratch), mirror=mirror)
-        except GitError:
-            shutil.rmtree(scratch, ignore_errors=True)
-            await git.run("worktree", "prune", mirror=mirror)
+            name, email = SCRATCH_USER
+            try:
+                await git.run(
+                    "-c", f"user.name={name}", "-c", f"user.email={email}",
+                    "merge", "--no-commit", "--no-ff", "--quiet", head,
+                    mirror=mirror, worktree=scratch,
+                )
+            except GitError:
+                out = await git.run("diff", "--name-only", "--diff-filter=U", "-z", mirror=mirror, worktree=scratch)
+                conflicts = tuple(sorted(path for path in out.split("\0") if path))
+                return conflicts or ("(unknown)",)
+            return ()
+        finally:
+            try:
+                await git.run("worktree", "remove", "--force", str(scratch), mirror=mirror)
+            except GitError:
+                shutil.rmtree(scratch, ignore_errors=True)
+                await git.run("worktree", "prune", mirror=mirror)

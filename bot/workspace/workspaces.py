@@ -667,9 +667,19 @@ class Workspaces:
         """Bring the session's HEAD into the mirror as `refs/heads/<branch>`; return its commit.
 
         The box writes a bundle of the commits the mirror lacks into a fresh folder; Shepherd copies
-        it out without following links, verifies it and fetches it with every object checked.
+        it out without following links, verifies it and fetches it with every object checked. It runs
+        under the mirror's lock, as the scratch worktrees of the mirror do (`mirror_lock`): the session's
+        git reads the mirror's objects and refs, which a scratch worktree coming and going would change.
         """
         full_name = self.repo_of(worktree)
+        async with self._lock(full_name):
+            return await self._export_branch(worktree, branch, full_name)
+
+    def mirror_lock(self, full_name: str) -> asyncio.Lock:
+        """The lock of `full_name`'s mirror, for whoever adds a scratch worktree to it (never taken twice)."""
+        return self._lock(full_name)
+
+    async def _export_branch(self, worktree: Path, branch: str, full_name: str) -> str:
         mirror = self.mirror(full_name)
         known = await self._known_commits(mirror, branch)
         outbox = self.sandbox.own(self.data_dir / "exports" / secrets.token_hex(8))
@@ -687,17 +697,16 @@ class Workspaces:
                       channel=str(outbox))
             _, reported = await self.run_boxed(["/bin/sh", "-c", script, "shepherd-export", str(outbox)], box)
             bundle = _copy_out(outbox / BUNDLE_NAME, self.git.state_dir / f"{outbox.name}.bundle")
-            async with self._lock(full_name):
-                if bundle is None:
-                    head = reported.strip()
-                    if not _SHA.match(head) or head not in known:
-                        raise WorkspaceError(BAD_BUNDLE.format(why="no bundle and an unknown HEAD"))
-                    await self.git.run("update-ref", f"refs/heads/{branch}", head, mirror=mirror)
-                    return head
-                try:
-                    return await self._import_bundle(mirror, bundle, branch)
-                finally:
-                    bundle.unlink(missing_ok=True)
+            if bundle is None:
+                head = reported.strip()
+                if not _SHA.match(head) or head not in known:
+                    raise WorkspaceError(BAD_BUNDLE.format(why="no bundle and an unknown HEAD"))
+                await self.git.run("update-ref", f"refs/heads/{branch}", head, mirror=mirror)
+                return head
+            try:
+                return await self._import_bundle(mirror, bundle, branch)
+            finally:
+                bundle.unlink(missing_ok=True)
         finally:
             shutil.rmtree(outbox, ignore_errors=True)
 
