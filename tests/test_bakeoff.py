@@ -2,8 +2,12 @@
 worktree on `agent/issue-<n>-<slug>-<engine>`, checked by Shepherd with the repository's own test command
 and the base branch's test files, then judged, with the comparison table a PR body carries.
 
-What is NOT covered here, because it is not built yet: running both attempts inside one session of the
-engine (slots, the shared status comment, questions marked with the engine) and opening the one PR.
+End to end, the `agent:bakeoff` label runs one session with both attempts (the `command` adapter twice,
+one attempt that passes the repository's tests and one that fails them) and opens exactly one PR, from
+the passing attempt, with the comparison table and a link to the other branch; nothing is merged.
+
+What is NOT covered here, because it is not built yet: questions from the second attempt (it runs one
+agent run to its end after the first attempt is done; see `bot.core.bakeoff`).
 """
 
 from __future__ import annotations
@@ -14,9 +18,16 @@ from pathlib import Path
 import pytest
 
 from bot.core.bakeoff import AttemptFacts, bakeoff_branch, comparison_table, judge, paths_holding_tests
+from bot.core.session import State
 from bot.runtime.bakeoff import check_attempt
 from bot.workspace.workspaces import Workspaces
+from tests.conftest import settings_for
+from tests.e2e_support import FAST_POLICY, MAINTAINER, agent_script, start_shepherd, status_comments
+from tests.e2e_support import REPO as E2E_REPO
+from tests.e2e_support import prepare_repo
+from tests.fakes import payloads
 from tests.fakes.git_remote import GitRemote
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,3 +131,44 @@ def test_test_files_are_recognised_in_the_usual_layouts() -> None:
         "go/x_test.go", "pkg/test_app.py", "spec/a_spec.rb", "src/__tests__/a.js", "tests/check.sh",
         "web/button.test.tsx",
     ]
+
+
+# The `command` adapter twice: the first attempt (`command`) only pretends, and fails the repository's
+# tests; the second (`command-2`, on its own branch) fixes the sum. Each says it is done.
+TWO_SCRIPTS = """
+case "$SHEPHERD_BRANCH" in
+  *-command-2) printf 'echo $(($1 + $2))\\n' > calc.sh ;;
+  *) printf '# looked at it\\n' >> calc.sh ;;
+esac
+git add -A
+git commit -q -m "Work on the sum"
+shepherd done "Fixed the sum"
+"""
+
+
+async def test_the_bakeoff_label_opens_one_pull_request_from_the_attempt_that_passes_the_tests(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    first, second = "agent/issue-1-fix-the-sum-command", "agent/issue-1-fix-the-sum-command-2"
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == second == session.branch
+    assert git_remote.show(E2E_REPO, f"refs/heads/{second}", "calc.sh") == "echo $(($1 + $2))\n"
+    # The other attempt's branch is pushed too, and the PR body links it in the comparison.
+    assert "# looked at it" in git_remote.show(E2E_REPO, f"refs/heads/{first}", "calc.sh")
+    body = pull["body"]
+    assert "| | `command-2` (this pull request) | `command` |" in body
+    assert f"| Branch | `{second}` | [`{first}`](" in body and f"/tree/{first})" in body
+    assert f"| Tests (`{TEST_COMMAND}`, with the base branch's test files) | passed (exit 0) | failed (exit 1) |" in body
+    assert "Shepherd chose `command-2`: its tests passed and the other's did not." in body
+    assert len(status_comments(fake_github, 1)) == 1
+    assert fake_github.calls_to("pulls/merge") == []
