@@ -13,12 +13,23 @@ agent run to its end after the first attempt is done; see `bot.core.bakeoff`).
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from bot.core.bakeoff import AttemptFacts, bakeoff_branch, comparison_table, judge, paths_holding_tests
-from bot.core.session import State
+from bot.core.bakeoff import (
+    AttemptFacts,
+    attempt_names,
+    bakeoff_branch,
+    comparison_table,
+    judge,
+    paths_holding_tests,
+    rival_branch,
+)
+from bot.core.engines import Choice, choose, is_trigger_of
+from bot.core.policy import LoadedPolicy, OperatorLimits, parse_policy
+from bot.core.session import BakeOffJudged, Mode, State, Trigger, decide
 from bot.runtime.bakeoff import check_attempt
 from bot.workspace.workspaces import Workspaces
 from tests.conftest import settings_for
@@ -172,3 +183,34 @@ async def test_the_bakeoff_label_opens_one_pull_request_from_the_attempt_that_pa
     assert "Shepherd chose `command-2`: its tests passed and the other's did not." in body
     assert len(status_comments(fake_github, 1)) == 1
     assert fake_github.calls_to("pulls/merge") == []
+
+
+def loaded(text: str | None) -> LoadedPolicy:
+    return parse_policy(text, OperatorLimits(agent="claude", adapters=("claude", "codex", "command")),
+                        default_branch="main")
+
+
+def test_the_bakeoff_label_pits_the_policys_agent_against_its_first_engine() -> None:
+    assert choose(loaded("engines:\n  agent:codex: codex\n"), "agent:bakeoff") == Choice(Mode.GO, "claude", "codex")
+    assert choose(loaded(None), "Agent:Bakeoff") == Choice(Mode.GO, "claude", "claude")  # two tries of one agent
+    assert attempt_names("claude", "codex") == ("claude", "codex")
+    assert attempt_names("command", "command") == ("command", "command-2")
+    assert rival_branch("agent/issue-4-x-2-command", "command", "command") == "agent/issue-4-x-2-command-2"
+
+
+def test_a_bakeoff_session_starts_on_the_first_engines_branch_and_goes_on_with_the_winners() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    trigger = Trigger(repo="o/r", issue_number=4, issue_title="Fix it", mode=Mode.GO, actor="alice",
+                      base_branch="main", engine="claude", rival="codex")
+    session = decide(None, trigger, now).session
+    assert session is not None and session.branch == "agent/issue-4-fix-it-claude" and session.rival == "codex"
+    policy = loaded("engines:\n  agent:codex: codex\n").policy
+    # Taking the bake-off label off cancels it; taking off the engine label of one of its engines does not.
+    assert is_trigger_of(policy, session, "agent:bakeoff") and not is_trigger_of(policy, session, "agent:codex")
+
+    judged = decide(session, BakeOffJudged("codex", "agent/issue-4-fix-it-codex", "codex"), now).session
+    assert judged is not None
+    assert (judged.branch, judged.engine, judged.bakeoff_winner) == ("agent/issue-4-fix-it-codex", "codex", "codex")
+    # Judged once: a replayed verdict changes nothing.
+    again = decide(judged, BakeOffJudged("claude", "agent/issue-4-fix-it-claude", "claude"), now).session
+    assert again is not None and again.branch == judged.branch
