@@ -144,11 +144,12 @@ def test_test_files_are_recognised_in_the_usual_layouts() -> None:
     ]
 
 
-# The `command` adapter twice: the first attempt (`command`) only pretends, and fails the repository's
-# tests; the second (`command-2`, on its own branch) fixes the sum. Each says it is done.
+# The `command` adapter twice: one attempt fixes the sum, the other only pretends and fails the repository's
+# tests. The first attempt is `command` on `...-command`, the second `command-2` on its own branch; each
+# says it is done.
 TWO_SCRIPTS = """
 case "$SHEPHERD_BRANCH" in
-  *-command-2) printf 'echo $(($1 + $2))\\n' > calc.sh ;;
+  *-{fixer}) printf 'echo $(($1 + $2))\\n' > calc.sh ;;
   *) printf '# looked at it\\n' >> calc.sh ;;
 esac
 git add -A
@@ -157,11 +158,12 @@ shepherd done "Fixed the sum"
 """
 
 
+@pytest.mark.parametrize("fixer, other", [("command-2", "command"), ("command", "command-2")])
 async def test_the_bakeoff_label_opens_one_pull_request_from_the_attempt_that_passes_the_tests(
-        aiohttp_client, fake_github, git_remote, tmp_path):
+        aiohttp_client, fake_github, git_remote, tmp_path, fixer, other):
     prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
     settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
-                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS))
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS.replace("{fixer}", fixer)))
     shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
     fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
 
@@ -170,17 +172,17 @@ async def test_the_bakeoff_label_opens_one_pull_request_from_the_attempt_that_pa
     session = await shepherd.ended(1)
 
     assert session.state == State.COMPLETE
-    first, second = "agent/issue-1-fix-the-sum-command", "agent/issue-1-fix-the-sum-command-2"
+    winner, loser = f"agent/issue-1-fix-the-sum-{fixer}", f"agent/issue-1-fix-the-sum-{other}"
     [pull] = fake_github.pulls(E2E_REPO)
-    assert pull["head"]["ref"] == second == session.branch
-    assert git_remote.show(E2E_REPO, f"refs/heads/{second}", "calc.sh") == "echo $(($1 + $2))\n"
+    assert pull["head"]["ref"] == winner == session.branch
+    assert git_remote.show(E2E_REPO, f"refs/heads/{winner}", "calc.sh") == "echo $(($1 + $2))\n"
     # The other attempt's branch is pushed too, and the PR body links it in the comparison.
-    assert "# looked at it" in git_remote.show(E2E_REPO, f"refs/heads/{first}", "calc.sh")
+    assert "# looked at it" in git_remote.show(E2E_REPO, f"refs/heads/{loser}", "calc.sh")
     body = pull["body"]
-    assert "| | `command-2` (this pull request) | `command` |" in body
-    assert f"| Branch | `{second}` | [`{first}`](" in body and f"/tree/{first})" in body
+    assert f"| | `{fixer}` (this pull request) | `{other}` |" in body
+    assert f"| Branch | `{winner}` | [`{loser}`](" in body and f"/tree/{loser})" in body
     assert f"| Tests (`{TEST_COMMAND}`, with the base branch's test files) | passed (exit 0) | failed (exit 1) |" in body
-    assert "Shepherd chose `command-2`: its tests passed and the other's did not." in body
+    assert f"Shepherd chose `{fixer}`: its tests passed and the other's did not." in body
     assert len(status_comments(fake_github, 1)) == 1
     assert fake_github.calls_to("pulls/merge") == []
 
