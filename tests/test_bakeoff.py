@@ -216,3 +216,42 @@ def test_a_bakeoff_session_starts_on_the_first_engines_branch_and_goes_on_with_t
     # Judged once: a replayed verdict changes nothing.
     again = decide(judged, BakeOffJudged("claude", "agent/issue-4-fix-it-claude", "claude"), now).session
     assert again is not None and again.branch == judged.branch
+
+
+ASKING_FIRST_ATTEMPT = """
+if [ "$SHEPHERD_TURN" = 1 ] && [ "${SHEPHERD_BRANCH##*-}" = command ]; then
+  shepherd ask "Add or subtract?" --option add --option subtract
+  exit 0
+fi
+printf 'echo $(($1 + $2))\\n' > calc.sh
+git add -A
+git commit -q -m "Work on the sum"
+shepherd done "Fixed the sum"
+"""
+
+
+async def test_a_bakeoff_attempts_question_reaches_the_issue_with_the_engines_name(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, ASKING_FIRST_ATTEMPT))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    await shepherd.until(lambda: any("shepherd:question" in c["body"] for c in fake_github.comments(E2E_REPO, 1)))
+    [question] = [c for c in fake_github.comments(E2E_REPO, 1) if "shepherd:question" in c["body"]]
+    assert "### ❓ The agent `command` (one of the bake-off's two attempts) has a question" in question["body"]
+
+    answer = fake_github.add_comment(E2E_REPO, 1, "1", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, E2E_REPO, 1, answer))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    # Both attempts pass and change as much, so time decides (the first's includes the wait for the answer).
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] in ("agent/issue-1-fix-the-sum-command", "agent/issue-1-fix-the-sum-command-2")
+    assert "| Tests (`sh tests/check.sh`, with the base branch's test files) | passed (exit 0) | passed (exit 0) |" \
+        in pull["body"]
+    assert len(status_comments(fake_github, 1)) == 1
