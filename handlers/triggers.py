@@ -96,7 +96,8 @@ async def start_session(
     labelled_at = parse_time(event.data["issue"].get("updated_at"))
     edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body
     await engine.trigger(ref, mode=choice.mode, actor=login, label=label, policy=loaded, labelled_at=labelled_at,
-                         edited_after_label=edited, engine=choice.engine)
+                         edited_after_label=edited, engine=choice.engine,
+                         **({"rival": choice.rival} if choice.rival is not None else {}))
 
 
 @router.register("issues", action="unlabeled")

@@ -2,21 +2,43 @@
 worktree on `agent/issue-<n>-<slug>-<engine>`, checked by Shepherd with the repository's own test command
 and the base branch's test files, then judged, with the comparison table a PR body carries.
 
-What is NOT covered here, because it is not built yet: running both attempts inside one session of the
-engine (slots, the shared status comment, questions marked with the engine) and opening the one PR.
+End to end, the `agent:bakeoff` label runs one session with both attempts (the `command` adapter twice,
+one attempt that passes the repository's tests and one that fails them) and opens exactly one PR, from
+the passing attempt, with the comparison table and a link to the other branch; nothing is merged.
+
+What is NOT covered here, because it is not built yet: questions from the second attempt (it runs one
+agent run to its end after the first attempt is done; see `bot.core.bakeoff`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from bot.core.bakeoff import AttemptFacts, bakeoff_branch, comparison_table, judge, paths_holding_tests
+from bot.core.bakeoff import (
+    AttemptFacts,
+    attempt_names,
+    bakeoff_branch,
+    comparison_table,
+    judge,
+    paths_holding_tests,
+    rival_branch,
+)
+from bot.core.engines import Choice, choose, is_trigger_of
+from bot.core.policy import LoadedPolicy, OperatorLimits, parse_policy
+from bot.core.session import BakeOffJudged, Mode, State, Trigger, decide
 from bot.runtime.bakeoff import check_attempt
 from bot.workspace.workspaces import Workspaces
+from tests.conftest import settings_for
+from tests.e2e_support import FAST_POLICY, MAINTAINER, agent_script, start_shepherd, status_comments
+from tests.e2e_support import REPO as E2E_REPO
+from tests.e2e_support import prepare_repo
+from tests.fakes import payloads
 from tests.fakes.git_remote import GitRemote
+from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -120,3 +142,116 @@ def test_test_files_are_recognised_in_the_usual_layouts() -> None:
         "go/x_test.go", "pkg/test_app.py", "spec/a_spec.rb", "src/__tests__/a.js", "tests/check.sh",
         "web/button.test.tsx",
     ]
+
+
+# The `command` adapter twice: one attempt fixes the sum, the other only pretends and fails the repository's
+# tests. The first attempt is `command` on `...-command`, the second `command-2` on its own branch; each
+# says it is done.
+TWO_SCRIPTS = """
+case "$SHEPHERD_BRANCH" in
+  *-{fixer}) printf 'echo $(($1 + $2))\\n' > calc.sh ;;
+  *) printf '# looked at it\\n' >> calc.sh ;;
+esac
+git add -A
+git commit -q -m "Work on the sum"
+shepherd done "Fixed the sum"
+"""
+
+
+@pytest.mark.parametrize("fixer, other", [("command-2", "command"), ("command", "command-2")])
+async def test_the_bakeoff_label_opens_one_pull_request_from_the_attempt_that_passes_the_tests(
+        aiohttp_client, fake_github, git_remote, tmp_path, fixer, other):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS.replace("{fixer}", fixer)))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    winner, loser = f"agent/issue-1-fix-the-sum-{fixer}", f"agent/issue-1-fix-the-sum-{other}"
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == winner == session.branch
+    assert git_remote.show(E2E_REPO, f"refs/heads/{winner}", "calc.sh") == "echo $(($1 + $2))\n"
+    # The other attempt's branch is pushed too, and the PR body links it in the comparison.
+    assert "# looked at it" in git_remote.show(E2E_REPO, f"refs/heads/{loser}", "calc.sh")
+    body = pull["body"]
+    assert f"| | `{fixer}` (this pull request) | `{other}` |" in body
+    assert f"| Branch | `{winner}` | [`{loser}`](" in body and f"/tree/{loser})" in body
+    assert f"| Tests (`{TEST_COMMAND}`, with the base branch's test files) | passed (exit 0) | failed (exit 1) |" in body
+    assert f"Shepherd chose `{fixer}`: its tests passed and the other's did not." in body
+    assert len(status_comments(fake_github, 1)) == 1
+    assert fake_github.calls_to("pulls/merge") == []
+
+
+def loaded(text: str | None) -> LoadedPolicy:
+    return parse_policy(text, OperatorLimits(agent="claude", adapters=("claude", "codex", "command")),
+                        default_branch="main")
+
+
+def test_the_bakeoff_label_pits_the_policys_agent_against_its_first_engine() -> None:
+    assert choose(loaded("engines:\n  agent:codex: codex\n"), "agent:bakeoff") == Choice(Mode.GO, "claude", "codex")
+    assert choose(loaded(None), "Agent:Bakeoff") == Choice(Mode.GO, "claude", "claude")  # two tries of one agent
+    assert attempt_names("claude", "codex") == ("claude", "codex")
+    assert attempt_names("command", "command") == ("command", "command-2")
+    assert rival_branch("agent/issue-4-x-2-command", "command", "command") == "agent/issue-4-x-2-command-2"
+
+
+def test_a_bakeoff_session_starts_on_the_first_engines_branch_and_goes_on_with_the_winners() -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    trigger = Trigger(repo="o/r", issue_number=4, issue_title="Fix it", mode=Mode.GO, actor="alice",
+                      base_branch="main", engine="claude", rival="codex")
+    session = decide(None, trigger, now).session
+    assert session is not None and session.branch == "agent/issue-4-fix-it-claude" and session.rival == "codex"
+    policy = loaded("engines:\n  agent:codex: codex\n").policy
+    # Taking the bake-off label off cancels it; taking off the engine label of one of its engines does not.
+    assert is_trigger_of(policy, session, "agent:bakeoff") and not is_trigger_of(policy, session, "agent:codex")
+
+    judged = decide(session, BakeOffJudged("codex", "agent/issue-4-fix-it-codex", "codex"), now).session
+    assert judged is not None
+    assert (judged.branch, judged.engine, judged.bakeoff_winner) == ("agent/issue-4-fix-it-codex", "codex", "codex")
+    # Judged once: a replayed verdict changes nothing.
+    again = decide(judged, BakeOffJudged("claude", "agent/issue-4-fix-it-claude", "claude"), now).session
+    assert again is not None and again.branch == judged.branch
+
+
+ASKING_FIRST_ATTEMPT = """
+if [ "$SHEPHERD_TURN" = 1 ] && [ "${SHEPHERD_BRANCH##*-}" = command ]; then
+  shepherd ask "Add or subtract?" --option add --option subtract
+  exit 0
+fi
+printf 'echo $(($1 + $2))\\n' > calc.sh
+git add -A
+git commit -q -m "Work on the sum"
+shepherd done "Fixed the sum"
+"""
+
+
+async def test_a_bakeoff_attempts_question_reaches_the_issue_with_the_engines_name(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, ASKING_FIRST_ATTEMPT))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    await shepherd.until(lambda: any("shepherd:question" in c["body"] for c in fake_github.comments(E2E_REPO, 1)))
+    [question] = [c for c in fake_github.comments(E2E_REPO, 1) if "shepherd:question" in c["body"]]
+    assert "### ❓ The agent `command` (one of the bake-off's two attempts) has a question" in question["body"]
+
+    answer = fake_github.add_comment(E2E_REPO, 1, "1", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, E2E_REPO, 1, answer))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    # Both attempts pass and change as much, so time decides (the first's includes the wait for the answer).
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] in ("agent/issue-1-fix-the-sum-command", "agent/issue-1-fix-the-sum-command-2")
+    assert "| Tests (`sh tests/check.sh`, with the base branch's test files) | passed (exit 0) | passed (exit 0) |" \
+        in pull["body"]
+    assert len(status_comments(fake_github, 1)) == 1

@@ -160,3 +160,22 @@ async def test_an_engine_label_added_while_down_starts_that_engine(aiohttp_clien
     assert session.engine == "command" and session.trigger_actor == MAINTAINER
     assert (await shepherd.ended(1)).state == State.COMPLETE
     assert len(fake_github.pulls(REPO)) == 1
+
+
+async def test_the_bakeoff_label_added_while_down_starts_a_bakeoff(aiohttp_client, fake_github, git_remote, tmp_path):
+    """SPEC §8: the bake-off label is a trigger label, for reconciliation too: one session, two attempts."""
+    from tests.conftest import settings_for
+    from tests.e2e_support import start_shepherd
+    from tests.runtime_support import FAST_POLICY, agent_script, prepare_repo
+
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    put_label(fake_github, 1, "agent:bakeoff")
+    command = agent_script(tmp_path, DONE_AGENT)
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command", SHEPHERD_AGENT_COMMAND=command)
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    session = await shepherd.until(lambda: shepherd.session(1))
+    assert (session.engine, session.rival, session.trigger_actor) == ("command", "command", MAINTAINER)
+    assert (await shepherd.ended(1)).state == State.COMPLETE
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"].startswith("agent/issue-1-add-a-greeting-command") and "Shepherd chose" in pull["body"]

@@ -1,5 +1,21 @@
-"""The bake-off's judgement (SPEC §8): which of two attempts on the same issue is better, by facts Shepherd
-checked itself, and the table that says so in the pull request's body. Pure: the facts come in measured.
+"""The bake-off (SPEC §8): which engines it pits, what their attempts are called, which of the two attempts
+on the same issue is better by facts Shepherd checked itself, and the table that says so in the pull
+request's body. Pure: the facts come in measured.
+
+How a bake-off runs (the smallest sound shape): the `agent:bakeoff` label starts ONE ordinary go session
+whose `engine` is the first engine and whose `rival` is the second. The session runs the first engine's
+attempt exactly as any session does (its turns, its one open question, the issue's one status comment),
+in its own workspace on `agent/issue-<n>-<slug>-<first>`. When that attempt is done and the core asks for
+the pull request (`FinishWork`), the runtime (`bot.runtime.bakeoff.BakeOff`) runs the rival's attempt with
+the same prompt in a second workspace on `agent/issue-<n>-<slug>-<second>`, checks both attempts with the
+same fact check, and the judgement below picks the winner; the core is told (`BakeOffJudged`) and the
+session carries the winner's branch and engine from then on, so the one PR, its review rounds and its
+CI rounds all follow the winning attempt. The loser's branch is pushed too and linked from the PR body.
+Nothing is merged.
+
+The engines: the policy's `agent` first, then the first adapter the policy's `engines` map names (the
+same agent again when it names none, which still gives two independent tries). Two attempts with the
+same adapter are told apart by name: `command` and `command-2`.
 
 The order of the facts is the order of the judgement: the repository's `test` command passing (run with
 the base branch's own test files, so no attempt wins by editing the tests), no protected path touched,
@@ -21,6 +37,9 @@ TEST_PATTERNS = (
     "test/**", "tests/**", "spec/**", "**/__tests__/**", "**/test_*.py", "**/*_test.py", "**/*_test.go",
     "**/*.test.*", "**/*.spec.*", "**/*Test.java", "**/*Tests.cs",
 )
+
+BAKEOFF_LABEL = "agent:bakeoff"  # a fixed default: the `labels` schema is a contract this does not widen
+SECOND_SUFFIX = "-2"
 
 UNKNOWN = "unknown"
 NO_TEST_COMMAND = "no `test` command"
@@ -71,6 +90,23 @@ class Verdict:
 def bakeoff_branch(issue_number: int, slug: str, engine: str) -> str:
     """`agent/issue-<n>-<slug>-<engine>` (SPEC §8)."""
     return f"{BRANCH_PREFIX}issue-{issue_number}-{slug}-{engine}"
+
+
+def bakeoff_engines(agent: str, engines: Iterable[str]) -> tuple[str, str]:
+    """The two adapters a bake-off pits: the policy's `agent`, then the first one `engines` maps to."""
+    return agent, next(iter(engines), agent)
+
+
+def attempt_names(engine: str, rival: str) -> tuple[str, str]:
+    """What the two attempts are called in branches and comments; the same adapter twice is `x`, `x-2`."""
+    return engine, rival if rival != engine else rival + SECOND_SUFFIX
+
+
+def rival_branch(first_branch: str, engine: str, rival: str) -> str:
+    """The second attempt's branch, next to the first's (`...-<first>` becomes `...-<second>`)."""
+    first, second = attempt_names(engine, rival)
+    assert first_branch.endswith("-" + first), first_branch
+    return first_branch[: len(first_branch) - len(first)] + second
 
 
 def paths_holding_tests(paths: Iterable[str]) -> list[str]:

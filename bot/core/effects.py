@@ -64,8 +64,10 @@ class Publisher(Protocol):
 class Finisher(Protocol):
     """Turns finished work into a pushed branch and one pull request (SPEC §1.8)."""
 
-    async def finish(self, session: Session, command: FinishWork, context: SessionContext) -> Sequence[Event]:
-        """Commit leftovers, check protected paths, run tests, push, open or update the PR.
+    async def finish(self, session: Session, command: FinishWork, context: SessionContext,
+                     appendix: str | None = None) -> Sequence[Event]:
+        """Commit leftovers, check protected paths, run tests, push, open or update the PR (a new PR's body
+        ends with `appendix` when given: a bake-off's comparison).
 
         Returns `PullRequestOpened`, `PullRequestUpdated`, `PushFailed` or `MergeConflict` (and nothing else)."""
         ...
@@ -95,8 +97,10 @@ class Engine(Protocol):
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
-        """A go or plan label (or an engine label: `engine` is its adapter) was added by an authorised
+                      edited_after_label: bool = False, engine: str | None = None,
+                      rival: str | None = None) -> Session | None:
+        """A go or plan label (or an engine label: `engine` is its adapter; the bake-off label: `rival` is
+        the second engine) was added by an authorised
         person: start, continue, point to the PR, or nothing for a replayed label (`labelled_at` is
         GitHub's time of the label event)."""
         ...

@@ -1,5 +1,6 @@
 """Which label starts what (SPEC §3 `engines`, §8): the go and plan labels, and the policy's engine labels.
 
+The bake-off label (`agent:bakeoff`, `bot.core.bakeoff`) starts a go session with two engines.
 An engine label (`agent:codex` in `engines: {agent:codex: codex}`) starts a go session whose agent is
 that adapter instead of the policy's `agent`. A label the policy names under `engines` with an agent
 the operator has not set up is still a trigger, as an invalid `agent` is: the session runs with the
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bot.core.bakeoff import BAKEOFF_LABEL, bakeoff_engines
 from bot.core.policy import EffectivePolicy, LoadedPolicy
 from bot.core.session import Mode, Session
 
@@ -22,6 +24,7 @@ class Choice:
 
     mode: Mode
     engine: str | None = None  # None: the policy's own `agent`
+    rival: str | None = None  # the bake-off label: the second engine (SPEC §8)
 
 
 def _same(left: str, right: str) -> bool:
@@ -45,11 +48,16 @@ def choose(loaded: LoadedPolicy, label: str) -> Choice | None:
         return Choice(Mode.GO, engine)
     if any(_same(problem.key, ENGINES_KEY + label) for problem in loaded.problems):
         return Choice(Mode.GO)  # the file names it, wrongly: run the defaults and say what is wrong
+    if _same(label, BAKEOFF_LABEL):
+        first, second = bakeoff_engines(loaded.policy.agent, loaded.policy.engines.values())
+        return Choice(Mode.GO, first, second)
     return None
 
 
 def is_trigger_of(policy: EffectivePolicy, session: Session, label: str) -> bool:
     """Whether removing `label` takes away the label that started `session` (and so cancels it)."""
+    if session.rival is not None:
+        return _same(label, BAKEOFF_LABEL)
     if session.engine is not None and engine_for(policy, label) == session.engine:
         return True
     own = policy.labels.plan if session.mode == Mode.PLAN else policy.labels.go

@@ -291,6 +291,10 @@ class Session(_Record):
     # the `labeled` payload): a `labeled` delivery no newer than this is a replay (SPEC §6).
     trigger_labelled_at: datetime | None = None
     engine: str | None = None  # the adapter an engine label picked (SPEC §8); None: the policy's `agent`
+    # A bake-off (SPEC §8): the second engine's adapter, run against `engine` when the work is done, and,
+    # once judged (`BakeOffJudged`), the name of the attempt whose branch the session now carries.
+    rival: str | None = None
+    bakeoff_winner: str | None = None
     pr_wait_since: datetime | None = None  # when the finished work began waiting under `max_open_prs`
     pr_closed_at: datetime | None = None  # when the PR was merged or closed
     # A close of the PR that arrived while its opening was still being recorded (GitHub's webhook can
@@ -340,6 +344,17 @@ class Trigger(Event):
     waiting_for: tuple[str, ...] = ()  # dependencies not done yet: the session waits before its workspace
     labelled_at: datetime | None = None  # GitHub's time of the label event; None for `/agent retry`
     engine: str | None = None  # an engine label's adapter (SPEC §8)
+    rival: str | None = None  # the bake-off label's second adapter (SPEC §8); `engine` is then the first
+
+
+@dataclass(frozen=True)
+class BakeOffJudged(Event):
+    """Both bake-off attempts were checked and judged (SPEC §8): the session goes on with the winner's
+    branch and engine (its PR opens from there); `attempt` is the winning attempt's name."""
+
+    attempt: str
+    branch: str
+    engine: str
 
 
 @dataclass(frozen=True)
@@ -857,7 +872,9 @@ def _new_session(
         mode=trigger.mode,
         trigger_actor=trigger.actor,
         slug=slug,
-        branch=make_branch(trigger.issue_number, slug, suffix),
+        branch=make_branch(trigger.issue_number, slug, suffix) + (
+            f"-{trigger.engine}" if trigger.rival is not None and trigger.engine else ""
+        ),
         base_branch=trigger.base_branch,
         state=State.REGISTERED,
         created_at=now,
@@ -869,6 +886,7 @@ def _new_session(
         waiting_for=tuple(trigger.waiting_for),
         trigger_labelled_at=trigger.labelled_at,
         engine=trigger.engine,
+        rival=trigger.rival,
     )
 
 
@@ -948,6 +966,7 @@ def _retry(session: Session, event: Retry, now: datetime) -> Decision:
         base_branch=session.base_branch,
         limits=session.limits,
         engine=session.engine,
+        rival=session.rival,
     )
     return decide_trigger(session, trigger, now)
 
@@ -1540,6 +1559,12 @@ def _on_spend_reported(s: Session, e: SpendReported, now: datetime) -> Decision:
     return Decision(s, (PostStatus(throttled=True),))
 
 
+def _on_bakeoff_judged(s: Session, e: BakeOffJudged, now: datetime) -> Decision:
+    if s.rival is None or s.bakeoff_winner is not None:
+        return Decision(s)
+    return Decision(replace(s, branch=e.branch, engine=e.engine, bakeoff_winner=e.attempt))
+
+
 def _on_work_pushed(s: Session, e: WorkPushed, now: datetime) -> Decision:
     if not s.finishing or not s.budget_stop or s.state != State.WORKING:
         return Decision(s)
@@ -1600,6 +1625,7 @@ _HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     BudgetRaised: _on_budget_raised,
     LoopDetected: _on_loop_detected,
     WorkPushed: _on_work_pushed,
+    BakeOffJudged: _on_bakeoff_judged,
 }
 
 

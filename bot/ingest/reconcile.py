@@ -29,6 +29,7 @@ import gidgethub
 
 from bot.github.permissions import PermissionCache
 from bot.core.effects import IssueRef
+from bot.core.bakeoff import BAKEOFF_LABEL
 from bot.core.engines import choose
 from bot.github.labels import RepoPolicies, trigger_label
 from bot.core.session import BRANCH_PREFIX, Mode, PullRequestClosed, PullRequestOpened, PullRequestState
@@ -109,9 +110,9 @@ async def _reconcile_repository(
     full_name = repository["full_name"]
     default_branch = repository.get("default_branch") or "main"
     loaded = await policies.get(gh, owner, name, default_branch)
-    # Every trigger label: go, plan and each engine label of the policy (SPEC §3 `engines`).
+    # Every trigger label: go, plan, each engine label of the policy (SPEC §3 `engines`) and the bake-off's.
     labels = [trigger_label(loaded.policy.labels, Mode.GO), trigger_label(loaded.policy.labels, Mode.PLAN),
-              *loaded.policy.engines]
+              *loaded.policy.engines, BAKEOFF_LABEL]
     for label in labels:
         choice = choose(loaded, label)
         if choice is None:
@@ -130,7 +131,7 @@ async def _reconcile_repository(
                 author=(issue.get("user") or {}).get("login"),
             )
             await _start_as_labeller(gh, engine, ref, choice.mode, label, loaded.policy.min_permission, permissions,
-                                     done, choice.engine)
+                                     done, choice.engine, choice.rival)
     await _reconcile_pulls(gh, owner, name, full_name, engine, done)
 
 
@@ -149,6 +150,7 @@ async def labeller(gh: Any, owner: str, repo: str, number: int, label: str) -> d
 async def _start_as_labeller(
     gh: Any, engine: Any, ref: IssueRef, mode: Mode, label: str, minimum: str,
     permissions: PermissionCache, done: Reconciled, chosen_engine: str | None = None,
+    rival: str | None = None,
 ) -> None:
     key = f"{ref.full_name}#{ref.number}"
     actor = await labeller(gh, ref.owner, ref.repo, ref.number, label)
@@ -160,7 +162,8 @@ async def _start_as_labeller(
         log.info(LOG_NOT_ALLOWED, ref.full_name, ref.number, label, actor["login"])
         done.skipped.append(key)
         return
-    session = await engine.trigger(ref, mode=mode, actor=actor["login"], label=label, engine=chosen_engine)
+    session = await engine.trigger(ref, mode=mode, actor=actor["login"], label=label, engine=chosen_engine,
+                                   **({"rival": rival} if rival is not None else {}))
     if session is not None:
         log.info(LOG_STARTED, ref.full_name, ref.number, label, actor["login"])
         done.started.append(key)

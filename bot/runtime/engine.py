@@ -66,6 +66,7 @@ from bot.core.session import (
     decide_trigger,
     to_status_json,
 )
+from bot.runtime.bakeoff import run_bakeoff
 from bot.runtime.pull_cap import PullRequestCap
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
@@ -246,7 +247,8 @@ class Engine:
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
+                      edited_after_label: bool = False, engine: str | None = None,
+                      rival: str | None = None) -> Session | None:
         """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
         delivery is a replay. `policy` is the reading the handler took the label's meaning from;
         `edited_after_label` says the issue changed after the label (the agent gets the labelled text);
@@ -271,6 +273,7 @@ class Engine:
                               max_cost_usd=loaded.policy.max_cost_usd),
                 labelled_at=labelled_at,
                 engine=engine,
+                rival=rival,
             )
             now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
@@ -554,15 +557,20 @@ class Engine:
 
         Counting and opening happen under one lock per repository, and the PR is recorded before the lock
         is let go, so two sessions finishing at once cannot both take the last free place."""
+        session, extra = stored.session, {}
+        if session.rival is not None and session.bakeoff_winner is None and command.open_pull_request:
+            # A bake-off (SPEC §8): the second attempt runs, and the better one goes on to its PR.
+            session, command, context, appendix = await run_bakeoff(self, stored, command, context)
+            extra = {"appendix": appendix}
         cap = context.policy.max_open_prs
         if cap is None or command.pull_request_number is not None or not command.open_pull_request:
             # A push that keeps work at the cost cap opens no PR, so the cap on open PRs does not hold it.
-            return await self.finisher.finish(stored.session, command, context)
+            return await self.finisher.finish(session, command, context, **extra)
         async with self._lock(f"open-prs {stored.session.repo}"):
-            verdict = self.pull_caps.verdict(stored.session, cap)
+            verdict = self.pull_caps.verdict(session, cap)
             if verdict is not None:
                 return (verdict,)
-            events = await self.finisher.finish(stored.session, command, context)
+            events = await self.finisher.finish(session, command, context, **extra)
             for event in events:
                 await self.apply(stored.session.id, event)
         return ()

@@ -178,9 +178,11 @@ class Finisher:
         self._parent_env = dict(parent_env or {})
         self._poll = poll
 
-    async def finish(self, session: Session, command: FinishWork, context: Any) -> Sequence[Event]:
+    async def finish(self, session: Session, command: FinishWork, context: Any,
+                     appendix: str | None = None) -> Sequence[Event]:
+        """`appendix` is Markdown added to a new PR's body (the bake-off's comparison, SPEC §8)."""
         try:
-            return [await self._finish(session, command, context)]
+            return [await self._finish(session, command, context, appendix)]
         except (FinishRefused, PushRefused, OperationRefused) as refusal:
             reason = str(refusal)
         except WorkspaceError as error:
@@ -195,7 +197,8 @@ class Finisher:
 
     # -- the steps ------------------------------------------------------------------------------
 
-    async def _finish(self, session: Session, command: FinishWork, context: Any) -> Event:
+    async def _finish(self, session: Session, command: FinishWork, context: Any,
+                      appendix: str | None = None) -> Event:
         branch = agent_branch(command.branch)  # refuse a foreign ref before touching anything
         full_name = context.full_name
         worktree = Path(context.worktree) if context.worktree else self._workspaces.worktree_path(full_name, branch)
@@ -232,6 +235,8 @@ class Finisher:
         head_sha = await self._push(session, context, branch)
 
         body = self._body(session, branch, base, commits, commit_count, diffstat, test, closing)
+        if appendix:
+            body = f"{body.rstrip()}\n\n{appendix}"
         draft = bool(context.policy.draft) or (test is not None and not test.passed)
         return await self._open_or_update(session, command, context, branch, base, body, draft, head_sha)
 
@@ -324,6 +329,10 @@ class Finisher:
         tail = "" if passed else log_tail(log_path, lines=TEST_TAIL_LINES)
         log.info("tests of %s: exit %s (%s)", session.id, outcome.exit_code, outcome.reason)
         return TestRun(context.policy.test, outcome.exit_code, stop_reason, tail)
+
+    async def push(self, session: Session, context: Any, branch: str) -> str:
+        """Push one more of the session's branches (a bake-off's other attempt) the way its own is pushed."""
+        return await self._push(session, context, agent_branch(branch))
 
     async def _push(self, session: Session, context: Any, branch: str) -> str:
         """Push the branch without ever losing a commit Shepherd did not write (SPEC §2).

@@ -305,10 +305,12 @@ QUESTION_TEXT_END = "question-end"
 
 
 def render_question(session_id: str, question_id: str, text: str, options: Sequence[str],
-                    context: str | None, mention: str) -> str:
-    """The question comment: the question, numbered options, context, and a ping for who triggered."""
+                    context: str | None, mention: str, engine: str | None = None) -> str:
+    """The question comment: the question, numbered options, context, and a ping for who triggered;
+    `engine` names the asking attempt of a bake-off (SPEC §8)."""
     return render(
         "question",
+        engine=engine,
         marker=marker("question", session=session_id, id=question_id),
         start=marker(QUESTION_TEXT_START),
         end=marker(QUESTION_TEXT_END),
