@@ -221,7 +221,7 @@ class Finisher:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
         if not command.open_pull_request:
             # Stopped at the cost cap (SPEC §8): the work so far is kept on the branch, unreviewed.
-            return WorkPushed(await self._push(context, branch))
+            return WorkPushed(await self._push(session, context, branch))
         conflicts = await self._test_merge(context, head, base)
         if conflicts:
             log.info("%s does not merge into %s: %s", branch, base, ", ".join(conflicts))

@@ -204,8 +204,12 @@ class TemporalEngine:
 
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None) -> Session | None:
-        """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay."""
+                      edited_after_label: bool = False, engine: str | None = None,
+                      rival: str | None = None) -> Session | None:
+        """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay.
+        A bake-off (`rival`) is not run by Temporal hosts yet: it is refused on the issue, not half run."""
+        if rival is not None:
+            raise NotImplementedError("a bake-off runs only with SHEPHERD_ENGINE=local for now")
         loaded = policy
         if loaded is None:
             gh = self.github.installation(issue.installation_id)
