@@ -207,7 +207,7 @@ class TemporalEngine:
                       edited_after_label: bool = False, engine: str | None = None,
                       rival: str | None = None) -> Session | None:
         """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay.
-        A bake-off (`rival`) is not run by Temporal hosts yet: it is refused on the issue, not half run."""
+        A bake-off (`rival`) is not run by Temporal hosts yet: its delivery fails with that reason, not half run."""
         if rival is not None:
             raise NotImplementedError("a bake-off runs only with SHEPHERD_ENGINE=local for now")
         loaded = policy
