@@ -85,3 +85,23 @@ async def test_merged_pull_request_removes_the_worktree(shepherd_with, fake_gith
     assert "merged" in status["body"]
     # Shepherd itself never merged: the only merge was the maintainer's, in the fake.
     assert fake_github.calls_to("pulls/merge") == []
+
+
+
+async def test_a_finish_left_in_the_outbox_by_a_kill_opens_no_second_pull_request(shepherd_with, fake_github,
+                                                                                   git_remote):
+    """Found by the chaos test: a FinishWork row still in the outbox after its PR was recorded (a `kill -9` before
+    the row was marked done, or the one each restart adds while finishing) is carried out after the PR was
+    merged; looking for an open PR of the branch, it found none and opened a second one."""
+    shepherd = await shepherd_with(ROUND_AGENT)
+    session, pull = await opened_pull(shepherd, fake_github)
+    db = shepherd.engine.sessions.db
+    with db:  # what the kill left: the FinishWork row not marked done
+        again = db.execute("UPDATE outbox SET done_at = NULL WHERE session_id = ? AND command LIKE '%FinishWork%'",
+                           (session.id,)).rowcount
+    assert again == 1
+    merged = payloads.pull_request_closed(fake_github, REPO, pull["number"], merged=True, sender=MAINTAINER)
+    assert await shepherd.deliver("pull_request", merged) == 202  # the runner carries out the rows in order
+    await shepherd.settle()
+    assert [p["number"] for p in fake_github.pulls(REPO)] == [pull["number"]]
+    assert "merged" in status_comments(fake_github, 1)[0]["body"]

@@ -175,6 +175,22 @@ async def test_a_502_is_retried_with_backoff(app: GitHubApp, fake: Any, sleeps: 
     assert requests(metrics, "GET", 502) == 2
 
 
+async def test_a_comment_whose_502_came_after_github_made_it_is_not_posted_again(app: GitHubApp, fake: Any) -> None:
+    """Found by the chaos test: a 502 can come after GitHub created the comment, so the client does not repeat
+    the create (that made a second question comment); its caller looks for its marked comment and repeats."""
+    from tests.fakes.github import Fault
+
+    faults = [Fault(Fault.AFTER)]
+    fake.fault_for = lambda call: faults.pop() if faults and call.operation_id == "issues/create-comment" else None
+    with pytest.raises(gidgethub.GitHubException):
+        await app.installation(INSTALLATION).post(
+            "/repos/{owner}/{repo}/issues/{issue_number}/comments",
+            {"owner": OWNER, "repo": NAME, "issue_number": 1},
+            data={"body": "Which colour?"},
+        )
+    assert [c["body"] for c in fake.comments(REPO, 1)] == ["Which colour?"]
+
+
 class ScriptedClient(GitHubClient):
     """The real client with only the HTTP exchange replaced by scripted answers (gidgethub's own test style)."""
 

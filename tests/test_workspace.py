@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import stat
+import threading
 from pathlib import Path
 
+import psutil
 import pytest
 
+from bot.runtime import coordination
+from bot.workspace.git import GitError
 from bot.workspace.push import push_branch
 from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces
 from tests.fakes.git_remote import TEST_TOKEN, GitRemote, git_remote  # noqa: F401
@@ -220,3 +227,103 @@ async def test_a_dirty_pool_worktree_is_not_handed_out(workspace):
     tree = await spaces.create_worktree(REPO, BRANCH, "main")
     assert not ready.exists()  # thrown away, not kept for another session
     assert not (tree / "planted.txt").exists()
+
+
+
+def _kill_the_box_once_a_git_shows(folder: Path, done: threading.Event) -> bool:
+    """Poll `folder` for a new repository's `.git/HEAD`; then `kill -9` the box making it. True if it was killed."""
+    before = set(folder.iterdir()) if folder.is_dir() else set()
+    while not done.is_set():
+        if folder.is_dir() and any((p / ".git" / "HEAD").exists() for p in set(folder.iterdir()) - before):
+            for child in psutil.Process().children():
+                if "shepherd-git" in " ".join(child.cmdline()):
+                    os.killpg(child.pid, signal.SIGKILL)
+                    return True
+            return False
+    return False
+
+
+async def test_a_repository_cut_short_by_kill_9_is_never_handed_to_a_session(workspace):
+    """`kill -9` while a session's repository is being made (found by the chaos test): the re-run after the
+    restart finds either no repository or a whole one, so the agent's work is on its branch, based on `main`.
+
+    The box is killed as soon as a `.git` shows under the repository's folder, then the engine's rule after a
+    restart is followed: a recorded repository with a `.git` is reused, anything else is made again."""
+    spaces, _ = workspace
+    folder = spaces.data_dir / "worktrees" / "acme" / "web"
+    cut_short = 0
+    for attempt in range(8):
+        branch = f"agent/issue-{attempt + 1}-cut-short"
+        tree = spaces.worktree_path(REPO, branch)
+        done, killed = threading.Event(), []
+        killer = threading.Thread(target=lambda: killed.append(_kill_the_box_once_a_git_shows(folder, done)))
+        killer.start()
+        try:
+            await spaces.create_worktree(REPO, branch, "main")
+        except WorkspaceError:
+            pass
+        finally:
+            done.set()
+            killer.join()
+        if killed[0]:
+            cut_short += 1
+            if not (tree / ".git").exists():
+                shutil.rmtree(tree, ignore_errors=True)
+                await spaces.create_worktree(REPO, branch, "main")
+        assert await spaces.current_branch(tree) == branch
+        assert (tree / "src" / "app.py").read_text() == "print('hi')\n"
+        (tree / "feature.txt").write_text("new\n")
+        await spaces.commit_all(tree, "Add a feature", *BOT)
+        await spaces.export_branch(tree, branch)
+        assert await spaces.branch_changes(REPO, f"refs/heads/{branch}", "main") == [("feature.txt", 1, 0)]
+    assert cut_short >= 1  # the kill landed in the middle of the making at least once
+
+
+
+def _kill_git_once_a_scratch_shows(scratch: Path, done: threading.Event) -> bool:
+    """Poll `scratch` for a new folder; then `kill -9` the git making it. True if one was killed."""
+    before = set(scratch.iterdir()) if scratch.is_dir() else set()
+    while not done.is_set():
+        if scratch.is_dir() and set(scratch.iterdir()) - before:
+            for child in psutil.Process().children():
+                try:
+                    if child.cmdline()[:1] == ["git"]:
+                        os.killpg(child.pid, signal.SIGKILL)
+                        return True
+                except (psutil.Error, ProcessLookupError):
+                    continue  # ended on its own
+    return False
+
+
+async def test_a_test_merge_cut_short_by_kill_9_leaves_the_mirror_usable(workspace, git_remote):
+    """`kill -9` in the middle of the merge test before a PR (found by the chaos test, where a fetch into the
+    mirror failed with `bad object worktrees/merge-…/HEAD`): the mirror still takes the session's work and the
+    remote's news afterwards, and the next merge test answers."""
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    (tree / "feature.txt").write_text("new\n")
+    await spaces.commit_all(tree, "Add a feature", *BOT)
+    head = await spaces.export_branch(tree, BRANCH)
+    killed = 0
+    for _ in range(5):
+        done, outcome = threading.Event(), []
+        killer = threading.Thread(
+            target=lambda: outcome.append(_kill_git_once_a_scratch_shows(spaces.data_dir / "scratch", done)))
+        killer.start()
+        try:
+            await coordination.test_merge(spaces.git, spaces, REPO, head, "main")
+        except GitError:
+            pass
+        finally:
+            done.set()
+            killer.join()
+        killed += outcome[0]
+    assert killed >= 1
+    (tree / "more.txt").write_text("more\n")
+    await spaces.commit_all(tree, "Add more", *BOT)
+    head = await spaces.export_branch(tree, BRANCH)  # a fetch into the mirror
+    git_remote.commit_on(REPO, "main", {"CHANGELOG.md": "v2\n"})
+    await spaces.ensure_mirror(REPO, git_remote.url_of(REPO), TEST_TOKEN)
+    assert await coordination.test_merge(spaces.git, spaces, REPO, head, "main") == ()
+    assert await spaces.branch_changes(REPO, f"refs/heads/{BRANCH}", "main") == [("feature.txt", 1, 0),
+                                                                                  ("more.txt", 1, 0)]

@@ -31,6 +31,9 @@ APP_LABEL = "app"  # the rate-limit gauge's label for calls made with the App's 
 JWT_REUSE_SECONDS = 5 * 60  # a JWT lives 9 min; make a new one well before that
 RATE_LIMIT_RESET_MARGIN = 1.0  # x-ratelimit-reset has whole seconds; do not arrive a hair early
 
+# Writes that make a new thing each time they are sent. GitHub can answer 5xx after it made it, so the client
+# never repeats one after a 5xx (a second comment would show): its caller looks for what it marked, then repeats.
+CREATES_ANEW = frozenset({"issues/create", "issues/create-comment"})
 RETRY_NOTE = "GitHub answered %s to %s %s (attempt %s of %s); retrying in %.1f s"
 GIVE_UP_WAIT_NOTE = "GitHub asks %s %s to wait %.0f s, longer than the %.0f s cap; not retrying"
 GIVE_UP_ATTEMPTS_NOTE = "GitHub answered %s to %s %s %s times; giving up"
@@ -165,6 +168,8 @@ class GitHubClient(gidgethub.aiohttp.GitHubAPI):
             finally:
                 if held:
                     self._gate.landed()  # type: ignore[union-attr]
+            if status >= 500 and operation.operation_id in CREATES_ANEW:
+                return status, response_headers, response_body  # it may have landed: the caller looks first
             delay = self._retry_delay(status, response_headers, response_body, attempt)
             if delay is None:
                 return status, response_headers, response_body

@@ -3,12 +3,13 @@
 `bot.core.overlaps.find_overlaps` decides which sessions share files. `Coordinator.check` measures each live session's changed files against its
 base, stores each session's overlaps in its context (the next turn's message names them) and keeps one
 coordination comment per issue, edited when the overlap changes and never repeated. `test_merge` merges
-the branch's head into the current base in a scratch worktree of the mirror and reports the conflicting
-files; the scratch worktree is always removed.
+the branch's head into the current base in a scratch repository borrowing the mirror's objects and reports
+the conflicting files; the scratch repository is always removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
@@ -115,33 +116,33 @@ def _web_repo(clone_url: str) -> str:
 
 
 async def test_merge(git: Git, workspaces: Workspaces, full_name: str, head: str, base: str) -> tuple[str, ...]:
-    """Merge `head` (a commit) into `refs/remotes/origin/<base>` in a scratch worktree; the conflicting
+    """Merge `head` (a commit) into `refs/remotes/origin/<base>` in a scratch repository; the conflicting
     files, or () when it merges cleanly. Nothing of the scratch merge survives the call."""
-    # Under the mirror's lock: a session's export reads the mirror, which this worktree changes.
-    async with workspaces.mirror_lock(full_name):
-        mirror: Mirror = workspaces.mirror(full_name)
-        scratch_root = workspaces.data_dir / "scratch"
-        scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch_root))
-        shutil.rmtree(scratch)  # git worktree add wants to create it
-        base_ref = f"refs/remotes/origin/{base}"
-        await git.run("worktree", "add", "--quiet", "--detach", str(scratch), base_ref, mirror=mirror)
+    mirror: Mirror = workspaces.mirror(full_name)
+    scratch_root = workspaces.data_dir / "scratch"
+    scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # A repository of its own that borrows the mirror's objects, not a worktree of the mirror: nothing is
+    # written into the mirror, so a fetch into it meanwhile, or a kill -9 half-way, cannot meet a half-made
+    # worktree's HEAD there (`bad object worktrees/merge-…/HEAD` failed every later fetch).
+    scratch = Path(tempfile.mkdtemp(prefix="merge-", dir=scratch_root))
+    try:
+        base_sha = (await git.run("rev-parse", "--verify", f"refs/remotes/origin/{base}^{{commit}}",
+                                  mirror=mirror)).strip()
+        await git.run("init", "--quiet", f"--template={git.hooks}", str(scratch))
+        (scratch / ".git" / "objects" / "info").mkdir(parents=True, exist_ok=True)
+        (scratch / ".git" / "objects" / "info" / "alternates").write_text(f"{mirror.path / 'objects'}\n")
+        await git.run("checkout", "--quiet", "--detach", base_sha, cwd=scratch)
+        name, email = SCRATCH_USER
         try:
-            name, email = SCRATCH_USER
-            try:
-                await git.run(
-                    "-c", f"user.name={name}", "-c", f"user.email={email}",
-                    "merge", "--no-commit", "--no-ff", "--quiet", head,
-                    mirror=mirror, worktree=scratch,
-                )
-            except GitError:
-                out = await git.run("diff", "--name-only", "--diff-filter=U", "-z", mirror=mirror, worktree=scratch)
-                conflicts = tuple(sorted(path for path in out.split("\0") if path))
-                return conflicts or ("(unknown)",)
-            return ()
-        finally:
-            try:
-                await git.run("worktree", "remove", "--force", str(scratch), mirror=mirror)
-            except GitError:
-                shutil.rmtree(scratch, ignore_errors=True)
-                await git.run("worktree", "prune", mirror=mirror)
+            await git.run(
+                "-c", f"user.name={name}", "-c", f"user.email={email}",
+                "merge", "--no-commit", "--no-ff", "--quiet", head,
+                cwd=scratch,
+            )
+        except GitError:
+            out = await git.run("diff", "--name-only", "--diff-filter=U", "-z", cwd=scratch)
+            conflicts = tuple(sorted(path for path in out.split("\0") if path))
+            return conflicts or ("(unknown)",)
+        return ()
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, True)

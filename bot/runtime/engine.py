@@ -547,6 +547,10 @@ class Engine:
             return await self._cleanup(stored)
         if isinstance(command, PostPlan):
             self._keep_plan(session, command)
+        if isinstance(command, FinishWork) and not session.finishing:
+            # Left in the outbox by a crash (or added again by a restart) after its PR was recorded: carried out
+            # now, it would look for an open PR of the branch, find none once it was merged, and open another.
+            return ()
         context = await self._session_context(stored, with_changes=isinstance(command, (PostStatus, FinishWork)))
         if isinstance(command, FinishWork):
             return await self._finish(stored, command, context)

@@ -191,6 +191,11 @@ def branch_slug(branch: str) -> str:
     return branch.removeprefix("agent/").replace("/", "-")
 
 
+def _making_path(path: Path) -> Path:
+    """Where the repository that becomes `path` is made: beside it, hidden, never a session's own name."""
+    return path.parent / f".{path.name}.making"
+
+
 def default_sandbox(data_dir: Path) -> Sandbox:
     return Sandbox.build("bwrap", agent_user=None, state_dir=data_dir / "sandbox")
 
@@ -401,12 +406,17 @@ class Workspaces:
 
     async def _make_repo(self, mirror: Mirror, path: Path, branch: str | None, start: str, base: str) -> None:
         """A new repository at `path`, made in the box, borrowing the mirror's objects, checked out at
-        `start`, with `origin/<base>` where the mirror has it (the agent rebases onto it)."""
+        `start`, with `origin/<base>` where the mirror has it (the agent rebases onto it).
+
+        It is made beside `path` and renamed into place whole: a `kill -9` in the middle leaves no
+        half-made repository at `path` (one with no branch, or no files checked out) for a re-run to take."""
         if not _SHA.match(start):
             raise WorkspaceError(f"not a commit id: {start!r}")
         base_sha = await self._rev(mirror, f"refs/remotes/origin/{base}") or start
         _mkdir_private(path.parent)
-        self.sandbox.own(path, 0o755)
+        making = _making_path(path)
+        await asyncio.to_thread(shutil.rmtree, making, True)  # what an earlier crash left
+        self.sandbox.own(making, 0o755)
         head = ["symbolic-ref", "HEAD", f"refs/heads/{branch}"] if branch else ["update-ref", "--no-deref", "HEAD", start]
         script = (
             'set -e; objects=$1; start=$2; base=$3; base_sha=$4; shift 4; '
@@ -416,8 +426,9 @@ class Workspaces:
             + 'git update-ref "refs/remotes/origin/$base" "$base_sha"; "$@"; '
             'git -c core.hooksPath=/dev/null reset --quiet --hard "$start"'
         )
-        await self._script_in(path, script, str(mirror.path / "objects"), start, base, base_sha, "git", *head,
+        await self._script_in(making, script, str(mirror.path / "objects"), start, base, base_sha, "git", *head,
                               mirror=mirror)
+        os.rename(making, path)
 
     # -- the pool of ready repositories ----------------------------------------------------------
 
@@ -449,13 +460,16 @@ class Workspaces:
             if not candidate.name.endswith(".ready"):
                 continue
             _mkdir_private(path.parent)
-            os.rename(candidate, path)
+            making = _making_path(path)  # switched beside `path`, then renamed: never half-switched there
+            await asyncio.to_thread(shutil.rmtree, making, True)
+            os.rename(candidate, making)
             code, _ = await self.run_boxed(["/bin/sh", "-c", script, "shepherd-claim", branch, start, base],
-                                           self._box(path, mirror), check=False)
+                                           self._box(making, mirror), check=False)
             if code == 0:
+                os.rename(making, path)
                 return True
             log.warning("discarding a ready repository that is not clean (%s): %s", code, candidate.name)
-            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(shutil.rmtree, making, True)
         return False
 
     async def fill_pool(self, full_name: str, base: str, size: int | None = None) -> list[Path]:
@@ -667,17 +681,12 @@ class Workspaces:
         """Bring the session's HEAD into the mirror as `refs/heads/<branch>`; return its commit.
 
         The box writes a bundle of the commits the mirror lacks into a fresh folder; Shepherd copies
-        it out without following links, verifies it and fetches it with every object checked. It runs
-        under the mirror's lock, as the scratch worktrees of the mirror do (`mirror_lock`): the session's
-        git reads the mirror's objects and refs, which a scratch worktree coming and going would change.
+        it out without following links, verifies it and fetches it with every object checked, under the
+        mirror's lock, as every other change of the mirror.
         """
         full_name = self.repo_of(worktree)
         async with self._lock(full_name):
             return await self._export_branch(worktree, branch, full_name)
-
-    def mirror_lock(self, full_name: str) -> asyncio.Lock:
-        """The lock of `full_name`'s mirror, for whoever adds a scratch worktree to it (never taken twice)."""
-        return self._lock(full_name)
 
     async def _export_branch(self, worktree: Path, branch: str, full_name: str) -> str:
         mirror = self.mirror(full_name)
