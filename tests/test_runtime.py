@@ -12,7 +12,7 @@ import psutil
 import pytest
 
 from bot.runtime.coordination import Coordinator
-from bot.core.session import Cancel, CancelReason, Detail, Mode, ReplyReceived, State
+from bot.core.session import Cancel, CancelReason, Detail, Mode, PostStatus, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import (
     FAST_POLICY,
@@ -291,3 +291,24 @@ shepherd ask "Go on?"
     await wait_for(lambda: asked(1, 2))
 
     assert harness.engine.context_of(first.id).overlaps == {"#2": ("shared.txt",)}
+
+
+async def test_a_restart_posts_the_final_status_of_a_session_that_ended_just_before_it(
+        fake_github, git_remote, harness_for, tmp_path):
+    """Found by the chaos test: a kill -9 between a session's end and its status post left the issue saying
+    "Working" for good, because only live sessions had their status made good at start."""
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    fake_github.add_issue(REPO, title="Add a greeting")
+    script = agent_script(tmp_path, """
+echo hi > hello.txt && git add hello.txt && git commit -q -m "Add hello"
+shepherd done "Added hello"
+""")
+    first = await harness_for(script)
+    session = await first.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    assert await settle(first, 1) == State.COMPLETE
+    await first.engine.stop()
+
+    again = await harness_for(script)  # the next start, on the same data folder
+    await wait_for(lambda: "PostStatus" in again.publisher.kinds(session.id))
+    [(_, _, context)] = [call for call in again.publisher.calls if isinstance(call[1], PostStatus)][:1]
+    assert again.engine.last_session(REPO, 1).state == State.COMPLETE and context.repo == "widgets"

@@ -88,6 +88,7 @@ NOTE_EDITED_AFTER_LABEL = (
     "The issue was edited after @{actor} labelled it; the agent works from the text as it was then."
 )
 SETUP_TIMEOUT_SECONDS = 30 * 60
+RECENTLY_ENDED_SECONDS = 24 * 60 * 60  # ended sessions whose final status a restart posts again
 RETRY_FIRST_DELAY = 0.5
 RETRY_MAX_DELAY = 60.0
 MAX_ATTEMPTS = 6
@@ -197,6 +198,14 @@ class Engine:
         for stored in self.sessions.live():
             # A status post lost to a crash is made good; unchanged text costs no GitHub write.
             self._refresh_status(stored.session.id, PostStatus())
+        # A session that ended just before the crash may not have shown its end yet: the issue's status
+        # comment is made good for the last session of each issue that ended recently.
+        recent = self.clock() - RECENTLY_ENDED_SECONDS
+        for session, _installation in self.sessions.every_session():
+            if session.is_terminal and session.updated_at.timestamp() >= recent:
+                last = self.sessions.last_for_issue(session.repo, session.issue_number)
+                if last is not None and last.session.id == session.id:
+                    self._refresh_status(session.id, PostStatus())
         await self._admit()
 
     async def stop(self) -> None:
