@@ -14,8 +14,11 @@ dashboard, `/api/sessions` and `shepherd status` read the same copy.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -93,6 +96,8 @@ class TemporalEngine:
         self.observers: list[Callable[[Session | None, Session, Any], Awaitable[None]]] = []
         self.dependencies: Any = None  # a DependencyTracker, whose `engine` is this
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.writes_worker: Any = None  # runs the installations' write gates here too (bot/temporal/writes.py)
+        self._writes_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
 
@@ -100,6 +105,8 @@ class TemporalEngine:
         """Make sure the one slot queue runs; copy every issue's session, so the first deliveries and the
         first reconciliation see them."""
         await ensure_slots(self.client, self.settings)
+        if self.writes_worker is not None:
+            self._writes_task = asyncio.create_task(self.writes_worker.run(), name="shepherd-writes-worker")
         await self.refresh_all()
 
     async def refresh_all(self) -> None:
@@ -117,6 +124,11 @@ class TemporalEngine:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.github.close()
+        if self._writes_task is not None:
+            await self.writes_worker.shutdown()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._writes_task
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -288,7 +300,6 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
 
     A front end runs no agents: it has no workspaces, finisher or sandbox, only the Publisher for the
     answers it gives outside a session (refusals, command outcomes, help)."""
-    from bot.github.client import GitHubApp
     from bot.github.gate import Gate
     from bot.github.labels import RepoPolicies
     from bot.github.permissions import PermissionCache
@@ -297,14 +308,15 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     from bot.runtime.publisher import Publisher
     from bot.runtime.rounds import InlineCollector
     from bot.temporal.client import connect
+    from bot.temporal.permits import paced_github, writes_worker
 
-    assert settings.app_id is not None and settings.private_key is not None
-    github = GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
-                       api_url=settings.api_url, metrics=metrics, write_spacing=settings.write_spacing_seconds)
     client = await connect(settings)
+    github = paced_github(settings, session, client, metrics=metrics,
+                          owner=f"front-{socket.gethostname()}-{os.getpid()}")
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
     engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
+    engine.writes_worker = writes_worker(client)
     dependencies = DependencyTracker(github, store, clock=clock)
     dependencies.engine = engine
     engine.dependencies = dependencies
