@@ -15,7 +15,7 @@ import pytest
 from bot.github.pacing import Priority
 from bot.metrics import Metrics
 from bot.temporal.client import connect
-from bot.temporal.permits import paced_github, writes_worker
+from bot.temporal.permits import TemporalPacer, paced_github, writes_worker
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import INSTALLATION
 from tests.temporal_support import REPO, temporal_bed, temporal_server  # noqa: F401 - fixtures
@@ -83,3 +83,24 @@ async def test_a_limit_on_one_hosts_write_holds_every_hosts_writes_of_that_insta
     # Once the pause ended, host B's question went first, ahead of writes that asked before it.
     assert held[0].body == {"body": "A question"}
     assert sorted(c["body"] for c in fake_github.comments(REPO, 1)) == ["A question", "Shepherd is on it."]
+
+
+async def test_a_host_that_dies_holding_a_write_permit_does_not_stop_the_others_writes(temporal_bed, fake_github):
+    """Host A is let out for a write and never reports its answer (it died mid-write): once the permit's
+    lease has run out, host B's comment still reaches the issue."""
+    bed = temporal_bed
+    bed.command = "true"
+    owner, name = REPO.split("/")
+    fake_github.add_issue(REPO, title="Add export", body="Please", user="alice")
+    mine = {"owner": owner, "repo": name, "issue_number": 1}
+    settings = bed.settings("hosts")
+    client_a, client_b = await connect(settings), await connect(settings)
+    async with aiohttp.ClientSession() as session, writes_worker(client_a):
+        host_a = TemporalPacer(client_a, owner="host-a", min_spacing=0.0, lease=1.0)  # host A's client's gates
+        host_b = paced_github(settings, session, client_b, metrics=Metrics(), owner="host-b", lease=1.0)
+        await host_b.installation(INSTALLATION).getitem(ISSUE, mine)
+        await host_a.gate(INSTALLATION).wait(Priority.NORMAL, hold=True)  # let out; never lands
+        await asyncio.wait_for(
+            host_b.installation(INSTALLATION).post(COMMENTS, mine, data={"body": "Shepherd is on it."}), 30)
+        await host_b.close()
+    assert [c["body"] for c in fake_github.comments(REPO, 1)] == ["Shepherd is on it."]

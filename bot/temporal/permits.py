@@ -34,6 +34,7 @@ from bot.github.pacing import DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, Priority
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.temporal.writes import (
+    LEASE_SECONDS,
     SIGNAL_LANDED,
     SIGNAL_PAUSE,
     SIGNAL_RAISE,
@@ -62,12 +63,14 @@ class TemporalWriteGate:
         limits: dict[str, Any],
         *,
         owner: str,
+        lease: float = LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._client = client
         self.installation_id = installation_id
         self._limits = limits
+        self._lease = lease  # how long the workflow waits for a permit's `landed` before taking it back
         self._owner = owner  # names this process's tickets in the workflow's history
         self._clock = clock
         self._sleep = sleep
@@ -159,7 +162,7 @@ class TemporalWriteGate:
     async def _ensure(self, *, again: bool = False) -> WorkflowHandle[Any, Any]:
         if self._handle is None or again:
             await self._client.start_workflow(
-                WRITES_WORKFLOW, {"limits": self._limits}, id=writes_id(self.installation_id),
+                WRITES_WORKFLOW, {"limits": self._limits, "lease": self._lease}, id=writes_id(self.installation_id),
                 task_queue=WRITES_QUEUE, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             )
             self._handle = self._client.get_workflow_handle(writes_id(self.installation_id))
@@ -252,11 +255,13 @@ class TemporalPacer:
         min_spacing: float,
         per_minute: int = DEFAULT_PER_MINUTE,
         per_hour: int = DEFAULT_PER_HOUR,
+        lease: float = LEASE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._client = client
         self._owner = owner
+        self._lease = lease
         self._limits = {"min_spacing": min_spacing, "per_minute": per_minute, "per_hour": per_hour}
         self._clock = clock
         self._sleep = sleep
@@ -266,7 +271,7 @@ class TemporalPacer:
         gate = self._gates.get(installation_id)
         if gate is None:
             gate = TemporalWriteGate(self._client, installation_id, self._limits, owner=self._owner,
-                                     clock=self._clock, sleep=self._sleep)
+                                     lease=self._lease, clock=self._clock, sleep=self._sleep)
             self._gates[installation_id] = gate
         return gate
 
@@ -281,10 +286,10 @@ class TemporalPacer:
 
 
 def paced_github(settings: Settings, session: aiohttp.ClientSession, client: Client, *, metrics: Metrics,
-                 owner: str) -> GitHubApp:
+                 owner: str, lease: float = LEASE_SECONDS) -> GitHubApp:
     """The door to GitHub of a front end or worker host on Temporal: its writes pass the shared gates."""
     assert settings.app_id is not None and settings.private_key is not None
-    pacer = TemporalPacer(client, owner=owner, min_spacing=settings.write_spacing_seconds)
+    pacer = TemporalPacer(client, owner=owner, min_spacing=settings.write_spacing_seconds, lease=lease)
     return GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
                      api_url=settings.api_url, metrics=metrics, write_spacing=settings.write_spacing_seconds,
                      pacer=pacer)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+from collections import deque
 from typing import Any
 
 from temporalio import workflow
@@ -40,9 +41,10 @@ SIGNAL_PAUSE = "pause"
 SIGNAL_WITHDRAW = "withdraw"
 SIGNAL_RAISE = "raise"
 QUERY_STATE = "state"
-LEASE_SECONDS = 30.0  # a permit whose writer never reports back is taken back after this
+LEASE_SECONDS = 30.0  # a permit whose writer never reports back (its host died) is taken back after this
 # Temporal bounds the updates of one run (2000 by default): start over well before that.
 GRANTS_BEFORE_CONTINUE = 500
+WITHDRAWN_KEPT = 64
 
 
 def writes_id(installation_id: int) -> str:
@@ -63,6 +65,7 @@ class WritesWorkflow:
         for moment in state.get("sent") or ():
             self.budget.record(float(moment))
         self.paused_until = float(state.get("paused_until") or 0.0)
+        self.lease = float(state.get("lease") or LEASE_SECONDS)
         self.queue: list[tuple[int, int, str]] = []  # (priority, order, ticket); stale entries are skipped
         self.pending: dict[str, bool] = {}  # ticket -> hold, for the requests still waiting
         self.answers: dict[str, dict[str, Any]] = {}
@@ -71,12 +74,14 @@ class WritesWorkflow:
         self.order = 0
         self.grants = 0
         self.rolling = False
+        self.withdrawn: deque[str] = deque(maxlen=WITHDRAWN_KEPT)
 
     def _now(self) -> float:
         return workflow.now().timestamp()
 
     def _state(self) -> dict[str, Any]:
-        return {"limits": self.limits, "sent": self.budget.sent_times(), "paused_until": self.paused_until}
+        return {"limits": self.limits, "sent": self.budget.sent_times(), "paused_until": self.paused_until,
+                "lease": self.lease}
 
     def _should_roll(self) -> bool:
         return self.grants >= GRANTS_BEFORE_CONTINUE or workflow.info().is_continue_as_new_suggested()
@@ -100,7 +105,7 @@ class WritesWorkflow:
                                                   timeout=max(0.001, self.lease_end - self._now()))
                 except asyncio.TimeoutError:
                     workflow.logger.warning("write permit %s not landed in %.0f s; taken back",
-                                            self.holder, LEASE_SECONDS)
+                                            self.holder, self.lease)
                     self.holder = None
                 continue
             _, _, ticket = self.queue[0]
@@ -121,7 +126,7 @@ class WritesWorkflow:
             self.budget.record(now)
             self.grants += 1
             if hold:
-                self.holder, self.lease_end = ticket, now + LEASE_SECONDS
+                self.holder, self.lease_end = ticket, now + self.lease
             self.answers[ticket] = {"granted": True}
 
     async def _roll(self) -> None:
@@ -146,6 +151,8 @@ class WritesWorkflow:
         ticket = str(request["ticket"])
         if self.rolling:
             return {"again": True}
+        if ticket in self.withdrawn:
+            return {"withdrawn": True}
         if ticket not in self.answers and ticket not in self.pending:
             self.pending[ticket] = bool(request.get("hold", True))
             self._push(ticket, int(request.get("priority", Priority.NORMAL)))
@@ -166,8 +173,12 @@ class WritesWorkflow:
 
     @workflow.signal(name=SIGNAL_WITHDRAW)
     def withdraw(self, data: dict[str, Any]) -> None:
-        ticket = data.get("ticket")
-        self.pending.pop(ticket, None)  # type: ignore[arg-type]
+        """Its writer stopped waiting (or asks again after an error): drop the request, or free the gate."""
+        ticket = str(data.get("ticket"))
+        if self.pending.pop(ticket, None) is not None:
+            self.answers[ticket] = {"withdrawn": True}  # ends the waiting update; nobody reads it
+        elif ticket not in self.answers and self.holder != ticket:
+            self.withdrawn.append(ticket)  # came before its request: refuse that when it arrives
         if self.holder == ticket:
             self.holder = None
 
