@@ -56,12 +56,13 @@ class WritesWorkflow:
     @workflow.init
     def __init__(self, state: dict[str, Any]) -> None:
         limits = state.get("limits") or {}
-        self.limits = {
+        self.limits: dict[str, float] = {
             "min_spacing": float(limits.get("min_spacing", DEFAULT_MIN_SPACING)),
             "per_minute": int(limits.get("per_minute", DEFAULT_PER_MINUTE)),
             "per_hour": int(limits.get("per_hour", DEFAULT_PER_HOUR)),
         }
-        self.budget = WriteBudget(**self.limits)
+        self.budget = WriteBudget(self.limits["min_spacing"], int(self.limits["per_minute"]),
+                                  int(self.limits["per_hour"]))
         for moment in state.get("sent") or ():
             self.budget.record(float(moment))
         self.paused_until = float(state.get("paused_until") or 0.0)
