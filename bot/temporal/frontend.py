@@ -14,7 +14,6 @@ dashboard, `/api/sessions` and `shepherd status` read the same copy.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -96,8 +95,6 @@ class TemporalEngine:
         self.observers: list[Callable[[Session | None, Session, Any], Awaitable[None]]] = []
         self.dependencies: Any = None  # a DependencyTracker, whose `engine` is this
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.writes_worker: Any = None  # runs the installations' write gates here too (bot/temporal/writes.py)
-        self._writes_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
 
@@ -105,8 +102,6 @@ class TemporalEngine:
         """Make sure the one slot queue runs; copy every issue's session, so the first deliveries and the
         first reconciliation see them."""
         await ensure_slots(self.client, self.settings)
-        if self.writes_worker is not None:
-            self._writes_task = asyncio.create_task(self.writes_worker.run(), name="shepherd-writes-worker")
         await self.refresh_all()
 
     async def refresh_all(self) -> None:
@@ -125,10 +120,6 @@ class TemporalEngine:
         for task in list(self._tasks):
             task.cancel()
         await self.github.close()
-        if self._writes_task is not None:
-            await self.writes_worker.shutdown()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._writes_task
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -308,7 +299,7 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     from bot.runtime.publisher import Publisher
     from bot.runtime.rounds import InlineCollector
     from bot.temporal.client import connect
-    from bot.temporal.permits import paced_github, writes_worker
+    from bot.temporal.permits import paced_github
 
     client = await connect(settings)
     github = paced_github(settings, session, client, metrics=metrics,
@@ -316,7 +307,6 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
     engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
-    engine.writes_worker = writes_worker(client)
     dependencies = DependencyTracker(github, store, clock=clock)
     dependencies.engine = engine
     engine.dependencies = dependencies

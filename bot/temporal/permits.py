@@ -296,5 +296,5 @@ def paced_github(settings: Settings, session: aiohttp.ClientSession, client: Cli
 
 
 def writes_worker(client: Client) -> Worker:
-    """Runs the installations' writes workflows; every front end and worker host runs one."""
+    """Runs the installations' writes workflows; every worker host runs one."""
     return Worker(client, task_queue=WRITES_QUEUE, workflows=[WritesWorkflow])

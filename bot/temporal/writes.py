@@ -33,7 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from bot.github.pacing import DEFAULT_MIN_SPACING, DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, Priority, WriteBudget
 
 WRITES_WORKFLOW = "ShepherdWrites"
-# Polled by every worker host and every front end, so that writes never wait for a particular process.
+# Polled by every worker host (not by front ends: a front end's event loop also serves webhooks, and a
+# workflow task it is slow to finish stalls every write of the installation until Temporal's timeout).
 WRITES_QUEUE = "shepherd-writes"
 UPDATE_ACQUIRE = "acquire"
 SIGNAL_LANDED = "landed"
