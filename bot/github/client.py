@@ -425,8 +425,12 @@ class GitHubApp:
         wall_clock: Callable[[], float] = time.time,
         retry: GitHubRetry = GitHubRetry(),
         pauses: PauseLog | None = None,
+        pacer: Any = None,
     ) -> None:
-        """`pauses` keeps the pauses GitHub announced across restarts (a new process must honour them)."""
+        """`pauses` keeps the pauses GitHub announced across restarts (a new process must honour them).
+
+        `pacer` hands out the installations' write gates; by default this process's own (`Pacer`), on the
+        Temporal engine one shared by every host and front end (`bot.temporal.permits.TemporalPacer`)."""
         self.app_id = app_id
         self._pauses = pauses
         self._known_pauses = dict(pauses.load()) if pauses is not None else {}
@@ -437,7 +441,7 @@ class GitHubApp:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self._retry = retry
-        self._pacer = Pacer(min_spacing=write_spacing, clock=clock, sleep=sleep)
+        self._pacer = pacer if pacer is not None else Pacer(min_spacing=write_spacing, clock=clock, sleep=sleep)
         self._app_client = self._client(None, gate=None)
         self._installations: dict[int, InstallationClient] = {}
         self.tokens = TokenCache(self._mint_installation_token, clock=wall_clock)

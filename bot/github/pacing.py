@@ -69,6 +69,10 @@ class WriteBudget:
         """Count a write sent at `now`."""
         self._sent.append(now)
 
+    def sent_times(self) -> list[float]:
+        """The writes still counted, oldest first (to carry the budget over to a new owner)."""
+        return list(self._sent)
+
     def _forget_before(self, cutoff: float) -> None:
         while self._sent and self._sent[0] <= cutoff:
             self._sent.popleft()

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
@@ -117,6 +119,7 @@ class TemporalEngine:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self.github.close()
 
     # -- reads ----------------------------------------------------------------------------------
 
@@ -292,7 +295,6 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
 
     A front end runs no agents: it has no workspaces, finisher or sandbox, only the Publisher for the
     answers it gives outside a session (refusals, command outcomes, help)."""
-    from bot.github.client import GitHubApp
     from bot.github.gate import Gate
     from bot.github.labels import RepoPolicies
     from bot.github.permissions import PermissionCache
@@ -301,11 +303,11 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     from bot.runtime.publisher import Publisher
     from bot.runtime.rounds import InlineCollector
     from bot.temporal.client import connect
+    from bot.temporal.permits import paced_github
 
-    assert settings.app_id is not None and settings.private_key is not None
-    github = GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
-                       api_url=settings.api_url, metrics=metrics, write_spacing=settings.write_spacing_seconds)
     client = await connect(settings)
+    github = paced_github(settings, session, client, metrics=metrics,
+                          owner=f"front-{socket.gethostname()}-{os.getpid()}")
     permissions = PermissionCache()
     policies = RepoPolicies(settings.operator_limits())
     engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)

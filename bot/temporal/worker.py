@@ -18,7 +18,6 @@ import aiohttp
 from temporalio.worker import Worker
 
 from bot.agent.confinement import build_sandbox
-from bot.github.client import GitHubApp
 from bot.metrics import Metrics
 from bot.runtime.finisher import Finisher
 from bot.runtime.publisher import Publisher
@@ -27,6 +26,7 @@ from bot.store.database import Store
 from bot.temporal.activities import HostActivities, HostEngine
 from bot.temporal.client import connect
 from bot.temporal.frontend import ensure_slots
+from bot.temporal.permits import paced_github, writes_worker
 from bot.temporal.slots import SlotsWorkflow
 from bot.temporal.workflow import SHARED_QUEUE, SessionWorkflow, host_queue
 from bot.workspace.workspaces import Workspaces
@@ -52,9 +52,7 @@ async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: a
     store = Store.open(settings.data_dir / "shepherd.db")
     session = aiohttp.ClientSession()
     try:
-        assert settings.app_id is not None and settings.private_key is not None
-        github = GitHubApp(session, app_id=settings.app_id, private_key=settings.private_key.get_secret_value(),
-                           api_url=settings.api_url, metrics=Metrics(), write_spacing=settings.write_spacing_seconds)
+        github = paced_github(settings, session, client, metrics=Metrics(), owner=f"host-{host}")
         sandbox = build_sandbox(settings, parent_env, settings.data_dir / "sandbox")
         workspaces = Workspaces(settings.data_dir, pool_size=settings.worktree_pool, sandbox=sandbox)
         publisher = Publisher(github, store, clock=clock)
@@ -70,9 +68,10 @@ async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: a
         log.info("worker host %s polling %s and %s at %s", host, host_queue(host), SHARED_QUEUE,
                  settings.temporal_address)
         await ensure_slots(client, settings)
-        async with shared, own:
+        async with shared, own, writes_worker(client):
             await stop.wait()
         await engine.stop()
+        await github.close()
     finally:
         await session.close()
         store.close()
