@@ -124,7 +124,33 @@ class StatusRequest:
     seq: int = -1
 
 
-class Engine:
+class SessionReads:
+    """The handlers' quick reads of sessions, from the store (`self.sessions`), for either engine."""
+
+    sessions: SessionStore
+
+    def last_session(self, full_name: str, issue_number: int) -> Session | None:
+        last = self.sessions.last_for_issue(full_name, issue_number)
+        return last.session if last else None
+
+    def waiting_plans(self, full_name: str) -> list[Session]:
+        """The repository's sessions whose plan waits for approval (for `/agent approve all`)."""
+        return [
+            stored.session for stored in self.sessions.for_repository(full_name)
+            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
+        ]
+
+    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
+        found = self.sessions.last_for_branch(full_name, branch)
+        return found.session if found else None
+
+    def session_for_pull(self, full_name: str, number: int) -> Session | None:
+        """The session whose pull request is `number`, from Shepherd's own records (no GitHub call)."""
+        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
+        return max(found, key=lambda s: s.attempt) if found else None
+
+
+class Engine(SessionReads):
     """Stores sessions and carries out the core's commands (implements `bot.core.effects.Engine`)."""
 
     def __init__(
@@ -344,26 +370,6 @@ class Engine:
     def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
         """Was this command comment already carried out (the same comment, delivered again)?"""
         return self.publisher.answered(full_name, issue_number, comment_id)
-
-    def last_session(self, full_name: str, issue_number: int) -> Session | None:
-        last = self.sessions.last_for_issue(full_name, issue_number)
-        return last.session if last else None
-
-    def waiting_plans(self, full_name: str) -> list[Session]:
-        """The repository's sessions whose plan waits for approval (for `/agent approve all`)."""
-        return [
-            stored.session for stored in self.sessions.for_repository(full_name)
-            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
-        ]
-
-    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
-        found = self.sessions.last_for_branch(full_name, branch)
-        return found.session if found else None
-
-    def session_for_pull(self, full_name: str, number: int) -> Session | None:
-        """The session whose pull request is `number`, from Shepherd's own records (no GitHub call)."""
-        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
-        return max(found, key=lambda s: s.attempt) if found else None
 
     async def cancel_installation(self, installation_id: int, *, reason: str) -> None:
         for stored in self.sessions.for_installation(installation_id):

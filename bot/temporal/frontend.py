@@ -37,17 +37,15 @@ from bot.core.session import (
     BRANCH_PREFIX,
     Cancel,
     CancelReason,
-    Detail,
     Event,
     Limits,
     Mode,
     Session,
-    State,
     Trigger,
     decide_trigger,
     event_to_dict,
 )
-from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, with_engine
+from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, SessionReads, with_engine
 from bot.settings import Settings
 from bot.store.sessions import SessionStore
 from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
@@ -78,7 +76,7 @@ async def ensure_slots(client: Client, settings: Settings) -> None:
     )
 
 
-class TemporalEngine:
+class TemporalEngine(SessionReads):
     """Implements `bot.core.effects.Engine` with signal-with-start, signals and queries."""
 
     def __init__(self, client: Client, store: Any, github: Any, publisher: Any, settings: Settings, *,
@@ -181,24 +179,6 @@ class TemporalEngine:
                 numbers.add(int(match.group(1)))
         for number in sorted(numbers):
             await self.refresh(repository, number)
-
-    def last_session(self, full_name: str, issue_number: int) -> Session | None:
-        last = self.sessions.last_for_issue(full_name, issue_number)
-        return last.session if last else None
-
-    def waiting_plans(self, full_name: str) -> list[Session]:
-        return [
-            stored.session for stored in self.sessions.for_repository(full_name)
-            if stored.session.state == State.STUCK and stored.session.detail == Detail.PLAN_AWAITING_APPROVAL
-        ]
-
-    def session_for_branch(self, full_name: str, branch: str) -> Session | None:
-        found = self.sessions.last_for_branch(full_name, branch)
-        return found.session if found else None
-
-    def session_for_pull(self, full_name: str, number: int) -> Session | None:
-        found = [s.session for s in self.sessions.all_for_repository(full_name) if s.session.pr_number == number]
-        return max(found, key=lambda s: s.attempt) if found else None
 
     def answered(self, full_name: str, issue_number: int, comment_id: int) -> bool:
         return bool(self.publisher.answered(full_name, issue_number, comment_id))
