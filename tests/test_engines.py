@@ -65,11 +65,14 @@ async def test_an_engine_label_runs_its_adapter_and_the_status_comment_names_it(
     [status] = status_comments(fake_github, 1)
     assert "| Engine | `command` |" in status["body"]
     # Taking the engine label off a later live session is what cancels it; another label is not.
-    fake_github.add_issue(REPO, title="Second", user="carol")
-    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 2, "agent:script", sender=MAINTAINER))
-    await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, 2, "agent:go", sender=MAINTAINER))
-    await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, 2, "agent:script", sender=MAINTAINER))
-    second = await shepherd.ended(2)
+    # Its number comes from the fake: the dashboard issue may have taken #2 meanwhile.
+    number = fake_github.add_issue(REPO, title="Second", user="carol")["number"]
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:script",
+                                                            sender=MAINTAINER))
+    await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+    await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, number, "agent:script",
+                                                              sender=MAINTAINER))
+    second = await shepherd.ended(number)
     assert second.engine == "command"
     assert second.state == State.CANCELLED and second.detail == Detail.LABEL_REMOVED
 
