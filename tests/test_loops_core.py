@@ -65,6 +65,18 @@ def test_a_change_undone_and_redone_is_a_flip_flop_with_both_contents():
     assert verdicts[3].states == (loops.BASE, "v1")  # the change that came back: base -> v1
 
 
+def test_the_change_reads_the_same_whichever_side_the_flip_is_caught_on():
+    # Caught on the undo (the file gone again), or seen first with the change already made: still base -> v1.
+    on_undo = fold_snapshots([snap(0, {}), snap(10, {"app.py": "v1"}), snap(20, {}), snap(30, {"app.py": "v1"}),
+                              snap(40, {})], LoopLimits(flip_flops=3))
+    assert on_undo[4].states == (loops.BASE, "v1")
+    made_first = fold_snapshots([snap(0, {"app.py": "v1"}), snap(10, {}), snap(20, {"app.py": "v1"}), snap(30, {})])
+    assert made_first[3].kind == loops.FLIP_FLOP and made_first[3].states == (loops.BASE, "v1")
+    between_two = fold_snapshots([snap(0, {}), snap(5, {"a": "v1"}), snap(10, {"a": "v2"}), snap(20, {"a": "v1"}),
+                                  snap(30, {"a": "v2"})])
+    assert between_two[4].states == ("v1", "v2")
+
+
 def test_one_revert_is_allowed():
     assert fold_snapshots([snap(0, {}), snap(10, {"a": "v1"}), snap(20, {}), snap(30, {"a": "v2"})]) == [None] * 4
 

@@ -142,6 +142,18 @@ def _observe_changes(watch: LoopWatch, files: tuple[tuple[str, str], ...]) -> tu
             flips[path] = flips.get(path, 0) + 1
             if verdict is None and flips[path] >= watch.limits.flip_flops:
                 question = QUESTION_FLIP_FLOP.format(path=path, count=flips[path])
-                verdict = LoopVerdict(FLIP_FLOP, question, path=path, count=flips[path], states=(states[-1], new))
+                verdict = LoopVerdict(FLIP_FLOP, question, path=path, count=flips[path],
+                                      states=_change_that_came_and_went(states, new))
         history[path] = (*states, new)[-8:]
     return replace(watch, history=tuple(history.items()), flips=tuple(flips.items())), verdict
+
+
+def _change_that_came_and_went(states: tuple[str, ...], new: str) -> tuple[str, str]:
+    """The two contents a file flips between, in the order a person reads the change: from the base's
+    content when it is one of them, else from the one seen first; the same whichever of the two the
+    flip was caught on."""
+    pair = (states[-1], new)
+    if BASE in pair:
+        return BASE, pair[0] if pair[1] == BASE else pair[1]
+    first, second = sorted(pair, key=states.index)
+    return first, second
