@@ -8,7 +8,8 @@ import json
 from bot.agent.watchdog import TurnWatchdog
 from bot.core.loops import LoopLimits
 from bot.core.session import (
-    BudgetRaised, SlotGranted, SpendReported, TurnExited, TurnStarted, WorkPushed, WorkspaceReady,
+    BudgetRaised, DoneReported, PullRequestDeferred, SlotGranted, SpendReported, TurnExited, TurnStarted, WorkPushed,
+    WorkspaceReady,
 )
 from tests.conversation_support import REPO, Bed, bed  # noqa: F401 - fixture
 from tests.test_conversation import _check_example, started, status_comments
@@ -47,3 +48,22 @@ async def test_the_question_of_an_agent_stopped_for_repeating_a_failing_command(
     [question] = [c for c in bed.fake.comments(REPO, 1) if "<!-- shepherd:question " in c["body"]]
     assert "Cannot find module 'csv-stringify'" in question["body"] and "@alice" in question["body"]
     _check_example("loop_question.md", question["body"])
+
+
+async def test_the_status_comment_of_a_finished_session_whose_pull_request_waits_for_a_free_place(bed: Bed) -> None:
+    session = await started(bed)
+    bed.clock.advance(42)
+    session = await bed.engine.feed(session, WorkspaceReady(), SlotGranted(), TurnStarted("agent-1"),
+                                    DoneReported("CSV export added, with tests for quoting"))
+    bed.clock.advance(300)
+    session = await bed.engine.feed(session, TurnExited(0, has_new_commits=True))
+    policy = bed.engine.contexts[session.id].policy
+    bed.engine.set_context(session, queue_position=2, policy=policy.model_copy(update={"max_open_prs": 1}))
+    bed.clock.advance(20)
+    session = await bed.engine.feed(session, PullRequestDeferred(1))
+    body = status_comments(bed)[-1]["body"]
+    assert len(status_comments(bed)) == 1
+    assert "its pull request waits for a free place" in body and "| Queue | 2nd in line |" in body
+    assert "`max_open_prs`" in body
+    assert bed.fake.pulls(REPO) == [] and "max_open_prs: 1" in body
+    _check_example("pull_cap_status.md", body)

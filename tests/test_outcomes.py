@@ -26,6 +26,7 @@ from bot.core.session import (
 from bot.store.context import RuntimeContext
 from bot.store.sessions import SessionStore
 from tests.conftest import settings_for
+from tests.test_conversation import _check_example
 
 TOKEN = "test-dashboard-token"
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -91,6 +92,9 @@ async def test_metrics_and_dashboard_show_pull_requests_per_repository_and_engin
     assert value("shepherd_agent_pull_requests", **api_codex, outcome="closed") == "1.0"
     assert value("shepherd_merged_pull_request_seconds_median", **api_codex) is None  # nothing merged there
     assert "shepherd_merged_pull_request_cost_usd_median{" not in text  # no agent reported a cost
+    shown = [line for line in text.splitlines()
+             if line.startswith(("shepherd_agent_pull_requests{", "shepherd_merged_pull_request_seconds_median{"))]
+    _check_example("outcomes_metrics.txt", "\n".join(shown) + "\n")  # the README shows these lines
 
     page = await (await client.get(f"/?token={TOKEN}")).text()
     table = page[page.index('<table id="outcomes">'):]

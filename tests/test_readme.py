@@ -19,12 +19,14 @@ def _block(readme: str, name: str) -> str:
 
 def expected_blocks() -> dict[str, str]:
     blocks = {}
-    for name in ("status", "question", "question_answered", "budget_status", "loop_question"):
-        text = (EXAMPLES / f"{name}.md").read_text()
+    # Every example comment the suite writes is shown in the README.
+    for path in sorted(EXAMPLES.glob("*.md")):
+        name, text = path.stem, path.read_text()
         # The examples hold fenced blocks of their own: the outer fence must be longer than any inside.
         outer = fence(text)
         blocks[f"example:{name}"] = f"{outer}markdown\n" + text.rstrip("\n") + f"\n{outer}\n"
     blocks["example:write_count"] = f"**{(EXAMPLES / 'write_count.txt').read_text().strip()}**\n"
+    blocks["example:outcomes_metrics"] = f"```text\n{(EXAMPLES / 'outcomes_metrics.txt').read_text()}```\n"
     flows = (ROOT / "docs" / "flows.md").read_text()
     # One heading level deeper inside the README.
     blocks["flows"] = "\n".join("#" + line if line.startswith("#") else line for line in flows.rstrip("\n").splitlines()) + "\n"
