@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.agent.adapters import make_adapter
 from bot.agent.confinement import build_sandbox
 from bot.core.effects import IssueRef, SessionContext
 from bot.workspace.git import Mirror
@@ -194,3 +196,70 @@ async def wait_for(predicate, timeout: float = 60.0, poll: float = 0.05) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(poll)
+
+
+# -- the real agent CLIs (pinned in tests/vendor) against the scripted model server ----------------------
+
+VENDOR_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin"
+CLAUDE_BIN = VENDOR_BIN / "claude"
+CODEX_BIN = VENDOR_BIN / "codex"
+CODEX_MODEL = "gpt-5.5"  # a slug Codex knows, so it offers `apply_patch` and warns about no missing metadata
+CODEX_KEY_NAME = "STUB_OPENAI_KEY"
+
+
+def _cli_home(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    home, scratch = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir()
+    scratch.mkdir()
+    return home, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch)}
+
+
+async def build_claude_harness(fake, tmp_path: Path, model_url: str, **env: str) -> Harness:
+    """The engine running the real Claude Code CLI against the model server at `model_url`: a home of its
+    own, no traffic but the model's, no retries (a script mistake fails at once). The CLI is not on PATH
+    here, so the operator shows its folder to the box."""
+    home, parent_env = _cli_home(tmp_path)
+    parent_env.update({
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": "/tmp",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
+        "ANTHROPIC_BASE_URL": model_url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
+    })
+    return await build_harness(
+        fake, tmp_path / "data", parent_env=parent_env,
+        adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
+        SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
+        SHEPHERD_SANDBOX_PATHS=str(CLAUDE_BIN.parent.parent), **env,
+    )
+
+
+def write_codex_config(codex_home: Path, model_url: str) -> None:
+    """Point Codex at the model server, with retries and every outside connection switched off."""
+    codex_home.mkdir(parents=True)
+    (codex_home / "config.toml").write_text(
+        f'model = "{CODEX_MODEL}"\n'
+        'model_provider = "stub"\n'
+        "check_for_update_on_startup = false\n"
+        "\n[analytics]\nenabled = false\n"
+        "\n[features]\nplugins = false\n"
+        "\n[model_providers.stub]\n"
+        'name = "stub"\n'
+        f'base_url = "{model_url}/v1"\n'
+        f'env_key = "{CODEX_KEY_NAME}"\n'
+        'wire_api = "responses"\n'
+        "request_max_retries = 0\n"
+        "stream_max_retries = 0\n"
+    )
+
+
+async def build_codex_harness(fake, tmp_path: Path, model_url: str, **env: str) -> Harness:
+    """The engine running the real Codex CLI against the model server's Responses API (a custom model
+    provider in `$CODEX_HOME/config.toml`)."""
+    home, parent_env = _cli_home(tmp_path)
+    write_codex_config(home / ".codex", model_url)
+    parent_env.update({"CODEX_HOME": str(home / ".codex"), CODEX_KEY_NAME: "dummy"})
+    return await build_harness(
+        fake, tmp_path / "data", parent_env=parent_env,
+        adapter_factory=lambda policy: make_adapter("codex", codex_bin=str(CODEX_BIN)),
+        SHEPHERD_AGENT="codex", SHEPHERD_AGENT_ENV=f"{CODEX_KEY_NAME},TMPDIR",
+        SHEPHERD_SANDBOX_PATHS=str(CODEX_BIN.parent.parent), **env,
+    )

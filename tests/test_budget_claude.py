@@ -4,19 +4,17 @@ and the status comment saying why, and `/agent budget 5` resumes the same agent 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-from bot.agent.adapters import make_adapter
 from bot.core.session import BudgetRaised, Detail, Mode, PostStatus, State
 from bot.views.render import render_status
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import bash, model_server, text, write  # noqa: F401 - fixture
-from tests.runtime_support import FAST_POLICY, REPO, build_harness, issue_ref, prepare_repo, wait_for
+from tests.runtime_support import (
+    CLAUDE_BIN, FAST_POLICY, REPO, build_claude_harness, issue_ref, prepare_repo, wait_for,
+)
 
-CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
 MARKER = "SHEPHERD-BUDGET-E2E"
 # Claude Code 2.1.197 prices each scripted reply (10 input, 5 output tokens of its default model) at
 # $0.000175, and checks the budget after each reply: a $0.0005 cap stops the turn after the third.
@@ -57,21 +55,7 @@ async def test_claude_stops_at_the_cap_with_its_work_pushed_and_goes_on_after_a_
     policy = FAST_POLICY + f"agent: claude\nmax_cost_usd: {CAP}\n"
     prepare_repo(fake_github, git_remote, policy=policy)
     fake_github.add_issue(REPO, title="Two parts", body=f"{MARKER}: write both parts.")
-    home, scratch = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    scratch.mkdir()
-    parent_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": "/tmp",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
-        "ANTHROPIC_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
-    }
-    harness = await build_harness(
-        fake_github, tmp_path / "data", parent_env=parent_env,
-        adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
-        SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
-        SHEPHERD_SANDBOX_PATHS=str(CLAUDE_BIN.parent.parent),
-    )
+    harness = await build_claude_harness(fake_github, tmp_path, model_server.url)
     try:
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-two-parts")

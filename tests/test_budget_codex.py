@@ -4,17 +4,16 @@ only what it added."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.agent.adapters import make_adapter
 from bot.core.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import ModelServer, model_server  # noqa: F401 - fixture
-from tests.runtime_support import ASK_THEN_FINISH, FAST_POLICY, REPO, build_harness, issue_ref, prepare_repo, wait_for
-from tests.test_runtime_codex import CODEX_BIN, KEY_NAME, write_codex_config
+from tests.runtime_support import (
+    ASK_THEN_FINISH, CODEX_BIN, FAST_POLICY, REPO, build_codex_harness, issue_ref, prepare_repo, wait_for,
+)
 
 MARKER = "SHEPHERD-CODEX-SPEND"
 # The operator's price, per million tokens; the scripted model reports 10 input and
@@ -35,20 +34,7 @@ async def test_codex_spend_is_priced_and_summed_without_counting_a_resumed_threa
 ):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY.replace("1\n", "2\n") + "agent: codex\n")
     fake_github.add_issue(REPO, title="Add a server", body=f"{MARKER}: add a server, ask which port.")
-    home, scratch = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    scratch.mkdir()
-    write_codex_config(home / ".codex", model_server.url)
-    parent_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CODEX_HOME": str(home / ".codex"), KEY_NAME: "dummy",
-    }
-    harness = await build_harness(
-        fake_github, tmp_path / "data", parent_env=parent_env,
-        adapter_factory=lambda policy: make_adapter("codex", codex_bin=str(CODEX_BIN)),
-        SHEPHERD_AGENT="codex", SHEPHERD_AGENT_ENV=f"{KEY_NAME},TMPDIR",
-        SHEPHERD_SANDBOX_PATHS=str(CODEX_BIN.parent.parent), SHEPHERD_MODEL_PRICES=PRICES,
-    )
+    harness = await build_codex_harness(fake_github, tmp_path, model_server.url, SHEPHERD_MODEL_PRICES=PRICES)
     try:
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")

@@ -5,19 +5,17 @@ and the person's reply resumes the same agent session."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
-from bot.agent.adapters import make_adapter
 from bot.core.session import Mode, PostQuestion, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import bash, model_server, text  # noqa: F401 - fixture
-from tests.runtime_support import FAST_POLICY, REPO, agent_script, build_harness, issue_ref, prepare_repo, wait_for
+from tests.runtime_support import (
+    CLAUDE_BIN, FAST_POLICY, REPO, agent_script, build_claude_harness, build_harness, issue_ref, prepare_repo, wait_for,
+)
 
-CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
 MARKER = "SHEPHERD-LOOP-E2E"
 LOOPS = FAST_POLICY + "loops: {repeats: 3, flip_flops: 2, stall_minutes: 0.05}\n"  # a 3 s stall window
 SNAPSHOT_SECONDS = 0.1
@@ -170,21 +168,7 @@ async def test_claude_repeating_a_failing_command_is_stopped_asked_and_resumed(
 ):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY + "agent: claude\nloops: {repeats: 3}\n")
     fake_github.add_issue(REPO, title="Read the config", body=f"{MARKER}: read the config.")
-    home, scratch = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    scratch.mkdir()
-    parent_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": "/tmp",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
-        "ANTHROPIC_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
-    }
-    harness = await build_harness(
-        fake_github, tmp_path / "data", parent_env=parent_env,
-        adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
-        SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
-        SHEPHERD_SANDBOX_PATHS=str(CLAUDE_BIN.parent.parent),
-    )
+    harness = await build_claude_harness(fake_github, tmp_path, model_server.url)
     harness.engine.loop_snapshot_seconds = SNAPSHOT_SECONDS
     try:
         await harness.engine.start()

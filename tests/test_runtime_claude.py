@@ -3,22 +3,18 @@ agent session with the reply, `shepherd done`, pushed."""
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from bot.agent.egress import read_stats
-from bot.agent.adapters import make_adapter
 from bot.core.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import model_server  # noqa: F401 - fixture
 from tests.runtime_support import (
-    ASK_THEN_FINISH, FAST_POLICY, REPO, build_harness, issue_ref, prepare_repo, wait_for,
+    ASK_THEN_FINISH, CLAUDE_BIN, FAST_POLICY, REPO, build_claude_harness, issue_ref, prepare_repo, wait_for,
 )
 
-CLAUDE_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "claude"
 MARKER = "SHEPHERD-ENGINE-E2E"
 
 pytestmark = [
@@ -31,22 +27,7 @@ pytestmark = [
 async def test_claude_asks_is_resumed_with_the_reply_and_finishes(fake_github, git_remote, model_server, tmp_path):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY.replace("1\n", "2\n") + "agent: claude\n")
     fake_github.add_issue(REPO, title="Add a server", body=f"{MARKER}: add a server, ask which port.")
-    home, scratch = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    scratch.mkdir()
-    parent_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CLAUDE_CONFIG_DIR": str(home / ".claude"), "CLAUDE_CODE_TMPDIR": "/tmp",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "CLAUDE_CODE_MAX_RETRIES": "0",
-        "ANTHROPIC_BASE_URL": model_server.url, "ANTHROPIC_API_KEY": "dummy", "IS_SANDBOX": "1",
-    }
-    harness = await build_harness(
-        fake_github, tmp_path / "data", parent_env=parent_env,
-        adapter_factory=lambda policy: make_adapter("claude", claude_bin=str(CLAUDE_BIN)),
-        SHEPHERD_AGENT="claude", SHEPHERD_AGENT_ENV="IS_SANDBOX,TMPDIR",
-        # The CLI is not on PATH here, so the operator shows its folder to the box.
-        SHEPHERD_SANDBOX_PATHS=str(CLAUDE_BIN.parent.parent),
-    )
+    harness = await build_claude_harness(fake_github, tmp_path, model_server.url)
     try:
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")

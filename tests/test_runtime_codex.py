@@ -9,26 +9,19 @@ analytics, plugins and update checks off, so nothing but loopback is contacted.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 
 from bot.agent.egress import read_stats
-from bot.agent.adapters import make_adapter
 from bot.core.session import Mode, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import ModelServer, model_server  # noqa: F401 - fixture
 from tests.runtime_support import (
-    ASK_THEN_FINISH, FAST_POLICY, REPO, build_harness, issue_ref, prepare_repo, wait_for,
+    ASK_THEN_FINISH, CODEX_BIN, FAST_POLICY, REPO, build_codex_harness, issue_ref, prepare_repo, wait_for,
 )
 
-CODEX_BIN = Path(__file__).resolve().parent / "vendor" / "node_modules" / ".bin" / "codex"
 MARKER = "SHEPHERD-CODEX-E2E"
-# gpt-5.5 is a slug Codex knows, so it offers `apply_patch` and warns about no missing metadata.
-CODEX_MODEL = "gpt-5.5"
-KEY_NAME = "STUB_OPENAI_KEY"
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,24 +29,6 @@ pytestmark = [
     pytest.mark.skipif(not CODEX_BIN.exists(), reason="the Codex CLI is not installed in tests/vendor"),
 ]
 
-
-def write_codex_config(codex_home: Path, model_url: str) -> None:
-    """Point Codex at the model server, with retries and every outside connection switched off."""
-    codex_home.mkdir(parents=True)
-    (codex_home / "config.toml").write_text(
-        f'model = "{CODEX_MODEL}"\n'
-        'model_provider = "stub"\n'
-        "check_for_update_on_startup = false\n"
-        "\n[analytics]\nenabled = false\n"
-        "\n[features]\nplugins = false\n"
-        "\n[model_providers.stub]\n"
-        'name = "stub"\n'
-        f'base_url = "{model_url}/v1"\n'
-        f'env_key = "{KEY_NAME}"\n'
-        'wire_api = "responses"\n'
-        "request_max_retries = 0\n"
-        "stream_max_retries = 0\n"
-    )
 
 
 def thread_started(log: str) -> list[str]:
@@ -90,21 +65,7 @@ async def test_codex_asks_is_resumed_with_the_reply_and_finishes(
 ):
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY.replace("1\n", "2\n") + "agent: codex\n")
     fake_github.add_issue(REPO, title="Add a server", body=f"{MARKER}: add a server, ask which port.")
-    home, scratch = tmp_path / "home", tmp_path / "tmp"
-    home.mkdir()
-    scratch.mkdir()
-    write_codex_config(home / ".codex", model_server.url)
-    parent_env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TMPDIR": str(scratch),
-        "CODEX_HOME": str(home / ".codex"), KEY_NAME: "dummy",
-    }
-    harness = await build_harness(
-        fake_github, tmp_path / "data", parent_env=parent_env,
-        adapter_factory=lambda policy: make_adapter("codex", codex_bin=str(CODEX_BIN)),
-        SHEPHERD_AGENT="codex", SHEPHERD_AGENT_ENV=f"{KEY_NAME},TMPDIR",
-        # The CLI is not on PATH here, so the operator shows its folder to the box.
-        SHEPHERD_SANDBOX_PATHS=str(CODEX_BIN.parent.parent),
-    )
+    harness = await build_codex_harness(fake_github, tmp_path, model_server.url)
     try:
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")
