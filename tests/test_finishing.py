@@ -8,7 +8,9 @@ from bot.views.render import fence
 from bot.core.sanitize import find_marker
 from bot.core.session import (
     FinishWork,
+    PullRequestClosed,
     PullRequestOpened,
+    PullRequestState,
     PullRequestUpdated,
     PushFailed,
     ReviewFeedback,
@@ -152,6 +154,43 @@ async def test_a_restart_with_an_empty_store_finds_shepherds_own_pr(bed, tmp_pat
 
     assert again[0] == first[0]
     assert len(bed.fake.calls_to("pulls/create")) == 1
+
+
+async def test_a_pr_whose_creation_answer_was_lost_and_that_was_merged_meanwhile_is_not_opened_twice(bed):
+    # Found by the chaos test: GitHub opened the PR but the answer was lost (a 502 after it applied the
+    # write, or a kill); a maintainer merged it before Shepherd asked again. The retry opened a second PR.
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    [first] = await _finish(bed, session)
+    bed.fake.merge_pull(REPO, first.number)
+
+    events = await _finish(bed, session)  # the outbox runs the FinishWork again
+
+    assert [p["number"] for p in bed.fake.pulls(REPO)] == [first.number]
+    assert len(bed.fake.calls_to("pulls/create")) == 1
+    assert events == [PullRequestOpened(first.number, first.url, first.head_sha),
+                      PullRequestClosed(merged=True, number=first.number)]
+    after = session
+    for event in events:
+        after = bed.apply(after, event)
+    assert (after.pr_number, after.pr_state, after.state) == (first.number, PullRequestState.MERGED, State.COMPLETE)
+
+
+async def test_a_closed_pr_of_an_earlier_session_on_the_same_branch_is_not_taken_for_this_one(bed):
+    session = triggered(bed)
+    tree = await prepare_worktree(bed, session)
+    await agent_commit(bed, tree, {"a.txt": "a\n"}, "Add a")
+    session = turn_done(bed, session, "Done.")
+    earlier = bed.fake.add_pull(REPO, head=session.branch, title="Earlier", user=bed.fake.bot_login,
+                                body="<!-- shepherd:pr session=%s#earlier -->\nBefore." % session.id)
+    bed.fake.close_pull(REPO, earlier["number"])
+
+    [opened] = await _finish(bed, session)
+
+    assert isinstance(opened, PullRequestOpened) and opened.number != earlier["number"]
+    assert bed.fake.pull(REPO, earlier["number"])["body"].endswith("Before.")
 
 
 async def test_a_persons_pr_from_the_agent_branch_is_neither_adopted_nor_edited(bed):

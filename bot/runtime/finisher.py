@@ -48,6 +48,7 @@ from bot.core.session import (
     Event,
     FinishWork,
     MergeConflict,
+    PullRequestClosed,
     PullRequestOpened,
     PullRequestUpdated,
     PushFailed,
@@ -182,7 +183,7 @@ class Finisher:
                      appendix: str | None = None) -> Sequence[Event]:
         """`appendix` is Markdown added to a new PR's body (the bake-off's comparison, SPEC §8)."""
         try:
-            return [await self._finish(session, command, context, appendix)]
+            return await self._finish(session, command, context, appendix)
         except (FinishRefused, PushRefused, OperationRefused) as refusal:
             reason = str(refusal)
         except WorkspaceError as error:
@@ -198,7 +199,7 @@ class Finisher:
     # -- the steps ------------------------------------------------------------------------------
 
     async def _finish(self, session: Session, command: FinishWork, context: Any,
-                      appendix: str | None = None) -> Event:
+                      appendix: str | None = None) -> list[Event]:
         branch = agent_branch(command.branch)  # refuse a foreign ref before touching anything
         full_name = context.full_name
         worktree = Path(context.worktree) if context.worktree else self._workspaces.worktree_path(full_name, branch)
@@ -221,11 +222,11 @@ class Finisher:
             raise FinishRefused(NO_CHANGES_AGAINST_BASE.format(base=base))
         if not command.open_pull_request:
             # Stopped at the cost cap (SPEC §8): the work so far is kept on the branch, unreviewed.
-            return WorkPushed(await self._push(session, context, branch))
+            return [WorkPushed(await self._push(session, context, branch))]
         conflicts = await self._test_merge(context, head, base)
         if conflicts:
             log.info("%s does not merge into %s: %s", branch, base, ", ".join(conflicts))
-            return MergeConflict(conflicts)
+            return [MergeConflict(conflicts)]
         diffstat = await self._diffstat(full_name, ref, base)
 
         test = None
@@ -438,11 +439,12 @@ class Finisher:
         body: str,
         draft: bool,
         head_sha: str,
-    ) -> Event:
+    ) -> list[Event]:
         gh = self._github.installation(context.installation_id)
         owner, repo = context.owner, context.repo
         bot_login, _email = await self._github.bot_identity(context.installation_id)
-        place = pull_request(owner, repo, head=branch, base=base, title=session.issue_title, draft=draft)
+        place = pull_request(owner, repo, head=branch, base=base, title=session.issue_title, draft=draft,
+                             session_id=session.id)
         posted = PostedRecords(self._store)
         mark = dict(scope=session.id, kind=PULL_REQUEST_KIND, key=branch, bot_login=bot_login, body=body)
         try:
@@ -459,8 +461,12 @@ class Finisher:
             log.info("opened PR #%s for %s", pull.id, session.id)
         if command.pull_request_number is None:
             assert pull.item is not None  # never remembered without a look (`trust_record` is off)
-            return PullRequestOpened(number=pull.id, url=pull.item["html_url"], head_sha=head_sha)
-        return PullRequestUpdated(head_sha=head_sha)
+            opened: list[Event] = [PullRequestOpened(number=pull.id, url=pull.item["html_url"], head_sha=head_sha)]
+            if pull.item.get("state") == "closed":
+                # Opened by an answer that was lost, and merged or closed since: the session learns both.
+                opened.append(PullRequestClosed(merged=bool(pull.item.get("merged_at")), number=pull.id))
+            return opened
+        return [PullRequestUpdated(head_sha=head_sha)]
 
     async def _request_review(self, gh: Any, owner: str, repo: str, number: int, login: str) -> None:
         try:

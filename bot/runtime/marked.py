@@ -79,11 +79,18 @@ def repository_issue(owner: str, repo: str, *, bot_login: str, title: str, kind:
                  create_fields={"title": title}, gone=(404, 410))
 
 
-def pull_request(owner: str, repo: str, *, head: str, base: str, title: str, draft: bool) -> Place:
-    """The open pull request from the branch `head` (GitHub allows one per head and base)."""
+def pull_request(owner: str, repo: str, *, head: str, base: str, title: str, draft: bool, session_id: str) -> Place:
+    """The session's pull request from the branch `head`: the open one (GitHub allows one per head and
+    base), or a closed one whose marker names this session: GitHub opened it but its answer was lost,
+    and a person merged or closed it before Shepherd asked again. Opening another would be a second PR."""
+    this_session = _marked("pr", {"session": session_id})
+
+    def matches(pull: Mapping[str, Any]) -> bool:
+        return (pull.get("head") or {}).get("ref") == head and (pull.get("state") == "open" or this_session(pull))
+
     return Place({"owner": owner, "repo": repo}, "/repos/{owner}/{repo}/pulls{?head,state}",
-                 {"head": f"{owner}:{head}", "state": "open"},
-                 lambda pull: (pull.get("head") or {}).get("ref") == head, "/repos/{owner}/{repo}/pulls",
+                 {"head": f"{owner}:{head}", "state": "all"},
+                 matches, "/repos/{owner}/{repo}/pulls",
                  "/repos/{owner}/{repo}/pulls/{pull_number}", "pull_number", "number",
                  create_fields={"title": title, "head": head, "base": base, "draft": draft,
                                 "maintainer_can_modify": False},
