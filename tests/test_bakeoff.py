@@ -13,7 +13,7 @@ agent run to its end after the first attempt is done; see `bot.core.bakeoff`).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,39 @@ from bot.core.bakeoff import (
 )
 from bot.core.engines import Choice, choose, is_trigger_of
 from bot.core.policy import LoadedPolicy, OperatorLimits, parse_policy
-from bot.core.session import BakeOffJudged, Mode, State, Trigger, decide
+from bot.core.attempts import attempt_event, find
+from bot.core.session import (
+    AddLabel,
+    Asked,
+    AttemptCommand,
+    AttemptFinished,
+    BakeOffJudged,
+    Cancel,
+    CancelReason,
+    DoneReported,
+    FinishWork,
+    JudgeBakeOff,
+    LabelKind,
+    MarkQuestionAnswered,
+    Mode,
+    PostQuestion,
+    QuestionPosted,
+    React,
+    Recovered,
+    ReleaseSlot,
+    RemoveLabel,
+    ReplyReceived,
+    RequestSlot,
+    SlotGranted,
+    SpendReported,
+    StartTurn,
+    State,
+    StopAgent,
+    Trigger,
+    TurnExited,
+    WorkspaceReady,
+    decide,
+)
 from bot.runtime.bakeoff import check_attempt
 from bot.workspace.workspaces import Workspaces
 from tests.conftest import settings_for
@@ -210,12 +242,10 @@ def test_a_bakeoff_session_starts_on_the_first_engines_branch_and_goes_on_with_t
     # Taking the bake-off label off cancels it; taking off the engine label of one of its engines does not.
     assert is_trigger_of(policy, session, "agent:bakeoff") and not is_trigger_of(policy, session, "agent:codex")
 
-    judged = decide(session, BakeOffJudged("codex", "agent/issue-4-fix-it-codex", "codex"), now).session
-    assert judged is not None
-    assert (judged.branch, judged.engine, judged.bakeoff_winner) == ("agent/issue-4-fix-it-codex", "codex", "codex")
-    # Judged once: a replayed verdict changes nothing.
-    again = decide(judged, BakeOffJudged("claude", "agent/issue-4-fix-it-claude", "claude"), now).session
-    assert again is not None and again.branch == judged.branch
+    # A verdict before both attempts have ended changes nothing (the winner carrying the session on, once
+    # both have ended, is the next test's).
+    early = decide(session, BakeOffJudged("codex", "agent/issue-4-fix-it-codex", "codex"), now).session
+    assert early is not None and early.branch == session.branch and early.bakeoff_winner is None
 
 
 ASKING_FIRST_ATTEMPT = """
@@ -255,3 +285,143 @@ async def test_a_bakeoff_attempts_question_reaches_the_issue_with_the_engines_na
     assert "| Tests (`sh tests/check.sh`, with the base branch's test files) | passed (exit 0) | passed (exit 0) |" \
         in pull["body"]
     assert len(status_comments(fake_github, 1)) == 1
+
+
+# -- the core: one session, two attempts at once (bot.core.attempts) ------------------------------
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def step(session, name, event, seconds):
+    decision = decide(session, attempt_event(name, event), at(seconds))
+    assert decision.session is not None
+    return decision.session, decision.commands
+
+
+def for_attempt(commands, name):
+    return [c.inner for c in commands if isinstance(c, AttemptCommand) and c.attempt == name]
+
+
+def two_attempts_running():
+    trigger = Trigger(repo="o/r", issue_number=4, issue_title="Fix it", mode=Mode.GO, actor="alice",
+                      base_branch="main", engine="claude", rival="codex")
+    started = decide(None, trigger, T0)
+    session = started.session
+    assert session is not None
+    assert [type(c).__name__ for c in for_attempt(started.commands, "claude")] == ["EnsureWorkspace"]
+    assert for_attempt(started.commands, "codex")[0].branch == "agent/issue-4-fix-it-codex"
+    for name in ("claude", "codex"):
+        session, commands = step(session, name, WorkspaceReady(), 1)
+        assert for_attempt(commands, name) == [RequestSlot()]
+    for name in ("claude", "codex"):
+        session, commands = step(session, name, SlotGranted(), 2)
+        [start] = for_attempt(commands, name)
+        assert isinstance(start, StartTurn) and start.turn == 1
+    return session
+
+
+def test_both_attempts_run_at_once_each_with_its_own_question_and_the_answers_go_to_the_right_one() -> None:
+    session = two_attempts_running()
+    assert session.state == State.WORKING
+
+    session, commands = step(session, "claude", Asked("Add or subtract?", ("add", "subtract")), 10)
+    [post] = [c for c in for_attempt(commands, "claude") if isinstance(c, PostQuestion)]
+    assert AddLabel(LabelKind.NEEDS_INPUT) in commands
+    # One attempt is stuck, the other still works: the session works on, the question waits.
+    assert session.state == State.WORKING
+    session, commands = step(session, "codex", Asked("Which file?"), 20)
+    session, _ = step(session, "claude", QuestionPosted(post.question_id, 501, at(11)), 11)
+    codex_q = find(session, "codex").session.question
+    session, _ = step(session, "codex", QuestionPosted(codex_q.question_id, 502, at(21)), 21)
+    for name in ("claude", "codex"):
+        session, commands = step(session, name, TurnExited(exit_code=0), 30)
+        assert for_attempt(commands, name) == [ReleaseSlot()]
+    assert session.state == State.STUCK and session.question is not None
+    assert session.question.text == "Add or subtract?"  # the oldest open question
+
+    # A reply that names an engine goes to that engine's question, even though it is not the oldest.
+    named = decide(session, ReplyReceived(601, "maria", "codex: calc.sh", at(40)), at(40))
+    session = named.session
+    assert React("eyes", 601) in named.commands
+    assert for_attempt(named.commands, "codex")[:1] == [MarkQuestionAnswered(codex_q.question_id, "maria")]
+    assert for_attempt(named.commands, "claude") == []
+    assert RemoveLabel(LabelKind.NEEDS_INPUT) not in named.commands  # claude's question is still open
+    assert find(session, "codex").session.pending_turn.reply == "codex: calc.sh"
+    # A plain reply goes to the oldest open question, and the number picks its option.
+    plain = decide(session, ReplyReceived(602, "maria", "1", at(41)), at(41))
+    session = plain.session
+    assert find(session, "claude").session.pending_turn.reply == "add"
+    assert RemoveLabel(LabelKind.NEEDS_INPUT) in plain.commands
+    # The same comment again changes nothing.
+    assert decide(session, ReplyReceived(602, "maria", "1", at(42)), at(42)).commands == ()
+
+
+def test_a_reply_that_quotes_a_question_goes_to_that_attempt() -> None:
+    session = two_attempts_running()
+    session, _ = step(session, "claude", Asked("Add or subtract?"), 10)
+    session, _ = step(session, "codex", Asked("Which file holds the sum?"), 11)
+    quoted = decide(session, ReplyReceived(700, "maria", "> Which file holds the sum?\n\ncalc.sh", at(12)), at(12))
+    assert for_attempt(quoted.commands, "codex") and not for_attempt(quoted.commands, "claude")
+
+
+def finish(session, name, seconds, spend=0.0):
+    if spend:
+        session, _ = step(session, name, SpendReported(find(session, name).session.turn_count, spend), seconds)
+    session, _ = step(session, name, DoneReported("done"), seconds)
+    session, commands = step(session, name, TurnExited(exit_code=0, has_new_commits=True), seconds)
+    [work] = [c for c in for_attempt(commands, name) if isinstance(c, FinishWork)]
+    assert work.branch == find(session, name).session.branch
+    decision = decide(session, AttemptFinished(name), at(seconds))
+    return decision.session, decision.commands
+
+
+def test_the_judgement_waits_for_both_attempts_and_the_winner_carries_the_session_on() -> None:
+    session = two_attempts_running()
+    session, commands = finish(session, "claude", 62, spend=0.25)
+    assert JudgeBakeOff() not in commands and session.state == State.WORKING and not session.finishing
+    session, commands = finish(session, "codex", 122, spend=0.5)
+    assert JudgeBakeOff() in commands and session.finishing
+    # Each attempt's own time and spend: the sum of its own turns, its own reports.
+    assert [(a.name, a.seconds, a.session.spent_usd) for a in session.attempts] == [
+        ("claude", 60.0, 0.25), ("codex", 120.0, 0.5)]
+    assert session.spent_usd == 0.75
+
+    judged = decide(session, BakeOffJudged("codex", "agent/issue-4-fix-it-codex", "codex", table="| the table |"),
+                    at(130))
+    session = judged.session
+    assert (session.branch, session.engine, session.bakeoff_winner, session.bakeoff_table) == (
+        "agent/issue-4-fix-it-codex", "codex", "codex", "| the table |")
+    assert FinishWork("agent/issue-4-fix-it-codex", "done", None) in judged.commands
+    # Judged once: a replayed verdict changes nothing.
+    assert decide(session, BakeOffJudged("claude", "agent/issue-4-fix-it-claude", "claude"), at(131)).session.branch \
+        == session.branch
+    # After a restart while judging, the judgement runs again.
+    assert JudgeBakeOff() not in decide(session, Recovered(turn_alive=False), at(132)).commands
+
+
+def test_a_judging_session_judges_again_after_a_restart_and_one_failed_attempt_leaves_the_other() -> None:
+    session = two_attempts_running()
+    session, _ = step(session, "claude", TurnExited(exit_code=3), 5)
+    assert find(session, "claude").session.state == State.FAILED and session.state == State.WORKING
+    session, commands = finish(session, "codex", 9)
+    assert JudgeBakeOff() in commands
+    assert JudgeBakeOff() in decide(session, Recovered(turn_alive=False), at(10)).commands
+
+
+def test_both_attempts_failing_fails_the_session_and_a_cancel_stops_both() -> None:
+    session = two_attempts_running()
+    session, _ = step(session, "claude", TurnExited(exit_code=3), 5)
+    session, commands = step(session, "codex", TurnExited(exit_code=0), 6)
+    assert session.state == State.FAILED and "Both attempts failed" in session.failure_reason
+    assert JudgeBakeOff() not in commands
+
+    session = two_attempts_running()
+    cancelled = decide(session, Cancel(CancelReason.STOP_COMMAND), at(3))
+    assert cancelled.session.state == State.CANCELLED
+    for name in ("claude", "codex"):
+        assert StopAgent(0) in for_attempt(cancelled.commands, name)
+        assert find(cancelled.session, name).session.state == State.CANCELLED
