@@ -38,6 +38,7 @@ from bot.core.session import (
     BakeOffJudged,
     Cancel,
     CancelReason,
+    Detail,
     DoneReported,
     FinishWork,
     JudgeBakeOff,
@@ -425,3 +426,140 @@ def test_both_attempts_failing_fails_the_session_and_a_cancel_stops_both() -> No
     for name in ("claude", "codex"):
         assert StopAgent(0) in for_attempt(cancelled.commands, name)
         assert find(cancelled.session, name).session.state == State.CANCELLED
+
+
+# Both attempts ask on their first turn (each names itself), and on the turn the answer resumes, write
+# the answer they got into the work: `command-2` fixes the sum, `command` only looks at it.
+BOTH_ASK = """
+name="${SHEPHERD_BRANCH##*fix-the-sum-}"
+if [ "$SHEPHERD_TURN" = 1 ]; then
+  shepherd ask "How should $name fix the sum?" --option add --option subtract
+  exit 0
+fi
+printf '%s\\n' "$SHEPHERD_REPLY" > answer.txt
+case "$name" in
+  command-2) printf 'echo $(($1 + $2))\\n' > calc.sh ;;
+  *) printf '# looked at it\\n' >> calc.sh ;;
+esac
+git add -A
+git commit -q -m "Work on the sum, as told"
+shepherd done "Fixed the sum"
+"""
+
+
+def comment_body(fake_github, comment_id):
+    return next(c["body"] for c in fake_github.comments(E2E_REPO, 1) if c["id"] == comment_id)
+
+
+def questions_on(fake_github, number):
+    return [c for c in fake_github.comments(E2E_REPO, number) if "shepherd:question" in c["body"]]
+
+
+async def test_both_attempts_ask_at_once_and_each_answer_resumes_the_attempt_it_answers(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, BOTH_ASK))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    # Both questions reach the issue before either is answered: the attempts run at the same time.
+    await shepherd.until(lambda: len(questions_on(fake_github, 1)) == 2)
+    first, second = sorted(questions_on(fake_github, 1), key=lambda c: "command-2" in c["body"])
+    assert "### ❓ The agent `command` (one of the bake-off's two attempts) has a question" in first["body"]
+    assert "How should command fix the sum?" in first["body"]
+    assert "### ❓ The agent `command-2` (one of the bake-off's two attempts) has a question" in second["body"]
+    # The one status comment shows both attempts, each with a link to its own question.
+    await shepherd.until(lambda: all(f"#issuecomment-{q['id']})" in status_comments(fake_github, 1)[0]["body"]
+                                     for q in (first, second)))
+    [status] = status_comments(fake_github, 1)
+    assert "| `command` | `agent/issue-1-fix-the-sum-command` | `stuck` |" in status["body"]
+    assert "| `command-2` | `agent/issue-1-fix-the-sum-command-2` | `stuck` |" in status["body"]
+    assert "agent:needs-input" in fake_github.labels(E2E_REPO, 1)
+
+    # A reply that names the engine goes to that engine's attempt, though its question is not the oldest.
+    named = fake_github.add_comment(E2E_REPO, 1, "command-2: add them", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, E2E_REPO, 1, named))
+    await shepherd.until(lambda: "answered by" in comment_body(fake_github, second["id"]))
+    assert "answered by" not in comment_body(fake_github, first["id"])
+    assert "agent:needs-input" in fake_github.labels(E2E_REPO, 1)  # the other question still waits
+    # A plain reply goes to the question still open.
+    plain = fake_github.add_comment(E2E_REPO, 1, "2", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, E2E_REPO, 1, plain))
+    session = await shepherd.ended(1)
+
+    assert session.state == State.COMPLETE
+    assert "agent:needs-input" not in fake_github.labels(E2E_REPO, 1)
+    # Each answer resumed its own attempt: the answer is in that attempt's own work.
+    assert git_remote.show(E2E_REPO, "refs/heads/agent/issue-1-fix-the-sum-command-2", "answer.txt") \
+        == "command-2: add them\n"
+    assert git_remote.show(E2E_REPO, "refs/heads/agent/issue-1-fix-the-sum-command", "answer.txt") == "subtract\n"
+    # Exactly one PR, from the attempt that passes the tests, with the comparison table.
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command-2" == session.branch
+    assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
+    assert "Shepherd chose `command-2`: its tests passed and the other's did not." in pull["body"]
+    assert len(status_comments(fake_github, 1)) == 1
+    assert fake_github.calls_to("pulls/merge") == []
+
+
+async def test_a_bakeoff_held_back_by_max_open_prs_opens_its_pull_request_later_with_the_table(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES,
+                 policy=FAST_POLICY + f"test: {TEST_COMMAND}\nmax_open_prs: 1\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS.replace("{fixer}", "command-2")))
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+    fake_github.add_issue(E2E_REPO, title="Fix the sum again", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:go", sender=MAINTAINER))
+    await shepherd.ended(1)
+    [first_pull] = fake_github.pulls(E2E_REPO)
+
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 2, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+    await shepherd.until(lambda: (s := shepherd.session(2)) is not None
+                         and s.detail == Detail.WAITING_FOR_PULL_REQUEST_SLOT)
+    await shepherd.settle()
+    assert len(fake_github.pulls(E2E_REPO)) == 1
+    merged = payloads.pull_request_closed(fake_github, E2E_REPO, first_pull["number"], merged=True, sender=MAINTAINER)
+    await shepherd.deliver("pull_request", merged)
+    await shepherd.until(lambda: shepherd.session(2).state == State.COMPLETE)
+    await shepherd.settle()
+
+    [pull] = [p for p in fake_github.pulls(E2E_REPO) if p["number"] != first_pull["number"]]
+    assert pull["head"]["ref"] == "agent/issue-2-fix-the-sum-again-command-2"
+    assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
+    assert "Shepherd chose `command-2`: its tests passed and the other's did not." in pull["body"]
+
+
+async def test_a_restart_after_the_judgement_still_opens_the_pull_request_with_the_table(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, TWO_SCRIPTS.replace("{fixer}", "command")))
+    first = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    # The first Shepherd never gets to open the PR: it stops once the judgement is stored.
+    never = asyncio.Event()
+
+    async def held(*args, **kwargs):
+        await never.wait()
+
+    first.engine.finisher.finish = held
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+    await first.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff", sender=MAINTAINER))
+    judged = await first.until(lambda: (s := first.session(1)) is not None and s.bakeoff_winner is not None and s)
+    assert judged.state == State.WORKING and judged.pr_number is None
+    await first.client.close()
+    assert fake_github.pulls(E2E_REPO) == []
+
+    second = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    session = await second.ended(1)
+
+    assert session.state == State.COMPLETE
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command"
+    assert "| | `command` (this pull request) | `command-2` |" in pull["body"]
+    assert "Shepherd chose `command`: its tests passed and the other's did not." in pull["body"]

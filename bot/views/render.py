@@ -295,7 +295,26 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
         spend=(spend_line(session.spent_usd, session.limits.max_cost_usd)
                if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
+        attempts=_attempts(session, context, repo_url),
     )
+
+
+def _attempts(session: Session, context: SessionContext, repo_url: str | None) -> list[dict[str, Any]]:
+    """A bake-off's two attempts (SPEC §8): engine, branch, state, place in the queue, and its question."""
+    positions = context.extra.get("attempt_positions") or {}
+    shown = []
+    for attempt in session.attempts:
+        own = attempt.session
+        question = own.question if own.state == State.STUCK else None
+        url = (f"{repo_url}/issues/{session.issue_number}#issuecomment-{question.comment_id}"
+               if question is not None and question.comment_id is not None and repo_url else None)
+        state = f"`{own.state}`" + (f" (`{own.detail}`)" if own.detail is not None else "")
+        if session.bakeoff_winner is not None:
+            state = "chosen" if attempt.name == session.bakeoff_winner else "not chosen"
+        shown.append({"name": attempt.name, "branch": own.branch, "state": state, "turns": own.turn_count,
+                      "queue": positions.get(attempt.name) if own.state == State.QUEUED else None,
+                      "question": question is not None, "question_url": url})
+    return shown
 
 
 # -- questions ----------------------------------------------------------------------------------
