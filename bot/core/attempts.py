@@ -227,10 +227,10 @@ def _settle(parent: Session, commands: list[Command]) -> Decision:
             parent = replace(parent, state=State.CANCELLED, detail=children[0].detail, question=None)
             return Decision(parent, tuple(_tidy(parent, [*commands, PostStatus(urgent=True)])))
         reason = FAILURE_BOTH.format(reasons=reasons)
-        detail = failed[0].detail or Detail.CRASHED
-        parent = replace(parent, state=State.FAILED, detail=detail, failure_reason=reason, question=None,
+        failure = failed[0].detail or Detail.CRASHED
+        parent = replace(parent, state=State.FAILED, detail=failure, failure_reason=reason, question=None,
                          stuck_reason=None)
-        return Decision(parent, tuple(_tidy(parent, [*commands, ReportFailure(detail, reason),
+        return Decision(parent, tuple(_tidy(parent, [*commands, ReportFailure(failure, reason),
                                                      PostStatus(urgent=True)])))
     states = {child.state for child in live}
     question: Question | None = None
