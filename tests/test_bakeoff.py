@@ -2,12 +2,12 @@
 worktree on `agent/issue-<n>-<slug>-<engine>`, checked by Shepherd with the repository's own test command
 and the base branch's test files, then judged, with the comparison table a PR body carries.
 
-End to end, the `agent:bakeoff` label runs one session with both attempts (the `command` adapter twice,
-one attempt that passes the repository's tests and one that fails them) and opens exactly one PR, from
-the passing attempt, with the comparison table and a link to the other branch; nothing is merged.
-
-What is NOT covered here, because it is not built yet: questions from the second attempt (it runs one
-agent run to its end after the first attempt is done; see `bot.core.bakeoff`).
+End to end, the `agent:bakeoff` label runs one session with both attempts at the same time (the `command`
+adapter twice): one attempt that passes the repository's tests and one that fails them open exactly one
+PR, from the passing attempt, with the comparison table and a link to the other branch; nothing is merged.
+Both attempts may ask at once, each answer resumes the attempt it answers, and the table survives the
+`max_open_prs` wait and a restart after the judgement. The core's side (`bot.core.attempts`) is tested
+event by event below.
 """
 
 from __future__ import annotations
@@ -563,3 +563,30 @@ async def test_a_restart_after_the_judgement_still_opens_the_pull_request_with_t
     assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command"
     assert "| | `command` (this pull request) | `command-2` |" in pull["body"]
     assert "Shepherd chose `command`: its tests passed and the other's did not." in pull["body"]
+
+
+async def test_the_fact_check_tests_in_a_scratch_repository_that_leaves_nothing_in_the_mirror(workspaces):
+    branch = bakeoff_branch(1, "fix-the-sum", "fixer")
+    worktree = await workspaces.create_worktree(REPO, branch, "main")
+    assert await run_shell(worktree, FIXES_THE_CODE) == 0
+    assert await workspaces.commit_all(worktree, "fixer's work", "agent", "agent@example.invalid")
+    await workspaces.export_branch(worktree, branch)
+    mirror = workspaces.mirror(REPO)
+    registered_during_the_test: list[str] = []
+    tested_in: list[Path] = []
+
+    async def run_and_look(folder: Path, command: str) -> int:
+        # While the test runs, the mirror knows nothing of the scratch repository: a kill -9 now leaves
+        # nothing registered there (a `git worktree add` would have left `worktrees/...` behind).
+        listed = await workspaces.git.run("worktree", "list", "--porcelain", mirror=mirror)
+        registered_during_the_test.extend(listed.split("\n\n"))
+        tested_in.append(folder)
+        return await run_shell(folder, command)
+
+    facts = await check_attempt(workspaces.git, workspaces, REPO, engine="fixer", branch=branch, base="main",
+                                test_command=TEST_COMMAND, protected_patterns=[], run_test=run_and_look)
+
+    assert facts.test_exit_code == 0
+    assert len([entry for entry in registered_during_the_test if entry.strip()]) == 1  # the mirror alone
+    assert not (mirror.path / "worktrees").exists() or not any((mirror.path / "worktrees").iterdir())
+    assert not tested_in[0].exists()
