@@ -590,3 +590,37 @@ async def test_the_fact_check_tests_in_a_scratch_repository_that_leaves_nothing_
     assert len([entry for entry in registered_during_the_test if entry.strip()]) == 1  # the mirror alone
     assert not (mirror.path / "worktrees").exists() or not any((mirror.path / "worktrees").iterdir())
     assert not tested_in[0].exists()
+
+
+async def test_an_attempt_that_finds_no_free_slot_waits_its_turn_in_the_queue(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    # Whichever attempt runs first holds its slot until the test lets it go.
+    holds = f"while [ ! -e {shared}/go ]; do sleep 0.05; done\n" + TWO_SCRIPTS.replace("{fixer}", "command")
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command", SHEPHERD_MAX_PER_REPO="1",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, holds),
+                            SHEPHERD_SANDBOX_PATHS=f"{shared}:rw")
+    shepherd = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff",
+                                                           sender=MAINTAINER))
+
+    def one_runs_one_waits():
+        body = status_comments(fake_github, 1)[0]["body"] if status_comments(fake_github, 1) else ""
+        return "`working`" in body and "`queued`, 1st in line" in body and body
+    body = await shepherd.until(one_runs_one_waits)
+    assert len(shepherd.engine.queue.running) == 1 and len(shepherd.engine.queue.waiting) == 1
+    assert {entry.session_id for entry in (*shepherd.engine.queue.running, *shepherd.engine.queue.waiting)} == {
+        "octo-org/widgets#1/1+command", "octo-org/widgets#1/1+command-2"}
+    rows = [line for line in body.splitlines() if line.startswith("| `command")]
+    assert len(rows) == 2 and sum("`queued`, 1st in line" in row for row in rows) == 1
+    assert "| Engine | `command` against `command-2` |" in body
+
+    (shared / "go").write_text("")
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command"

@@ -266,6 +266,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         branch_url = f"{repo_url}/tree/{session.branch}"
     tail = log_tail if log_tail is not None else context.log_tail
     tail = redact(tail or "").strip()
+    bakeoff_running = bool(session.attempts) and session.bakeoff_winner is None
     if len(tail) > MAX_LOG_TAIL_CHARS:
         tail = tail[-MAX_LOG_TAIL_CHARS:].partition("\n")[2]
     return render(
@@ -278,7 +279,9 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         sentence=DETAIL_STATE_SENTENCES.get(session.detail, STATE_SENTENCES[session.state])
         if session.detail is not None else STATE_SENTENCES[session.state],
         detail=_detail_sentence(session),
-        engine=context.policy.agent,
+        # A bake-off before its judgement runs two engines, one against the other (SPEC §8).
+        engine=session.attempts[0].name if bakeoff_running else context.policy.agent,
+        rivals=[attempt.name for attempt in session.attempts[1:]] if bakeoff_running else [],
         mode=PLAN_MODE_NAME if session.mode == Mode.PLAN else GO_MODE_NAME,
         queue_position=context.queue_position if session.state == State.QUEUED else None,
         stuck_reason=agent_text(session.stuck_reason) if session.state == State.STUCK else "",
