@@ -624,3 +624,31 @@ async def test_an_attempt_that_finds_no_free_slot_waits_its_turn_in_the_queue(
     assert session.state == State.COMPLETE
     [pull] = fake_github.pulls(E2E_REPO)
     assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command"
+
+
+async def test_a_restart_while_both_attempts_wait_for_answers_keeps_both_questions(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, BOTH_ASK))
+    first = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+    await first.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff", sender=MAINTAINER))
+    await first.until(lambda: len(questions_on(fake_github, 1)) == 2)
+    await first.settle()
+    await first.client.close()
+
+    second = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    await second.settle()
+    assert len(questions_on(fake_github, 1)) == 2  # nothing asked twice
+    for text in ("command-2: add them", "command: subtract"):
+        answer = fake_github.add_comment(E2E_REPO, 1, text, user=MAINTAINER)
+        await second.deliver("issue_comment", payloads.issue_comment_created(fake_github, E2E_REPO, 1, answer))
+    session = await second.ended(1)
+
+    assert session.state == State.COMPLETE
+    assert git_remote.show(E2E_REPO, "refs/heads/agent/issue-1-fix-the-sum-command", "answer.txt") \
+        == "command: subtract\n"
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command-2"
+    assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
