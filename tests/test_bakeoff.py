@@ -652,3 +652,33 @@ async def test_a_restart_while_both_attempts_wait_for_answers_keeps_both_questio
     [pull] = fake_github.pulls(E2E_REPO)
     assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command-2"
     assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
+
+
+async def test_a_restart_while_both_attempts_run_reattaches_both_turns(
+        aiohttp_client, fake_github, git_remote, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    # Each turn leaves a mark when it starts, then waits for the test's go.
+    holds = (f'echo started >> {shared}/"${{SHEPHERD_BRANCH##*fix-the-sum-}}"\n'
+             f"while [ ! -e {shared}/go ]; do sleep 0.05; done\n" + TWO_SCRIPTS.replace("{fixer}", "command-2"))
+    prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
+    settings = settings_for(fake_github, tmp_path / "data", SHEPHERD_AGENT="command",
+                            SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, holds),
+                            SHEPHERD_SANDBOX_PATHS=f"{shared}:rw")
+    first = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    fake_github.add_issue(E2E_REPO, title="Fix the sum", user="carol")
+    await first.deliver("issues", payloads.issue_labeled(fake_github, E2E_REPO, 1, "agent:bakeoff", sender=MAINTAINER))
+    await first.until(lambda: (shared / "command").exists() and (shared / "command-2").exists())
+    await first.client.close()
+
+    second = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
+    (shared / "go").write_text("")
+    session = await second.ended(1)
+
+    assert session.state == State.COMPLETE
+    # Each attempt's turn ran once: the restarted Shepherd found both still running.
+    assert (shared / "command").read_text() == (shared / "command-2").read_text() == "started\n"
+    [pull] = fake_github.pulls(E2E_REPO)
+    assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command-2"
+    assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
