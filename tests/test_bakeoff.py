@@ -592,11 +592,22 @@ async def test_the_fact_check_tests_in_a_scratch_repository_that_leaves_nothing_
     assert not tested_in[0].exists()
 
 
-async def test_an_attempt_that_finds_no_free_slot_waits_its_turn_in_the_queue(
-        aiohttp_client, fake_github, git_remote, tmp_path):
+@pytest.fixture
+def gate(tmp_path):
+    """A folder the agents see (read-write) and wait in until the test drops `go` there; dropped at the
+    end in any case, so that no agent is left waiting after a failed test."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
+    try:
+        yield shared
+    finally:
+        (shared / "go").touch()
+
+
+async def test_an_attempt_that_finds_no_free_slot_waits_its_turn_in_the_queue(
+        aiohttp_client, fake_github, git_remote, tmp_path, gate):
+    shared = gate
     # Whichever attempt runs first holds its slot until the test lets it go.
     holds = f"while [ ! -e {shared}/go ]; do sleep 0.05; done\n" + TWO_SCRIPTS.replace("{fixer}", "command")
     prepare_repo(fake_github, git_remote, files=FILES, policy=FAST_POLICY + f"test: {TEST_COMMAND}\n")
@@ -655,10 +666,8 @@ async def test_a_restart_while_both_attempts_wait_for_answers_keeps_both_questio
 
 
 async def test_a_restart_while_both_attempts_run_reattaches_both_turns(
-        aiohttp_client, fake_github, git_remote, tmp_path):
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)
+        aiohttp_client, fake_github, git_remote, tmp_path, gate):
+    shared = gate
     # Each turn leaves a mark when it starts, then waits for the test's go.
     holds = (f'echo started >> {shared}/"${{SHEPHERD_BRANCH##*fix-the-sum-}}"\n'
              f"while [ ! -e {shared}/go ]; do sleep 0.05; done\n" + TWO_SCRIPTS.replace("{fixer}", "command-2"))
