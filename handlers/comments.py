@@ -40,11 +40,13 @@ SAME_SECOND_STEP = timedelta(milliseconds=1)
 def _reply_time(comment: dict[str, Any], session: Session) -> Any:
     """The comment's creation time, ordered after the question when its id says it came later."""
     created = parse_time(comment.get("created_at"))
-    question = session.question
-    if question is None or question.comment_id is None or question.posted_at is None or created is None:
-        return created
-    if int(comment["id"]) > question.comment_id and created <= question.posted_at:
-        return question.posted_at + SAME_SECOND_STEP
+    # A bake-off's attempts each have their own question (SPEC §8): the comment follows each it came after.
+    questions = [session.question, *(attempt.session.question for attempt in session.attempts)]
+    for question in questions:
+        if question is None or question.comment_id is None or question.posted_at is None or created is None:
+            continue
+        if int(comment["id"]) > question.comment_id and created <= question.posted_at:
+            created = question.posted_at + SAME_SECOND_STEP
     return created
 
 

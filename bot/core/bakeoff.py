@@ -2,22 +2,22 @@
 on the same issue is better by facts Shepherd checked itself, and the table that says so in the pull
 request's body. Pure: the facts come in measured.
 
-How a bake-off runs (the smallest sound shape): the `agent:bakeoff` label starts ONE ordinary go session
-whose `engine` is the first engine and whose `rival` is the second. The session runs the first engine's
-attempt exactly as any session does (its turns, its one open question, the issue's one status comment),
-in its own workspace on `agent/issue-<n>-<slug>-<first>`. When that attempt is done and the core asks for
-the pull request (`FinishWork`), the runtime (`bot.runtime.bakeoff.BakeOff`) runs the rival's attempt with
-the same prompt in a second workspace on `agent/issue-<n>-<slug>-<second>`, checks both attempts with the
-same fact check, and the judgement below picks the winner; the core is told (`BakeOffJudged`) and the
-session carries the winner's branch and engine from then on, so the one PR, its review rounds and its
-CI rounds all follow the winning attempt. The loser's branch is pushed too and linked from the PR body.
+How a bake-off runs: the `agent:bakeoff` label starts ONE go session whose `engine` is the first engine
+and whose `rival` is the second. It holds two attempts (`bot.core.attempts`), one per engine, that run
+at the same time, each in its own workspace on `agent/issue-<n>-<slug>-<engine>` with its own slot, turns
+and one open question, under the issue's one status comment. When both have ended, the runtime
+(`bot.runtime.bakeoff`) checks the finished ones with the same fact check, the judgement below picks the
+winner, and the core is told (`BakeOffJudged`, with the comparison table, which the session keeps): the
+session carries the winner's branch and engine from then on, so the one PR, its review rounds and its CI
+rounds all follow the winning attempt. The other branch is pushed too and linked from the PR body.
 Nothing is merged.
 
 The engines: the policy's `agent` first, then the first adapter the policy's `engines` map names (the
 same agent again when it names none, which still gives two independent tries). Two attempts with the
 same adapter are told apart by name: `command` and `command-2`.
 
-The order of the facts is the order of the judgement: the repository's `test` command passing (run with
+The order of the facts is the order of the judgement: the attempt finishing its work at all (an
+attempt that failed loses), the repository's `test` command passing (run with
 the base branch's own test files, so no attempt wins by editing the tests), no protected path touched,
 any change at all, then the smaller diff, the lower cost and the shorter time. The first fact that
 differs decides; two attempts equal in every fact keep the first engine.
@@ -43,6 +43,7 @@ SECOND_SUFFIX = "-2"
 
 UNKNOWN = "unknown"
 NO_TEST_COMMAND = "no `test` command"
+REASON_FINISHED = "the other attempt did not finish its work"
 REASON_TESTS = "its tests passed and the other's did not"
 REASON_PROTECTED = "it left the protected paths alone"
 REASON_CHANGES = "it changed something"
@@ -66,6 +67,7 @@ class AttemptFacts:
     protected_paths: tuple[str, ...] = ()
     cost_usd: float | None = None
     seconds: float | None = None
+    failure: str | None = None  # the attempt ended without finished work (then nothing else was checked)
 
     @property
     def tests_passed(self) -> bool | None:
@@ -129,6 +131,7 @@ def judge(first: AttemptFacts, second: AttemptFacts) -> Verdict:
     """The better of two attempts, and why."""
     def rank(facts: AttemptFacts, other: AttemptFacts) -> list[tuple[int, str]]:
         return [
+            (0 if facts.failure is not None else 1, REASON_FINISHED),
             (1 if facts.tests_passed else 0, REASON_TESTS),
             (0 if facts.protected_paths else 1, REASON_PROTECTED),
             (1 if facts.diff_lines or facts.files_changed else 0, REASON_CHANGES),
@@ -147,6 +150,8 @@ def judge(first: AttemptFacts, second: AttemptFacts) -> Verdict:
 
 
 def _tests(facts: AttemptFacts) -> str:
+    if facts.failure is not None:
+        return "not run"
     if facts.test_command is None:
         return NO_TEST_COMMAND
     if facts.test_exit_code is None:
@@ -157,7 +162,8 @@ def _tests(facts: AttemptFacts) -> str:
 def comparison_table(verdict: Verdict, other_branch_url: str | None) -> str:
     """The PR body's Markdown table comparing both attempts, with a link to the other attempt's branch."""
     winner, other = verdict.winner, verdict.other
-    other_branch = f"[`{other.branch}`]({other_branch_url})" if other_branch_url else f"`{other.branch}`"
+    other_branch = f"[`{other.branch}`]({other_branch_url})" if other_branch_url and other.failure is None \
+        else f"`{other.branch}`"
     command = f" (`{winner.test_command}`, with the base branch's test files)" if winner.test_command else ""
     rows = [
         f"| | `{winner.engine}` (this pull request) | `{other.engine}` |",
@@ -171,4 +177,6 @@ def comparison_table(verdict: Verdict, other_branch_url: str | None) -> str:
         f"| Cost | {_money(winner.cost_usd)} | {_money(other.cost_usd)} |",
         f"| Time | {_duration(winner.seconds)} | {_duration(other.seconds)} |",
     ]
+    if other.failure is not None:
+        rows.append(f"| Outcome | finished | failed: {other.failure} |")
     return "\n".join(rows) + f"\n\nShepherd chose `{winner.engine}`: {verdict.reason}.\n"

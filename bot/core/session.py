@@ -291,10 +291,13 @@ class Session(_Record):
     # the `labeled` payload): a `labeled` delivery no newer than this is a replay (SPEC §6).
     trigger_labelled_at: datetime | None = None
     engine: str | None = None  # the adapter an engine label picked (SPEC §8); None: the policy's `agent`
-    # A bake-off (SPEC §8): the second engine's adapter, run against `engine` when the work is done, and,
-    # once judged (`BakeOffJudged`), the name of the attempt whose branch the session now carries.
+    # A bake-off (SPEC §8): the second engine's adapter; its two attempts (`bot.core.attempts`), each a
+    # session of its own inside this one, run at once; once judged (`BakeOffJudged`), the name of the
+    # attempt whose branch the session now carries, and the comparison its PR body shows.
     rival: str | None = None
     bakeoff_winner: str | None = None
+    attempts: tuple[Attempt, ...] = ()
+    bakeoff_table: str | None = None
     pr_wait_since: datetime | None = None  # when the finished work began waiting under `max_open_prs`
     pr_closed_at: datetime | None = None  # when the PR was merged or closed
     # A close of the PR that arrived while its opening was still being recorded (GitHub's webhook can
@@ -319,6 +322,17 @@ class Session(_Record):
     @property
     def is_live(self) -> bool:
         return not self.is_terminal
+
+
+@dataclass(frozen=True)
+class Attempt(_Record):
+    """One of a bake-off's two attempts (SPEC §8): its name (the engine, `x-2` for a second `x`), its own
+    sub-session (its turns, its one open question, its spend), and the time its turns took so far."""
+
+    name: str
+    session: Session
+    seconds: float = 0.0
+    turn_started_at: datetime | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,6 +369,26 @@ class BakeOffJudged(Event):
     attempt: str
     branch: str
     engine: str
+    table: str | None = None  # the comparison the PR body carries, kept with the session
+
+
+@dataclass(frozen=True)
+class AttemptEvent(Event):
+    """Something that happened to one bake-off attempt (`event`: a tagged event, see `event_to_dict`)."""
+
+    attempt: str
+    event: dict[str, Any]
+
+    @property
+    def inner(self) -> Event:
+        return event_from_dict(self.event)
+
+
+@dataclass(frozen=True)
+class AttemptFinished(Event):
+    """A bake-off attempt's finished work is committed and in the mirror, ready to be judged."""
+
+    attempt: str
 
 
 @dataclass(frozen=True)
@@ -751,6 +785,25 @@ class FinishWork(Command):
 
 
 @dataclass(frozen=True)
+class AttemptCommand(Command):
+    """A command for one bake-off attempt (`command`: tagged, see `command_to_dict`); the shell carries it
+    out for the attempt's own workspace, slot and turn, and reports its events as `AttemptEvent`s."""
+
+    attempt: str
+    command: dict[str, Any]
+
+    @property
+    def inner(self) -> Command:
+        return command_from_dict(self.command)
+
+
+@dataclass(frozen=True)
+class JudgeBakeOff(Command):
+    """Both attempts have ended: check the finished ones, judge, push the other branch, report
+    `BakeOffJudged` (SPEC §8)."""
+
+
+@dataclass(frozen=True)
 class PointToPullRequest(Command):
     """Tell the person that feedback belongs on the open PR."""
 
@@ -795,7 +848,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         TurnExited, TurnFailed, ReplyReceived, Approve, Revise, Cancel, StatusRequested,
         PullRequestOpened, PullRequestUpdated, PushFailed, ReviewFeedback, CIFailed,
         PullRequestClosed, Recovered, MergeConflict, PullRequestDeferred, PullRequestSlotFree,
-        SpendReported, BudgetRaised, LoopDetected, WorkPushed,
+        SpendReported, BudgetRaised, LoopDetected, WorkPushed, BakeOffJudged, AttemptEvent, AttemptFinished,
     )
 }
 COMMAND_TYPES: dict[str, type[Command]] = {
@@ -804,7 +857,7 @@ COMMAND_TYPES: dict[str, type[Command]] = {
         React, EnsureWorkspace, RequestSlot, HoldSlot, ReleaseSlot, StartTurn, StopAgent, PostStatus,
         PostQuestion, EditQuestion, WithdrawQuestion, MarkQuestionAnswered, MarkQuestionCancelled,
         AddLabel, RemoveLabel, PostPlan, FinishWork, PointToPullRequest, CleanupWorkspace,
-        ReportFailure, ExplainNeedsHuman,
+        ReportFailure, ExplainNeedsHuman, AttemptCommand, JudgeBakeOff,
     )
 }
 
@@ -891,6 +944,10 @@ def _new_session(
 
 
 def _started(session: Session) -> Decision:
+    if session.rival is not None and not session.attempts and session.bakeoff_winner is None:
+        from bot.core import attempts  # it builds on this module
+
+        return attempts.start(session)
     if session.waiting_for:
         # No workspace yet: it is made from the base as it is once the dependencies are done.
         session = replace(session, state=State.QUEUED, detail=Detail.WAITING_FOR_DEPENDENCIES)
@@ -1559,12 +1616,6 @@ def _on_spend_reported(s: Session, e: SpendReported, now: datetime) -> Decision:
     return Decision(s, (PostStatus(throttled=True),))
 
 
-def _on_bakeoff_judged(s: Session, e: BakeOffJudged, now: datetime) -> Decision:
-    if s.rival is None or s.bakeoff_winner is not None:
-        return Decision(s)
-    return Decision(replace(s, branch=e.branch, engine=e.engine, bakeoff_winner=e.attempt))
-
-
 def _on_work_pushed(s: Session, e: WorkPushed, now: datetime) -> Decision:
     if not s.finishing or not s.budget_stop or s.state != State.WORKING:
         return Decision(s)
@@ -1625,7 +1676,6 @@ _HANDLERS: dict[type[Event], Callable[[Session, Any, datetime], Decision]] = {
     BudgetRaised: _on_budget_raised,
     LoopDetected: _on_loop_detected,
     WorkPushed: _on_work_pushed,
-    BakeOffJudged: _on_bakeoff_judged,
 }
 
 
@@ -1637,7 +1687,14 @@ def decide(session: Session | None, event: Event, now: datetime) -> Decision:
         return Decision(None)
     if isinstance(event, Retry):
         return _retry(session, event, now)
-    decision = _HANDLERS[type(event)](session, event, now)
+    if session.attempts and session.bakeoff_winner is None:
+        from bot.core import attempts  # a bake-off before its judgement: its attempts take the events
+
+        decision = attempts.decide(session, event, now)
+    elif type(event) in _HANDLERS:
+        decision = _HANDLERS[type(event)](session, event, now)
+    else:
+        decision = Decision(session)  # a bake-off's event for a session that is not (or no longer) one
     new = decision.session
     if new is not None and new != session and new.id == session.id:
         decision = Decision(_touch(new, now), decision.commands)

@@ -1,36 +1,32 @@
-"""The bake-off's fact check (SPEC §8): what one attempt's branch really did, measured by Shepherd itself.
+"""The bake-off's fact check and judging (SPEC §8): what each attempt's branch really did, measured by
+Shepherd itself, and the verdict reported to the core.
 
 For an attempt whose branch is in the mirror, `check_attempt` reads the diff against the base (files,
-lines, protected paths) and runs the repository's `test` command in a scratch worktree of the attempt
-in which every test file is the base branch's own: test files the attempt changed or deleted are put
-back, test files it added are left out. An attempt therefore cannot win by editing the tests. The
-judgement itself is the core's (`bot.core.bakeoff.judge`).
+lines, protected paths) and runs the repository's `test` command in a scratch repository holding the
+attempt's work (it borrows the mirror's objects; nothing is written into the mirror), in which every
+test file is the base branch's own: test files the attempt changed or deleted are put back, test files
+it added are left out. An attempt therefore cannot win by editing the tests. The judgement itself is
+the core's (`bot.core.bakeoff.judge`); `judge_attempts` carries it out once both attempts have ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
-from bot.agent import processes, turns
-from bot.agent.confinement import for_session as confinement_for
-from bot.core.bakeoff import (
-    AttemptFacts,
-    attempt_names,
-    comparison_table,
-    judge,
-    paths_holding_tests,
-    rival_branch,
-)
+from bot.core.bakeoff import AttemptFacts, comparison_table, judge, paths_holding_tests
 from bot.core.protected import touched_protected_paths
-from bot.core.session import BakeOffJudged
-from bot.workspace.git import Git, GitError, Mirror
-from bot.workspace.workspaces import Workspaces, session_folder
+from bot.core.session import Attempt, BakeOffJudged, Event, State
+from bot.store.context import AttemptContext, RuntimeContext
+from bot.store.sessions import StoredSession
+from bot.workspace.git import Git, Mirror
+from bot.workspace.workspaces import Workspaces
 
 log = logging.getLogger(__name__)
 
@@ -57,29 +53,26 @@ async def _diff(git: Git, mirror: Mirror, base_ref: str, head: str) -> tuple[int
     return files, added, removed, statuses
 
 
-async def _test_with_base_tests(git: Git, workspaces: Workspaces, mirror: Mirror, base_ref: str, head: str,
+async def _test_with_base_tests(git: Git, workspaces: Workspaces, full_name: str, base: str, head: str,
                                 statuses: dict[str, str], command: str, run: TestRunner) -> int | None:
     scratch_root = workspaces.data_dir / "scratch"
     scratch_root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="bakeoff-", dir=scratch_root))
-    shutil.rmtree(scratch)  # git worktree add wants to create it
-    await git.run("worktree", "add", "--quiet", "--detach", str(scratch), head, mirror=mirror)
+    # A repository of its own that borrows the mirror's objects, made in the box like a session's (as the
+    # coordination's test merge does), never a worktree of the mirror: nothing is registered there, so a
+    # crash half-way leaves nothing in the mirror, and what the test run does never reaches it.
+    scratch = Path(tempfile.mkdtemp(prefix="bakeoff-", dir=scratch_root)) / "repository"
     try:
+        head_sha = (await git.run("rev-parse", "--verify", f"{head}^{{commit}}",
+                                  mirror=workspaces.mirror(full_name))).strip()
         touched = paths_holding_tests(statuses)
-        restore = [path for path in touched if statuses[path] != "A"]
-        if restore:
-            await git.run("checkout", base_ref, "--", *restore, mirror=mirror, worktree=scratch)
-        for path in (path for path in touched if statuses[path] == "A"):
-            (scratch / path).unlink(missing_ok=True)
+        await workspaces.make_scratch(full_name, scratch, head_sha, base,
+                                      base_files=[path for path in touched if statuses[path] != "A"],
+                                      drop_files=[path for path in touched if statuses[path] == "A"])
         if touched:
             log.info("bake-off: %s tested with the base's %s", head, ", ".join(touched))
         return await run(scratch, command)
     finally:
-        try:
-            await git.run("worktree", "remove", "--force", str(scratch), mirror=mirror)
-        except GitError:
-            shutil.rmtree(scratch, ignore_errors=True)
-            await git.run("worktree", "prune", mirror=mirror)
+        await asyncio.to_thread(shutil.rmtree, scratch.parent, True)
 
 
 async def check_attempt(
@@ -94,7 +87,7 @@ async def check_attempt(
     files, added, removed, statuses = await _diff(git, mirror, base_ref, head)
     exit_code = None
     if test_command is not None:
-        exit_code = await _test_with_base_tests(git, workspaces, mirror, base_ref, head, statuses, test_command,
+        exit_code = await _test_with_base_tests(git, workspaces, full_name, base, head, statuses, test_command,
                                                 run_test)
     return AttemptFacts(
         engine=engine, branch=branch, test_command=test_command, test_exit_code=exit_code,
@@ -104,104 +97,73 @@ async def check_attempt(
     )
 
 
-# -- running a bake-off ---------------------------------------------------------------------------
+# -- judging a bake-off ---------------------------------------------------------------------------
 #
-# The session (one, SPEC §8) has run the first engine's attempt when the core asks for its PR. Here the
-# second engine's attempt runs with the same prompt in its own workspace, both are checked and judged
-# (`bot.core.bakeoff.judge`), the core learns the winner (`BakeOffJudged`), the other branch is pushed,
-# and the finisher opens the one PR from the winner with the comparison table. See `bot.core.bakeoff`.
+# Both attempts of the session (SPEC §8) have ended (`JudgeBakeOff`): the finished ones are checked, both
+# are judged (`bot.core.bakeoff.judge`), the other branch is pushed, and the core learns the winner and
+# the comparison (`BakeOffJudged`); the session's own `FinishWork` then opens the one PR from the winner.
 
-RIVAL_COMMIT_MESSAGE = "Shepherd: the {name} attempt's leftover changes"
-RIVAL_SLOT = "{session}+{name}"  # the second attempt's own slot in the engine's queue
+
+class BakeOffHost(Protocol):
+    """What judging needs from the engine (`bot.runtime.engine.Engine`): its public bake-off seam."""
+
+    workspaces: Workspaces
+
+    def attempt(self, session_id: str, name: str) -> StoredSession | None: ...
+
+    async def run_check(self, stored: StoredSession, folder: Path, command: str) -> int | None: ...
+
+    async def push_branch(self, stored: StoredSession, branch: str) -> None: ...
+
+    async def change_context(self, session_id: str,
+                             change: Callable[[RuntimeContext], RuntimeContext]) -> RuntimeContext | None: ...
 
 
 def _tree_url(clone_url: str, branch: str) -> str:
     return f"{clone_url.removesuffix('.git')}/tree/{branch}"
 
 
-async def _run_rival(engine: Any, stored: Any, context: Any, name: str, adapter_name: str,
-                     branch: str) -> tuple[Path, float]:
-    """The second attempt: one agent run with the first attempt's prompt, to its end; its worktree and time."""
-    from bot.runtime.engine import with_engine  # the engine imports this module
+async def _facts(host: BakeOffHost, stored: StoredSession, attempt: Attempt) -> AttemptFacts:
+    session, policy = stored.session, stored.context.policy
+    own = attempt.session
+    measured = dict(cost_usd=own.spent_usd or None, seconds=attempt.seconds)
+    if own.state != State.COMPLETE:
+        return AttemptFacts(engine=attempt.name, branch=own.branch, test_command=policy.test, test_exit_code=None,
+                            files_changed=0, lines_added=0, lines_removed=0,
+                            failure=own.failure_reason or str(own.state), **measured)
+    view = host.attempt(session.id, attempt.name)
+    assert view is not None
 
-    session = replace(stored.session, branch=branch)
-    full_name = session.repo
-    worktree = engine.workspaces.worktree_path(full_name, branch)
-    if not (worktree / ".git").exists():
-        worktree = await engine.workspaces.create_worktree(full_name, branch, session.base_branch)
-    folder = f"{session_folder(session.id)}-{name}"
-    session_dir = engine.workspaces.session_dir(folder)
-    policy = with_engine(context.policy, adapter_name)
-    confinement = confinement_for(engine.workspaces, folder, worktree, full_name, policy.network.allow)
-    environment = await engine._environment(session, stored.context, worktree, session_dir)
-    prompt = await engine._render_prompt(replace(stored, session=session), worktree)
-    setup = turns.TurnSetup(environment, turn=1, confinement=confinement)
-    handle = turns.start_turn(setup, engine.adapter_factory(policy), prompt=prompt, message=None, reply=None,
-                              resume_session_id=None, budget_usd=session.limits.max_cost_usd)
-    outcome = await processes.wait_turn(
-        handle, max_runtime_s=policy.max_runtime_seconds, idle_timeout_s=policy.idle_timeout_minutes * 60,
-        heartbeat=lambda: None, poll=engine.poll,
-    )
-    log.info("bake-off %s: the %s attempt ended (%s, exit %s)", session.id, name, outcome.reason, outcome.exit_code)
-    return worktree, outcome.elapsed_s
+    async def run_test(folder: Path, command: str) -> int | None:
+        return await host.run_check(view, folder, command)
+
+    workspaces = host.workspaces
+    return await check_attempt(workspaces.git, workspaces, session.repo, engine=attempt.name, branch=own.branch,
+                               base=session.base_branch, test_command=policy.test,
+                               protected_patterns=policy.protected_paths, run_test=run_test, **measured)
 
 
-async def run_bakeoff(engine: Any, stored: Any, command: Any, context: Any) -> tuple[Any, Any, Any, str]:
-    """Run the second attempt and judge both; the session, FinishWork and context of the winner, and the
-    comparison for its PR's body (the engine's `_finish` goes on with them)."""
+async def judge_attempts(host: BakeOffHost, stored: StoredSession) -> Sequence[Event]:
+    """Check and judge both attempts, push the other branch, and report `BakeOffJudged`."""
     session = stored.session
-    first_name, second_name = attempt_names(session.engine, session.rival)
-    second_branch = rival_branch(session.branch, session.engine, session.rival)
-    full_name, workspaces = session.repo, engine.workspaces
-    bot_name, bot_email = await engine.github.bot_identity()
-    first_worktree = Path(context.worktree)
-    slot = RIVAL_SLOT.format(session=session.id, name=second_name)
-    engine.queue.hold(slot, full_name)
-    try:
-        second_worktree, second_seconds = await _run_rival(engine, stored, context, second_name, session.rival,
-                                                           second_branch)
-    finally:
-        engine.queue.release(slot)
-    for worktree, branch in ((first_worktree, session.branch), (second_worktree, second_branch)):
-        await workspaces.commit_all(worktree, RIVAL_COMMIT_MESSAGE.format(name=branch.rsplit("-", 1)[-1]),
-                                    bot_name, bot_email)
-        await workspaces.export_branch(worktree, branch)
-
-    async def run_test(folder: Path, test_command: str) -> int | None:
-        name = f"{session_folder(session.id)}-test"
-        confinement = confinement_for(workspaces, name, folder, full_name, context.policy.network.allow)
-        box_dir = workspaces.session_dir(name)
-        env = (await engine._environment(session, stored.context, folder, box_dir)).build(0)
-        outcome = await confinement.run(test_command, name="bakeoff-test", env=env, log_path=box_dir / "test.log",
-                                        exit_path=box_dir / "test.exit", timeout_s=context.policy.max_runtime_seconds,
-                                        poll=engine.poll)
-        return outcome.exit_code if outcome.reason == "exited" else None
-
-    started = session.created_at.timestamp()
-    checks = dict(test_command=context.policy.test, protected_patterns=context.policy.protected_paths,
-                  run_test=run_test)
-    first = await check_attempt(workspaces.git, workspaces, full_name, engine=first_name, branch=session.branch,
-                                base=session.base_branch, cost_usd=session.spent_usd or None,
-                                seconds=max(0.0, engine.clock() - started - second_seconds), **checks)
-    second = await check_attempt(workspaces.git, workspaces, full_name, engine=second_name, branch=second_branch,
-                                 base=session.base_branch, seconds=second_seconds, **checks)
+    first_attempt, second_attempt = session.attempts
+    first = await _facts(host, stored, first_attempt)
+    second = await _facts(host, stored, second_attempt)
     verdict = judge(first, second)
     log.info("bake-off %s: %s wins: %s", session.id, verdict.winner.engine, verdict.reason)
-    winner_second = verdict.winner is second
-    winner_worktree, other_worktree = (second_worktree, first_worktree) if winner_second else (
-        first_worktree, second_worktree)
-    winner_adapter = session.rival if winner_second else session.engine
-    if winner_second:
-        await engine.change_context(session.id, lambda known: replace(known, worktree=str(second_worktree)))
-    judged = await engine.apply(session.id, BakeOffJudged(verdict.winner.engine, verdict.winner.branch,
-                                                          winner_adapter))
-    judged = judged or replace(session, branch=verdict.winner.branch, engine=winner_adapter)
-    await engine.finisher.push(judged, context, verdict.other.branch)
-    try:
-        await workspaces.remove_worktree(other_worktree)
-    except Exception:  # noqa: BLE001 - a kept repository is only disk; the branch is pushed
-        log.warning("bake-off %s: kept %s", session.id, other_worktree, exc_info=True)
-    table = comparison_table(verdict, _tree_url(context.clone_url, verdict.other.branch))
-    return (judged, replace(command, branch=verdict.winner.branch), replace(context, worktree=winner_worktree),
-            table)
-
+    winner = next(attempt for attempt in session.attempts if attempt.name == verdict.winner.engine)
+    if verdict.other.failure is None:
+        await host.push_branch(stored, verdict.other.branch)
+    own = stored.context.attempts.get(winner.name, AttemptContext())
+    # The session's PR is opened from the winner's workspace.
+    await host.change_context(session.id, lambda known: replace(known, worktree=own.worktree, port=own.port))
+    other = stored.context.attempts.get(verdict.other.engine, AttemptContext())
+    if other.worktree:
+        try:
+            await host.workspaces.remove_worktree(Path(other.worktree))
+        except Exception:  # noqa: BLE001 - a kept repository is only disk; the branch is in the mirror
+            log.warning("bake-off %s: kept %s", session.id, other.worktree, exc_info=True)
+    if other.port:
+        host.workspaces.release_port(other.port)
+    table = comparison_table(verdict, _tree_url(stored.context.clone_url, verdict.other.branch))
+    return (BakeOffJudged(winner.name, winner.session.branch, winner.session.engine or "", table=table),)

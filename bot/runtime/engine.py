@@ -39,16 +39,20 @@ from bot.core.session import (
     Cancel,
     CancelReason,
     CleanupWorkspace,
+    AttemptCommand,
+    AttemptFinished,
     Detail,
     Command,
     EnsureWorkspace,
     Event,
     FinishWork,
     HoldSlot,
+    JudgeBakeOff,
     Limits,
     Mode,
     PostPlan,
     PostStatus,
+    PushFailed,
     Recovered,
     ReleaseSlot,
     RequestSlot,
@@ -60,13 +64,15 @@ from bot.core.session import (
     Trigger,
     TurnKind,
     TurnStarted,
+    WorkPushed,
     WorkspaceFailed,
     WorkspaceReady,
     decide,
     decide_trigger,
     to_status_json,
 )
-from bot.runtime.bakeoff import run_bakeoff
+from bot.core.attempts import attempt_event, attempt_id, find as find_attempt, split_attempt_id
+from bot.runtime.bakeoff import judge_attempts
 from bot.runtime.pull_cap import PullRequestCap
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
@@ -84,6 +90,7 @@ PLAN_FILE = "plan-{revision}.md"
 NOTE_RECOVERED_RERUN = "Shepherd restarted and lost the agent process; the turn runs again."
 NOTE_RECOVERED_ATTACHED = "Shepherd restarted and found the agent still running."
 NOTE_WORKTREE_KEPT = "The worktree was kept: {reason}."
+ATTEMPT_COMMIT_MESSAGE = "Shepherd: the {name} attempt's leftover changes"
 NOTE_EDITED_AFTER_LABEL = (
     "The issue was edited after @{actor} labelled it; the agent works from the text as it was then."
 )
@@ -261,6 +268,12 @@ class Engine(SessionReads):
 
     async def _recover(self, stored: StoredSession) -> None:
         session, context = stored.session, stored.context
+        if session.attempts and session.bakeoff_winner is None:
+            # A bake-off before its judgement: each attempt is recovered as a session of its own.
+            for attempt in session.attempts:
+                view = self._get(attempt_id(session.id, attempt.name))
+                if view is not None and view.session.is_live:
+                    await self._recover(view)
         if context.port:
             self.workspaces.reserve_port(context.port)
         self._note_policy_limits(session.repo, context)
@@ -386,8 +399,28 @@ class Engine(SessionReads):
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
+    def _get(self, some_id: str) -> StoredSession | None:
+        """The stored session, or for a bake-off attempt's id (`bot.core.attempts`) the attempt as a session
+        of its own: its sub-session, with its own worktree, port and turn and its engine's policy."""
+        session_id, name = split_attempt_id(some_id)
+        stored = self.sessions.get(session_id)
+        if stored is None or name is None:
+            return stored
+        attempt = find_attempt(stored.session, name)
+        if attempt is None:
+            return None
+        view = stored.context.attempt_view(name)
+        view = replace(view, policy=with_engine(view.policy, attempt.session.engine))
+        return StoredSession(attempt.session, view, stored.installation_id)
+
     async def apply(self, session_id: str, event: Event) -> Session | None:
-        """Decide, store session + event + commands in one transaction, then let the runner carry out."""
+        """Decide, store session + event + commands in one transaction, then let the runner carry out.
+        For a bake-off attempt's id, the event is its session's, for that attempt; the attempt is returned."""
+        parent_id, name = split_attempt_id(session_id)
+        if name is not None:
+            after = await self.apply(parent_id, attempt_event(name, event))
+            found = find_attempt(after, name) if after is not None else None
+            return found.session if found is not None else None
         async with self._lock(issue_key(session_id)):
             stored = self.sessions.get(session_id)
             if stored is None:
@@ -419,15 +452,21 @@ class Engine(SessionReads):
 
         The one way to change them: `change` is applied to the stored record as it is now, so a writer
         that awaited something in between (GitHub, git) cannot put back a copy older than another's write.
-        Never call it while holding the issue's lock (inside `apply` or `trigger`)."""
+        Never call it while holding the issue's lock (inside `apply` or `trigger`). A bake-off attempt's
+        id changes that attempt's facts (`change` sees and returns its `attempt_view`)."""
+        session_id, name = split_attempt_id(session_id)
         async with self._lock(issue_key(session_id)):
             stored = self.sessions.get(session_id)
             if stored is None:
                 return None
-            changed = change(stored.context)
+            if name is None:
+                changed = change(stored.context)
+            else:
+                view = change(stored.context.attempt_view(name))
+                changed = stored.context.with_attempt_view(name, view)
             if changed != stored.context:
                 self.sessions.save_context(session_id, changed)
-            return changed
+            return changed if name is None else changed.attempt_view(name)
 
     def _log_state_change(
         self, before: Session | None, after: Session, event: Event, context: RuntimeContext
@@ -536,10 +575,22 @@ class Engine(SessionReads):
     # -- executors ------------------------------------------------------------------------------
 
     async def _execute(self, session_id: str, command: Command) -> Sequence[Event]:
-        stored = self.sessions.get(session_id)
+        if isinstance(command, AttemptCommand):
+            # Carried out for the attempt as for a session of its own; what it reports is the attempt's.
+            own_id = attempt_id(session_id, command.attempt)
+            inner = command.inner
+            if isinstance(inner, FinishWork):
+                return await self._keep_attempt(own_id, command.attempt, inner)
+            events = await self._execute(own_id, inner)
+            return tuple(attempt_event(command.attempt, event) for event in events)
+        stored = self._get(session_id)
         if stored is None:
             return ()
         session = stored.session
+        if isinstance(command, JudgeBakeOff):
+            if not session.finishing or session.state != State.WORKING:
+                return ()
+            return await judge_attempts(self, stored)
         if isinstance(command, EnsureWorkspace):
             return await self._ensure_workspace(stored, command)
         if isinstance(command, RequestSlot):
@@ -576,11 +627,9 @@ class Engine(SessionReads):
 
         Counting and opening happen under one lock per repository, and the PR is recorded before the lock
         is let go, so two sessions finishing at once cannot both take the last free place."""
-        session, extra = stored.session, {}
-        if session.rival is not None and session.bakeoff_winner is None and command.open_pull_request:
-            # A bake-off (SPEC §8): the second attempt runs, and the better one goes on to its PR.
-            session, command, context, appendix = await run_bakeoff(self, stored, command, context)
-            extra = {"appendix": appendix}
+        session = stored.session
+        # A bake-off's PR body compares both attempts (SPEC §8); the comparison is kept with the session.
+        extra = {"appendix": session.bakeoff_table} if session.bakeoff_table else {}
         cap = context.policy.max_open_prs
         if cap is None or command.pull_request_number is not None or not command.open_pull_request:
             # A push that keeps work at the cost cap opens no PR, so the cap on open PRs does not hold it.
@@ -615,6 +664,12 @@ class Engine(SessionReads):
                              if s.attempt < session.attempt]}
         if worktree is not None:
             extra["egress"] = self.confinement(session, worktree, context.policy).refused_hosts()
+        attempt = split_attempt_id(session.id)[1]
+        if attempt is not None:
+            extra["attempt"] = attempt  # a bake-off attempt's command: its question names its engine
+        elif session.attempts:
+            extra["attempt_positions"] = {a.name: self.queue.position(attempt_id(session.id, a.name))
+                                          for a in session.attempts}
         handle = self._turn_handle(session, context)
         log_tail = None
         if handle is not None:
@@ -627,7 +682,7 @@ class Engine(SessionReads):
             default_branch=context.default_branch,
             policy=context.policy,
             worktree=worktree,
-            session_dir=self.workspaces.session_dir(session_folder(session.id)),
+            session_dir=self.workspaces.session_dir(self.folder_of(session)),
             port=context.port,
             queue_position=self.queue.position(session.id) or self.pull_caps.position(session),
             changed_files=changed,
@@ -640,7 +695,7 @@ class Engine(SessionReads):
         session, context = stored.session, stored.context
         policy = context.policy
         full_name = session.repo
-        session_dir = self.workspaces.session_dir(session_folder(session.id))
+        session_dir = self.workspaces.session_dir(self.folder_of(session))
         try:
             token = await self.github.mint_push_token(stored.installation_id, context.owner, context.repo)
             await self.workspaces.ensure_mirror(full_name, context.clone_url, token)
@@ -719,7 +774,7 @@ class Engine(SessionReads):
         policy = context.policy
         adapter = self.adapter_factory(policy)
         worktree = Path(context.worktree or "")
-        session_dir = self.workspaces.session_dir(session_folder(session.id))
+        session_dir = self.workspaces.session_dir(self.folder_of(session))
         try:
             await self.workspaces.share_base(worktree, session.base_branch)
         except WorkspaceError as error:  # the turn can still run; a rebase would say what is missing
@@ -737,7 +792,7 @@ class Engine(SessionReads):
                                       resume_session_id=None, budget_usd=command.max_cost_usd)
         else:
             # Read now, not from `stored`: coordination may have found new overlaps while we awaited.
-            current = self.sessions.get(session.id)
+            current = self._get(session.id)
             overlaps = (current or stored).context.overlaps
             message = render_turn_message(
                 command.kind, command.reply, command.notes, command.paths, base_branch=session.base_branch,
@@ -767,7 +822,7 @@ class Engine(SessionReads):
 
     def _keep_plan(self, session: Session, command: PostPlan) -> None:
         """The plan lives in the session's control folder: the newest as `plan.md`, each revision too."""
-        folder = self.workspaces.session_dir(session_folder(session.id))
+        folder = self.workspaces.session_dir(self.folder_of(session))
         text = command.text if command.text.endswith("\n") else command.text + "\n"
         (folder / PLAN_FILE.format(revision=command.revision)).write_text(text, encoding="utf-8")
         (folder / PLAN_NAME).write_text(text, encoding="utf-8")
@@ -787,12 +842,12 @@ class Engine(SessionReads):
         self._watchers[session_id] = asyncio.create_task(self._watch_turn(session_id, handle), name=f"turn {session_id}")
 
     async def _watch_turn(self, session_id: str, handle: processes.TurnHandle) -> None:
-        stored = self.sessions.get(session_id)
+        stored = self._get(session_id)
         if stored is None:
             return
         policy = stored.context.policy
         worktree = Path(stored.context.worktree or "")
-        session_dir = self.workspaces.session_dir(session_folder(session_id))
+        session_dir = self.workspaces.session_dir(self.folder_of(stored.session))
         adapter = self.adapter_factory(policy)
 
         async def emit(event: Event, seq: int) -> None:
@@ -800,12 +855,12 @@ class Engine(SessionReads):
             await self.change_context(session_id, lambda known: replace(known, reports_seq=seq))
 
         async def measure() -> tuple[bool, bool, tuple[str, ...]]:
-            current = self.sessions.get(session_id)
+            current = self._get(session_id)
             base = current.session.base_branch if current else stored.session.base_branch
             return await turns.measure_worktree(self.workspaces, worktree, base, policy.protected_paths)
 
         async def file_states() -> list[tuple[str, str, str | None]]:
-            current = self.sessions.get(session_id)
+            current = self._get(session_id)
             base = current.session.base_branch if current else stored.session.base_branch
             return await self.workspaces.file_states(worktree, base)
 
@@ -836,8 +891,58 @@ class Engine(SessionReads):
 
     def confinement(self, session: Session, worktree: Path, policy: EffectivePolicy) -> Confinement:
         """The box, egress proxy and limits of `session`'s turns, setup and test commands."""
-        return confinement_for(self.workspaces, session_folder(session.id), worktree, session.repo,
+        return confinement_for(self.workspaces, self.folder_of(session), worktree, session.repo,
                                policy.network.allow)
+
+    def folder_of(self, session: Session) -> str:
+        """The session's control folder (and box) name; a bake-off attempt's is `<the session's>-<name>`,
+        and a judged bake-off goes on in its winner's, where the winning agent's own session (its HOME,
+        for a native resume) lives."""
+        session_id, name = split_attempt_id(session.id)
+        if name is None and session.bakeoff_winner is not None and session.attempts:
+            name = session.bakeoff_winner
+        return session_folder(session_id) + (f"-{name}" if name is not None else "")
+
+    # -- the bake-off's seam (`bot.runtime.bakeoff`) ---------------------------------------------
+
+    def attempt(self, session_id: str, name: str) -> StoredSession | None:
+        """Attempt `name` of a bake-off as a session of its own (its worktree, port, turn, policy)."""
+        return self._get(attempt_id(session_id, name))
+
+    async def run_check(self, stored: StoredSession, folder: Path, command: str) -> int | None:
+        """Run a check command (the bake-off's test) in `folder` as `stored`'s agent would run it: in its
+        own box, with its environment; its exit code, or None when it did not finish."""
+        session, context = stored.session, stored.context
+        name = f"{self.folder_of(session)}-check"
+        confinement = confinement_for(self.workspaces, name, folder, session.repo, context.policy.network.allow)
+        box_dir = self.workspaces.session_dir(name)
+        env = (await self._environment(session, context, folder, box_dir)).build(0)
+        outcome = await confinement.run(command, name="check", env=env, log_path=box_dir / "check.log",
+                                        exit_path=box_dir / "check.exit", timeout_s=context.policy.max_runtime_seconds,
+                                        poll=self.poll)
+        return outcome.exit_code if outcome.reason == processes.REASON_EXITED else None
+
+    async def push_branch(self, stored: StoredSession, branch: str) -> None:
+        """Push one more branch of the session (a bake-off's other attempt), as its own would be pushed."""
+        context = await self._session_context(stored, with_changes=False)
+        await self.finisher.push(stored.session, context, branch)
+
+    async def _keep_attempt(self, own_id: str, name: str, command: FinishWork) -> Sequence[Event]:
+        """A bake-off attempt's work is done: its leftovers committed and its branch in the mirror, to be
+        judged (SPEC §8); nothing is pushed or opened yet."""
+        stored = self._get(own_id)
+        if stored is None or not stored.session.finishing:
+            return ()
+        worktree = Path(stored.context.worktree or "")
+        bot_name, bot_email = await self.github.bot_identity()
+        try:
+            await self.workspaces.commit_all(worktree, ATTEMPT_COMMIT_MESSAGE.format(name=name), bot_name, bot_email)
+            await self.workspaces.export_branch(worktree, command.branch)
+        except WorkspaceError as error:
+            return (attempt_event(name, PushFailed(str(error))),)
+        if command.open_pull_request:
+            return (AttemptFinished(name),)
+        return (attempt_event(name, WorkPushed()),)
 
     def _stop_agent(self, stored: StoredSession, grace_seconds: float) -> None:
         known = stored.context.turn
@@ -894,10 +999,12 @@ class Engine(SessionReads):
 
     def _write_status(self, session: Session, context: RuntimeContext) -> None:
         try:
-            folder = self.workspaces.session_dir(session_folder(session.id))
+            folder = self.workspaces.session_dir(self.folder_of(session))
             data = to_status_json(session, worktree_path=context.worktree,
                                   queue_position=self.queue.position(session.id))
             write_status(folder / STATUS_NAME, data)
+            for attempt in session.attempts if session.bakeoff_winner is None else ():
+                self._write_status(attempt.session, context.attempt_view(attempt.name))
         except Exception:  # noqa: BLE001 - status.json is a convenience for the agent
             log.warning("could not write status.json of %s", session.id, exc_info=True)
 
@@ -907,7 +1014,7 @@ class Engine(SessionReads):
         return self.workspaces.session_dir(session_folder(session_id))
 
     def context_of(self, session_id: str) -> RuntimeContext | None:
-        stored = self.sessions.get(session_id)
+        stored = self._get(session_id)
         return stored.context if stored else None
 
     async def idle(self) -> None:

@@ -23,7 +23,6 @@ import gidgethub
 
 from bot.github import labels as label_ops
 from bot.views import render
-from bot.core.bakeoff import attempt_names
 from bot.core.effects import SessionContext
 from bot.core.payload import parse_time
 from bot.github.pacing import Priority
@@ -293,8 +292,7 @@ class Publisher:
 
     async def _post_question(self, gh: Any, session: Session, context: SessionContext,
                              command: PostQuestion | EditQuestion) -> list[Event]:
-        asking = attempt_names(session.engine, session.rival)[0] if (
-            session.rival is not None and session.engine is not None and session.bakeoff_winner is None) else None
+        asking = context.extra.get("attempt")  # a bake-off attempt's question names its engine (SPEC §8)
         body = render.render_question(session.id, command.question_id, command.text, command.options,
                                       command.context, command.mention, engine=asking)
         async with self._lock(session.id, QUESTION, command.question_id):

@@ -10,7 +10,7 @@ written before it existed (the same keys, as a plain dict).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from bot.core.policy import EffectivePolicy
@@ -26,6 +26,27 @@ class TurnRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return {"turn": self.turn, "session": self.session, "handle": dict(self.handle)}
+
+
+@dataclass(frozen=True)
+class AttemptContext:
+    """The runtime's own facts about one bake-off attempt (SPEC §8): its workspace, port and turn."""
+
+    worktree: str | None = None
+    port: int | None = None
+    turn: TurnRecord | None = None
+    reports_seq: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"worktree": self.worktree, "port": self.port, "reports_seq": self.reports_seq,
+                "turn": self.turn.to_dict() if self.turn is not None else None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AttemptContext:
+        turn = data.get("turn") or None
+        return cls(worktree=data.get("worktree") or None, port=int(data["port"]) if data.get("port") else None,
+                   turn=TurnRecord(int(turn["turn"]), str(turn["session"]), dict(turn["handle"])) if turn else None,
+                   reports_seq=int(data.get("reports_seq") or 0))
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,20 @@ class RuntimeContext:
     reports_seq: int = 0  # the last `shepherd` report turned into an event
     notes: tuple[str, ...] = ()  # extra lines for the status comment
     overlaps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `#12` → files both change
+    attempts: Mapping[str, AttemptContext] = field(default_factory=dict)  # a bake-off's, by attempt name
+
+    def attempt_view(self, name: str) -> RuntimeContext:
+        """The facts as one attempt's commands see them: its own worktree, port and turn."""
+        own = self.attempts.get(name, AttemptContext())
+        return replace(self, worktree=own.worktree, port=own.port, turn=own.turn, reports_seq=own.reports_seq,
+                       attempts={})
+
+    def with_attempt_view(self, name: str, view: RuntimeContext) -> RuntimeContext:
+        """These facts with attempt `name`'s taken from `view` (a changed `attempt_view`); the rest of
+        `view` but its policy (which names the attempt's engine) belongs to the session and is kept too."""
+        own = AttemptContext(view.worktree, view.port, view.turn, view.reports_seq)
+        return replace(view, policy=self.policy, worktree=self.worktree, port=self.port, turn=self.turn, reports_seq=self.reports_seq,
+                       attempts={**self.attempts, name: own})
 
     def for_retry(self) -> RuntimeContext:
         """The facts a retried session keeps: everything but its predecessor's turn, worktree, port and notes."""
@@ -67,6 +102,7 @@ class RuntimeContext:
         data["turn"] = self.turn.to_dict() if self.turn is not None else None
         data["notes"] = list(self.notes)
         data["overlaps"] = {issue: list(paths) for issue, paths in self.overlaps.items()}
+        data["attempts"] = {name: own.to_dict() for name, own in self.attempts.items()}
         return data
 
     @classmethod
@@ -93,4 +129,5 @@ class RuntimeContext:
             reports_seq=int(data.get("reports_seq") or 0),
             notes=tuple(str(note) for note in data.get("notes") or ()),
             overlaps={str(issue): tuple(paths) for issue, paths in (data.get("overlaps") or {}).items()},
+            attempts={str(name): AttemptContext.from_dict(own) for name, own in (data.get("attempts") or {}).items()},
         )

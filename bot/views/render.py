@@ -266,6 +266,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         branch_url = f"{repo_url}/tree/{session.branch}"
     tail = log_tail if log_tail is not None else context.log_tail
     tail = redact(tail or "").strip()
+    bakeoff_running = bool(session.attempts) and session.bakeoff_winner is None
     if len(tail) > MAX_LOG_TAIL_CHARS:
         tail = tail[-MAX_LOG_TAIL_CHARS:].partition("\n")[2]
     return render(
@@ -278,7 +279,9 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         sentence=DETAIL_STATE_SENTENCES.get(session.detail, STATE_SENTENCES[session.state])
         if session.detail is not None else STATE_SENTENCES[session.state],
         detail=_detail_sentence(session),
-        engine=context.policy.agent,
+        # A bake-off before its judgement runs two engines, one against the other (SPEC §8).
+        engine=session.attempts[0].name if bakeoff_running else context.policy.agent,
+        rivals=[attempt.name for attempt in session.attempts[1:]] if bakeoff_running else [],
         mode=PLAN_MODE_NAME if session.mode == Mode.PLAN else GO_MODE_NAME,
         queue_position=context.queue_position if session.state == State.QUEUED else None,
         stuck_reason=agent_text(session.stuck_reason) if session.state == State.STUCK else "",
@@ -295,7 +298,26 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
         spend=(spend_line(session.spent_usd, session.limits.max_cost_usd)
                if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
+        attempts=_attempts(session, context, repo_url),
     )
+
+
+def _attempts(session: Session, context: SessionContext, repo_url: str | None) -> list[dict[str, Any]]:
+    """A bake-off's two attempts (SPEC §8): engine, branch, state, place in the queue, and its question."""
+    positions = context.extra.get("attempt_positions") or {}
+    shown = []
+    for attempt in session.attempts:
+        own = attempt.session
+        question = own.question if own.state == State.STUCK else None
+        url = (f"{repo_url}/issues/{session.issue_number}#issuecomment-{question.comment_id}"
+               if question is not None and question.comment_id is not None and repo_url else None)
+        state = f"`{own.state}`" + (f" (`{own.detail}`)" if own.detail is not None else "")
+        if session.bakeoff_winner is not None:
+            state = "chosen" if attempt.name == session.bakeoff_winner else "not chosen"
+        shown.append({"name": attempt.name, "branch": own.branch, "state": state, "turns": own.turn_count,
+                      "queue": positions.get(attempt.name) if own.state == State.QUEUED else None,
+                      "question": question is not None, "question_url": url})
+    return shown
 
 
 # -- questions ----------------------------------------------------------------------------------

@@ -430,6 +430,24 @@ class Workspaces:
                               mirror=mirror)
         os.rename(making, path)
 
+    async def make_scratch(self, full_name: str, path: Path, commit: str, base: str, *,
+                           base_files: Sequence[str] = (), drop_files: Sequence[str] = ()) -> None:
+        """A throwaway repository at `path` (which must not exist), made in the box like a session's and
+        borrowing the mirror's objects, detached at `commit`, with `base_files` put back as the remote's
+        `base` has them and `drop_files` left out (the bake-off's fact check, SPEC §8). Nothing is written
+        into the mirror; the caller removes `path`."""
+        mirror = self.mirror(full_name)
+        await self._make_repo(mirror, path, None, commit, base)
+        if not base_files and not drop_files:
+            return
+        script = (
+            'set -e; base=$1; restore=$2; shift 2; i=0; for p in "$@"; do i=$((i+1)); '
+            'if [ "$i" -le "$restore" ]; then '
+            'git -c core.hooksPath=/dev/null checkout --quiet "refs/remotes/origin/$base" -- "$p"; '
+            'else rm -f -- "$p"; fi; done'
+        )
+        await self._script_in(path, script, base, str(len(base_files)), *base_files, *drop_files, mirror=mirror)
+
     # -- the pool of ready repositories ----------------------------------------------------------
 
     def pool_dir(self, full_name: str) -> Path:
