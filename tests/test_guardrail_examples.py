@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from bot.agent.watchdog import TurnWatchdog
+from bot.core.bakeoff import AttemptFacts, comparison_table, judge
 from bot.core.loops import LoopLimits
 from bot.core.session import (
     BudgetRaised, DoneReported, PullRequestDeferred, SlotGranted, SpendReported, TurnExited, TurnStarted, WorkPushed,
@@ -67,3 +68,17 @@ async def test_the_status_comment_of_a_finished_session_whose_pull_request_waits
     assert "`max_open_prs`" in body
     assert bed.fake.pulls(REPO) == [] and "max_open_prs: 1" in body
     _check_example("pull_cap_status.md", body)
+
+
+def test_the_comparison_a_bakeoff_puts_in_its_pull_request() -> None:
+    claude = AttemptFacts(engine="claude", branch="agent/issue-1-add-csv-export-claude", test_command="pytest -q",
+                          test_exit_code=0, files_changed=3, lines_added=85, lines_removed=3, cost_usd=1.42,
+                          seconds=754)
+    codex = AttemptFacts(engine="codex", branch="agent/issue-1-add-csv-export-codex", test_command="pytest -q",
+                         test_exit_code=1, files_changed=2, lines_added=40, lines_removed=1, cost_usd=0.61,
+                         seconds=512)
+    verdict = judge(claude, codex)
+    assert verdict.winner is claude  # the one whose tests pass, though it is bigger, slower and dearer
+    table = comparison_table(verdict, "https://github.com/octo-org/widgets/tree/agent/issue-1-add-csv-export-codex")
+    assert "agent/issue-1-add-csv-export-codex" in table
+    _check_example("bakeoff_table.md", table)
