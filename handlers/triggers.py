@@ -16,7 +16,7 @@ from gidgethub import routing, sansio
 
 from bot.core.effects import Engine, IssueRef
 from bot.core.engines import choose, is_trigger_of
-from bot.core.responses import Refuse
+from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered, Refuse
 from bot.core.session import Cancel, CancelReason
 from bot.core.payload import parse_time
 from bot.github.api import GitHub
@@ -92,6 +92,10 @@ async def start_session(
         refusal = Refuse(login, label, loaded.policy.min_permission)
         await engine.respond(ref.installation_id, ref.full_name, ref.number, (refusal,))
         log.info("%s#%s: %s may not start Shepherd", ref.full_name, ref.number, login)
+        return
+    if choice.rival is not None and not engine.runs_bakeoffs:
+        await engine.respond(ref.installation_id, ref.full_name, ref.number, (NotOffered(label, BAKEOFF_NOT_ON_TEMPORAL),))
+        log.info("%s#%s: a bake-off is not run by this engine", ref.full_name, ref.number)
         return
     labelled_at = parse_time(event.data["issue"].get("updated_at"))
     edited = (issue.get("title") or "") != ref.title or (issue.get("body") or "") != ref.body

@@ -95,6 +95,8 @@ class IssueRef:
 class Engine(Protocol):
     """What handlers may ask of the session runtime. Every method returns quickly; work happens later."""
 
+    runs_bakeoffs: bool  # False where the bake-off label is answered with NotOffered (Temporal hosts, for now)
+
     async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
                       policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
                       edited_after_label: bool = False, engine: str | None = None,

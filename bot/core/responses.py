@@ -45,7 +45,20 @@ class ShowHelp:
     unknown: str | None
 
 
-Response = Refuse | Acknowledge | ShowHelp
+@dataclass(frozen=True)
+class NotOffered:
+    """Say, once per issue and label, that this Shepherd does not run what a person's label asks for, and why."""
+
+    label: str
+    reason: str
+
+
+BAKEOFF_NOT_ON_TEMPORAL = (
+    "a bake-off runs two agents under one session, and Shepherd's Temporal hosts do not run that yet. "
+    "Run this Shepherd with `SHEPHERD_ENGINE=local` for bake-offs, or use `agent:go` or an engine label here"
+)
+
+Response = Refuse | Acknowledge | ShowHelp | NotOffered
 
 
 def event_for(command: slash.SlashCommand, actor: str) -> Event:

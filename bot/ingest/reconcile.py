@@ -28,6 +28,7 @@ from typing import Any
 import gidgethub
 
 from bot.github.permissions import PermissionCache
+from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered
 from bot.core.effects import IssueRef
 from bot.core.bakeoff import BAKEOFF_LABEL
 from bot.core.engines import choose
@@ -160,6 +161,11 @@ async def _start_as_labeller(
         return
     if not await permissions.may_drive(gh, ref.owner, ref.repo, actor, minimum=minimum):
         log.info(LOG_NOT_ALLOWED, ref.full_name, ref.number, label, actor["login"])
+        done.skipped.append(key)
+        return
+    if rival is not None and not engine.runs_bakeoffs:
+        # Said once on the issue (the same answer as the label's delivery gets); nothing starts.
+        await engine.respond(ref.installation_id, ref.full_name, ref.number, (NotOffered(label, BAKEOFF_NOT_ON_TEMPORAL),))
         done.skipped.append(key)
         return
     session = await engine.trigger(ref, mode=mode, actor=actor["login"], label=label, engine=chosen_engine,

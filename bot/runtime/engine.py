@@ -160,6 +160,8 @@ class SessionReads:
 class Engine(SessionReads):
     """Stores sessions and carries out the core's commands (implements `bot.core.effects.Engine`)."""
 
+    runs_bakeoffs = True
+
     def __init__(
         self,
         store: Any,

@@ -47,7 +47,7 @@ from bot.core.session import (
     State,
     WithdrawQuestion,
 )
-from bot.core.responses import Acknowledge, Refuse, Response, ShowHelp
+from bot.core.responses import Acknowledge, NotOffered, Refuse, Response, ShowHelp
 from bot.runtime.marked import (
     COMMENT_URL,
     COMMENTS_URL,
@@ -72,6 +72,7 @@ POINTER = "pointer"
 POLICY = "policy"
 REACTION = "reaction"
 HELP = "help"
+NOT_OFFERED = "not-offered"
 COMMAND = "command"
 REFUSAL = "refusal"
 REFUSAL_WINDOW_SECONDS = 3600.0
@@ -252,6 +253,13 @@ class Publisher:
                 gh, self.posted, scope=scope, kind=HELP, key=key, owner=owner, repo=repo, number=number,
                 bot_login=await self.bot_login(installation_id), marker_fields={"comment": key},
                 body=render.render_help(response.comment_id, response.unknown), now=now, edit=False,
+            )
+        elif isinstance(response, NotOffered):
+            await ensure_comment(
+                gh, self.posted, scope=scope, kind=NOT_OFFERED, key=response.label, owner=owner, repo=repo,
+                number=number, bot_login=await self.bot_login(installation_id),
+                marker_fields={"label": response.label.replace(" ", "_")},
+                body=render.render_not_offered(response.label, response.reason), now=now, edit=False,
             )
         elif isinstance(response, Acknowledge):
             await react_once(gh, self.posted, scope=scope, owner=owner, repo=repo, number=number,

@@ -79,6 +79,8 @@ async def ensure_slots(client: Client, settings: Settings) -> None:
 class TemporalEngine(SessionReads):
     """Implements `bot.core.effects.Engine` with signal-with-start, signals and queries."""
 
+    runs_bakeoffs = False  # the handlers answer the bake-off label with `NotOffered`
+
     def __init__(self, client: Client, store: Any, github: Any, publisher: Any, settings: Settings, *,
                  clock: Callable[[], float] = time.time) -> None:
         self.client = client
@@ -190,7 +192,8 @@ class TemporalEngine(SessionReads):
                       edited_after_label: bool = False, engine: str | None = None,
                       rival: str | None = None) -> Session | None:
         """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay.
-        A bake-off (`rival`) is not run by Temporal hosts yet: its delivery fails with that reason, not half run."""
+        A bake-off (`rival`) is not run by Temporal hosts yet: the handlers say so on the issue and never get
+        here with one; anything else that does fails loudly rather than run half of it."""
         if rival is not None:
             raise NotImplementedError("a bake-off runs only with SHEPHERD_ENGINE=local for now")
         loaded = policy

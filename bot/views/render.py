@@ -387,6 +387,11 @@ def render_help(comment_id: int | None, unknown: str | None = None) -> str:
     return render("help", marker=marker("help", **fields), unknown=agent_text(unknown) if unknown else "")
 
 
+def render_not_offered(label: str, reason: str) -> str:
+    return render("not_offered", marker=marker("not-offered", label=label.replace(" ", "_")), label=label,
+                  reason=reason)
+
+
 def render_plan(session_id: str, text: str, revision: int, mention: str) -> str:
     return render("plan", marker=marker("plan", session=session_id), text=agent_text(text),
                   revision=revision, mention=mention)
