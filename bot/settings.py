@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -501,6 +502,12 @@ class Settings(BaseModel):
     def mode(self) -> Mode:
         """`github` when the App's id, key and secret are all set; `setup` when none is."""
         return "github" if self.app_id is not None else "setup"
+
+    @property
+    def host_name(self) -> str:
+        """This machine's name in the operator's views (and a worker host's task queue): SHEPHERD_HOST_ID,
+        else the machine's own name. Under the local engine every session runs here."""
+        return self.host_id or socket.gethostname()
 
     def operator_limits(self) -> OperatorLimits:
         """The limits a repository's `.github/shepherd.yml` may tighten but never loosen."""

@@ -48,7 +48,9 @@ from bot.core.session import (
 from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, SessionReads, with_engine
 from bot.settings import Settings
 from bot.store.sessions import SessionStore
+from bot.temporal.overview import ALL_SESSIONS, queue_places
 from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
+from bot.views.status_view import Placements
 
 from bot.temporal.workflow import (
     QUERY_SNAPSHOT,
@@ -64,7 +66,6 @@ log = logging.getLogger(__name__)
 
 # Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
 FRONT_END_KEYS = ("dependency_body",)  # the issue body an authorised person last edited (RuntimeContext)
-ALL_SESSIONS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
 
 
@@ -264,6 +265,13 @@ class TemporalEngine(SessionReads):
 
     def host_of(self, session_id: str) -> str | None:
         return self.hosts.get(session_id)
+
+    async def placements(self) -> Placements:
+        """Where the sessions run, for the operator's views: the copy is refreshed from every workflow first
+        (sessions move on without a delivery, and other front ends start some), then the host each workflow
+        names and the places of the one slot queue of all hosts."""
+        await self.refresh_all()
+        return Placements(hosts=dict(self.hosts), places=await queue_places(self.client))
 
     async def idle(self) -> None:
         return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping
 
@@ -39,7 +38,7 @@ OTHER_ACTIVITIES = 32
 
 
 def host_name(settings: Settings) -> str:
-    return settings.host_id or socket.gethostname()
+    return settings.host_name
 
 
 async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: asyncio.Event | None = None,
