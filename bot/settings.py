@@ -62,6 +62,7 @@ MODEL_PRICES_VAR = "SHEPHERD_MODEL_PRICES"
 ENGINE_VAR = "SHEPHERD_ENGINE"
 HOST_ID_VAR = "SHEPHERD_HOST_ID"
 HOST_TIMEOUT_VAR = "SHEPHERD_HOST_TIMEOUT_SECONDS"
+HISTORY_EVENTS_VAR = "SHEPHERD_TEMPORAL_HISTORY_EVENTS"
 TEMPORAL_ADDRESS_VAR = "TEMPORAL_ADDRESS"
 TEMPORAL_NAMESPACE_VAR = "TEMPORAL_NAMESPACE"
 TEMPORAL_TLS_CA_VAR = "TEMPORAL_TLS_CA_PATH"
@@ -96,6 +97,7 @@ VARIABLES = (
     ENGINE_VAR,
     HOST_ID_VAR,
     HOST_TIMEOUT_VAR,
+    HISTORY_EVENTS_VAR,
     TEMPORAL_ADDRESS_VAR,
     TEMPORAL_NAMESPACE_VAR,
     TEMPORAL_TLS_CA_VAR,
@@ -361,6 +363,15 @@ class Settings(BaseModel):
         gt=0,
         validation_alias=HOST_TIMEOUT_VAR,
         description="How long a silent worker host keeps its sessions before they move to another host.",
+    )
+    history_events: int = Field(
+        2000,
+        ge=1,
+        validation_alias=HISTORY_EVENTS_VAR,
+        description=(
+            "How many core events an issue's workflow handles before it continues as new (carrying the "
+            "session's state), so a long session's Temporal history stays small."
+        ),
     )
     temporal_address: str = Field(
         "127.0.0.1:7233",

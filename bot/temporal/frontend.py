@@ -231,7 +231,8 @@ class TemporalEngine(SessionReads):
         }
         await self.client.start_workflow(
             WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds,
-                            "max_per_repo": self.settings.max_per_repo},
+                            "max_per_repo": self.settings.max_per_repo,
+                            "events_before_continue": self.settings.history_events},
             id=workflow_id(issue.full_name, issue.number), task_queue=SHARED_QUEUE,
             start_signal=SIGNAL_TRIGGER, start_signal_args=[{"event": event_to_dict(event), "context": context}],
         )

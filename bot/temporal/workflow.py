@@ -15,6 +15,10 @@ a stop) during the turn. When the host stops answering (a heartbeat or schedule-
 session moves: another host is claimed, prepares the workspace from the pushed branch and the lost turn
 runs again, and the status comment says so.
 
+A long session does not grow its history without bound: after `SHEPHERD_TEMPORAL_HISTORY_EVENTS` core
+events (or when Temporal suggests it), once nothing is being carried out, the workflow continues as new
+with its state (`_state`): the session, its facts, its host and the commands still to carry out.
+
 Only deterministic code lives here: the time is `workflow.now()`, and the only imports are the core
 (passed through the sandbox) and the standard library.
 """
@@ -118,6 +122,7 @@ class SessionWorkflow:
         self.outbox: list[Command] = []
         self.host_timeout = 60.0
         self.max_per_repo = 2
+        self.events_before_continue = EVENTS_BEFORE_CONTINUE
         self.events_seen = 0
         self.turn_task: asyncio.Task[None] | None = None
         self.carrying_out = False
@@ -136,6 +141,7 @@ class SessionWorkflow:
             "outbox": [command_to_dict(c) for c in self.outbox],
             "host_timeout": self.host_timeout,
             "max_per_repo": self.max_per_repo,
+            "events_before_continue": self.events_before_continue,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -145,6 +151,7 @@ class SessionWorkflow:
         self.outbox = [command_from_dict(c) for c in state.get("outbox") or ()]
         self.host_timeout = float(state.get("host_timeout") or self.host_timeout)
         self.max_per_repo = int(state.get("max_per_repo") or self.max_per_repo)
+        self.events_before_continue = int(state.get("events_before_continue") or self.events_before_continue)
 
     # -- the run loop: carry out the commands in order -----------------------------------------
 
@@ -170,7 +177,7 @@ class SessionWorkflow:
 
     def _should_continue(self) -> bool:
         busy = self._busy()
-        return not busy and (self.events_seen >= EVENTS_BEFORE_CONTINUE
+        return not busy and (self.events_seen >= self.events_before_continue
                              or workflow.info().is_continue_as_new_suggested())
 
     async def _carry_out(self, command: Command) -> None:
