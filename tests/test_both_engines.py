@@ -414,3 +414,98 @@ async def test_every_view_shows_the_host_and_the_queue_place(run_with, fake_gith
         assert "shepherd_queue_position{" not in await _view(run, "/metrics")
     finally:
         kill_leftovers(tmp_path)
+
+
+# Both agents change shared.txt, report progress and wait for the test's go-ahead (a folder the operator
+# shows the agents' boxes, SHEPHERD_SANDBOX_PATHS) before finishing.
+OVERLAP_AGENT = """
+echo "from issue $SHEPHERD_ISSUE" > shared.txt
+echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
+git add -A
+git commit -q -m "Issue $SHEPHERD_ISSUE"
+shepherd progress "changed shared.txt"
+i=0
+while [ ! -f "{gate}/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+shepherd done "Changed shared.txt"
+"""
+
+
+def _coordination_comments(fake: Any, number: int) -> list[dict[str, Any]]:
+    return [c for c in bot_comments(fake, number) if "shepherd:coordination" in c["body"]]
+
+
+def _dashboards(fake: Any) -> list[dict[str, Any]]:
+    found = []
+    for number in range(1, 30):
+        try:
+            issue = fake.issue(REPO, number)
+        except Exception:  # noqa: BLE001 - no issue with that number
+            continue
+        if issue["title"] == "Shepherd dashboard":
+            found.append(issue)
+    return found
+
+
+async def _eventually(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+    for _ in range(int(timeout / 0.2)):
+        found = predicate()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    return predicate()
+
+
+async def test_the_dashboard_issue_and_the_coordination_comments(run_with, fake_github, tmp_path):
+    """Issue 17: the repository-wide observers run in both engines: two sessions that change the same
+    file each get one coordination comment naming the other, and the repository gets one dashboard
+    issue that lists the sessions and, at the end, both pull requests."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    run = await run_with(OVERLAP_AGENT.replace("{gate}", str(gate)), env={"SHEPHERD_SANDBOX_PATHS": str(gate)},
+                         files={"README.md": "# widgets\n"})
+    try:
+        numbers = [fake_github.add_issue(REPO, title=f"Task {n}", body="Edit shared.txt")["number"] for n in (1, 2)]
+        for number in numbers:
+            await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+        told = await _eventually(lambda: all(_coordination_comments(fake_github, n) for n in numbers))
+        assert told, "no coordination comment on both issues"
+        listed = await _eventually(lambda: [d for d in _dashboards(fake_github)
+                                            if all(f"#{n} Task" in d["body"] for n in numbers)])
+        assert listed, f"no dashboard issue listing both sessions: {_dashboards(fake_github)}"
+    finally:
+        (gate / "go").write_text("go")
+    for number in numbers:
+        assert (await run.ended(number)).state == State.COMPLETE
+
+    first, second = numbers
+    for number, other in ((first, second), (second, first)):
+        [comment] = _coordination_comments(fake_github, number)
+        assert f"#{other}" in comment["body"] and "`shared.txt`" in comment["body"]
+        assert "own-" not in comment["body"]  # only the shared files are named
+    pulls = fake_github.pulls(REPO)
+    assert len(pulls) == 2
+    [dashboard] = await _eventually(lambda: [d for d in _dashboards(fake_github)
+                                             if all(f"#{p['number']} for #" in d["body"] for p in pulls)])
+    assert len(_dashboards(fake_github)) == 1
+    assert "shepherd:dashboard" in dashboard["body"]
+
+
+async def test_editing_away_a_dependency_starts_the_waiting_issue(run_with, fake_github, git_remote):
+    """A person edits a waiting issue so that it depends on nothing: it starts, in both engines (under
+    Temporal the edited body reaches the issue's workflow, which the later re-checks read)."""
+    run = await run_with(DONE_AGENT)
+    blocker = fake_github.add_issue(REPO, title="Blocker", body="Not labelled")["number"]
+    number = fake_github.add_issue(REPO, title="Add a greeting", body=f"Depends on #{blocker}")["number"]
+    await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+    waiting = await run.until(number, lambda s: s.state == State.QUEUED
+                              and s.detail == Detail.WAITING_FOR_DEPENDENCIES)
+    assert waiting.waiting_for == (f"#{blocker}",) and fake_github.pulls(REPO) == []
+
+    edited = payloads.issue_edited(fake_github, REPO, number, body="No dependencies now", sender=MAINTAINER)
+    assert await run.deliver("issues", edited) == 202
+    session = await run.ended(number)
+
+    assert session.id == waiting.id and session.state == State.COMPLETE
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == session.branch
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello\n"
