@@ -145,7 +145,11 @@ class RepositoryWorkflow:
             try:
                 found = await self._activity(CHANGED_FILES, {"worktrees": worktrees}, task_queue=host_queue(host))
             except ActivityError:
-                found = {}  # the host is gone: its sessions move, and their files are compared then
+                # The host is gone: its sessions move, and the files are compared after their next turn.
+                # Comparing without them now would tell the others their overlap is gone.
+                workflow.logger.warning("host %s did not list its files; coordination of %s waits", host,
+                                        self.full_name)
+                return
             changes.update({session_id: set(paths) for session_id, paths in found.items()})
         overlaps = find_overlaps(changes)
         for session_id, notice in sorted(live.items()):

@@ -74,7 +74,9 @@ async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: a
         log.info("worker host %s polling %s and %s at %s", host, host_queue(host), SHARED_QUEUE,
                  settings.temporal_address)
         await ensure_slots(client, settings)
-        async with shared, own, observers, writes_worker(client):
+        # The writes gate's worker stops last: an activity that is writing as the host stops (a status, the
+        # dashboard issue) still gets its permit, rather than waiting for a gate nobody serves.
+        async with writes_worker(client), shared, own, observers:
             await stop.wait()
         await engine.stop()
         await github.close()

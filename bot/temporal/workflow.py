@@ -75,6 +75,7 @@ FACT_KEYS = ("overlaps", "dependency_body")
 REPOSITORY_WORKFLOW = "ShepherdRepository"
 SIGNAL_REPOSITORY_CHANGED = "changed"
 DASHBOARD, COORDINATION, DEPENDENCIES = "dashboard", "coordination", "dependencies"
+PATCH_REPOSITORY_OBSERVERS = "repository-observers"
 
 # Activity names (bot/temporal/activities.py); referred to by name so that nothing of the hosts' I/O
 # is imported into the workflow's sandbox.
@@ -423,8 +424,8 @@ class SessionWorkflow:
         """Tell the repository's workflow of a change its observers look at; notices not yet sent merge
         into one (the newest session, every observer asked for)."""
         wants = repository_wants(before, after, event)
-        if not wants:
-            return
+        if not wants or not workflow.patched(PATCH_REPOSITORY_OBSERVERS):
+            return  # (a workflow started before the observers existed replays its history unchanged)
         pending = self.notice["wants"] if self.notice is not None else []
         policy = self.context.get("policy") or {}
         self.notice = {
