@@ -111,6 +111,18 @@ class Metrics:
             ["repository"],
             registry=self.registry,
         )
+        self.session_host = Gauge(
+            "shepherd_session_host",
+            "1 for each live session on the host that holds it (this machine under the local engine).",
+            ["repository", "session", "host"],
+            registry=self.registry,
+        )
+        self.queue_position = Gauge(
+            "shepherd_queue_position",
+            "The place of each waiting session in the queue for an agent slot (1 goes next).",
+            ["repository", "session"],
+            registry=self.registry,
+        )
         self.event_loop_lag = Gauge(
             "shepherd_event_loop_lag_seconds",
             "How late the event loop woke a 100 ms timer, most recently, and at worst since start.",

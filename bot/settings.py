@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,7 @@ MODEL_PRICES_VAR = "SHEPHERD_MODEL_PRICES"
 ENGINE_VAR = "SHEPHERD_ENGINE"
 HOST_ID_VAR = "SHEPHERD_HOST_ID"
 HOST_TIMEOUT_VAR = "SHEPHERD_HOST_TIMEOUT_SECONDS"
+HISTORY_EVENTS_VAR = "SHEPHERD_TEMPORAL_HISTORY_EVENTS"
 TEMPORAL_ADDRESS_VAR = "TEMPORAL_ADDRESS"
 TEMPORAL_NAMESPACE_VAR = "TEMPORAL_NAMESPACE"
 TEMPORAL_TLS_CA_VAR = "TEMPORAL_TLS_CA_PATH"
@@ -95,6 +97,7 @@ VARIABLES = (
     ENGINE_VAR,
     HOST_ID_VAR,
     HOST_TIMEOUT_VAR,
+    HISTORY_EVENTS_VAR,
     TEMPORAL_ADDRESS_VAR,
     TEMPORAL_NAMESPACE_VAR,
     TEMPORAL_TLS_CA_VAR,
@@ -361,6 +364,15 @@ class Settings(BaseModel):
         validation_alias=HOST_TIMEOUT_VAR,
         description="How long a silent worker host keeps its sessions before they move to another host.",
     )
+    history_events: int = Field(
+        2000,
+        ge=1,
+        validation_alias=HISTORY_EVENTS_VAR,
+        description=(
+            "How many core events an issue's workflow handles before it continues as new (carrying the "
+            "session's state), so a long session's Temporal history stays small."
+        ),
+    )
     temporal_address: str = Field(
         "127.0.0.1:7233",
         validation_alias=TEMPORAL_ADDRESS_VAR,
@@ -501,6 +513,12 @@ class Settings(BaseModel):
     def mode(self) -> Mode:
         """`github` when the App's id, key and secret are all set; `setup` when none is."""
         return "github" if self.app_id is not None else "setup"
+
+    @property
+    def host_name(self) -> str:
+        """This machine's name in the operator's views (and a worker host's task queue): SHEPHERD_HOST_ID,
+        else the machine's own name. Under the local engine every session runs here."""
+        return self.host_id or socket.gethostname()
 
     def operator_limits(self) -> OperatorLimits:
         """The limits a repository's `.github/shepherd.yml` may tighten but never loosen."""

@@ -9,6 +9,10 @@ asserted: comments, labels, reactions, pushed refs and pull requests on the fake
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from tests.e2e_support import (
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import agent_script
-from tests.temporal_support import Bed, temporal_server  # noqa: F401 - fixture
+from tests.temporal_support import ROOT, Bed, kill_leftovers, temporal_server  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.e2e]
 
@@ -78,6 +82,25 @@ class Run:
         return await self.until(number, lambda s: s.state in (State.COMPLETE, State.FAILED, State.CANCELLED)
                                 and not s.running_turn, timeout=120)
 
+    @property
+    def client(self) -> Any:
+        """The HTTP test client of the app a person talks to (the server, or the front end)."""
+        return (self.local or self.front).client
+
+    @property
+    def host(self) -> str:
+        """The host the views must name: this machine under the local engine, the worker host under Temporal."""
+        return socket.gethostname() if self.local is not None else "host-a"
+
+    def operator_env(self) -> dict[str, str]:
+        """What an operator's shell needs for `shepherd status` against this engine."""
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "HOME": str(self.tmp)}
+        if self.local is not None:
+            return {**env, "SHEPHERD_DATA_DIR": str(self.tmp / "data")}
+        assert self.bed is not None
+        return {**env, "SHEPHERD_DATA_DIR": str(self.tmp / "operator"), "SHEPHERD_ENGINE": "temporal",
+                "TEMPORAL_ADDRESS": self.bed.temporal.server.address, "TEMPORAL_NAMESPACE": self.bed.namespace}
+
     def home(self, session: Session) -> Path:
         """The agent's private HOME of `session`, on whichever machine ran it."""
         if self.local is not None:
@@ -90,15 +113,16 @@ async def run_with(request, aiohttp_client, fake_github, git_remote, tmp_path):
     """`await run_with(agent_body, policy=...)`: the prepared repository and the engine running that agent."""
     run = Run(request.param, fake_github, tmp_path)
 
-    async def start(agent_body: str, **repo: Any) -> Run:
+    async def start(agent_body: str, env: dict[str, str] | None = None, **repo: Any) -> Run:
         prepare_repo(fake_github, git_remote, **repo)
         command = agent_script(tmp_path, agent_body)
         if run.kind == "local":
-            settings = agent_settings(fake_github, tmp_path / "data", command)
+            settings = agent_settings(fake_github, tmp_path / "data", command, **(env or {}))
             run.local = await start_shepherd(aiohttp_client, fake_github, settings, tmp_path)
         else:
             server = request.getfixturevalue("temporal_server")
-            run.bed = Bed(fake_github, git_remote, tmp_path, server, server.namespace(), aiohttp_client, command=command)
+            run.bed = Bed(fake_github, git_remote, tmp_path, server, server.namespace(), aiohttp_client, command=command,
+                          env=dict(env or {}))
             run.front = await run.bed.front_end()
             run.bed.host("host-a")
         return run
@@ -300,3 +324,188 @@ async def test_a_review_round_adds_a_commit_to_the_same_pull_request(run_with, f
     [still_one] = fake_github.pulls(REPO)
     assert still_one["number"] == pull["number"]
     assert len(status_comments(fake_github, 1)) == 1
+
+
+HELD_AGENT = """
+while [ ! -f "$HOME/go" ]; do sleep 0.1; done
+echo "issue $SHEPHERD_ISSUE" > "issue-$SHEPHERD_ISSUE.txt"
+git add -A
+git commit -q -m "Work on issue $SHEPHERD_ISSUE"
+shepherd done "Did issue $SHEPHERD_ISSUE"
+"""
+TOKEN = "test-dashboard-token"
+
+
+async def _shepherd_status(run: Run, *args: str) -> str:
+    """`shepherd status` as an operator runs it, in a process of its own, beside the running engine."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.views.cli", "status", *args, env=run.operator_env(), cwd=str(run.tmp),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def _view(run: Run, path: str) -> str:
+    response = await run.client.get(path, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status == 200
+    return await response.text()
+
+
+async def _listed_until(run: Run, predicate: Callable[[dict[str, Any]], Any], timeout: float = 30.0) -> dict[str, Any]:
+    """`/api/sessions` by session id, once `predicate` holds for it (or as it is when the time is up)."""
+    listed: dict[str, Any] = {}
+    for _ in range(int(timeout / 0.2)):
+        listed = {item["id"]: item for item in json.loads(await _view(run, "/api/sessions"))}
+        if predicate(listed):
+            break
+        await asyncio.sleep(0.2)
+    return listed
+
+
+def _row(html: str, session_id: str) -> str:
+    start = html.index(f'data-session="{session_id}"')
+    return html[start:html.index("</tr>", start)]
+
+
+async def test_every_view_shows_the_host_and_the_queue_place(run_with, fake_github, tmp_path):
+    """Issue 17: the dashboard, /api/sessions, `shepherd status` (and --json) and /metrics name each
+    session's host and, while it waits, its place in the queue, the same way in both engines."""
+    run = await run_with(HELD_AGENT, env={"SHEPHERD_MAX_PER_REPO": "1"})
+    try:
+        first_number = fake_github.add_issue(REPO, title="First job", user="carol")["number"]
+        second_number = fake_github.add_issue(REPO, title="Second job", user="carol")["number"]
+        await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, first_number, "agent:go",
+                                                           sender=MAINTAINER))
+        first = await run.until(first_number, lambda s: s.state == State.WORKING and run.home(s).is_dir(),
+                                settled=False)
+        await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, second_number, "agent:go",
+                                                           sender=MAINTAINER))
+        second = await run.until(second_number, lambda s: s.state == State.QUEUED, settled=False)
+
+        listed = await _listed_until(run, lambda found: found.get(second.id, {}).get("queuePosition") == 1)
+        assert listed[first.id]["host"] == run.host and listed[first.id]["queuePosition"] is None
+        assert listed[second.id]["host"] == run.host and listed[second.id]["queuePosition"] == 1
+
+        page = await _view(run, "/")
+        assert f"<code>{run.host}</code>" in _row(page, first.id) and "in the queue" not in _row(page, first.id)
+        assert f"<code>{run.host}</code>" in _row(page, second.id) and "1st in the queue" in _row(page, second.id)
+
+        metrics = await _view(run, "/metrics")
+        assert (f'shepherd_session_host{{host="{run.host}",repository="{REPO}",session="{first.id}"}} 1.0'
+                in metrics)
+        assert f'shepherd_queue_position{{repository="{REPO}",session="{second.id}"}} 1.0' in metrics
+        assert f'shepherd_queue_position{{repository="{REPO}",session="{first.id}"}}' not in metrics
+
+        terminal = await _shepherd_status(run)
+        assert f"      on {run.host}, 1st in the queue" in terminal.split(f"{REPO}#{second_number} QUEUED")[1]
+        assert f"      on {run.host}\n" in terminal.split(f"{REPO}#{first_number} WORKING")[1]
+        scripted = {item["id"]: item for item in json.loads(await _shepherd_status(run, "--json"))}
+        assert scripted[second.id]["host"] == run.host and scripted[second.id]["queuePosition"] == 1
+
+        (run.home(first) / "go").touch()
+        await run.until(second_number, lambda s: s.state == State.WORKING and run.home(s).is_dir(),
+                        settled=False)
+        (run.home(second) / "go").touch()
+        await run.ended(second_number)
+        listed = await _listed_until(run, lambda found: found[second.id]["status"] == "complete")
+        assert listed[second.id]["status"] == "complete" and listed[second.id]["queuePosition"] is None
+        assert listed[second.id]["host"] == run.host
+        assert "shepherd_queue_position{" not in await _view(run, "/metrics")
+    finally:
+        kill_leftovers(tmp_path)
+
+
+# Both agents change shared.txt, report progress and wait for the test's go-ahead (a folder the operator
+# shows the agents' boxes, SHEPHERD_SANDBOX_PATHS) before finishing.
+OVERLAP_AGENT = """
+echo "from issue $SHEPHERD_ISSUE" > shared.txt
+echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
+git add -A
+git commit -q -m "Issue $SHEPHERD_ISSUE"
+shepherd progress "changed shared.txt"
+i=0
+while [ ! -f "{gate}/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+shepherd done "Changed shared.txt"
+"""
+
+
+def _coordination_comments(fake: Any, number: int) -> list[dict[str, Any]]:
+    return [c for c in bot_comments(fake, number) if "shepherd:coordination" in c["body"]]
+
+
+def _dashboards(fake: Any) -> list[dict[str, Any]]:
+    found = []
+    for number in range(1, 30):
+        try:
+            issue = fake.issue(REPO, number)
+        except Exception:  # noqa: BLE001 - no issue with that number
+            continue
+        if issue["title"] == "Shepherd dashboard":
+            found.append(issue)
+    return found
+
+
+async def _eventually(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:
+    for _ in range(int(timeout / 0.2)):
+        found = predicate()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    return predicate()
+
+
+async def test_the_dashboard_issue_and_the_coordination_comments(run_with, fake_github, tmp_path):
+    """Issue 17: the repository-wide observers run in both engines: two sessions that change the same
+    file each get one coordination comment naming the other, and the repository gets one dashboard
+    issue that lists the sessions and, at the end, both pull requests."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    run = await run_with(OVERLAP_AGENT.replace("{gate}", str(gate)), env={"SHEPHERD_SANDBOX_PATHS": str(gate)},
+                         files={"README.md": "# widgets\n"})
+    try:
+        numbers = [fake_github.add_issue(REPO, title=f"Task {n}", body="Edit shared.txt")["number"] for n in (1, 2)]
+        for number in numbers:
+            await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+        told = await _eventually(lambda: all(_coordination_comments(fake_github, n) for n in numbers))
+        assert told, "no coordination comment on both issues"
+        listed = await _eventually(lambda: [d for d in _dashboards(fake_github)
+                                            if all(f"#{n} Task" in d["body"] for n in numbers)])
+        assert listed, f"no dashboard issue listing both sessions: {_dashboards(fake_github)}"
+    finally:
+        (gate / "go").write_text("go")
+    for number in numbers:
+        assert (await run.ended(number)).state == State.COMPLETE
+
+    first, second = numbers
+    for number, other in ((first, second), (second, first)):
+        [comment] = _coordination_comments(fake_github, number)
+        assert f"#{other}" in comment["body"] and "`shared.txt`" in comment["body"]
+        assert "own-" not in comment["body"]  # only the shared files are named
+    pulls = fake_github.pulls(REPO)
+    assert len(pulls) == 2
+    [dashboard] = await _eventually(lambda: [d for d in _dashboards(fake_github)
+                                             if all(f"#{p['number']} for #" in d["body"] for p in pulls)])
+    assert len(_dashboards(fake_github)) == 1
+    assert "shepherd:dashboard" in dashboard["body"]
+
+
+async def test_editing_away_a_dependency_starts_the_waiting_issue(run_with, fake_github, git_remote):
+    """A person edits a waiting issue so that it depends on nothing: it starts, in both engines (under
+    Temporal the edited body reaches the issue's workflow, which the later re-checks read)."""
+    run = await run_with(DONE_AGENT)
+    blocker = fake_github.add_issue(REPO, title="Blocker", body="Not labelled")["number"]
+    number = fake_github.add_issue(REPO, title="Add a greeting", body=f"Depends on #{blocker}")["number"]
+    await run.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
+    waiting = await run.until(number, lambda s: s.state == State.QUEUED
+                              and s.detail == Detail.WAITING_FOR_DEPENDENCIES)
+    assert waiting.waiting_for == (f"#{blocker}",) and fake_github.pulls(REPO) == []
+
+    edited = payloads.issue_edited(fake_github, REPO, number, body="No dependencies now", sender=MAINTAINER)
+    assert await run.deliver("issues", edited) == 202
+    session = await run.ended(number)
+
+    assert session.id == waiting.id and session.state == State.COMPLETE
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == session.branch
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello\n"

@@ -143,6 +143,77 @@ async def test_question_and_reply_are_signals_of_the_same_session(temporal_bed, 
     assert len(status_comments(fake_github, 1)) == 1
 
 
+REMEMBERING_AGENT = """
+if [ "$SHEPHERD_TURN" = 1 ]; then
+  echo "from turn 1" > "$HOME/memory"
+  shepherd ask "Which port?" --option 8080 --option 9090
+  exit 0
+fi
+cp "$HOME/memory" "$HOME/memory-in-turn-2"
+printf '%s' "$SHEPHERD_REPLY" > "$HOME/seen-reply"
+echo "$SHEPHERD_REPLY" > port.txt
+git add port.txt
+git commit -q -m "Set the port"
+shepherd done "Port set"
+"""
+
+
+async def _runs(front, number: int) -> list:
+    """Every run of the issue's workflow: the first and each continue-as-new."""
+    return [run async for run in front.engine.client.list_workflows(f'WorkflowId = "{REPO}#{number}"')]
+
+
+async def test_a_long_session_continues_as_new_and_still_ends_with_one_status_one_pr_and_its_reply(
+        temporal_bed, fake_github, git_remote):
+    """Issue 17: a session's history does not grow without bound. With a low threshold the workflow
+    continues as new while the question waits; the reply still reaches the same agent session, and
+    the issue still shows one status comment, one question and one PR."""
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, REMEMBERING_AGENT)
+    bed.env["SHEPHERD_TEMPORAL_HISTORY_EVENTS"] = "3"
+    front = await bed.front_end()
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    fake_github.set_permission(REPO, "bob", "maintain")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    asking = await front.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                               and s.question.comment_id is not None and s.id in front.engine.idle_sessions)
+    before_reply = await wait_for_async(lambda: _continued(front, 1, 2))
+    assert len(before_reply) >= 2, "the workflow did not continue as new before the reply"
+
+    bob = fake_github.add_comment(REPO, 1, "2", user="bob")
+    assert await front.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, bob)) == 202
+    session = await front.ended(1, timeout=60)
+
+    assert session.id == asking.id and session.state == State.COMPLETE and session.turn_count == 2
+    assert len(await _runs(front, 1)) > len(before_reply)
+    home = next((bed.tmp / "host-a" / "sessions").glob("*/home"))
+    assert (home / "seen-reply").read_text() == "9090"
+    assert (home / "memory-in-turn-2").read_text() == "from turn 1\n"
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "port.txt") == "9090\n"
+    assert fake_github.reactions(REPO, 1, comment_id=bob["id"]) == ["eyes"]
+    assert len(status_comments(fake_github, 1)) == 1
+    assert len([c for c in bot_comments(fake_github, 1) if "shepherd:question" in c["body"]]) == 1
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == session.branch
+
+
+async def _continued(front, number: int, at_least: int) -> list:
+    runs = await _runs(front, number)
+    return runs if len(runs) >= at_least else []
+
+
+async def wait_for_async(probe, timeout: float = 20.0):
+    """The first truthy answer of the coroutine function `probe`, or its last answer when the time is up."""
+    found = None
+    for _ in range(int(timeout / 0.2)):
+        found = await probe()
+        if found:
+            return found
+        await asyncio.sleep(0.2)
+    return found
+
+
 SLEEPING_AGENT = """
 echo first > first.txt
 git add first.txt

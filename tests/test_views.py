@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import stat
 import sys
 import time
@@ -128,7 +129,8 @@ async def test_api_sessions_lists_status_json_objects_stuck_first(views):
     listed = await response.json()
     assert [item["issueNumber"] for item in listed] == [124, 7, 120, 121]
     stuck = listed[0]
-    assert stuck == to_status_json(sample_sessions()[2])
+    # The status.json object, and where the session runs: under the local engine, this machine.
+    assert stuck == {**to_status_json(sample_sessions()[2]), "host": socket.gethostname()}
     for key in ("id", "repo", "issueNumber", "issueTitle", "status", "detail", "branch", "worktreePath",
                 "startedAt", "lastHeartbeat", "stuckReason", "forwardedMessage", "pullRequestUrl"):
         assert key in stuck

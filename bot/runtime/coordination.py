@@ -13,7 +13,7 @@ import asyncio
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -92,23 +92,28 @@ class Coordinator:
         session, context = stored.session, stored.context
         if not mine and self.posted.get(session.id, COORDINATION_KIND) is None:
             return  # never overlapped: nothing to say
-        web = _web_repo(context.clone_url)
-        others = [
-            {
-                "issue": f"#{by_id[other].session.issue_number}",
-                "link": f"{web}/issues/{by_id[other].session.issue_number}" if web else "",
-                "paths": list(paths),
-            }
-            for other, paths in sorted(mine.items(), key=lambda item: by_id[item[0]].session.issue_number)
-        ]
-        body = render_coordination(session.id, others)
-        gh = self.github.installation(stored.installation_id)
-        bot_login, _ = await self.github.bot_identity(stored.installation_id)
-        await ensure_comment(
-            gh, self.posted, scope=session.id, kind=COORDINATION_KIND, key="", owner=context.owner,
-            repo=context.repo, number=session.issue_number, bot_login=bot_login,
-            marker_fields={"session": session.id}, body=body, now=self.clock(), priority=Priority.NORMAL,
-        )
+        others = [(by_id[other].session.issue_number, paths) for other, paths in mine.items()]
+        await post_coordination(self.github, self.posted, installation_id=stored.installation_id, session=session,
+                                clone_url=context.clone_url, others=others, now=self.clock())
+
+
+async def post_coordination(github: Any, posted: PostedRecords, *, installation_id: int, session: Session,
+                            clone_url: str, others: Sequence[tuple[int, Sequence[str]]], now: float) -> None:
+    """Create or edit the session's one coordination comment: the other issues (number, shared files),
+    or the line that the overlap is gone when `others` is empty. Also the Temporal engine's (one per
+    repository, bot/temporal/repository.py)."""
+    web = _web_repo(clone_url)
+    shown = [{"issue": f"#{number}", "link": f"{web}/issues/{number}" if web else "", "paths": list(paths)}
+             for number, paths in sorted(others)]
+    body = render_coordination(session.id, shown)
+    owner, repo = session.repo.split("/", 1)
+    gh = github.installation(installation_id)
+    bot_login, _ = await github.bot_identity(installation_id)
+    await ensure_comment(
+        gh, posted, scope=session.id, kind=COORDINATION_KIND, key="", owner=owner, repo=repo,
+        number=session.issue_number, bot_login=bot_login, marker_fields={"session": session.id}, body=body,
+        now=now, priority=Priority.NORMAL,
+    )
 
 
 def _web_repo(clone_url: str) -> str:

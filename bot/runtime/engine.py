@@ -77,6 +77,7 @@ from bot.runtime.pull_cap import PullRequestCap
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
 from bot.views.render import failure_text
+from bot.views.status_view import Placements
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
@@ -984,10 +985,17 @@ class Engine(SessionReads):
     # -- slots ----------------------------------------------------------------------------------
 
     async def _admit(self) -> None:
-        if self._holding_admission:
-            return
-        for session_id in self.queue.admit(self.limits):
-            await self.apply(session_id, SlotGranted())
+        if not self._holding_admission:
+            for session_id in self.queue.admit(self.limits):
+                await self.apply(session_id, SlotGranted())
+        self._write_waiting_statuses()
+
+    def _write_waiting_statuses(self) -> None:
+        """The line moved: each waiting session's `status.json` gets its place now (`shepherd status` reads it)."""
+        for entry in self.queue.waiting:
+            stored = self.sessions.get(entry.session_id)
+            if stored is not None:
+                self._write_status(stored.session, stored.context)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -1014,6 +1022,11 @@ class Engine(SessionReads):
 
     def session_dir(self, session_id: str) -> Path:
         return self.workspaces.session_dir(session_folder(session_id))
+
+    async def placements(self) -> Placements:
+        """Where the sessions run, for the operator's views: all on this machine; the waiting ones in line."""
+        places = {entry.session_id: place for place, entry in enumerate(self.queue.waiting, start=1)}
+        return Placements(places=places, default_host=self.settings.host_name)
 
     def context_of(self, session_id: str) -> RuntimeContext | None:
         stored = self._get(session_id)

@@ -8,7 +8,13 @@ same workflow and the core there deduplicates (one live session, one forwarded r
 Handlers read sessions synchronously (`last_session`, `session_for_branch`, ...). The front end keeps
 a read copy of the sessions it has seen in its own store, refreshed from each workflow's `snapshot`
 query before a delivery's handlers run (`before_delivery`) and after every signal it sends. The
-dashboard, `/api/sessions` and `shepherd status` read the same copy.
+dashboard, `/api/sessions` and `/metrics` refresh the whole copy from the workflows first
+(`placements`), so every front end shows the same sessions, hosts and queue places.
+
+The repository-wide observers (dashboard issue, coordination, dependency re-checks after a merge) are
+not the front end's: a front end sees only its own deliveries, and two would run them twice. They run in
+one workflow per repository (bot/temporal/repository.py), which a front end starts with the
+repository's first session.
 """
 
 from __future__ import annotations
@@ -48,15 +54,20 @@ from bot.core.session import (
 from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, SessionReads, with_engine
 from bot.settings import Settings
 from bot.store.sessions import SessionStore
+from bot.temporal.overview import ALL_SESSIONS, queue_places
 from bot.temporal.slots import SLOTS_ID, SLOTS_WORKFLOW
+from bot.views.status_view import Placements
 
 from bot.temporal.workflow import (
     QUERY_SNAPSHOT,
+    REPOSITORY_WORKFLOW,
     SHARED_QUEUE,
     SIGNAL_EVENT,
     SIGNAL_EVENT_FOR,
+    SIGNAL_FACTS,
     SIGNAL_TRIGGER,
     WORKFLOW_NAME,
+    repository_workflow_id,
     workflow_id,
 )
 
@@ -64,8 +75,15 @@ log = logging.getLogger(__name__)
 
 # Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
 FRONT_END_KEYS = ("dependency_body",)  # the issue body an authorised person last edited (RuntimeContext)
-ALL_SESSIONS = f"WorkflowType = '{WORKFLOW_NAME}' AND ExecutionStatus = 'Running'"
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
+
+
+async def ensure_repository(client: Client, full_name: str) -> None:
+    """Start the repository's observers' workflow unless it runs already (bot/temporal/repository.py)."""
+    await client.start_workflow(
+        REPOSITORY_WORKFLOW, {"full_name": full_name}, id=repository_workflow_id(full_name), task_queue=SHARED_QUEUE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
 
 
 async def ensure_slots(client: Client, settings: Settings) -> None:
@@ -94,6 +112,7 @@ class TemporalEngine(SessionReads):
         # Told of every change the front end sees (before, after, None), as the local engine's observers.
         self.observers: list[Callable[[Session | None, Session, Any], Awaitable[None]]] = []
         self.dependencies: Any = None  # a DependencyTracker, whose `engine` is this
+        self.observed: set[str] = set()  # repositories whose observers' workflow this front end started
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle (the Assembly's) ---------------------------------------------------------------
@@ -166,6 +185,22 @@ class TemporalEngine(SessionReads):
             SIGNAL_EVENT_FOR, {"session_id": session_id, "event": event_to_dict(event)})
         return await self.refresh(full_name, int(number))
 
+    async def change_context(self, session_id: str, change: Callable[[RuntimeContext], RuntimeContext]
+                             ) -> RuntimeContext | None:
+        """Change the front end's copy of a session's facts (the dependency tracker's edited issue body) and
+        tell the workflow, so its hosts and the repository's re-checks read the same."""
+        stored = self.sessions.get(session_id)
+        if stored is None:
+            return None
+        changed = change(stored.context)
+        if changed.dependency_body != stored.context.dependency_body:
+            self.sessions.save_context(session_id, changed)
+            issue = session_id.rpartition("/")[0]
+            full_name, _, number = issue.rpartition("#")
+            await self._handle(full_name, int(number)).signal(
+                SIGNAL_FACTS, {"session_id": session_id, "facts": {"dependency_body": changed.dependency_body}})
+        return changed
+
     async def before_delivery(self, payload: dict[str, Any]) -> None:
         """Refresh the sessions a delivery may be about: its issue, and the issue of an `agent/` branch."""
         repository = (payload.get("repository") or {}).get("full_name")
@@ -231,9 +266,13 @@ class TemporalEngine(SessionReads):
             "policy_problems": [str(problem) for problem in loaded.problems],
             "notes": [NOTE_EDITED_AFTER_LABEL.format(actor=actor)] if edited_after_label else [],
         }
+        if issue.full_name not in self.observed:
+            await ensure_repository(self.client, issue.full_name)
+            self.observed.add(issue.full_name)
         await self.client.start_workflow(
             WORKFLOW_NAME, {"host_timeout": self.settings.host_timeout_seconds,
-                            "max_per_repo": self.settings.max_per_repo},
+                            "max_per_repo": self.settings.max_per_repo,
+                            "events_before_continue": self.settings.history_events},
             id=workflow_id(issue.full_name, issue.number), task_queue=SHARED_QUEUE,
             start_signal=SIGNAL_TRIGGER, start_signal_args=[{"event": event_to_dict(event), "context": context}],
         )
@@ -268,6 +307,13 @@ class TemporalEngine(SessionReads):
     def host_of(self, session_id: str) -> str | None:
         return self.hosts.get(session_id)
 
+    async def placements(self) -> Placements:
+        """Where the sessions run, for the operator's views: the copy is refreshed from every workflow first
+        (sessions move on without a delivery, and other front ends start some), then the host each workflow
+        names and the places of the one slot queue of all hosts."""
+        await self.refresh_all()
+        return Placements(hosts=dict(self.hosts), places=await queue_places(self.client))
+
     async def idle(self) -> None:
         return None
 
@@ -296,8 +342,8 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     engine = TemporalEngine(client, store, github, Publisher(github, store, clock=clock), settings, clock=clock)
     dependencies = DependencyTracker(github, store, clock=clock)
     dependencies.engine = engine
-    engine.dependencies = dependencies
-    engine.observers.append(dependencies.observe)
+    engine.dependencies = dependencies  # at a trigger and on deliveries; the re-checks after a merge are the
+    # repository workflow's (bot/temporal/repository.py), so two front ends never both run them
     inline_collector = InlineCollector(store, engine, clock=clock)
     assembly = Assembly(github, engine, inline_collector, permissions, policies)  # type: ignore[arg-type]
     assembly.dependencies = {

@@ -2,15 +2,15 @@
 
 A host has its own data folder (store, mirrors, worktrees, session folders, sandbox state). It polls
 its own task queue, `shepherd-host-<SHEPHERD_HOST_ID>`, for the activities of the sessions it holds
-(workspace, turns, status, finishing), and the shared queue `shepherd` for the session workflows and
-for taking new sessions. The parts are the local engine's: the same Workspaces, Publisher and Finisher.
+(workspace, turns, status, finishing), the shared queue `shepherd` for the session and repository
+workflows and for taking new sessions, and `shepherd-observers` for the repositories' observers (the
+dashboard issue, coordination comments, dependency re-checks; bot/temporal/repository.py). The parts are the local engine's: the same Workspaces, Publisher and Finisher.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping
 
@@ -27,6 +27,8 @@ from bot.temporal.activities import HostActivities, HostEngine
 from bot.temporal.client import connect
 from bot.temporal.frontend import ensure_slots
 from bot.temporal.permits import paced_github, writes_worker
+from bot.temporal.repository import OBSERVERS_QUEUE, RepositoryWorkflow
+from bot.temporal.repository_activities import RepositoryActivities
 from bot.temporal.slots import SlotsWorkflow
 from bot.temporal.workflow import SHARED_QUEUE, SessionWorkflow, host_queue
 from bot.workspace.workspaces import Workspaces
@@ -39,7 +41,7 @@ OTHER_ACTIVITIES = 32
 
 
 def host_name(settings: Settings) -> str:
-    return settings.host_id or socket.gethostname()
+    return settings.host_name
 
 
 async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: asyncio.Event | None = None,
@@ -60,15 +62,21 @@ async def run_host(settings: Settings, *, parent_env: Mapping[str, str], stop: a
         engine = HostEngine(store, workspaces, github, publisher, finisher, settings, clock=clock,
                             parent_env=parent_env, client=client, host_id=host)
         activities = HostActivities(engine)
-        shared = Worker(client, task_queue=SHARED_QUEUE, workflows=[SessionWorkflow, SlotsWorkflow],
+        observing = RepositoryActivities(github=github, store=store, workspaces=workspaces, client=client, clock=clock)
+        shared = Worker(client, task_queue=SHARED_QUEUE, workflows=[SessionWorkflow, SlotsWorkflow, RepositoryWorkflow],
                         activities=[activities.claim_host], max_concurrent_activities=1)
         own = Worker(client, task_queue=host_queue(host),
-                     activities=[activities.carry_out, activities.stop_agent, activities.run_turn],
+                     activities=[activities.carry_out, activities.stop_agent, activities.run_turn,
+                                 observing.changed_files],
                      max_concurrent_activities=OTHER_ACTIVITIES + settings.max_workers)
+        observers = Worker(client, task_queue=OBSERVERS_QUEUE, activities=[
+            observing.refresh_dashboard_issue, observing.post_coordination, observing.recheck_dependencies])
         log.info("worker host %s polling %s and %s at %s", host, host_queue(host), SHARED_QUEUE,
                  settings.temporal_address)
         await ensure_slots(client, settings)
-        async with shared, own, writes_worker(client):
+        # The writes gate's worker stops last: an activity that is writing as the host stops (a status, the
+        # dashboard issue) still gets its permit, rather than waiting for a gate nobody serves.
+        async with writes_worker(client), shared, own, observers:
             await stop.wait()
         await engine.stop()
         await github.close()

@@ -15,6 +15,10 @@ a stop) during the turn. When the host stops answering (a heartbeat or schedule-
 session moves: another host is claimed, prepares the workspace from the pushed branch and the lost turn
 runs again, and the status comment says so.
 
+A long session does not grow its history without bound: after `SHEPHERD_TEMPORAL_HISTORY_EVENTS` core
+events (or when Temporal suggests it), once nothing is being carried out, the workflow continues as new
+with its state (`_state`): the session, its facts, its host and the commands still to carry out.
+
 Only deterministic code lives here: the time is `workflow.now()`, and the only imports are the core
 (passed through the sandbox) and the standard library.
 """
@@ -38,6 +42,8 @@ with workflow.unsafe.imports_passed_through():
         Event,
         HoldSlot,
         PostStatus,
+        Progress,
+        PullRequestState,
         Recovered,
         ReleaseSlot,
         RequestSlot,
@@ -46,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         State,
         StopAgent,
         Trigger,
+        TurnExited,
         TurnFailed,
         FailureKind,
         command_from_dict,
@@ -62,6 +69,13 @@ SIGNAL_TRIGGER = "trigger"
 SIGNAL_EVENT = "event"
 SIGNAL_EVENT_FOR = "event_for"
 QUERY_SNAPSHOT = "snapshot"
+SIGNAL_FACTS = "facts"  # facts about the session found outside it: its overlaps, the issue body as edited
+FACT_KEYS = ("overlaps", "dependency_body")
+# The repository's observers (bot/temporal/repository.py) and what a change asks of them.
+REPOSITORY_WORKFLOW = "ShepherdRepository"
+SIGNAL_REPOSITORY_CHANGED = "changed"
+DASHBOARD, COORDINATION, DEPENDENCIES = "dashboard", "coordination", "dependencies"
+PATCH_REPOSITORY_OBSERVERS = "repository-observers"
 
 # Activity names (bot/temporal/activities.py); referred to by name so that nothing of the hosts' I/O
 # is imported into the workflow's sandbox.
@@ -96,6 +110,31 @@ def host_queue(host: str) -> str:
     return HOST_QUEUE.format(host=host)
 
 
+def repository_workflow_id(full_name: str) -> str:
+    """The one observers' workflow of a repository (bot/temporal/repository.py)."""
+    return f"shepherd-repo:{full_name}"
+
+
+def repository_wants(before: Session | None, after: Session, event: Event | None) -> list[str]:
+    """Which repository-wide observers a change concerns, as the local engine's observers decide it: the
+    dashboard issue on a change it shows, coordination after a turn or a progress report, the waiting
+    issues' re-check when a PR merged or opened."""
+    wants = []
+    if before is None or before.id != after.id or _dashboard_view(before) != _dashboard_view(after):
+        wants.append(DASHBOARD)
+    if isinstance(event, (TurnExited, Progress)):
+        wants.append(COORDINATION)
+    if (before is not None and before.pr_state != after.pr_state
+            and after.pr_state in (PullRequestState.MERGED, PullRequestState.OPEN)):
+        wants.append(DEPENDENCIES)
+    return wants
+
+
+def _dashboard_view(session: Session) -> tuple[Any, ...]:
+    return (session.state, session.detail, session.question, session.pr_state, session.pr_number,
+            session.checkpoint, session.issue_title, session.failure_reason)
+
+
 class HostLost(Exception):
     """The session's host did not pick up or finish an activity in time."""
 
@@ -118,12 +157,15 @@ class SessionWorkflow:
         self.outbox: list[Command] = []
         self.host_timeout = 60.0
         self.max_per_repo = 2
+        self.events_before_continue = EVENTS_BEFORE_CONTINUE
         self.events_seen = 0
         self.turn_task: asyncio.Task[None] | None = None
         self.carrying_out = False
         self.status_wanted: PostStatus | None = None
         self.status_task: asyncio.Task[None] | None = None
         self.claiming = asyncio.Lock()
+        self.notice: dict[str, Any] | None = None  # for the repository's observers, not yet sent
+        self.notice_task: asyncio.Task[None] | None = None
         self._restore(state)
 
     # -- state as plain data (the start argument and continue-as-new) ---------------------------
@@ -136,6 +178,7 @@ class SessionWorkflow:
             "outbox": [command_to_dict(c) for c in self.outbox],
             "host_timeout": self.host_timeout,
             "max_per_repo": self.max_per_repo,
+            "events_before_continue": self.events_before_continue,
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -145,6 +188,7 @@ class SessionWorkflow:
         self.outbox = [command_from_dict(c) for c in state.get("outbox") or ()]
         self.host_timeout = float(state.get("host_timeout") or self.host_timeout)
         self.max_per_repo = int(state.get("max_per_repo") or self.max_per_repo)
+        self.events_before_continue = int(state.get("events_before_continue") or self.events_before_continue)
 
     # -- the run loop: carry out the commands in order -----------------------------------------
 
@@ -166,11 +210,12 @@ class SessionWorkflow:
                 self.carrying_out = False
 
     def _busy(self) -> bool:
-        return any(task is not None and not task.done() for task in (self.turn_task, self.status_task))
+        return any(task is not None and not task.done()
+                   for task in (self.turn_task, self.status_task, self.notice_task))
 
     def _should_continue(self) -> bool:
         busy = self._busy()
-        return not busy and (self.events_seen >= EVENTS_BEFORE_CONTINUE
+        return not busy and (self.events_seen >= self.events_before_continue
                              or workflow.info().is_continue_as_new_suggested())
 
     async def _carry_out(self, command: Command) -> None:
@@ -337,6 +382,7 @@ class SessionWorkflow:
             self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, "notes")}
         self.session = decision.session
         self.outbox.extend(decision.commands)
+        self._tell_repository(before, decision.session, event)
 
     @workflow.signal(name=SIGNAL_TRIGGER)
     def on_trigger(self, data: dict[str, Any]) -> None:
@@ -354,6 +400,7 @@ class SessionWorkflow:
                 self.context.pop("worktree", None)
         self.session = decision.session
         self.outbox.extend(decision.commands)
+        self._tell_repository(before, decision.session, event)
 
     @workflow.signal(name=SIGNAL_EVENT)
     def on_event(self, data: dict[str, Any]) -> None:
@@ -364,6 +411,40 @@ class SessionWorkflow:
         """An event for one session of the issue (`session_id`): dropped if a newer session replaced it."""
         if self.session is not None and self.session.id == data["session_id"]:
             self._apply(event_from_dict(data["event"]))
+
+    @workflow.signal(name=SIGNAL_FACTS)
+    def on_facts(self, data: dict[str, Any]) -> None:
+        """Facts about the session that others found (the repository's overlaps, an edited issue body)."""
+        if self.session is not None and self.session.id == data["session_id"]:
+            self.context.update({k: v for k, v in data["facts"].items() if k in FACT_KEYS})
+
+    # -- the repository's observers -------------------------------------------------------------
+
+    def _tell_repository(self, before: Session | None, after: Session, event: Event | None) -> None:
+        """Tell the repository's workflow of a change its observers look at; notices not yet sent merge
+        into one (the newest session, every observer asked for)."""
+        wants = repository_wants(before, after, event)
+        if not wants or not workflow.patched(PATCH_REPOSITORY_OBSERVERS):
+            return  # (a workflow started before the observers existed replays its history unchanged)
+        pending = self.notice["wants"] if self.notice is not None else []
+        policy = self.context.get("policy") or {}
+        self.notice = {
+            "session": after.to_dict(), "installation_id": self.context.get("installation_id"), "host": self.host,
+            "worktree": self.context.get("worktree"), "clone_url": self.context.get("clone_url"),
+            "dashboard": bool(policy.get("dashboard_issue", True)),
+            "wants": pending + [want for want in wants if want not in pending],
+        }
+        if self.notice_task is None or self.notice_task.done():
+            self.notice_task = asyncio.create_task(self._send_notices())
+
+    async def _send_notices(self) -> None:
+        while self.notice is not None:
+            notice, self.notice = self.notice, None
+            repository = repository_workflow_id(notice["session"]["repo"])
+            try:
+                await workflow.get_external_workflow_handle(repository).signal(SIGNAL_REPOSITORY_CHANGED, notice)
+            except Exception as error:  # noqa: BLE001 - the observers are views; the session goes on without them
+                workflow.logger.warning("could not tell %s of %s: %s", repository, notice["session"]["id"], error)
 
     @workflow.query(name=QUERY_SNAPSHOT)
     def snapshot(self) -> dict[str, Any]:

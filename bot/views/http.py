@@ -20,11 +20,13 @@ from bot.views.render import failure_text
 from bot.views.session_logs import known_secrets, log_files
 from bot.views.outcomes_view import export_outcomes, load_outcomes, outcome_rows
 from bot.views.status_view import (
+    Placements,
     SessionRow,
     count_by_state,
     format_age,
     load_sessions,
     open_question,
+    ordinal,
     spend_by_repository,
     state_label,
     status_objects,
@@ -160,6 +162,8 @@ def dashboard_rows(
                 "checkpoint": session.checkpoint,
                 "failure": failure_text(session, agent),
                 "log_tail": failed_log_tail(session, sessions_dir, secrets or []),
+                "host": row.host,
+                "queue_place": ordinal(row.queue_position) if row.queue_position is not None else None,
                 "spend": (spend_line(session.spent_usd, session.limits.max_cost_usd)
                           if session.spent_usd > 0 or session.limits.max_cost_usd is not None else ""),
             }
@@ -190,6 +194,31 @@ def render_dashboard(
     )
 
 
+async def placements_of(services: Any) -> Placements:
+    """Where the running engine has its sessions (none before GitHub mode started an engine)."""
+    engine = getattr(services, "engine", None)
+    placements = getattr(engine, "placements", None)
+    if placements is None:
+        return Placements(default_host=services.settings.host_name)
+    found: Placements = await placements()
+    return found
+
+
+def export_placements(metrics: Any, rows: list[SessionRow]) -> None:
+    """The host of each live session and the queue place of each waiting one, as of this scrape (a
+    session that ended or moved leaves its old series)."""
+    metrics.session_host.clear()
+    metrics.queue_position.clear()
+    for row in rows:
+        session = row.session
+        if session.state in ENDED:
+            continue
+        if row.host:
+            metrics.session_host.labels(repository=session.repo, session=session.id, host=row.host).set(1)
+        if row.queue_position is not None:
+            metrics.queue_position.labels(repository=session.repo, session=session.id).set(row.queue_position)
+
+
 def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) -> None:
     """Register the three views; `services_of(request)` returns the app's `Services`."""
 
@@ -203,7 +232,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
         if not authorised(request):
             return _login_page()  # a person in a browser: say where the token is, and ask for it
         services = services_of(request)
-        rows = load_sessions(services.store.db)
+        rows = load_sessions(services.store.db, await placements_of(services))
         settings = services.settings
         html = render_dashboard(
             rows,
@@ -220,14 +249,15 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
     async def api_sessions(request: web.Request) -> web.Response:
         if not authorised(request):
             return _unauthorized()
-        rows = load_sessions(services_of(request).store.db)
+        services = services_of(request)
+        rows = load_sessions(services.store.db, await placements_of(services))
         return web.json_response(status_objects(rows), headers=_PRIVATE_HEADERS)
 
     async def metrics(request: web.Request) -> web.Response:
         if not authorised(request):
             return _unauthorized()
         services = services_of(request)
-        rows = load_sessions(services.store.db)
+        rows = load_sessions(services.store.db, await placements_of(services))
         for state, count in count_by_state(rows).items():
             services.metrics.sessions.labels(state=state).set(count)
         export_outcomes(services.metrics, load_outcomes(services.store.db))
@@ -237,6 +267,7 @@ def add_routes(app: web.Application, services_of: Callable[[web.Request], Any]) 
             if row.session.spent_usd > 0:
                 services.metrics.session_spend.labels(repository=row.session.repo, session=row.session.id).set(
                     row.session.spent_usd)
+        export_placements(services.metrics, rows)
         response = web.Response(body=services.metrics.render(), headers=_PRIVATE_HEADERS)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return response
