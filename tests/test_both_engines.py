@@ -402,6 +402,13 @@ async def test_every_view_shows_the_host_and_the_queue_place(run_with, fake_gith
         assert f"      on {run.host}\n" in terminal.split(f"{REPO}#{first_number} WORKING")[1]
         scripted = {item["id"]: item for item in json.loads(await _shepherd_status(run, "--json"))}
         assert scripted[second.id]["host"] == run.host and scripted[second.id]["queuePosition"] == 1
+        # And on the issue: the waiting session's status comment says its place.
+        for _ in range(150):
+            [waiting] = status_comments(fake_github, second_number)
+            if "| Queue | 1st in line |" in waiting["body"]:
+                break
+            await asyncio.sleep(0.2)
+        assert "| Queue | 1st in line |" in waiting["body"], waiting["body"]
 
         (run.home(first) / "go").touch()
         await run.until(second_number, lambda s: s.state == State.WORKING and run.home(s).is_dir(),

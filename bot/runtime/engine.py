@@ -687,12 +687,16 @@ class Engine(SessionReads):
             worktree=worktree,
             session_dir=self.workspaces.session_dir(self.folder_of(session)),
             port=context.port,
-            queue_position=self.queue.position(session.id) or self.pull_caps.position(session),
+            queue_position=await self.queue_place(session),
             changed_files=changed,
             log_tail=log_tail,
             notes=context.notes,
             extra=extra,
         )
+
+    async def queue_place(self, session: Session) -> int | None:
+        """The session's place in the line for an agent slot, or for its pull request (`max_open_prs`)."""
+        return self.queue.position(session.id) or self.pull_caps.position(session)
 
     async def _ensure_workspace(self, stored: StoredSession, command: EnsureWorkspace) -> Sequence[Event]:
         session, context = stored.session, stored.context

@@ -32,6 +32,7 @@ from bot.core.session import (
     Event,
     Session,
     StartTurn,
+    State,
     StopAgent,
     WorkspaceFailed,
     command_from_dict,
@@ -40,6 +41,7 @@ from bot.core.session import (
 from bot.core.slots import SlotLimits, SlotQueue
 from bot.runtime.engine import Engine
 from bot.store.sessions import StoredSession
+from bot.temporal.overview import queue_places
 from bot.temporal.workflow import CARRY_OUT, CLAIM_HOST, HOST_KEYS, RUN_TURN, SIGNAL_EVENT, STOP_AGENT
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,13 @@ class HostEngine(Engine):
         self.slots = HostSlots(SlotLimits(global_limit=workers, per_repo=workers))
         self._workflow_of: dict[str, str] = {}
         self._started: dict[str, processes.TurnHandle] = {}
+
+    async def queue_place(self, session: Session) -> int | None:
+        """The place in the one line of all hosts (`shepherd-slots`), not in this host's own."""
+        if session.state != State.QUEUED:
+            return None
+        places = await queue_places(self.client)
+        return places.get(session.id) or self.pull_caps.position(session)
 
     async def apply(self, session_id: str, event: Event) -> Session | None:
         """Not decided here: the event goes to the workflow, which runs the core."""
