@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Event,
         HoldSlot,
         PostStatus,
+        React,
         Recovered,
         ReleaseSlot,
         RequestSlot,
@@ -123,6 +124,7 @@ class SessionWorkflow:
         self.carrying_out = False
         self.status_wanted: PostStatus | None = None
         self.status_task: asyncio.Task[None] | None = None
+        self.side_tasks: list[asyncio.Task[None]] = []  # reactions, carried out beside the path to the agent
         self.claiming = asyncio.Lock()
         self._restore(state)
 
@@ -166,7 +168,9 @@ class SessionWorkflow:
                 self.carrying_out = False
 
     def _busy(self) -> bool:
-        return any(task is not None and not task.done() for task in (self.turn_task, self.status_task))
+        self.side_tasks = [task for task in self.side_tasks if not task.done()]
+        return bool(self.side_tasks) or any(task is not None and not task.done()
+                                            for task in (self.turn_task, self.status_task))
 
     def _should_continue(self) -> bool:
         busy = self._busy()
@@ -182,6 +186,11 @@ class SessionWorkflow:
             self._want_status(command)
             return
         if self.session is None:
+            return
+        if isinstance(command, React):
+            # A reaction decides nothing and nothing waits for it: it goes beside the next commands (the
+            # workspace, the turn), so its GitHub write and its permit are off the path to the agent's start.
+            self.side_tasks.append(asyncio.create_task(self._react(command)))
             return
         try:
             await self._claim_host()
@@ -226,6 +235,21 @@ class SessionWorkflow:
                                         error.cause or error)
                 continue
             self._take_result(result)
+
+    async def _react(self, command: React) -> None:
+        while self.session is not None:
+            try:
+                await self._claim_host()
+                result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
+            except HostLost as lost:
+                # The session's next command on the host finds it gone too and moves the session.
+                await workflow.wait_condition(lambda: self.host is not None and self.host != lost.args[0])
+                continue
+            except ActivityError as error:
+                workflow.logger.warning("a reaction of %s failed for good: %s", self.session.id, error.cause or error)
+                return
+            self._take_result(result)
+            return
 
     def _take_result(self, result: dict[str, Any]) -> None:
         if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
