@@ -128,14 +128,26 @@ class HostActivities:
         self.engine = engine
 
     @activity.defn(name=CLAIM_HOST)
-    async def claim_host(self) -> str:
+    async def claim_host(self, first: dict[str, Any] | None = None) -> Any:
         """Runs on the shared queue: whichever host picks it up takes the session. A host whose agent
         slots are all taken holds on to the claim until one frees up; the host takes one claim at a
-        time, so meanwhile the next sessions go to hosts with room."""
+        time, so meanwhile the next sessions go to hosts with room.
+
+        With `first`, the session's first command on a host (its workspace, as a rule), the host carries
+        it out before answering, which spares the session a second activity on the way to its agent. A
+        command that raises is not retried here (a claim is retried forever): the answer has no result,
+        and the workflow carries the command out again on this host, with the usual retries."""
         async with _heartbeating():
             while self.engine.slots.busy():
                 await asyncio.sleep(CLAIM_POLL_SECONDS)
-        return self.engine.host_id
+            if first is None:
+                return self.engine.host_id
+            try:
+                result: dict[str, Any] | None = await self._carry_out(first)
+            except Exception:  # noqa: BLE001 - retried as a command of its own, on this host
+                log.warning("the first command of %s failed on claiming it", first.get("workflow_id"), exc_info=True)
+                result = None
+        return {"host": self.engine.host_id, "result": result}
 
     @activity.defn(name=CARRY_OUT)
     async def carry_out(self, data: dict[str, Any]) -> dict[str, Any]:

@@ -193,6 +193,12 @@ class SessionWorkflow:
             self.side_tasks.append(asyncio.create_task(self._react(command)))
             return
         try:
+            if self.host is None and not isinstance(command, (StartTurn, StopAgent)):
+                # The session's first command on a host rides with the claim: one activity, not two.
+                result = await self._claim_host(first=self._payload(command))
+                if result is not None:
+                    self._take_result(result)
+                    return
             await self._claim_host()
             if isinstance(command, StartTurn):
                 self.turn_task = asyncio.create_task(self._run_turn(command))
@@ -237,6 +243,9 @@ class SessionWorkflow:
             self._take_result(result)
 
     async def _react(self, command: React) -> None:
+        # The command after it claims the host (and carries its own work out in the claim); the reaction
+        # follows on that host, or claims one itself when nothing else needs one.
+        await workflow.wait_condition(lambda: self.host is not None or not (self.outbox or self.carrying_out))
         while self.session is not None:
             try:
                 await self._claim_host()
@@ -287,17 +296,27 @@ class SessionWorkflow:
 
     # -- hosts ----------------------------------------------------------------------------------
 
-    async def _claim_host(self) -> None:
+    async def _claim_host(self, first: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Make sure the session has a host. With `first` (a command's payload), the host that takes the
+        session carries that command out in the same activity and its result comes back (None when the
+        session had a host already, or the command must be carried out again on it)."""
         async with self.claiming:  # the run loop and the status poster may both need a host
             if self.host is None:
-                await self._claim()
+                return await self._claim(first)
+        return None
 
-    async def _claim(self) -> None:
-        self.host = await workflow.execute_activity(
-            CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=TURN_LIMIT,
-            heartbeat_timeout=timedelta(seconds=self.host_timeout),
+    async def _claim(self, first: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        answer = await workflow.execute_activity(
+            CLAIM_HOST, *([first] if first is not None else []), task_queue=SHARED_QUEUE,
+            start_to_close_timeout=TURN_LIMIT, heartbeat_timeout=timedelta(seconds=self.host_timeout),
             retry_policy=RetryPolicy(maximum_attempts=0),  # waits for any host, however long
         )
+        if isinstance(answer, str):  # a claim without a command
+            self.host = answer
+            return None
+        self.host = answer["host"]
+        result: dict[str, Any] | None = answer.get("result")
+        return result
 
     async def _on_host(self, name: str, payload: dict[str, Any], *, limit: timedelta,
                        turn: bool = False) -> dict[str, Any]:
