@@ -50,6 +50,7 @@ class RuntimeContext:
     reports_seq: int = 0  # the last `shepherd` report turned into an event
     notes: tuple[str, ...] = ()  # extra lines for the status comment
     overlaps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `#12` → files both change
+    checkpoint: str | None = None  # the commit the last work-in-progress push left on the branch (Temporal)
 
     def for_retry(self) -> RuntimeContext:
         """The facts a retried session keeps: everything but its predecessor's turn, worktree, port and notes."""
@@ -93,4 +94,5 @@ class RuntimeContext:
             reports_seq=int(data.get("reports_seq") or 0),
             notes=tuple(str(note) for note in data.get("notes") or ()),
             overlaps={str(issue): tuple(paths) for issue, paths in (data.get("overlaps") or {}).items()},
+            checkpoint=data.get("checkpoint") or None,
         )

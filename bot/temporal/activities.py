@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from temporalio import activity
@@ -101,6 +102,18 @@ class HostEngine(Engine):
     def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
         self._started[session_id] = handle  # the turn activity watches it itself, while heartbeating
 
+    async def _turn_over(self, session_id: str) -> None:
+        """Push the agent's commits so far as a work-in-progress checkpoint (issue 17, SPEC §7): if this
+        host dies during the next turn, the session moves and the new host starts from them. The turn
+        activity's result carries the commit to the workflow (`checkpoint`, kept across moves)."""
+        stored = self.sessions.get(session_id)
+        if stored is None:
+            return
+        context = await self._session_context(stored, with_changes=False)
+        sha = await self.finisher.checkpoint(stored.session, context, last=stored.context.checkpoint)
+        if sha is not None and sha != stored.context.checkpoint:
+            await self.change_context(session_id, lambda known: replace(known, checkpoint=sha))
+
     def adopt(self, data: dict[str, Any]) -> StoredSession:
         """Take the workflow's copy of the session, keeping this host's own facts about it."""
         session = Session.from_dict(data["session"])
@@ -166,6 +179,8 @@ class HostActivities:
         """A session moved here from a lost host: its worktree from the branch as last pushed, or from
         the base when nothing was pushed yet. The workflow decides nothing from this; it only learns the
         worktree."""
+        if stored.context.checkpoint:  # the last host's work-in-progress push is Shepherd's own
+            self.engine.finisher.remember_push(stored.session, stored.session.repo, stored.context.checkpoint)
         events = await self.engine._ensure_workspace(stored, command)  # noqa: SLF001 - the local engine's executor
         if any(isinstance(event, WorkspaceFailed) for event in events):
             fresh = EnsureWorkspace(command.branch, command.base_branch, from_kept_branch=False)

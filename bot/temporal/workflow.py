@@ -73,8 +73,14 @@ STOP_AGENT = "stop_agent"
 
 # The per-host facts of a session: they do not travel when the session moves to another host.
 HOST_KEYS = ("worktree", "port", "turn", "reports_seq")
+# Facts a host learns that stay with the session wherever it goes: the last work-in-progress push.
+CARRIED_KEYS = ("checkpoint",)
 NOTE_MOVED = "The session moved from host {old} to host {new}: {lost}"
 LOST_TURN = "the running turn was lost and runs again from the last pushed state of the branch."
+LOST_TURN_AFTER_CHECKPOINT = (
+    "the turn in progress was lost and runs again; the finished turns' work was kept (pushed at the end of "
+    "the last one, commit {sha})."
+)
 LOST_NOTHING = "nothing was lost."
 EVENTS_BEFORE_CONTINUE = 2000
 COMMAND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0,
@@ -264,7 +270,7 @@ class SessionWorkflow:
         if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
             # The host adds only its own facts and, at times, a note; everything else is the workflow's.
             theirs = result["context"]
-            self.context.update({k: theirs[k] for k in HOST_KEYS if k in theirs})
+            self.context.update({k: theirs[k] for k in (*HOST_KEYS, *CARRIED_KEYS) if k in theirs})
             ours, notes = list(self.context.get("notes") or []), list(theirs.get("notes") or [])
             self.context["notes"] = ours + [note for note in notes if note not in ours]
         for data in result.get("events") or ():
@@ -343,7 +349,13 @@ class SessionWorkflow:
         self.host = None
         self.context = {k: v for k, v in self.context.items() if k not in HOST_KEYS}
         await self._claim_host()
-        lost = LOST_TURN if turn_lost else LOST_NOTHING
+        checkpoint = self.context.get("checkpoint")
+        if not turn_lost:
+            lost = LOST_NOTHING
+        elif checkpoint:
+            lost = LOST_TURN_AFTER_CHECKPOINT.format(sha=str(checkpoint)[:7])
+        else:
+            lost = LOST_TURN
         self.context["notes"] = [*self.context.get("notes", []),
                                  NOTE_MOVED.format(old=old, new=self.host, lost=lost)]
         workflow.logger.warning("%s moved from host %s to %s", self.session.id, old, self.host)
@@ -377,7 +389,7 @@ class SessionWorkflow:
             return
         if before is not None and decision.session.id != before.id:
             # A retry on a finished session starts a new one with the same facts (as the local engine).
-            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, "notes")}
+            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, *CARRIED_KEYS, "notes")}
         self.session = decision.session
         self.outbox.extend(decision.commands)
 
