@@ -258,7 +258,8 @@ class SessionWorkflow:
                 result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
             except HostLost as lost:
                 # The session's next command on the host finds it gone too and moves the session.
-                await workflow.wait_condition(lambda: self.host is not None and self.host != lost.args[0])
+                gone = lost.args[0]
+                await workflow.wait_condition(lambda: self.host is not None and self.host != gone)
                 continue
             except ActivityError as error:
                 workflow.logger.warning("a reaction of %s failed for good: %s", self.session.id, error.cause or error)
