@@ -261,6 +261,33 @@ async def test_a_moved_session_starts_from_the_checkpoint_of_its_finished_turns(
     assert "the turn in progress was lost and runs again; the finished turns' work was kept" in status["body"]
 
 
+PROTECTED_ASKING_AGENT = """
+mkdir -p .github/workflows
+echo "on: push" > .github/workflows/ci.yml
+echo one > one.txt
+git add -A
+git commit -q -m "Turn one, with a workflow"
+shepherd ask "May I change the CI workflow?"
+exit 0
+"""
+
+
+async def test_a_turn_that_touched_a_protected_path_pushes_no_checkpoint(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, PROTECTED_ASKING_AGENT)
+    front = await bed.front_end()
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    asking = await front.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                               and s.question.comment_id is not None and s.id in front.engine.idle_sessions,
+                               timeout=90)
+
+    # The turn committed a change to .github/workflows/ (protected by default): nothing left this host.
+    assert asking.turn_count == 1
+    assert [ref for ref in git_remote.refs(REPO) if ref.startswith("refs/heads/agent/")] == []
+
+
 async def test_a_reply_reaches_the_same_session_after_the_temporal_server_restarts(
         fake_github, git_remote, tmp_path, aiohttp_client):
     server = DevServer.start(tmp_path / "temporal", namespaces=["restart"])

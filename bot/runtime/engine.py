@@ -838,10 +838,10 @@ class Engine(SessionReads):
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))
         if not said_done:  # finished work is pushed by the finisher, right after
-            await self._turn_over(session_id)
+            await self._turn_over(session_id, end)
         await self.apply(session_id, end)
 
-    async def _turn_over(self, session_id: str) -> None:
+    async def _turn_over(self, session_id: str, end: Event) -> None:
         """A turn has ended, before the core hears of it. The local engine keeps the agent's commits in
         the worktree until the session finishes: a restart of this process finds them on this disk, and a
         push per turn would only slow the turns down. A Temporal worker host pushes a checkpoint here

@@ -34,6 +34,7 @@ from bot.core.session import (
     Session,
     StartTurn,
     StopAgent,
+    TurnExited,
     WorkspaceFailed,
     command_from_dict,
     event_to_dict,
@@ -102,12 +103,13 @@ class HostEngine(Engine):
     def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
         self._started[session_id] = handle  # the turn activity watches it itself, while heartbeating
 
-    async def _turn_over(self, session_id: str) -> None:
+    async def _turn_over(self, session_id: str, end: Event) -> None:
         """Push the agent's commits so far as a work-in-progress checkpoint (issue 17, SPEC §7): if this
         host dies during the next turn, the session moves and the new host starts from them. The turn
-        activity's result carries the commit to the workflow (`checkpoint`, kept across moves)."""
+        activity's result carries the commit to the workflow (`checkpoint`, kept across moves). A turn
+        that touched a protected path, committed or not, pushes nothing."""
         stored = self.sessions.get(session_id)
-        if stored is None:
+        if stored is None or (isinstance(end, TurnExited) and end.protected_paths_touched):
             return
         context = await self._session_context(stored, with_changes=False)
         sha = await self.finisher.checkpoint(stored.session, context, last=stored.context.checkpoint)
