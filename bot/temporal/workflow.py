@@ -329,17 +329,18 @@ class SessionWorkflow:
                        turn: bool = False) -> dict[str, Any]:
         """Run one activity on the session's host; `HostLost` when the host does not take it up or stops
         heartbeating within the host timeout (every host activity heartbeats)."""
-        assert self.host is not None
+        host = self.host  # the session may have moved by the time the activity fails: name this one
+        assert host is not None
         timeout = timedelta(seconds=self.host_timeout)
         try:
             result: dict[str, Any] = await workflow.execute_activity(
-                name, payload, task_queue=host_queue(self.host), schedule_to_start_timeout=timeout,
+                name, payload, task_queue=host_queue(host), schedule_to_start_timeout=timeout,
                 start_to_close_timeout=limit, heartbeat_timeout=timeout,
                 retry_policy=TURN_RETRY if turn else COMMAND_RETRY,
             )
         except ActivityError as error:
             if _host_lost(error):
-                raise HostLost(self.host) from error
+                raise HostLost(host) from error
             raise
         return result
 
