@@ -268,6 +268,97 @@ async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fak
     assert len(bot_comments(fake_github, 1)) == 1
 
 
+CHECKPOINT_AGENT_A = """
+if [ "$SHEPHERD_TURN" = 1 ]; then
+  echo one > one.txt
+  git add one.txt
+  git commit -q -m "Turn one"
+  shepherd ask "Which port?" --option 8080 --option 9090
+  exit 0
+fi
+touch "$HOME/turn-two-started"
+sleep 300.7272
+"""
+CHECKPOINT_AGENT_B = """
+echo "$SHEPHERD_REPLY" > two.txt
+git add two.txt
+git commit -q -m "Turn two"
+shepherd done "Both turns"
+"""
+
+
+async def test_a_moved_session_starts_from_the_checkpoint_of_its_finished_turns(temporal_bed, fake_github, git_remote):
+    """Turn 1 commits and asks: its end pushes a checkpoint of the commit to the branch. Host A is killed
+    with -9 during turn 2; the session moves to host B, whose worktree starts from the checkpoint, so
+    turn 1's commit is in the pull request, and the status comment says only the turn in progress was lost."""
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, CHECKPOINT_AGENT_B)
+    bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
+    host_a = bed.host_process("host-a", SHEPHERD_AGENT_COMMAND=agent_script(bed.tmp, CHECKPOINT_AGENT_A, name="a.sh"))
+    front = await bed.front_end()
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    fake_github.set_permission(REPO, "bob", "maintain")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    try:
+        asking = await front.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                                   and s.question.comment_id is not None and s.id in front.engine.idle_sessions,
+                                   timeout=90)
+        # The asking turn has ended: its commit is on the branch on GitHub, before anyone answers.
+        assert git_remote.messages(REPO, f"refs/heads/{asking.branch}").count("Turn one") == 1
+        assert fake_github.pulls(REPO) == []
+
+        bob = fake_github.add_comment(REPO, 1, "2", user="bob")
+        await front.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, bob))
+        await wait_for(lambda: list((bed.tmp / "host-a").glob("sessions/*/home/turn-two-started")), timeout=90)
+        bed.host_process("host-b")
+        kill_group(host_a)  # kill -9 in the middle of turn 2
+        for process in _orphans("300.7272"):
+            process.kill()
+        session = await front.ended(1, timeout=120)
+    finally:
+        for process in _orphans("300.7272"):
+            process.kill()
+
+    assert session.state == State.COMPLETE and session.id == asking.id
+    assert front.engine.host_of(session.id) == "host-b"
+    [pull] = fake_github.pulls(REPO)
+    assert pull["head"]["ref"] == session.branch
+    messages = git_remote.messages(REPO, f"refs/heads/{session.branch}")
+    assert messages.count("Turn one") == 1 and "Turn two" in messages
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "one.txt") == "one\n"
+    assert git_remote.show(REPO, f"refs/heads/{session.branch}", "two.txt") == "9090\n"
+    [status] = status_comments(fake_github, 1)
+    assert "moved from host host-a to host host-b" in status["body"]
+    assert "the turn in progress was lost and runs again; the finished turns' work was kept" in status["body"]
+
+
+PROTECTED_ASKING_AGENT = """
+mkdir -p .github/workflows
+echo "on: push" > .github/workflows/ci.yml
+echo one > one.txt
+git add -A
+git commit -q -m "Turn one, with a workflow"
+shepherd ask "May I change the CI workflow?"
+exit 0
+"""
+
+
+async def test_a_turn_that_touched_a_protected_path_pushes_no_checkpoint(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, PROTECTED_ASKING_AGENT)
+    front = await bed.front_end()
+    bed.host("host-a")
+    fake_github.add_issue(REPO, title="Pick a port", user="carol")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    asking = await front.until(1, lambda s: s.state == State.STUCK and s.question is not None
+                               and s.question.comment_id is not None and s.id in front.engine.idle_sessions,
+                               timeout=90)
+
+    # The turn committed a change to .github/workflows/ (protected by default): nothing left this host.
+    assert asking.turn_count == 1
+    assert [ref for ref in git_remote.refs(REPO) if ref.startswith("refs/heads/agent/")] == []
+
+
 async def test_a_reply_reaches_the_same_session_after_the_temporal_server_restarts(
         fake_github, git_remote, tmp_path, aiohttp_client):
     server = DevServer.start(tmp_path / "temporal", namespaces=["restart"])

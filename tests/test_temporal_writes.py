@@ -104,3 +104,41 @@ async def test_a_host_that_dies_holding_a_write_permit_does_not_stop_the_others_
             host_b.installation(INSTALLATION).post(COMMENTS, mine, data={"body": "Shepherd is on it."}), 30)
         await host_b.close()
     assert [c["body"] for c in fake_github.comments(REPO, 1)] == ["Shepherd is on it."]
+
+
+async def test_a_limit_told_with_the_next_request_still_holds_every_hosts_writes(temporal_bed, fake_github):
+    """Host A sends two comments at once: GitHub answers the first with 403 + Retry-After: 3 while the
+    second waits on host A, so the first's landing (and its pause) travels inside the second's request for
+    a permit. For 3 s neither host A's two writes nor host B's reach GitHub."""
+    bed = temporal_bed
+    bed.command = "true"
+    owner, name = REPO.split("/")
+    fake_github.add_issue(REPO, title="Add export", body="Please", user="alice")
+    mine = {"owner": owner, "repo": name, "issue_number": 1}
+    settings = bed.settings("hosts")
+    client_a, client_b = await connect(settings), await connect(settings)
+    async with aiohttp.ClientSession() as session, writes_worker(client_a):
+        host_a = paced_github(settings, session, client_a, metrics=Metrics(), owner="host-a")
+        host_b = paced_github(settings, session, client_b, metrics=Metrics(), owner="host-b")
+        a, b = host_a.installation(INSTALLATION), host_b.installation(INSTALLATION)
+        for gh in (a, b):
+            await gh.getitem(ISSUE, mine)
+        await a.post(REACTIONS, mine, data={"content": "+1"})  # the gate's workflow is running
+        fake_github.inject("issues/create-comment", status=403, headers={"Retry-After": "3"}, json=SECONDARY_LIMIT)
+
+        burst = asyncio.gather(a.post(COMMENTS, mine, data={"body": "First"}),
+                               a.post(COMMENTS, mine, data={"body": "Second"}))
+        while not fake_github.calls_to("issues/create-comment"):
+            await asyncio.sleep(0.01)
+        other = b.post(REACTIONS, mine, data={"content": "eyes"})
+        await asyncio.wait_for(asyncio.gather(burst, other), 60)
+        await host_a.close()
+        await host_b.close()
+
+    limited = fake_github.calls_to("issues/create-comment")[0]
+    assert limited.status == 403
+    held = [c for c in fake_github.writes() if c.at > limited.at]
+    # Host A's second comment, its retried first one and host B's reaction: none inside GitHub's window.
+    assert len(held) == 3 and all(c.at >= limited.at + 3.0 for c in held), \
+        [(c.operation_id, round(c.at - limited.at, 2)) for c in held]
+    assert sorted(c["body"] for c in fake_github.comments(REPO, 1)) == ["First", "Second"]

@@ -84,6 +84,10 @@ class WriteGate:
     One dispatcher task runs while writes wait and ends when none do; it re-reads the queue (and
     the pause) after every sleep so a write that arrives urgent during a wait overtakes those
     already waiting, and a pause that arrives during a wait holds them all.
+
+    The waiting queue and its dispatcher are shared with the Temporal engine's gate
+    (`bot.temporal.permits.TemporalWriteGate`), which replaces only what decides when the most urgent
+    write may go (`_clear`) and what a release or a landing means (`_release`, `landed`).
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class WriteGate:
         """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiting, (int(priority), next(self._order), future, hold))
+        self._arrived(int(priority))
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.create_task(self._dispatch(), name="shepherd-write-gate")
         try:
@@ -145,25 +150,60 @@ class WriteGate:
                 self.landed()  # released, but its writer is gone
             raise
 
+    # -- what the Temporal gate replaces ------------------------------------------------------------
+
+    def _arrived(self, priority: int) -> None:
+        """A write of `priority` joined the queue."""
+
+    async def _clear(self, priority: int) -> bool:
+        """Wait for the most urgent waiting write (of `priority`): True when it may go now (and it counts
+        as sent), False when the queue must be weighed again first (a wait ended)."""
+        if self._in_flight:
+            self._landed.clear()
+            await self._landed.wait()
+            return False
+        now = self._clock()
+        delay = max(self.budget.delay(now), self._paused_until - now)
+        if delay > 0:
+            await self._sleep(delay)
+            return False
+        self.budget.record(now)
+        return True
+
+    def _release(self, hold: bool) -> None:
+        """The cleared write goes now."""
+        if hold:
+            self._in_flight += 1
+
+    def _unused(self) -> None:
+        """A write was cleared but every writer had gone away meanwhile (the Temporal gate hands its
+        permit back)."""
+
+    def _idle(self) -> None:
+        """The dispatcher stops: no write waits any more."""
+
+    # -- the queue ----------------------------------------------------------------------------------
+
+    def _drop_gone(self) -> None:
+        while self._waiting and self._waiting[0][2].done():  # cancelled while waiting
+            heapq.heappop(self._waiting)
+
     async def _dispatch(self) -> None:
         try:
-            while self._waiting:
-                if self._waiting[0][2].done():  # cancelled while waiting
-                    heapq.heappop(self._waiting)
+            while True:
+                self._drop_gone()
+                if not self._waiting:
+                    self._idle()
+                    return
+                if not await self._clear(self._waiting[0][0]):
                     continue
-                if self._in_flight:
-                    self._landed.clear()
-                    await self._landed.wait()
-                    continue
-                now = self._clock()
-                delay = max(self.budget.delay(now), self._paused_until - now)
-                if delay > 0:
-                    await self._sleep(delay)
-                    continue
+                self._drop_gone()
+                if not self._waiting:
+                    self._unused()
+                    self._idle()
+                    return
                 _, _, future, hold = heapq.heappop(self._waiting)
-                self.budget.record(now)
-                if hold:
-                    self._in_flight += 1
+                self._release(hold)
                 future.set_result(None)
                 # Let the released writer run before the next one is weighed.
                 await asyncio.sleep(0)
@@ -176,6 +216,7 @@ class WriteGate:
                 else:
                     future.cancel()
             self._waiting.clear()
+            self._idle()
             raise
 
     async def close(self) -> None:

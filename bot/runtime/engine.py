@@ -43,6 +43,7 @@ from bot.core.session import (
     AttemptFinished,
     Detail,
     Command,
+    DoneReported,
     EnsureWorkspace,
     Event,
     FinishWork,
@@ -857,7 +858,11 @@ class Engine(SessionReads):
         session_dir = self.workspaces.session_dir(self.folder_of(stored.session))
         adapter = self.adapter_factory(policy)
 
+        said_done = False
+
         async def emit(event: Event, seq: int) -> None:
+            nonlocal said_done
+            said_done = said_done or isinstance(event, DoneReported)
             await self.apply(session_id, event)
             await self.change_context(session_id, lambda known: replace(known, reports_seq=seq))
 
@@ -894,7 +899,15 @@ class Engine(SessionReads):
         agent_id = turns.agent_session_id(adapter, handle)
         if agent_id:
             await self.apply(session_id, TurnStarted(agent_id))
+        if not said_done:  # finished work is pushed by the finisher, right after
+            await self._turn_over(session_id, end)
         await self.apply(session_id, end)
+
+    async def _turn_over(self, session_id: str, end: Event) -> None:
+        """A turn has ended, before the core hears of it. The local engine keeps the agent's commits in
+        the worktree until the session finishes: a restart of this process finds them on this disk, and a
+        push per turn would only slow the turns down. A Temporal worker host pushes a checkpoint here
+        (`bot.temporal.activities.HostEngine`), because a session may move to another machine."""
 
     def confinement(self, session: Session, worktree: Path, policy: EffectivePolicy) -> Confinement:
         """The box, egress proxy and limits of `session`'s turns, setup and test commands."""

@@ -331,6 +331,57 @@ class Finisher:
         log.info("tests of %s: exit %s (%s)", session.id, outcome.exit_code, outcome.reason)
         return TestRun(context.policy.test, outcome.exit_code, stop_reason, tail)
 
+    async def checkpoint(self, session: Session, context: Any, *, last: str | None = None) -> str | None:
+        """Push the agent's commits so far to the session's branch, as work in progress (SPEC §7: a session
+        that moves to another host starts from them); return the commit pushed, or None when nothing was.
+
+        The same rules as the finished work's push: only committed work (nothing is committed for the
+        agent), nothing while the branch changes a protected path, and `_push`'s lease that never
+        overwrites a person's commits. `last` is the previous checkpoint: the same commit is not pushed
+        again. A checkpoint is a help, not a promise: any trouble is logged and the session goes on."""
+        try:
+            branch = agent_branch(session.branch)
+            full_name, base = context.full_name, session.base_branch
+            worktree = Path(context.worktree) if context.worktree else None
+            if worktree is None or not worktree.is_dir():
+                return None
+            head = await self._workspaces.export_branch(worktree, branch)
+            if head == last:
+                return head
+            ref = f"refs/heads/{branch}"
+            changed = await self._workspaces.branch_changes(full_name, ref, base)
+            touched = touched_protected_paths([path for path, _, _ in changed], context.policy.protected_paths)
+            if touched:
+                log.info("no checkpoint of %s: the branch changes protected paths (%s)", session.id, ", ".join(touched))
+                return None
+            _, count = await self._commits(full_name, ref, base)
+            if count == 0:
+                return None
+            mirror = Mirror(full_name, self._workspaces.mirror_path(full_name), context.clone_url)
+            tracked = f"refs/remotes/origin/{branch}"
+            before = (await self._git.run("for-each-ref", "--format=%(objectname)", tracked, mirror=mirror)).strip()
+            try:
+                sha = await self._push(session, context, branch)
+            finally:
+                # The agent's next turn still counts these commits as its own unpushed work (the core's
+                # `TurnExited.has_new_commits` means "since the last push of finished work").
+                if before:
+                    await self._git.run("update-ref", tracked, before, mirror=mirror)
+                else:
+                    await self._git.run("update-ref", "-d", tracked, mirror=mirror)
+        except Exception as error:  # noqa: BLE001 - best effort: the finisher's own push says what is wrong
+            log.warning("no checkpoint of %s: %s", session.id, redact(str(error)))
+            return None
+        log.info("checkpoint of %s pushed at %s", session.id, sha)
+        return sha
+
+    def remember_push(self, session: Session, full_name: str, sha: str) -> None:
+        """Take `sha` on the session's branch as Shepherd's own last push (a checkpoint another host made),
+        so the lease of the next push may replace it and never names its commits as someone else's."""
+        if self._store is not None:
+            PushRecords(self._store.db).record(full_name, agent_branch(session.branch), sha, session_id=session.id,
+                                               now=self._clock())
+
     async def push(self, session: Session, context: Any, branch: str) -> str:
         """Push one more of the session's branches (a bake-off's other attempt) the way its own is pushed."""
         return await self._push(session, context, agent_branch(branch))

@@ -72,6 +72,7 @@ class RuntimeContext:
     notes: tuple[str, ...] = ()  # extra lines for the status comment
     overlaps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # `#12` → files both change
     attempts: Mapping[str, AttemptContext] = field(default_factory=dict)  # a bake-off's, by attempt name
+    checkpoint: str | None = None  # the commit the last work-in-progress push left on the branch (Temporal)
 
     def attempt_view(self, name: str) -> RuntimeContext:
         """The facts as one attempt's commands see them: its own worktree, port and turn."""
@@ -130,4 +131,5 @@ class RuntimeContext:
             notes=tuple(str(note) for note in data.get("notes") or ()),
             overlaps={str(issue): tuple(paths) for issue, paths in (data.get("overlaps") or {}).items()},
             attempts={str(name): AttemptContext.from_dict(own) for name, own in (data.get("attempts") or {}).items()},
+            checkpoint=data.get("checkpoint") or None,
         )

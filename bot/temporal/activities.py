@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 from temporalio import activity
@@ -34,6 +35,7 @@ from bot.core.session import (
     StartTurn,
     State,
     StopAgent,
+    TurnExited,
     WorkspaceFailed,
     command_from_dict,
     event_to_dict,
@@ -110,6 +112,19 @@ class HostEngine(Engine):
     def _watch(self, session_id: str, handle: processes.TurnHandle) -> None:
         self._started[session_id] = handle  # the turn activity watches it itself, while heartbeating
 
+    async def _turn_over(self, session_id: str, end: Event) -> None:
+        """Push the agent's commits so far as a work-in-progress checkpoint (issue 17, SPEC §7): if this
+        host dies during the next turn, the session moves and the new host starts from them. The turn
+        activity's result carries the commit to the workflow (`checkpoint`, kept across moves). A turn
+        that touched a protected path, committed or not, pushes nothing."""
+        stored = self.sessions.get(session_id)
+        if stored is None or (isinstance(end, TurnExited) and end.protected_paths_touched):
+            return
+        context = await self._session_context(stored, with_changes=False)
+        sha = await self.finisher.checkpoint(stored.session, context, last=stored.context.checkpoint)
+        if sha is not None and sha != stored.context.checkpoint:
+            await self.change_context(session_id, lambda known: replace(known, checkpoint=sha))
+
     def adopt(self, data: dict[str, Any]) -> StoredSession:
         """Take the workflow's copy of the session, keeping this host's own facts about it."""
         session = Session.from_dict(data["session"])
@@ -137,14 +152,26 @@ class HostActivities:
         self.engine = engine
 
     @activity.defn(name=CLAIM_HOST)
-    async def claim_host(self) -> str:
+    async def claim_host(self, first: dict[str, Any] | None = None) -> Any:
         """Runs on the shared queue: whichever host picks it up takes the session. A host whose agent
         slots are all taken holds on to the claim until one frees up; the host takes one claim at a
-        time, so meanwhile the next sessions go to hosts with room."""
+        time, so meanwhile the next sessions go to hosts with room.
+
+        With `first`, the session's first command on a host (its workspace, as a rule), the host carries
+        it out before answering, which spares the session a second activity on the way to its agent. A
+        command that raises is not retried here (a claim is retried forever): the answer has no result,
+        and the workflow carries the command out again on this host, with the usual retries."""
         async with _heartbeating():
             while self.engine.slots.busy():
                 await asyncio.sleep(CLAIM_POLL_SECONDS)
-        return self.engine.host_id
+            if first is None:
+                return self.engine.host_id
+            try:
+                result: dict[str, Any] | None = await self._carry_out(first)
+            except Exception:  # noqa: BLE001 - retried as a command of its own, on this host
+                log.warning("the first command of %s failed on claiming it", first.get("workflow_id"), exc_info=True)
+                result = None
+        return {"host": self.engine.host_id, "result": result}
 
     @activity.defn(name=CARRY_OUT)
     async def carry_out(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -163,6 +190,8 @@ class HostActivities:
         """A session moved here from a lost host: its worktree from the branch as last pushed, or from
         the base when nothing was pushed yet. The workflow decides nothing from this; it only learns the
         worktree."""
+        if stored.context.checkpoint:  # the last host's work-in-progress push is Shepherd's own
+            self.engine.finisher.remember_push(stored.session, stored.session.repo, stored.context.checkpoint)
         events = await self.engine._ensure_workspace(stored, command)  # noqa: SLF001 - the local engine's executor
         if any(isinstance(event, WorkspaceFailed) for event in events):
             fresh = EnsureWorkspace(command.branch, command.base_branch, from_kept_branch=False)

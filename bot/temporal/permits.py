@@ -1,12 +1,12 @@
 """The GitHub client's write gate on the Temporal engine: permits from the installation's writes workflow.
 
-`TemporalWriteGate` has the interface of `bot.github.pacing.WriteGate` (`wait`, `landed`, `pause`,
-`paused_for`, `wait_out_pause`), so `GitHubClient` uses it unchanged; `TemporalPacer` hands one out per
-installation, as `Pacer` does. Inside a process the writes of an installation wait in one local queue,
-most urgent first; the process asks the installation's workflow (`bot/temporal/writes.py`) for one permit
-at a time, at the priority of its most urgent waiting write, and gives the permit to whichever write is
-most urgent when it arrives. A limit GitHub announces in a write's answer travels with that write's
-`landed` signal, so no host's next write leaves before the workflow knows of it.
+`TemporalWriteGate` is a `bot.github.pacing.WriteGate` (the same waiting queue and dispatcher), so
+`GitHubClient` uses it unchanged; `TemporalPacer` hands one out per installation, as `Pacer` does. Inside a
+process the writes of an installation wait in that one local queue, most urgent first; the process asks
+the installation's workflow (`bot/temporal/writes.py`) for one permit at a time, at the priority of its
+most urgent waiting write, and gives the permit to whichever write is most urgent when it arrives. A limit
+GitHub announces in a write's answer travels with that write's landing (a `landed` signal, or the next
+`acquire` of this process), so no host's next write leaves before the workflow knows of it.
 
 Reads are not queued: they wait out the pauses this process knows of (its own writes' limits).
 """
@@ -14,8 +14,6 @@ Reads are not queued: they wait out the pauses this process knows of (its own wr
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import logging
 import time
 import uuid
@@ -30,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bot.github.client import GitHubApp
-from bot.github.pacing import DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, Priority
+from bot.github.pacing import DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, WriteGate
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.temporal.writes import (
@@ -53,8 +51,12 @@ ASK_BACKOFF = 0.2
 AGAIN_DELAY = 0.05  # the workflow is starting over: ask its next run
 
 
-class TemporalWriteGate:
-    """One installation's writes in this process, let out by the installation's writes workflow."""
+class TemporalWriteGate(WriteGate):
+    """One installation's writes in this process, let out by the installation's writes workflow.
+
+    The waiting queue and its dispatcher are the one-process gate's (`WriteGate`); what decides when the
+    most urgent write may go is a permit from the workflow, and the pause, spacing and limits are the
+    workflow's."""
 
     def __init__(
         self,
@@ -67,51 +69,35 @@ class TemporalWriteGate:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        super().__init__(clock=clock, sleep=sleep)  # its budget stays unused: the workflow keeps the count
         self._client = client
         self.installation_id = installation_id
         self._limits = limits
         self._lease = lease  # how long the workflow waits for a permit's `landed` before taking it back
         self._owner = owner  # names this process's tickets in the workflow's history
-        self._clock = clock
-        self._sleep = sleep
         self._handle: WorkflowHandle[Any, Any] | None = None
-        self._waiting: list[tuple[int, int, asyncio.Future[None], bool]] = []
-        self._order = itertools.count()
-        self._dispatcher: asyncio.Task[None] | None = None
         self._asking: tuple[str, int] | None = None  # the ticket and priority of the request in flight
+        self._ticket: str | None = None  # the permit just granted, for the write about to be released
         self._held: deque[str] = deque()  # permits whose writes have not landed yet, oldest first
+        self._landing: dict[str, Any] | None = None  # a landed write, told with the next request
         self._pending_pause = 0.0
-        self._paused_until = float("-inf")
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- the WriteGate interface ------------------------------------------------------------------
 
-    @property
-    def waiting(self) -> int:
-        return sum(1 for _, _, future, _ in self._waiting if not future.done())
-
-    async def wait(self, priority: Priority = Priority.NORMAL, *, hold: bool = False) -> None:
-        """Return when the installation's workflow lets a write of `priority` go (see `WriteGate.wait`)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiting, (int(priority), next(self._order), future, hold))
-        if self._asking is not None and int(priority) < self._asking[1]:
-            ticket = self._asking[0]
-            self._asking = (ticket, int(priority))
-            self._signal_soon(SIGNAL_RAISE, {"ticket": ticket, "priority": int(priority)})
-        if self._dispatcher is None or self._dispatcher.done():
-            self._dispatcher = asyncio.create_task(self._dispatch(), name="shepherd-temporal-write-gate")
-        try:
-            await future
-        except asyncio.CancelledError:
-            if hold and future.done() and not future.cancelled():
-                self.landed()  # let out, but its writer is gone
-            raise
-
     def landed(self) -> None:
-        """The oldest held write has its answer: tell the workflow, with the pause GitHub asked for in it."""
+        """The oldest held write has its answer, with the pause GitHub asked for in it, if any.
+
+        When another write of this process waits, the news goes with its request for a permit (one
+        call instead of two); otherwise it goes to the workflow at once, as other hosts may be waiting."""
         pause, self._pending_pause = self._pending_pause, 0.0
         if self._held:
-            self._signal_soon(SIGNAL_LANDED, {"ticket": self._held.popleft(), "pause": pause})
+            landing = {"ticket": self._held.popleft(), "pause": pause}
+            if self.waiting and self._dispatcher is not None and not self._dispatcher.done():
+                self._landing = landing
+            else:
+                self._signal_soon(SIGNAL_LANDED, landing)
+            self._landed.set()
         elif pause:
             self._signal_soon(SIGNAL_PAUSE, {"seconds": pause})
 
@@ -121,38 +107,62 @@ class TemporalWriteGate:
         The client calls `landed()` right after for the write whose answer announced it, which carries
         it to the workflow; a pause announced on a read goes on its own."""
         seconds = max(0.0, seconds)
-        until = self._clock() + seconds
         self._pending_pause = max(self._pending_pause, seconds)
         try:
             asyncio.get_running_loop().call_soon(self._flush_pause)
         except RuntimeError:  # no loop yet (a pause restored at start-up): it goes with the next write
             pass
-        if until <= self._paused_until:
-            return False
-        self._paused_until = until
-        return True
-
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._clock())
-
-    async def wait_out_pause(self) -> None:
-        while (left := self.paused_for()) > 0:
-            await self._sleep(left)
+        return super().pause(seconds)
 
     async def close(self) -> None:
-        if self._dispatcher is not None and not self._dispatcher.done():
-            self._dispatcher.cancel()
-            try:
-                await self._dispatcher
-            except asyncio.CancelledError:
-                pass
+        await super().close()
+        self._tell_landing()
         for task in list(self._tasks):
             try:
                 await asyncio.wait_for(task, 5)
             except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001 - best effort
                 log.debug("a last signal to %s did not go", writes_id(self.installation_id))
 
+    # -- the dispatcher's steps (see WriteGate) ---------------------------------------------------
+
+    def _arrived(self, priority: int) -> None:
+        if self._asking is not None and priority < self._asking[1]:
+            ticket = self._asking[0]
+            self._asking = (ticket, priority)
+            self._signal_soon(SIGNAL_RAISE, {"ticket": ticket, "priority": priority})
+
+    async def _clear(self, priority: int) -> bool:
+        if self._held:
+            # One write of the installation in flight at a time: this process's own lands first, and
+            # its landing rides with the request below.
+            self._landed.clear()
+            await self._landed.wait()
+            return False
+        self._ticket = await self._permit(priority)
+        return True
+
+    def _release(self, hold: bool) -> None:
+        assert self._ticket is not None
+        ticket, self._ticket = self._ticket, None
+        if hold:
+            self._held.append(ticket)
+        else:
+            self._signal_soon(SIGNAL_LANDED, {"ticket": ticket, "pause": 0.0})
+
+    def _unused(self) -> None:
+        if self._ticket is not None:  # every writer went away meanwhile: hand the permit back
+            self._signal_soon(SIGNAL_LANDED, {"ticket": self._ticket, "pause": 0.0})
+            self._ticket = None
+
+    def _idle(self) -> None:
+        self._tell_landing()
+
     # -- talking to the workflow ------------------------------------------------------------------
+
+    def _tell_landing(self) -> None:
+        if self._landing is not None:
+            landing, self._landing = self._landing, None
+            self._signal_soon(SIGNAL_LANDED, landing)
 
     def _flush_pause(self) -> None:
         if self._pending_pause:  # not taken by a `landed()`: it was a read's
@@ -186,20 +196,28 @@ class TemporalWriteGate:
                 await self._sleep(ASK_BACKOFF * attempt)
 
     async def _permit(self, priority: int) -> str:
-        """Ask the workflow until it lets one write of this process go; returns the permit's ticket."""
+        """Ask the workflow until it lets one write of this process go; returns the permit's ticket. The
+        landing of this process's last write, if not told yet, goes with the first request."""
         failures = 0
         while True:
             ticket = f"{self._owner}:{uuid.uuid4().hex}"
             self._asking = (ticket, priority)
+            request: dict[str, Any] = {"ticket": ticket, "priority": priority, "hold": True}
+            landing, self._landing = self._landing, None
+            if landing is not None:
+                request["landed"] = landing
             try:
                 handle = await self._ensure(again=failures > 0)
-                answer = await handle.execute_update(
-                    UPDATE_ACQUIRE, {"ticket": ticket, "priority": priority, "hold": True}, id=ticket)
+                answer = await handle.execute_update(UPDATE_ACQUIRE, request, id=ticket)
             except asyncio.CancelledError:
                 self._signal_soon(SIGNAL_WITHDRAW, {"ticket": ticket})
+                if landing is not None:
+                    self._signal_soon(SIGNAL_LANDED, landing)  # told twice at worst: the workflow ignores a repeat
                 raise
             except Exception as error:  # noqa: BLE001 - RPC and update failures alike: ask again, then give up
                 self._signal_soon(SIGNAL_WITHDRAW, {"ticket": ticket})
+                if landing is not None:
+                    self._signal_soon(SIGNAL_LANDED, landing)
                 failures += 1
                 if failures >= ASK_ATTEMPTS or (isinstance(error, RPCError)
                                                 and error.status == RPCStatusCode.PERMISSION_DENIED):
@@ -211,37 +229,6 @@ class TemporalWriteGate:
             if answer.get("granted"):
                 return ticket
             await self._sleep(AGAIN_DELAY)
-
-    async def _dispatch(self) -> None:
-        try:
-            while True:
-                while self._waiting and self._waiting[0][2].done():  # cancelled while waiting
-                    heapq.heappop(self._waiting)
-                if not self._waiting:
-                    return
-                ticket = await self._permit(self._waiting[0][0])
-                while self._waiting and self._waiting[0][2].done():
-                    heapq.heappop(self._waiting)
-                if not self._waiting:  # every writer went away meanwhile: hand the permit back
-                    self._signal_soon(SIGNAL_LANDED, {"ticket": ticket, "pause": 0.0})
-                    return
-                _, _, future, hold = heapq.heappop(self._waiting)
-                if hold:
-                    self._held.append(ticket)
-                else:
-                    self._signal_soon(SIGNAL_LANDED, {"ticket": ticket, "pause": 0.0})
-                future.set_result(None)
-                await asyncio.sleep(0)  # let the released writer run before the next permit is asked
-        except BaseException as exc:
-            for _, _, future, _ in self._waiting:
-                if future.done():
-                    continue
-                if isinstance(exc, Exception):
-                    future.set_exception(exc)
-                else:
-                    future.cancel()
-            self._waiting.clear()
-            raise
 
 
 class TemporalPacer:

@@ -44,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
         PostStatus,
         Progress,
         PullRequestState,
+        React,
         Recovered,
         ReleaseSlot,
         RequestSlot,
@@ -86,8 +87,14 @@ STOP_AGENT = "stop_agent"
 
 # The per-host facts of a session: they do not travel when the session moves to another host.
 HOST_KEYS = ("worktree", "port", "turn", "reports_seq")
+# Facts a host learns that stay with the session wherever it goes: the last work-in-progress push.
+CARRIED_KEYS = ("checkpoint",)
 NOTE_MOVED = "The session moved from host {old} to host {new}: {lost}"
 LOST_TURN = "the running turn was lost and runs again from the last pushed state of the branch."
+LOST_TURN_AFTER_CHECKPOINT = (
+    "the turn in progress was lost and runs again; the finished turns' work was kept (pushed at the end of "
+    "the last one, commit {sha})."
+)
 LOST_NOTHING = "nothing was lost."
 EVENTS_BEFORE_CONTINUE = 2000
 COMMAND_RETRY = RetryPolicy(initial_interval=timedelta(seconds=0.5), backoff_coefficient=2.0,
@@ -163,6 +170,7 @@ class SessionWorkflow:
         self.carrying_out = False
         self.status_wanted: PostStatus | None = None
         self.status_task: asyncio.Task[None] | None = None
+        self.side_tasks: list[asyncio.Task[None]] = []  # reactions, carried out beside the path to the agent
         self.claiming = asyncio.Lock()
         self.notice: dict[str, Any] | None = None  # for the repository's observers, not yet sent
         self.notice_task: asyncio.Task[None] | None = None
@@ -210,8 +218,9 @@ class SessionWorkflow:
                 self.carrying_out = False
 
     def _busy(self) -> bool:
-        return any(task is not None and not task.done()
-                   for task in (self.turn_task, self.status_task, self.notice_task))
+        self.side_tasks = [task for task in self.side_tasks if not task.done()]
+        return bool(self.side_tasks) or any(task is not None and not task.done()
+                                            for task in (self.turn_task, self.status_task, self.notice_task))
 
     def _should_continue(self) -> bool:
         busy = self._busy()
@@ -228,7 +237,18 @@ class SessionWorkflow:
             return
         if self.session is None:
             return
+        if isinstance(command, React):
+            # A reaction decides nothing and nothing waits for it: it goes beside the next commands (the
+            # workspace, the turn), so its GitHub write and its permit are off the path to the agent's start.
+            self.side_tasks.append(asyncio.create_task(self._react(command)))
+            return
         try:
+            if self.host is None and not isinstance(command, (StartTurn, StopAgent)):
+                # The session's first command on a host rides with the claim: one activity, not two.
+                result = await self._claim_host(first=self._payload(command))
+                if result is not None:
+                    self._take_result(result)
+                    return
             await self._claim_host()
             if isinstance(command, StartTurn):
                 self.turn_task = asyncio.create_task(self._run_turn(command))
@@ -272,11 +292,30 @@ class SessionWorkflow:
                 continue
             self._take_result(result)
 
+    async def _react(self, command: React) -> None:
+        # The command after it claims the host (and carries its own work out in the claim); the reaction
+        # follows on that host, or claims one itself when nothing else needs one.
+        await workflow.wait_condition(lambda: self.host is not None or not (self.outbox or self.carrying_out))
+        while self.session is not None:
+            try:
+                await self._claim_host()
+                result = await self._on_host(CARRY_OUT, self._payload(command), limit=COMMAND_LIMIT)
+            except HostLost as lost:
+                # The session's next command on the host finds it gone too and moves the session.
+                gone = lost.args[0]
+                await workflow.wait_condition(lambda: self.host is not None and self.host != gone)
+                continue
+            except ActivityError as error:
+                workflow.logger.warning("a reaction of %s failed for good: %s", self.session.id, error.cause or error)
+                return
+            self._take_result(result)
+            return
+
     def _take_result(self, result: dict[str, Any]) -> None:
         if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
             # The host adds only its own facts and, at times, a note; everything else is the workflow's.
             theirs = result["context"]
-            self.context.update({k: theirs[k] for k in HOST_KEYS if k in theirs})
+            self.context.update({k: theirs[k] for k in (*HOST_KEYS, *CARRIED_KEYS) if k in theirs})
             ours, notes = list(self.context.get("notes") or []), list(theirs.get("notes") or [])
             self.context["notes"] = ours + [note for note in notes if note not in ours]
         for data in result.get("events") or ():
@@ -308,33 +347,44 @@ class SessionWorkflow:
 
     # -- hosts ----------------------------------------------------------------------------------
 
-    async def _claim_host(self) -> None:
+    async def _claim_host(self, first: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Make sure the session has a host. With `first` (a command's payload), the host that takes the
+        session carries that command out in the same activity and its result comes back (None when the
+        session had a host already, or the command must be carried out again on it)."""
         async with self.claiming:  # the run loop and the status poster may both need a host
             if self.host is None:
-                await self._claim()
+                return await self._claim(first)
+        return None
 
-    async def _claim(self) -> None:
-        self.host = await workflow.execute_activity(
-            CLAIM_HOST, task_queue=SHARED_QUEUE, start_to_close_timeout=TURN_LIMIT,
-            heartbeat_timeout=timedelta(seconds=self.host_timeout),
+    async def _claim(self, first: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        answer = await workflow.execute_activity(
+            CLAIM_HOST, *([first] if first is not None else []), task_queue=SHARED_QUEUE,
+            start_to_close_timeout=TURN_LIMIT, heartbeat_timeout=timedelta(seconds=self.host_timeout),
             retry_policy=RetryPolicy(maximum_attempts=0),  # waits for any host, however long
         )
+        if isinstance(answer, str):  # a claim without a command
+            self.host = answer
+            return None
+        self.host = answer["host"]
+        result: dict[str, Any] | None = answer.get("result")
+        return result
 
     async def _on_host(self, name: str, payload: dict[str, Any], *, limit: timedelta,
                        turn: bool = False) -> dict[str, Any]:
         """Run one activity on the session's host; `HostLost` when the host does not take it up or stops
         heartbeating within the host timeout (every host activity heartbeats)."""
-        assert self.host is not None
+        host = self.host  # the session may have moved by the time the activity fails: name this one
+        assert host is not None
         timeout = timedelta(seconds=self.host_timeout)
         try:
             result: dict[str, Any] = await workflow.execute_activity(
-                name, payload, task_queue=host_queue(self.host), schedule_to_start_timeout=timeout,
+                name, payload, task_queue=host_queue(host), schedule_to_start_timeout=timeout,
                 start_to_close_timeout=limit, heartbeat_timeout=timeout,
                 retry_policy=TURN_RETRY if turn else COMMAND_RETRY,
             )
         except ActivityError as error:
             if _host_lost(error):
-                raise HostLost(self.host) from error
+                raise HostLost(host) from error
             raise
         return result
 
@@ -345,7 +395,13 @@ class SessionWorkflow:
         self.host = None
         self.context = {k: v for k, v in self.context.items() if k not in HOST_KEYS}
         await self._claim_host()
-        lost = LOST_TURN if turn_lost else LOST_NOTHING
+        checkpoint = self.context.get("checkpoint")
+        if not turn_lost:
+            lost = LOST_NOTHING
+        elif checkpoint:
+            lost = LOST_TURN_AFTER_CHECKPOINT.format(sha=str(checkpoint)[:7])
+        else:
+            lost = LOST_TURN
         self.context["notes"] = [*self.context.get("notes", []),
                                  NOTE_MOVED.format(old=old, new=self.host, lost=lost)]
         workflow.logger.warning("%s moved from host %s to %s", self.session.id, old, self.host)
@@ -379,7 +435,7 @@ class SessionWorkflow:
             return
         if before is not None and decision.session.id != before.id:
             # A retry on a finished session starts a new one with the same facts (as the local engine).
-            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, "notes")}
+            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, *CARRIED_KEYS, "notes")}
         self.session = decision.session
         self.outbox.extend(decision.commands)
         self._tell_repository(before, decision.session, event)

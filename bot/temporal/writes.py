@@ -9,7 +9,8 @@ workflow that hands out write permits, the same rules the one-process gate keeps
   write may go. Waiting permits leave most urgent first (questions and final states), then first come.
 - One write of the installation is in flight at a time: the next permit waits for the `landed` signal
   of the last one, which carries the pause GitHub announced in its answer, if any. So a limit in one
-  host's answer holds the next write of every host before it leaves.
+  host's answer holds the next write of every host before it leaves. A process with another write
+  waiting tells the landing inside that write's `acquire` instead (one call instead of two).
 - A pause announced on a read comes as a `pause` signal. A process that stops waiting sends `withdraw`;
   a permit whose writer died without landing is taken back after `LEASE_SECONDS`.
 - Spacing, the per-minute and per-hour content-creation limits count every process's writes.
@@ -151,6 +152,8 @@ class WritesWorkflow:
     async def acquire(self, request: dict[str, Any]) -> dict[str, Any]:
         """Returns `{"granted": True}` when the write may go, or `{"again": True}` to ask the next run."""
         ticket = str(request["ticket"])
+        if request.get("landed"):  # the asking process's last write has its answer (see `landed`)
+            self.landed(request["landed"])
         if self.rolling:
             return {"again": True}
         if ticket in self.withdrawn:
