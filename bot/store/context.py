@@ -104,6 +104,10 @@ class RuntimeContext:
         data["notes"] = list(self.notes)
         data["overlaps"] = {issue: list(paths) for issue, paths in self.overlaps.items()}
         data["attempts"] = {name: own.to_dict() for name, own in self.attempts.items()}
+        # Facts only some sessions have are left out when empty, so an older reader's row stays as it was.
+        for key in ("attempts", "checkpoint"):
+            if not data[key]:
+                del data[key]
         return data
 
     @classmethod
