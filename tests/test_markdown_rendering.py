@@ -20,6 +20,7 @@ from cmarkgfm.cmark import Options
 
 from bot.core.effects import ChangedFile, SessionContext
 from bot.core.policy import OperatorLimits, Problem, default_policy
+from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL
 from bot.core.session import Detail, Mode, PullRequestState, State, Trigger, decide_trigger
 from bot.views import render
 
@@ -211,6 +212,7 @@ def _rendered_templates() -> dict[str, str]:
                                                                      withdrawn=True),
         "refusal.md.j2": render.render_refusal("mallory", "agent:go", "write"),
         "help.md.j2": render.render_help(12, "frobnicate"),
+        "not_offered.md.j2": render.render_not_offered("agent:bakeoff", BAKEOFF_NOT_ON_TEMPORAL),
         "plan.md.j2": render.render_plan("octo-org/widgets#4/1", "1. Add the exporter\n2. Test it", 1, "@alice"),
         "pointer.md.j2": render.render_pointer("octo-org/widgets#4/1", 7, "https://github.com/octo-org/widgets/pull/7"),
         "policy_problems.md.j2": render.render_policy_problems(
