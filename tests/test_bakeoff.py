@@ -34,6 +34,8 @@ from bot.core.session import (
     AddLabel,
     Asked,
     AttemptCommand,
+    BudgetRaised,
+    Limits,
     AttemptFinished,
     BakeOffJudged,
     Cancel,
@@ -691,3 +693,28 @@ async def test_a_restart_while_both_attempts_run_reattaches_both_turns(
     [pull] = fake_github.pulls(E2E_REPO)
     assert pull["head"]["ref"] == "agent/issue-1-fix-the-sum-command-2"
     assert "| | `command-2` (this pull request) | `command` |" in pull["body"]
+
+
+def test_a_bakeoff_shares_the_sessions_cap_between_its_attempts_and_a_raise_reaches_both() -> None:
+    # SPEC §8: `max_cost_usd` caps what one session spends; a bake-off is one session, so two attempts
+    # spending the whole cap each would spend twice what the maintainer allowed.
+    trigger = Trigger(repo="o/r", issue_number=4, issue_title="Fix it", mode=Mode.GO, actor="alice",
+                      base_branch="main", engine="claude", rival="codex", limits=Limits(max_cost_usd=2.0))
+    session = decide(None, trigger, T0).session
+    assert [find(session, name).session.limits.max_cost_usd for name in ("claude", "codex")] == [1.0, 1.0]
+    for name in ("claude", "codex"):
+        session, _ = step(session, name, WorkspaceReady(), 1)
+        session, _ = step(session, name, SlotGranted(), 2)
+
+    session, commands = step(session, "claude", SpendReported(1, 1.05), 3)  # its half is spent
+    assert any(isinstance(c, StopAgent) for c in for_attempt(commands, "claude"))
+    session, _ = step(session, "claude", TurnExited(exit_code=-9, has_new_commits=False), 4)
+    held = find(session, "claude").session
+    assert (held.state, held.detail) == (State.STUCK, Detail.NEEDS_HUMAN)
+    assert "its $1.00 share of the session's $2.00 budget" in held.stuck_reason
+    assert "`/agent budget 4.00`" in held.stuck_reason  # a raise of the session's cap, as a person writes it
+    assert find(session, "codex").session.state == State.WORKING  # the other attempt goes on
+
+    session = decide(session, BudgetRaised("alice", 4.0), at(5)).session
+    assert [find(session, name).session.limits.max_cost_usd for name in ("claude", "codex")] == [2.0, 2.0]
+    assert find(session, "claude").session.state != State.STUCK  # the raise let it go on

@@ -39,6 +39,7 @@ from bot.core.session import (
     FinishWork,
     JudgeBakeOff,
     LabelKind,
+    Limits,
     PostStatus,
     Question,
     React,
@@ -89,13 +90,20 @@ def start(parent: Session) -> Decision:
     attempts: list[Attempt] = []
     stem = make_branch(parent.issue_number, parent.slug, parent.branch_suffix)
     for name, adapter in zip(names, (parent.engine, parent.rival), strict=True):
-        child = replace(parent, id=attempt_id(parent.id, name), branch=f"{stem}-{name}", engine=adapter, rival=None)
+        child = replace(parent, id=attempt_id(parent.id, name), branch=f"{stem}-{name}", engine=adapter, rival=None,
+                        limits=_share_of(parent.limits, len(names)))
         decision = core._started(child)
         assert decision.session is not None
         attempts.append(Attempt(name, decision.session))
         commands += _lift(name, decision.commands)
     parent = replace(parent, attempts=tuple(attempts))
     return _settle(parent, commands)
+
+
+def _share_of(limits: Limits, attempts: int) -> Limits:
+    """An attempt's limits: the session's, with an equal share of its cost cap (SPEC §8 caps the session)."""
+    cap = limits.max_cost_usd
+    return replace(limits, max_cost_usd=None if cap is None else cap / attempts, budget_share=attempts)
 
 
 def decide(parent: Session, event: Event, now: datetime) -> Decision:

@@ -20,6 +20,11 @@ BAD_PRICES_TEXT = (
     'must be a JSON object of model name to prices in USD per million tokens, like '
     '{{"gpt-5.5": {{"input": 1.25, "cached_input": 0.125, "output": 10}}}}: {problem}'
 )
+STUCK_REASON_BUDGET_SHARE = (
+    "Needs a human: this attempt spent {spent} of its {cap} share of the session's {total} budget "
+    "(`max_cost_usd`, shared by the bake-off's attempts). Its work so far is kept. To let it go on, comment "
+    "`/agent budget <usd>` with a higher cap for the session, e.g. `/agent budget {suggestion}`."
+)
 STUCK_REASON_BUDGET = (
     "Needs a human: the session spent {spent} of its {cap} budget (`max_cost_usd`). "
     "The work so far is pushed to the branch. To let it go on, comment `/agent budget <usd>` with a "
@@ -117,8 +122,14 @@ def suggested_cap(spent: float, cap: float) -> str:
     return f"{max(cap * 2, spent * 1.5, 0.01):.2f}"
 
 
-def budget_stuck_reason(spent: float, cap: float) -> str:
-    return STUCK_REASON_BUDGET.format(spent=format_usd(spent), cap=format_usd(cap), suggestion=suggested_cap(spent, cap))
+def budget_stuck_reason(spent: float, cap: float, *, share: int = 1) -> str:
+    """Why a session (or a bake-off attempt, whose `cap` is its `share` of the session's) stopped at its cap,
+    with a raise of the session's cap as a person would write it."""
+    if share == 1:
+        return STUCK_REASON_BUDGET.format(spent=format_usd(spent), cap=format_usd(cap),
+                                          suggestion=suggested_cap(spent, cap))
+    return STUCK_REASON_BUDGET_SHARE.format(spent=format_usd(spent), cap=format_usd(cap),
+                                            total=format_usd(cap * share), suggestion=suggested_cap(spent * share, cap * share))
 
 
 def budget_raised_reply(spent: float, cap: float) -> str:

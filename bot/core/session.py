@@ -193,6 +193,9 @@ class Limits(_Record):
     review_rounds: int = 3
     ci_rounds: int = 2
     max_cost_usd: float | None = None  # SPEC §8; raised by `/agent budget <usd>`
+    # A bake-off attempt's share: its cap is the session's `max_cost_usd` divided by this (SPEC §8: the cap is
+    # the session's, whatever runs inside it), and a raise of the session's cap is divided the same way.
+    budget_share: int = 1
 
 
 @dataclass(frozen=True)
@@ -1594,7 +1597,8 @@ def _on_recovered(s: Session, e: Recovered, now: datetime) -> Decision:
 
 def _hold_for_budget(s: Session, commands: list[Command]) -> Decision:
     cap = s.limits.max_cost_usd or 0.0
-    return _needs_human(replace(s, budget_hold=True), budget.budget_stuck_reason(s.spent_usd, cap), commands)
+    reason = budget.budget_stuck_reason(s.spent_usd, cap, share=s.limits.budget_share)
+    return _needs_human(replace(s, budget_hold=True), reason, commands)
 
 
 def _keep_work_at_cap(s: Session, changed: bool, commands: list[Command]) -> Decision:
@@ -1624,13 +1628,14 @@ def _on_work_pushed(s: Session, e: WorkPushed, now: datetime) -> Decision:
 
 
 def _on_budget_raised(s: Session, e: BudgetRaised, now: datetime) -> Decision:
-    if not s.is_live or e.max_cost_usd <= s.spent_usd or e.max_cost_usd == s.limits.max_cost_usd:
+    cap = e.max_cost_usd / s.limits.budget_share  # the session's new cap, or this attempt's share of it
+    if not s.is_live or cap <= s.spent_usd or cap == s.limits.max_cost_usd:
         return Decision(s)
-    s = replace(s, limits=replace(s.limits, max_cost_usd=e.max_cost_usd))
+    s = replace(s, limits=replace(s.limits, max_cost_usd=cap))
     if not (s.budget_hold and s.state == State.STUCK and s.detail == Detail.NEEDS_HUMAN):
         return Decision(s, (PostStatus(urgent=True),))
     s = replace(s, budget_hold=False, stuck_reason=None)
-    reply = budget.budget_raised_reply(s.spent_usd, e.max_cost_usd)
+    reply = budget.budget_raised_reply(s.spent_usd, cap)
     return _schedule(s, TurnSpec(TurnKind.REPLY, reply=reply, front=True), [RemoveLabel(LabelKind.NEEDS_HUMAN)])
 
 
