@@ -319,6 +319,7 @@ class FakeGitHub:
         self.fault_for: Callable[[Call], Fault | None] | None = None  # chaos: decides per installation write
         self.enforce_retry_after = False  # a write inside an announced Retry-After window is a violation
         self._retry_after_until: dict[int, float] = {}
+        self._retry_after_announced: dict[int, float] = {}  # when each installation's window was last announced
         self.webhook_url: str | None = None  # where `send_webhook` and redeliveries POST, when set
         self._delivery_bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
         self.clock: Callable[[], float] = time.monotonic
@@ -1490,6 +1491,16 @@ class FakeGitHub:
                 until = call.at + float(retry_after)
                 previous = self._retry_after_until.get(call.installation_id, float("-inf"))
                 self._retry_after_until[call.installation_id] = max(previous, until)
+                self._retry_after_announced[call.installation_id] = call.at
+
+    def forget_retry_after_announced_since(self, since: float) -> None:
+        """Drop the Retry-After windows announced at or after `since` (the fake's clock): their answer may
+        have died with a client that was killed before it could read or keep it, so nobody could honour them."""
+        with self._lock:
+            for installation, announced in list(self._retry_after_announced.items()):
+                if announced >= since:
+                    self._retry_after_until.pop(installation, None)
+                    del self._retry_after_announced[installation]
 
     def _apply(self, op: Operation, method: str, path: str, params: dict[str, str], call: Call, data: Any,
                actor: Actor, where: dict[str, str]) -> tuple[int, Any, dict[str, str]]:
