@@ -249,9 +249,12 @@ class Pacer:
     def gate(self, installation_id: int) -> WriteGate:
         gate = self._gates.get(installation_id)
         if gate is None:
-            gate = WriteGate(WriteBudget(*self._limits), clock=self._clock, sleep=self._sleep)
+            gate = self._make_gate(installation_id)
             self._gates[installation_id] = gate
         return gate
+
+    def _make_gate(self, installation_id: int) -> WriteGate:
+        return WriteGate(WriteBudget(*self._limits), clock=self._clock, sleep=self._sleep)
 
     async def forget(self, installation_id: int) -> None:
         gate = self._gates.pop(installation_id, None)

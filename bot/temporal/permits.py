@@ -28,7 +28,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from bot.github.client import GitHubApp
-from bot.github.pacing import DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, WriteGate
+from bot.github.pacing import DEFAULT_PER_HOUR, DEFAULT_PER_MINUTE, Pacer, WriteGate
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.temporal.writes import (
@@ -231,7 +231,7 @@ class TemporalWriteGate(WriteGate):
             await self._sleep(AGAIN_DELAY)
 
 
-class TemporalPacer:
+class TemporalPacer(Pacer):
     """One `TemporalWriteGate` per installation (the `Pacer` of a front end or worker host on Temporal)."""
 
     def __init__(
@@ -246,30 +246,17 @@ class TemporalPacer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        super().__init__(min_spacing=min_spacing, per_minute=per_minute, per_hour=per_hour,
+                         clock=clock, sleep=sleep)
         self._client = client
         self._owner = owner
         self._lease = lease
-        self._limits = {"min_spacing": min_spacing, "per_minute": per_minute, "per_hour": per_hour}
-        self._clock = clock
-        self._sleep = sleep
-        self._gates: dict[int, TemporalWriteGate] = {}
 
-    def gate(self, installation_id: int) -> TemporalWriteGate:
-        gate = self._gates.get(installation_id)
-        if gate is None:
-            gate = TemporalWriteGate(self._client, installation_id, self._limits, owner=self._owner,
-                                     lease=self._lease, clock=self._clock, sleep=self._sleep)
-            self._gates[installation_id] = gate
-        return gate
-
-    async def forget(self, installation_id: int) -> None:
-        gate = self._gates.pop(installation_id, None)
-        if gate is not None:
-            await gate.close()
-
-    async def close(self) -> None:
-        for installation_id in list(self._gates):
-            await self.forget(installation_id)
+    def _make_gate(self, installation_id: int) -> TemporalWriteGate:
+        min_spacing, per_minute, per_hour = self._limits
+        limits = {"min_spacing": min_spacing, "per_minute": per_minute, "per_hour": per_hour}
+        return TemporalWriteGate(self._client, installation_id, limits, owner=self._owner,
+                                 lease=self._lease, clock=self._clock, sleep=self._sleep)
 
 
 def paced_github(settings: Settings, session: aiohttp.ClientSession, client: Client, *, metrics: Metrics,
