@@ -112,6 +112,20 @@ def wait_blocking(predicate: Callable[[], Any], timeout: float = 60.0, poll: flo
         time.sleep(poll)
 
 
+# Both agents change shared.txt, report progress and wait for the test's go-ahead (a `go` file in `{gate}`, a
+# folder the operator shows the agents' boxes with SHEPHERD_SANDBOX_PATHS) before finishing.
+OVERLAP_AGENT = """
+echo "from issue $SHEPHERD_ISSUE" > shared.txt
+echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
+git add -A
+git commit -q -m "Issue $SHEPHERD_ISSUE"
+shepherd progress "changed shared.txt"
+i=0
+while [ ! -f "{gate}/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+shepherd done "Changed shared.txt"
+"""
+
+
 def bot_comments(fake: FakeGitHub, number: int, repo: str = REPO) -> list[dict[str, Any]]:
     return [c for c in fake.comments(repo, number) if c["user"]["login"] == fake.bot_login]
 

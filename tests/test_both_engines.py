@@ -24,6 +24,7 @@ from bot.core.session import Detail, Session, State
 from bot.runtime.engine import session_folder
 from tests.e2e_support import (
     MAINTAINER,
+    OVERLAP_AGENT,
     REPO,
     agent_settings,
     bot_comments,
@@ -423,34 +424,12 @@ async def test_every_view_shows_the_host_and_the_queue_place(run_with, fake_gith
         kill_leftovers(tmp_path)
 
 
-# Both agents change shared.txt, report progress and wait for the test's go-ahead (a folder the operator
-# shows the agents' boxes, SHEPHERD_SANDBOX_PATHS) before finishing.
-OVERLAP_AGENT = """
-echo "from issue $SHEPHERD_ISSUE" > shared.txt
-echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
-git add -A
-git commit -q -m "Issue $SHEPHERD_ISSUE"
-shepherd progress "changed shared.txt"
-i=0
-while [ ! -f "{gate}/go" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
-shepherd done "Changed shared.txt"
-"""
-
-
 def _coordination_comments(fake: Any, number: int) -> list[dict[str, Any]]:
     return [c for c in bot_comments(fake, number) if "shepherd:coordination" in c["body"]]
 
 
 def _dashboards(fake: Any) -> list[dict[str, Any]]:
-    found = []
-    for number in range(1, 30):
-        try:
-            issue = fake.issue(REPO, number)
-        except Exception:  # noqa: BLE001 - no issue with that number
-            continue
-        if issue["title"] == "Shepherd dashboard":
-            found.append(issue)
-    return found
+    return fake.issues_titled(REPO, "Shepherd dashboard")
 
 
 async def _eventually(predicate: Callable[[], Any], timeout: float = 60.0) -> Any:

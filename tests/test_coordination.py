@@ -7,25 +7,12 @@ import pytest
 
 from bot.core.overlaps import find_overlaps
 from bot.core.session import State, StartTurn, TurnKind
-from tests.e2e_support import MAINTAINER, REPO, agent_script, agent_settings, bot_comments, prepare_repo, \
-    start_shepherd
+from tests.e2e_support import MAINTAINER, OVERLAP_AGENT, REPO, agent_script, agent_settings, bot_comments, \
+    prepare_repo, start_shepherd
 from tests.fakes import payloads
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.timeout(240)
-
-# Both agents change shared.txt, report progress, and wait for the test's go-ahead before finishing. The go
-# file is in `{gate}`, a folder the operator shows the agents' boxes (SHEPHERD_SANDBOX_PATHS).
-OVERLAP_AGENT = """
-echo "from issue $SHEPHERD_ISSUE" > shared.txt
-echo "$SHEPHERD_ISSUE" > "own-$SHEPHERD_ISSUE.txt"
-git add -A
-git commit -q -m "Issue $SHEPHERD_ISSUE"
-shepherd progress "changed shared.txt"
-i=0
-while [ ! -f "{gate}/go" ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-shepherd done "Changed shared.txt"
-"""
 
 # Turn 1 edits README.md and waits while a person changes README.md on main; the rebase turn resolves.
 CONFLICT_AGENT = """

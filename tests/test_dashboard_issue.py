@@ -38,16 +38,7 @@ def store(tmp_path):
 
 
 def _dashboards(fake_github) -> list[dict]:
-    issues = [fake_github.issue(REPO, n) for n in range(1, 50) if _exists(fake_github, n)]
-    return [issue for issue in issues if issue["title"] == TITLE]
-
-
-def _exists(fake_github, number: int) -> bool:
-    try:
-        fake_github.issue(REPO, number)
-    except Exception:
-        return False
-    return True
+    return fake_github.issues_titled(REPO, TITLE)
 
 
 def _sessions():

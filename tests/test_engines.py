@@ -32,14 +32,8 @@ shepherd done "Did issue $SHEPHERD_ISSUE"
 
 def dashboard_body(fake_github) -> str | None:
     """The body of the repository's "Shepherd dashboard" issue, once it exists."""
-    for number in range(1, 20):
-        try:
-            issue = fake_github.issue(REPO, number)
-        except Exception:  # noqa: BLE001 - no issue with that number
-            continue
-        if issue["title"] == "Shepherd dashboard":
-            return str(issue["body"])
-    return None
+    found = fake_github.issues_titled(REPO, "Shepherd dashboard")
+    return str(found[0]["body"]) if found else None
 
 
 async def start(aiohttp_client, fake_github, git_remote, tmp_path, policy: str, **env: str):

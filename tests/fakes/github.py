@@ -1307,6 +1307,12 @@ class FakeGitHub:
         with self._lock:
             return copy.deepcopy(self._issue(self._repo(full_name), number))
 
+    def issues_titled(self, full_name: str, title: str) -> list[dict[str, Any]]:
+        """Every issue of the repository with this title, oldest first (the dashboard issue is found so)."""
+        with self._lock:
+            state = self._repo(full_name)
+            return [copy.deepcopy(state.issues[n]) for n in sorted(state.issues) if state.issues[n]["title"] == title]
+
     def pull(self, full_name: str, number: int) -> dict[str, Any]:
         with self._lock:
             return self._pull_view(self._repo(full_name), number)
