@@ -50,6 +50,19 @@ def test_readme_shows_the_examples_and_flows_the_suite_produced():
         assert _block(readme, name) == body, f"README block {name} is stale: run python -m tests.test_readme"
 
 
+def test_the_first_steps_say_that_github_must_reach_the_server():
+    """A newcomer who reads only the top of the README learns, before `scripts/serve`, that GitHub must reach
+    the server (SHEPHERD_PUBLIC_URL, a relay) and where the step-by-step guide is (issue 16)."""
+    readme = (ROOT / "README.md").read_text()
+    top = readme[: readme.index("\n## ")]
+    assert "SHEPHERD_PUBLIC_URL" in top, "the quick start does not name SHEPHERD_PUBLIC_URL"
+    assert "relay" in top, "the quick start does not say a laptop needs a relay"
+    assert "(docs/setup.md)" in top, "the quick start does not link docs/setup.md"
+    running = readme[readme.index("## Running it"):]
+    running = running[: running.index("\n## ", 1)]
+    assert "SHEPHERD_PUBLIC_URL" in running.split("| variable |")[0], "Running it does not say GitHub must reach the server"
+
+
 if __name__ == "__main__":
     path = ROOT / "README.md"
     path.write_text(refresh(path.read_text()))
