@@ -4,6 +4,9 @@
 - Handlers turn deliveries into events: they import only the core, the GitHub layer and each other.
 - Only the store runs SQL: no other module imports `sqlite3` or calls `execute`.
 - Nothing imports the agent-only `shepherd` tool: it is a file copied into the agent's box.
+- Nothing below the runtime reaches up: the core, the store, the GitHub layer, the workspace and the agent
+  layer import nothing from the runtime, ingest, Temporal or handlers, and from the views only the one
+  template environment (`bot.views.render`).
 """
 
 from __future__ import annotations
@@ -126,6 +129,21 @@ def test_nothing_imports_the_agent_only_tool() -> None:
                 continue
             for line, module in _imports(path):
                 if _within(module, (AGENT_TOOL,)) or module.endswith(".agent.tool"):
+                    wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert wrong == []
+
+
+LOWER = ("bot.core", "bot.store", "bot.github", "bot.workspace", "bot.agent")
+UPPER = ("bot.runtime", "bot.ingest", "bot.temporal", "bot.views", "bot.app", "handlers")
+TEMPLATES = ("bot.views.render",)
+
+
+def test_nothing_below_the_runtime_reaches_up() -> None:
+    wrong = []
+    for folder in LOWER:
+        for path in _modules(folder.replace(".", "/")):
+            for line, module in _imports(path):
+                if _known(module) and _within(module, UPPER) and not _within(module, TEMPLATES):
                     wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert wrong == []
 

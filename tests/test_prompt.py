@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from bot.github.permissions import PermissionCache
-from bot.agent.prompt import PromptComment, gather_comments, render_prompt, render_turn_message
+from bot.agent.prompt import render_prompt, render_turn_message
+from bot.core.prompt_comments import PromptComment, candidates
+from bot.runtime.prompt_comments import gather_comments
 from bot.core.session import Note, TurnKind
 
 
@@ -61,3 +63,30 @@ def test_plan_mode_asks_for_a_plan_and_turn_messages_carry_reply_and_notes():
     assert "9090" in message and "bob: also log it" in message
     revert = render_turn_message(TurnKind.REVERT, None, (), ("secrets/key.pem",))
     assert "secrets/key.pem" in revert
+
+
+def test_the_rule_leaves_out_unplaceable_and_empty_comments_before_asking_github():
+    """The core's rule decides from the comment alone; only what is left costs a permission question."""
+    trigger = datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
+    before = trigger - timedelta(hours=1)
+    hidden_only = _comment("carol", "<!-- only hidden text -->", before)
+    no_zone = {"user": {"login": "dave", "type": "User"}, "body": "no zone", "created_at": "2025-01-01T10:00:00"}
+    kept = _comment("alice", "Keep this", before)
+    assert [c.comment for c in candidates([hidden_only, no_zone, kept], trigger)] == [PromptComment("alice", "Keep this")]
+
+
+async def test_only_the_candidates_authors_are_asked_about():
+    trigger = datetime(2025, 1, 1, 12, tzinfo=timezone.utc)
+    before = trigger - timedelta(hours=1)
+    asked = []
+
+    class Counting(Comments):
+        async def getitem(self, url, url_vars):
+            asked.append(url_vars["username"])
+            return await super().getitem(url, url_vars)
+
+    gh = Counting([_comment("carol", "<!-- hidden -->", before), _comment("alice", "Go", before),
+                   _comment("erin", "late", trigger + timedelta(seconds=1))], {"alice": "write", "carol": "write"})
+    assert await gather_comments(gh, "o", "r", 1, trigger_at=trigger, permissions=PermissionCache()) == \
+        [PromptComment("alice", "Go")]
+    assert asked == ["alice"]

@@ -34,7 +34,7 @@ from bot.core.policy import EffectivePolicy, LoadedPolicy
 from bot.core.loops import LoopLimits
 from bot.core.responses import Response
 from bot.github.labels import load_policy
-from bot.agent.prompt import gather_comments, render_prompt, render_turn_message
+from bot.agent.prompt import render_prompt, render_turn_message
 from bot.core.session import (
     Cancel,
     CancelReason,
@@ -75,6 +75,7 @@ from bot.core.session import (
 from bot.core.attempts import attempt_event, attempt_id, find as find_attempt, split_attempt_id
 from bot.runtime.bakeoff import judge_attempts
 from bot.runtime.pull_cap import PullRequestCap
+from bot.runtime.prompt_comments import gather_comments
 from bot.store.context import RuntimeContext, TurnRecord
 from bot.store.sessions import SessionStore, StoredSession
 from bot.views.render import failure_text
