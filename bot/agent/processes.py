@@ -292,6 +292,19 @@ def signal_group(pgid: int, signum: int = signal.SIGKILL) -> None:
         pass
 
 
+def stop_group(process: subprocess.Popen[bytes], grace: float) -> None:
+    """End a server Shepherd started as its own group leader: SIGTERM to the group, up to `grace` seconds to
+    leave, then SIGKILL to whatever of the group is left, and reap the leader."""
+    if process.poll() is None:
+        signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    signal_group(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 def _signal_group(handle: TurnHandle, signum: int) -> None:
     # killpg reaches members forked after we listed them, but only while the leader (alive or an
     # unreaped zombie) still holds the group id; otherwise the id could belong to someone else.

@@ -15,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+from bot.agent.processes import stop_group
 from bot.settings import SettingsError, load_settings
 from bot.temporal.devserver import DevServer, DevServerError
 
@@ -23,20 +24,6 @@ NOT_LOOPBACK = ("scripts/serve --temporal starts its own Temporal server on this
                 "`python -m bot worker` yourself)")
 NO_APP = ("register the GitHub App first (scripts/serve, then the /setup URL it prints); worker hosts need "
           "its credentials")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
     finally:
         for child in reversed(children):
-            _stop(child)
+            stop_group(child, grace=20)
         server.stop()
     return 0
 
