@@ -99,6 +99,18 @@ def assemble(
     coordinator = Coordinator(engine, github, store, clock=clock)
     engine.observers += [dashboard.observe, dependencies.observe, coordinator.observe]
 
+    assembly = services_around(github, engine, store, clock=clock, permissions=permissions,
+                               policies=policies, dependencies=dependencies)
+    assembly.dashboard = dashboard
+    return assembly
+
+
+def services_around(
+    github: GitHubApp, engine: Any, store: Store, *, clock: Callable[[], float], permissions: PermissionCache,
+    policies: RepoPolicies, dependencies: DependencyTracker,
+) -> Assembly:
+    """The services and the keyword arguments every handler receives, around either engine (the local one
+    or the Temporal front end)."""
     inline_collector = InlineCollector(store, engine, clock=clock)
     assembly = Assembly(github, engine, inline_collector, permissions, policies)
     assembly.dependencies = {
@@ -112,5 +124,4 @@ def assemble(
         "inline_collector": inline_collector,
         "dependencies": dependencies,
     }
-    assembly.dashboard = dashboard
     return assembly

@@ -324,13 +324,11 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
 
     A front end runs no agents: it has no workspaces, finisher or sandbox, only the Publisher for the
     answers it gives outside a session (refusals, command outcomes, help)."""
-    from bot.github.gate import Gate
     from bot.github.labels import RepoPolicies
     from bot.github.permissions import PermissionCache
-    from bot.runtime.assembly import Assembly
+    from bot.runtime.assembly import services_around
     from bot.runtime.dependencies import DependencyTracker
     from bot.runtime.publisher import Publisher
-    from bot.runtime.rounds import InlineCollector
     from bot.temporal.client import connect
     from bot.temporal.permits import paced_github
 
@@ -344,17 +342,5 @@ async def assemble_front_end(settings: Settings, *, store: Any, session: Any, me
     dependencies.engine = engine
     engine.dependencies = dependencies  # at a trigger and on deliveries; the re-checks after a merge are the
     # repository workflow's (bot/temporal/repository.py), so two front ends never both run them
-    inline_collector = InlineCollector(store, engine, clock=clock)
-    assembly = Assembly(github, engine, inline_collector, permissions, policies)  # type: ignore[arg-type]
-    assembly.dependencies = {
-        "github": github,
-        "store": store,
-        "clock": clock,
-        "engine": engine,
-        "permissions": permissions,
-        "policies": policies,
-        "gate": Gate(permissions, policies),
-        "inline_collector": inline_collector,
-        "dependencies": dependencies,
-    }
-    return assembly
+    return services_around(github, engine, store, clock=clock, permissions=permissions, policies=policies,
+                           dependencies=dependencies)
