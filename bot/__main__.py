@@ -153,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if settings.mode != "github":
             sys.stderr.write("shepherd: cannot start a worker host without the App's credentials\n")
             return 2
+        try:  # a worker host runs the turns: without the CLI each of its sessions would fail with 127
+            check_agent_cli(settings.agent, os.environ.get("PATH"))
+        except StartupError as error:
+            sys.stderr.write(f"shepherd: cannot start: {error}\n")
+            return 2
         protect_secrets(settings)
         from bot.temporal.worker import run_until_signalled
 

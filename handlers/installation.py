@@ -11,7 +11,7 @@ from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
 from bot.github.api import GitHub
-from bot.github.labels import create_trigger_labels
+from bot.github.labels import RepoPolicies, label_new_repository
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +22,13 @@ SUSPENDED = "suspended"
 REMOVED = "removed"
 
 
-async def _label_each(gh: GitHub, repositories: list[dict[str, Any]]) -> None:
+async def _label_each(gh: GitHub, repositories: list[dict[str, Any]], policies: RepoPolicies | None) -> None:
     # One repository GitHub refuses (archived, gone again) must not cost the others their labels, nor
     # send the delivery round the retries: the labels are a convenience people can also make by hand.
+    operator = policies.operator if policies is not None else None
     for repository in repositories:
         try:
-            await create_trigger_labels(gh, repository["full_name"])
+            await label_new_repository(gh, repository["full_name"], operator)
         except gidgethub.GitHubException as error:
             log.warning("could not create the trigger labels in %s: %s", repository["full_name"], error)
 
@@ -49,9 +50,12 @@ async def record_installation(event: sansio.Event, gh: GitHub, *, store: Any, cl
 
 
 @router.register("installation", action="created")
-async def label_installed_repositories(event: sansio.Event, gh: GitHub, **_: Any) -> None:
-    """Create `agent:go` and `agent:plan` in every repository of a new installation."""
-    await _label_each(gh, event.data.get("repositories") or [])
+async def label_installed_repositories(
+    event: sansio.Event, gh: GitHub, *, policies: RepoPolicies | None = None, **_: Any
+) -> None:
+    """Create the go and plan labels (`agent:go`, `agent:plan` unless renamed) in every repository of a new
+    installation."""
+    await _label_each(gh, event.data.get("repositories") or [], policies)
 
 
 @router.register("installation", action="deleted")
@@ -84,8 +88,10 @@ async def cancel_removed_repositories(
 
 
 @router.register("installation_repositories", action="added")
-async def note_added_repositories(event: sansio.Event, gh: GitHub, *, github: Any, **_: Any) -> None:
+async def note_added_repositories(
+    event: sansio.Event, gh: GitHub, *, github: Any, policies: RepoPolicies | None = None, **_: Any
+) -> None:
     """Drop cached tokens so the next one covers the added repositories, then label them."""
     installation_id, _account = _installation(event)
     github.forget_installation(installation_id)
-    await _label_each(gh, event.data.get("repositories_added") or [])
+    await _label_each(gh, event.data.get("repositories_added") or [], policies)

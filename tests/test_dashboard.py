@@ -5,13 +5,14 @@ layout that fits a phone (checked in Chromium by tests/test_browser.py)."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 
 import pytest
 
 from bot.app import SERVICES, create_app
-from bot.core.session import Detail, PullRequestState, State
+from bot.core.session import Detail, PullRequestState, State, make_session_id
 from tests import test_views
 from tests.conftest import settings_for
 from tests.test_views import TOKEN, make_session, sample_sessions, store_session
@@ -110,3 +111,17 @@ async def test_ended_sessions_show_no_heartbeat(dashboard):
     assert not any(cell.endswith(" ago") for cell in page.rows["acme/web#126/1"])
     assert not any(cell.endswith(" ago") for cell in page.rows["acme/web#125/1"])
     assert any(cell.endswith(" ago") for cell in page.rows["acme/web#120/1"])  # a working one keeps it
+
+
+async def test_an_issue_s_sessions_are_numbered_as_the_cli_numbers_them(dashboard):
+    store = dashboard.server.app[SERVICES].store
+    first = make_session("acme/web", 140, "Retry me", State.FAILED, minutes_ago=30, detail=Detail.EXIT_CODE,
+                         failure_reason="The agent exited with code 1.")
+    second = replace(make_session("acme/web", 140, "Retry me", State.WORKING, minutes_ago=5),
+                     id=make_session_id("acme/web", 140, 2), attempt=2)
+    store_session(store, first)
+    store_session(store, second)
+    page = await page_of(dashboard)
+    assert page.rows["acme/web#140/1"][0] == "acme/web#140"
+    assert page.rows["acme/web#140/2"][0] == "acme/web#140/2"
+    assert page.rows["acme/web#124/1"][0] == "acme/web#124"  # a first session stays unnumbered

@@ -192,6 +192,44 @@ async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(sheph
     assert "_Earlier on this issue: attempt 1 was cancelled. This comment now follows attempt 2._" in status["body"]
 
 
+# Fails in the issue's first session (its control folder ends in `__1`), finishes in the second.
+SECOND_TIME_LUCKY_AGENT = """
+case "$SHEPHERD_SESSION_DIR" in
+  *__1) echo "not this time" >&2; exit 1 ;;
+esac
+echo hello > hello.txt
+git add hello.txt
+git commit -q -m "Add hello"
+shepherd done "Added hello.txt"
+"""
+
+
+async def test_a_retry_after_a_failure_takes_over_the_failed_status_comment(shepherd_with, fake_github):
+    shepherd = await shepherd_with(SECOND_TIME_LUCKY_AGENT)
+    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    first = await shepherd.ended(1)
+    assert first.state == State.FAILED
+    await shepherd.settle()
+    [failed] = status_comments(fake_github, 1)
+    assert "Shepherd: Failed" in failed["body"]
+
+    retry = fake_github.add_comment(REPO, 1, "/agent retry", user=MAINTAINER)
+    await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, retry))
+    await shepherd.until(lambda: shepherd.session(1).id != first.id)
+    final = await shepherd.ended(1)
+    assert final.state == State.COMPLETE and final.attempt == 2
+    await shepherd.settle()
+    # Still one status comment for the issue (SPEC §1.5): the Failed one now follows the retry, and says
+    # what became of the attempt before it.
+    [status] = status_comments(fake_github, 1)
+    assert status["id"] == failed["id"]
+    assert f"session={final.id}" in status["body"] and "### ✅ Shepherd: Complete" in status["body"]
+    assert "Shepherd: Failed" not in status["body"]
+    assert ("_Earlier on this issue: attempt 1 failed (The agent exited with code 1.). "
+            "This comment now follows attempt 2._") in status["body"]
+
+
 async def test_repeated_deliveries_and_a_second_label_event_change_nothing(shepherd_with, fake_github, git_remote):
     shepherd = await shepherd_with(DONE_AGENT)
     fake_github.add_issue(REPO, title="Add a greeting", user="carol")

@@ -33,3 +33,21 @@ async def test_added_repositories_get_them_and_existing_labels_are_left_alone(be
         "agent:plan": (LOOKS["plan"].color, LOOKS["plan"].description),
     }
     assert looks(bed, REPO) == {}  # only the added repository
+
+
+async def test_a_repository_s_own_label_names_are_the_ones_created(bed: Bed) -> None:
+    # The policy on the default branch renames the go label: that name is the one people will use.
+    bed.fake.set_file(REPO, ".github/shepherd.yml", "labels:\n  go: shepherd-go\n")
+    await bed.deliver("installation", payloads.installation_event(bed.fake, "created", INSTALLATION))
+    assert looks(bed, REPO) == {
+        "shepherd-go": (LOOKS["go"].color, LOOKS["go"].description),
+        "agent:plan": (LOOKS["plan"].color, LOOKS["plan"].description),
+    }
+
+
+async def test_a_policy_that_is_not_valid_gets_the_default_names(bed: Bed) -> None:
+    bed.fake.add_repo("octo-org/gadgets")
+    bed.fake.set_file("octo-org/gadgets", ".github/shepherd.yml", "labels:\n  go: shepherd-go\nmax_turns: many\n")
+    added = payloads.installation_repositories_event(bed.fake, "added", INSTALLATION, ["octo-org/gadgets"])
+    await bed.deliver("installation_repositories", added)
+    assert set(looks(bed, "octo-org/gadgets")) == set(TRIGGERS)

@@ -90,6 +90,10 @@ async def test_a_label_after_failure_continues_on_the_kept_branch(bed: Bed) -> N
     assert "**Why it failed:** Shepherd could not prepare the workspace: disk full" in statuses(bed)[0]
     second = await label(bed)
     assert second.attempt == 2 and second.from_kept_branch
+    # One status comment per issue (SPEC §1.5): the retry takes over the Failed comment, and says so.
+    [status] = statuses(bed)
+    # Its "Earlier on this issue" line comes from the real engine: tests/test_e2e_issue.py checks it.
+    assert f"session={second.id}" in status and "Shepherd: Failed" not in status
 
 
 async def test_a_label_on_complete_with_an_open_pr_points_to_the_pr(bed: Bed) -> None:

@@ -4,6 +4,8 @@ sample data, and docs/examples/, through cmarkgfm (GitHub's own cmark-gfm), chec
 The structure a text means is read from its lines (headings, fences, table rows, list items); the
 structure GitHub shows is read from cmark-gfm's HTML. They must agree: a fence that swallows the rest of
 the document, a paragraph glued onto the last list item or a table that is not one shows as a difference.
+A code block that holds a fenced block of its own in a fence as long as its own is flagged even when both
+readings agree: the inner block's closing fence ends the outer one, which is never what was meant.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Shape:
     code_blocks: list[str] = field(default_factory=list)
     tables: int = 0
     glued: list[str] = field(default_factory=list)  # lines that GitHub would glue onto a list item
+    # Lines inside a code block that open a fenced block of their own (an info string, ```yaml) with a fence
+    # at least as long as the open one: that block's closing fence would end the outer block on GitHub.
+    nested: list[str] = field(default_factory=list)
 
 
 def intended(markdown: str) -> Shape:
@@ -61,7 +66,10 @@ def intended(markdown: str) -> Shape:
             if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1] and not match.group(2).strip():
                 shape.code_blocks.append("\n".join(code))
                 fence, code = None, []
-            else:  # a fence indented in a list item takes that much indentation off its lines
+            else:
+                if (match and match.group(1)[0] == fence[0] and len(match.group(1)) >= fence[1]
+                        and match.group(2).strip() and not (fence[0] == "`" and "`" in match.group(2))):
+                    shape.nested.append(line.strip())  # a fence indented in a list item takes that much indentation off its lines
                 code.append(re.sub(rf"^ {{0,{fence[2]}}}", "", line))
             continue
         if match and not (match.group(1)[0] == "`" and "`" in match.group(2)):
@@ -138,6 +146,8 @@ def assert_renders_as_written(markdown: str) -> Shown:
     assert shown.shape.code_blocks == meant.code_blocks
     assert shown.shape.tables == meant.tables
     assert meant.glued == [], f"glued onto the list item before them: {meant.glued}"
+    assert meant.nested == [], (f"opens a fence inside a code block whose fence is no longer than its own (make the "
+                                f"outer fence longer than the inner one): {meant.nested}")
     return shown
 
 
@@ -150,6 +160,78 @@ DOCUMENTS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / 
 @pytest.mark.parametrize("path", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_documents_render_as_written(path: Path) -> None:
     assert_renders_as_written(path.read_text(encoding="utf-8"))
+
+
+# A code block whose text holds a fenced block of its own, fenced as long as the outer one: on GitHub the
+# inner block's closing fence ends the outer block, and everything after shifts in or out of code.
+NESTED = """Intro
+
+```markdown
+<details>
+
+```yaml
+a: 1
+```
+
+</details>
+
+```
+
+Then:
+
+```sh
+echo hi
+```
+"""
+
+# The README before 62e1a07, cut short: its status example held the effective policy's fenced YAML in a
+# fence of the same length, so on GitHub the rest of the README from the question example on was code.
+README_BEFORE_62E1A07 = """The status comment, edited in place, the single source of truth:
+
+<!-- example:status -->
+```markdown
+<!-- shepherd:status session=octo-org/widgets#1/1 -->
+### 🔨 Shepherd: Working
+
+The agent is working on this issue.
+
+<details><summary>Effective policy</summary>
+
+```yaml
+labels:
+  go: agent:go
+sandbox: bwrap
+```
+
+</details>
+
+<sub>Shepherd edits this comment as the session goes on. Commands: `/agent status`, `/agent stop`.</sub>
+```
+<!-- /example:status -->
+
+A question from the agent:
+
+<!-- example:question -->
+```markdown
+<!-- shepherd:question session=octo-org/widgets#1/1 id=octo-org/widgets#1/1/q1 -->
+### ❓ The agent has a question
+
+@alice, the agent working on this issue needs an answer before it can go on.
+```
+<!-- /example:question -->
+"""
+
+
+@pytest.mark.parametrize("markdown", [NESTED, README_BEFORE_62E1A07], ids=["nested", "readme-before-62e1a07"])
+def test_a_fence_nested_in_a_code_block_of_the_same_length_is_flagged(markdown: str) -> None:
+    with pytest.raises(AssertionError, match="opens a fence inside a code block"):
+        assert_renders_as_written(markdown)
+
+
+def test_a_longer_outer_fence_may_hold_a_fenced_block() -> None:
+    fixed = NESTED.replace("```markdown", "````markdown").replace("</details>\n\n```", "</details>\n````")
+    shown = assert_renders_as_written(fixed)
+    assert shown.shape.code_blocks[0] == "<details>\n\n```yaml\na: 1\n```\n\n</details>"
 
 
 def test_the_readme_shows_each_example_comment_whole_in_one_code_block() -> None:
@@ -228,6 +310,7 @@ def _rendered_templates() -> dict[str, str]:
             replace(_session(state=State.COMPLETE, pr_state=PullRequestState.OPEN, pr_number=7,
                              pr_url="https://github.com/octo-org/widgets/pull/7"), issue_number=5,
                     id="octo-org/widgets#5/1"),
+            replace(failed, issue_number=6, id="octo-org/widgets#6/1"),
         ]),
         "prompt.md.j2": render_prompt(repo="octo-org/widgets", issue_number=4, title="Add export",
                                       body="Export the table.\n\n- as CSV\n- quoted", comments=[],
@@ -239,6 +322,12 @@ def _rendered_templates() -> dict[str, str]:
 def test_every_markdown_template_is_covered() -> None:
     covered = {name.split(" ")[0] for name in _rendered_templates()}
     assert covered == {path.name for path in (ROOT / "templates").glob("*.md.j2")}
+
+
+def test_the_dashboard_issue_sample_shows_every_section() -> None:
+    shown = Shown(github_html(_rendered_templates()["dashboard_issue.md.j2"]))
+    assert "Failed sessions" in shown.shape.headings
+    assert any(item.startswith("#6 Add export: The agent exited with code 2") for item in shown.items)
 
 
 def test_templates_render_as_written() -> None:

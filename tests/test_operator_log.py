@@ -24,6 +24,7 @@ from tests.e2e_support import (
     REPO,
     agent_script,
     prepare_repo,
+    shepherd_with,  # noqa: F401 - fixture
     start_shepherd,
     status_comments,
     wait_blocking,
@@ -128,6 +129,35 @@ async def test_stopping_names_the_turns_left_running(aiohttp_client, fake_github
             os.killpg(handle["pid"], 9)
         except ProcessLookupError:
             pass
+
+
+ONE_TURN_AGENT = """
+echo hello > greeting.txt
+git add -A
+git commit -q -m "Add a greeting"
+shepherd done "Added a greeting"
+"""
+
+
+async def test_every_turn_line_names_its_repository_issue_and_session(shepherd_with, fake_github, caplog):
+    caplog.set_level(logging.INFO)
+    shepherd = await shepherd_with(ONE_TURN_AGENT)
+    fake_github.add_issue(REPO, title="Add a greeting")
+    await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    session = await shepherd.ended(1)
+    assert session.state == State.COMPLETE
+    await shepherd.settle()
+
+    turn_lines = [r for r in caplog.records if r.name.startswith("bot.") and r.levelno >= logging.INFO
+                  and "turn" in r.getMessage()]
+    messages = [r.getMessage() for r in turn_lines]
+    assert "turn 1 started" in messages and "turn 1 ended (exit 0)" in messages
+    for record in turn_lines:
+        assert (getattr(record, "repository", None), getattr(record, "issue", None),
+                getattr(record, "session", None)) == (REPO, 1, session.id), record.getMessage()
+    [started] = [r for r in turn_lines if r.getMessage() == "turn 1 started"]
+    assert started.log_path.endswith("/turn-1.log")
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "turn group killed" in r.getMessage()]
 
 
 def test_the_server_logs_json_lines_when_asked(tmp_path):

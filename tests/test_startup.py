@@ -4,6 +4,7 @@ before anything claims to listen or prints a setup URL."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,6 +110,29 @@ def test_a_missing_agent_cli_refuses_to_start_and_says_how(tmp_path):
     assert_refused_with_one_line(done, "`claude`", "scripts/serve", "npm install -g @anthropic-ai/claude-code@2.1.197")
 
 
+def test_a_worker_host_without_the_agent_cli_refuses_before_it_reaches_temporal(tmp_path, fake_github):
+    # `python -m bot worker` is the process that runs the turns on Temporal: it checks the CLI as `serve` does.
+    with socket.socket() as temporal:  # where the worker would connect: nothing may knock
+        temporal.bind(("127.0.0.1", 0))
+        temporal.listen()
+        address = "127.0.0.1:%d" % temporal.getsockname()[1]
+        environ = serve_environ(
+            tmp_path / "data", free_port(), SHEPHERD_AGENT="claude", SHEPHERD_ENGINE="temporal",
+            TEMPORAL_ADDRESS=address, GITHUB_APP_ID=str(fake_github.app_id),
+            GITHUB_PRIVATE_KEY=fake_github.private_key_pem, GITHUB_WEBHOOK_SECRET=fake_github.webhook_secret,
+            GITHUB_API_URL=fake_github.url,
+        )
+        environ["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # what this machine has, without the pinned CLI
+        del environ["SHEPHERD_AGENT_COMMAND"]
+        done = subprocess.run([sys.executable, "-m", "bot", "worker"], cwd=tmp_path, env=environ,
+                              capture_output=True, text=True, timeout=60)
+        temporal.setblocking(False)
+        with pytest.raises(BlockingIOError):  # no connection is waiting to be accepted
+            temporal.accept()
+    assert_refused_with_one_line(done, "`claude`", "npm install -g @anthropic-ai/claude-code@2.1.197")
+    assert address not in done.stderr
+
+
 def test_the_pinned_agent_cli_lets_it_start(tmp_path):
     # The version the tests run (tests/vendor) is the one start-up asks for and scripts/serve installs.
     import json
@@ -145,8 +169,37 @@ def run_install_agent(tmp_path: Path, path: str, **settings: str) -> subprocess.
                           timeout=60)
 
 
+def test_scripts_serve_installs_the_agent_cli_for_both_engines(tmp_path):
+    # `scripts/serve --temporal` runs its worker host (the one that runs turns) with the CLI on PATH too.
+    lines = [line.strip() for line in (ROOT / "scripts" / "serve").read_text().splitlines()]
+    install = lines.index("scripts/install-agent")
+    path = next(i for i, line in enumerate(lines) if line.startswith("export PATH=") and "agent-cli" in line)
+    runs = [i for i, line in enumerate(lines) if line.startswith("exec ")]
+    assert any("bot.temporal.local" in lines[i] for i in runs) and any("bot serve" in lines[i] for i in runs)
+    assert install < path < min(runs)
+
+
+def test_scripts_serve_refuses_in_one_line_when_npm_cannot_install_the_agent_cli(tmp_path):
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not installed")
+    # A real npm, with an empty cache, asking a registry that is not there.
+    folder = tmp_path / "agent-cli"
+    done = run_install_agent(tmp_path, f"{Path(npm).parent}:/usr/bin:/bin", SHEPHERD_AGENT_CLI_DIR=str(folder),
+                             npm_config_registry=f"http://127.0.0.1:{free_port()}/",
+                             npm_config_cache=str(tmp_path / "npm-cache"), npm_config_fetch_retries="0")
+    assert done.returncode == 2, done.stderr
+    # What it was doing, then one line saying what failed and how to do it by hand; none of npm's own.
+    doing, line = done.stderr.strip().splitlines()
+    assert doing.startswith("install-agent: installing the agent CLI @anthropic-ai/claude-code@2.1.197")
+    assert line.startswith("shepherd: cannot start: npm could not install the agent CLI `claude` "
+                           "(@anthropic-ai/claude-code@2.1.197; ")
+    assert "npm install -g @anthropic-ai/claude-code@2.1.197" in line  # how to do it by hand
+    log = folder / "npm-install.log"
+    assert str(log) in line and "ECONNREFUSED" in log.read_text()  # npm's own words are kept, not printed
+
+
 def test_scripts_serve_refuses_in_one_line_when_it_cannot_install_the_agent_cli(tmp_path):
-    assert "scripts/install-agent" in (ROOT / "scripts" / "serve").read_text()
     done = run_install_agent(tmp_path, _bin_without_npm(tmp_path / "bin"))
     assert done.returncode == 2, done.stderr
     [line] = done.stderr.strip().splitlines()

@@ -168,7 +168,7 @@ def spawn_turn(
         started_at=time.time(),
         cgroup=prelude.cgroup,
     )
-    log.info("turn started", extra={"pid": handle.pid, "log_path": handle.log_path})
+    log.debug("turn started", extra={"pid": handle.pid, "log_path": handle.log_path})
     return handle
 
 
@@ -278,7 +278,7 @@ def kill_group(handle: TurnHandle, grace_s: float = 5.0) -> None:
         cgroup = limits.open(handle.cgroup)
         if cgroup is not None:
             cgroup.kill_all()
-    log.info("turn group killed", extra={"pid": handle.pid})
+    log.debug("turn group killed", extra={"pid": handle.pid})
 
 
 def signal_group(pgid: int, signum: int = signal.SIGKILL) -> None:

@@ -644,7 +644,7 @@ def parse_policy(
     return LoadedPolicy(apply_operator(policy, operator, default_branch), [], True)
 
 
-def policy_from_contents(item: Any, operator: OperatorLimits, default_branch: str) -> LoadedPolicy:
+def policy_from_contents(item: Any, operator: OperatorLimits, default_branch: str | None) -> LoadedPolicy:
     """The policy in the contents API's answer for `.github/shepherd.yml` (None: there is no file).
 
     Reading the file is the GitHub layer's (`bot.github.labels.load_policy`); this only judges the answer.

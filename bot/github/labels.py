@@ -3,8 +3,8 @@
 The policy file is read here (`load_policy`, `RepoPolicies`); its schema and parsing are the core's
 (`bot/core/policy.py`).
 
-The trigger labels (go, plan) are created when the App is installed on a repository (so people find them
-in the label picker), and otherwise only read: people add and remove them. The needs-input and
+The trigger labels (go, plan) are created, under the names the repository's policy gives them, when the
+App is installed on a repository (so people find them in the label picker), and otherwise only read: people add and remove them. The needs-input and
 needs-human labels are Shepherd's to add and remove; each is created with a colour and a description
 the first time Shepherd needs it in a repository (SPEC §1: "Shepherd creates its labels on first use").
 """
@@ -77,9 +77,10 @@ def has_label(names: list[str] | tuple[str, ...], name: str) -> bool:
 
 
 async def load_policy(
-    gh: GitHub, owner: str, repo: str, default_branch: str, operator: OperatorLimits
+    gh: GitHub, owner: str, repo: str, default_branch: str | None, operator: OperatorLimits
 ) -> LoadedPolicy:
-    """Read `.github/shepherd.yml` from the default branch through the contents API and parse it."""
+    """Read `.github/shepherd.yml` from the default branch through the contents API and parse it
+    (`default_branch` None: whichever branch is the default, when the caller does not know its name)."""
     try:
         item = await gh.getitem(
             CONTENTS_URL,
@@ -162,6 +163,19 @@ async def create_trigger_labels(gh: GitHub, full_name: str, labels: Labels = Lab
     if created:
         log.info("created labels %s in %s", ", ".join(created), full_name)
     return created
+
+
+async def label_new_repository(gh: GitHub, full_name: str, operator: OperatorLimits | None = None) -> list[str]:
+    """Create the go and plan labels in a newly installed repository under the names its policy gives them
+    (one read of `.github/shepherd.yml`; the default names when there is none, it is not valid, or it
+    cannot be read: the labels are a convenience, not worth failing the installation for)."""
+    owner, _, repo = full_name.partition("/")
+    try:
+        labels = (await load_policy(gh, owner, repo, None, operator or OperatorLimits())).policy.labels
+    except gidgethub.GitHubException as error:
+        log.warning("could not read the policy of %s; creating the default labels: %s", full_name, error)
+        labels = Labels()
+    return await create_trigger_labels(gh, full_name, labels)
 
 
 async def add_label(gh: GitHub, maker: LabelMaker, owner: str, repo: str, number: int, labels: Labels,

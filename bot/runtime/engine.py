@@ -120,6 +120,20 @@ def utc(moment: float) -> datetime:
     return datetime.fromtimestamp(moment, tz=timezone.utc)
 
 
+def _turn_context(session: Session) -> dict[str, Any]:
+    """What an operator's line about one of `session`'s turns carries (SPEC §5's operator log)."""
+    return {"repository": session.repo, "issue": session.issue_number, "session": session.id}
+
+
+def _turn_end(end: Event) -> str:
+    """How a turn ended, in a few words: `exit 0`, or the shell's reason for ending it (`idle`, ...)."""
+    if isinstance(end, turns.TurnExited):
+        return f"exit {end.exit_code}"
+    if isinstance(end, turns.TurnFailed):
+        return str(end.reason)
+    return type(end).__name__
+
+
 def issue_key(session_id: str) -> str:
     return session_id.rpartition("/")[0]
 
@@ -812,6 +826,8 @@ class Engine(SessionReads):
         record = TurnRecord(command.turn, session.id, handle.to_json())
         await self.change_context(session.id, lambda known: replace(known, turn=record))
         self._watch(session.id, handle)
+        log.info("turn %d started", command.turn,
+                 extra={**_turn_context(session), "pid": handle.pid, "log_path": handle.log_path})
         return (TurnStarted(None),)
 
     async def _render_prompt(self, stored: StoredSession, worktree: Path) -> str:
@@ -878,8 +894,9 @@ class Engine(SessionReads):
             return await self.workspaces.file_states(worktree, base)
 
         known = stored.context.turn
+        turn = known.turn if known is not None else stored.session.turn_count
         watchdog = TurnWatchdog(
-            adapter=adapter.name, turn=known.turn if known is not None else stored.session.turn_count,
+            adapter=adapter.name, turn=turn,
             log_path=Path(handle.log_path), limits=loop_limits(policy), file_states=file_states,
             prices=self.settings.prices, snapshot_seconds=self.loop_snapshot_seconds,
         )
@@ -893,8 +910,10 @@ class Engine(SessionReads):
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
-            log.exception("watching the turn of %s failed", session_id)
+            log.exception("watching the turn of %s failed", session_id, extra=_turn_context(stored.session))
             end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+        log.info("turn %d ended (%s)", turn, _turn_end(end),
+                 extra={**_turn_context(stored.session), "log_path": handle.log_path})
         if self.metrics is not None:  # the turn is over, however it ended
             self.metrics.turn_seconds.observe(max(0.0, time.time() - handle.started_at))
         agent_id = turns.agent_session_id(adapter, handle)

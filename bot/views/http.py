@@ -145,6 +145,7 @@ def dashboard_rows(
                 "id": session.id,
                 "repo": session.repo,
                 "issue_number": session.issue_number,
+                "attempt": session.attempt,  # the issue's second, third... session shows `#124/2`, as the CLI does
                 "title": session.issue_title,
                 "state": str(session.state),
                 "state_label": state_label(session),
