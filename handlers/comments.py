@@ -16,7 +16,7 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core import commands as slash
 from bot.core import responses
 from bot.core.dashboard import is_dashboard_issue
@@ -53,7 +53,7 @@ def _reply_time(comment: dict[str, Any], session: Session) -> Any:
 @router.register("issue_comment", action="created")
 async def handle_comment(
     event: sansio.Event,
-    gh: GitHub,
+    gh: GitHubReader,
     *,
     engine: Engine | None = None,
     gate: Gate | None = None,
@@ -90,14 +90,14 @@ def _has_live_session(engine: Engine, ref: Any) -> bool:
     return session is not None and session.is_live
 
 
-async def _session_for(gh: GitHub, engine: Engine, ref: Any, on_pull: bool) -> Session | None:
+async def _session_for(gh: GitHubReader, engine: Engine, ref: Any, on_pull: bool) -> Session | None:
     if not on_pull:
         return engine.last_session(ref.full_name, ref.number)
     pull = await gh.getitem(PULL_URL, {"owner": ref.owner, "repo": ref.repo, "pull_number": ref.number})
     return engine.session_for_branch(ref.full_name, pull["head"]["ref"])
 
 
-async def _run_command(gh: GitHub, engine: Engine, ref: Any, comment: dict[str, Any], command: slash.SlashCommand,
+async def _run_command(gh: GitHubReader, engine: Engine, ref: Any, comment: dict[str, Any], command: slash.SlashCommand,
                        on_pull: bool) -> None:
     comment_id = int(comment["id"])
     if command.is_help:

@@ -14,7 +14,7 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core import responses
 from bot.core.commands import approves_all
 from bot.core.dashboard import is_dashboard_issue, ticked_sessions
@@ -50,7 +50,7 @@ async def _approve(engine: Engine, full_name: str, session_ids: list[str], actor
 
 
 @router.register("issues", action="edited")
-async def approve_ticked_plans(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
+async def approve_ticked_plans(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None,
                                permissions: Any = None, policies: Any = None, **_: Any) -> None:
     """Ticking plan boxes on the dashboard issue and saving it approves those plans."""
     issue = event.data["issue"]
@@ -65,7 +65,7 @@ async def approve_ticked_plans(event: sansio.Event, gh: GitHub, *, engine: Engin
 
 
 @router.register("issue_comment", action="created")
-async def approve_all_plans(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
+async def approve_all_plans(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None,
                             permissions: Any = None, policies: Any = None, **_: Any) -> None:
     """`/agent approve all` on the dashboard issue approves every plan waiting in the repository."""
     issue = event.data["issue"]

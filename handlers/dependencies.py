@@ -13,7 +13,7 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core.dashboard import is_dashboard_issue
 from bot.core.session import Detail
 from bot.github.gate import Gate, gate_for
@@ -25,7 +25,7 @@ router = routing.Router()
 
 
 @router.register("issues", action="closed")
-async def recheck_after_close(event: sansio.Event, gh: GitHub, *, dependencies: Any = None, **_: Any) -> None:
+async def recheck_after_close(event: sansio.Event, gh: GitHubReader, *, dependencies: Any = None, **_: Any) -> None:
     """An issue closed (e.g. by a merged PR's `Closes #n`) may be the last thing another issue waits for."""
     if dependencies is None or "pull_request" in event.data["issue"]:
         return
@@ -33,7 +33,7 @@ async def recheck_after_close(event: sansio.Event, gh: GitHub, *, dependencies: 
 
 
 @router.register("issues", action="edited")
-async def recheck_after_edit(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, dependencies: Any = None,
+async def recheck_after_edit(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, dependencies: Any = None,
                              gate: Gate | None = None, permissions: Any = None, policies: Any = None,
                              **_: Any) -> None:
     """A person edited a waiting issue: its `depends on` lines may have changed (a cycle broken, say)."""

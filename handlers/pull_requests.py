@@ -16,7 +16,7 @@ from typing import Any
 from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core.commands import is_command
 from bot.core.feedback import ci_feedback, comment_feedback, is_failing, review_feedback
 from bot.core.session import BRANCH_PREFIX, PullRequestClosed, Session, wants_ci_round
@@ -51,7 +51,7 @@ def _session_for_pull(engine: Engine | None, full_name: str, pull: dict[str, Any
 
 @router.register("pull_request_review", action="submitted")
 async def start_review_round(
-    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
+    event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
     policies: Any = None, **_: Any,
 ) -> None:
     """A review requesting changes, with its inline comments, starts one review round."""
@@ -71,7 +71,7 @@ async def start_review_round(
 
 @router.register("issue_comment", action="created")
 async def start_comment_round(
-    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
+    event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None, permissions: Any = None,
     policies: Any = None, **_: Any,
 ) -> None:
     """A comment in a PR's conversation (not a slash command) starts one review round."""
@@ -97,7 +97,7 @@ async def start_comment_round(
 
 @router.register("pull_request_review_comment", action="created")
 async def collect_inline_comment(
-    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, inline_collector: Any = None, gate: Gate | None = None,
+    event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, inline_collector: Any = None, gate: Gate | None = None,
     permissions: Any = None, policies: Any = None, **_: Any,
 ) -> None:
     """An inline comment outside a changes-requested review waits in the collector for its window."""
@@ -121,7 +121,7 @@ async def collect_inline_comment(
 
 @router.register("check_suite", action="completed")
 @router.register("check_run", action="completed")
-async def start_ci_round(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
+async def start_ci_round(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, **_: Any) -> None:
     """A failing check on a PR's head commit starts one CI round per head (the core decides which heads count)."""
     check = event.data.get("check_suite") or event.data.get("check_run") or {}
     if not is_failing(check.get("conclusion")) or engine is None:
@@ -145,7 +145,7 @@ async def start_ci_round(event: sansio.Event, gh: GitHub, *, engine: Engine | No
 
 
 @router.register("pull_request", action="closed")
-async def end_with_pull_request(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
+async def end_with_pull_request(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, **_: Any) -> None:
     """A merged or closed PR ends the session's work; the runtime then cleans the worktree up."""
     owner, repo, full_name = _repo(event)
     pull = event.data["pull_request"]

@@ -19,7 +19,7 @@ from bot.core.engines import choose, is_trigger_of
 from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered, Refuse
 from bot.core.session import Cancel, CancelReason
 from bot.core.payload import parse_time
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.github.gate import Gate, gate_for
 from bot.github.labels import RepoPolicies, has_label
 from bot.github.permissions import PermissionCache, is_bot
@@ -49,7 +49,7 @@ def issue_ref(event: sansio.Event) -> IssueRef:
     )
 
 
-async def current_issue(gh: GitHub, ref: IssueRef) -> dict[str, Any]:
+async def current_issue(gh: GitHubReader, ref: IssueRef) -> dict[str, Any]:
     """The issue as GitHub has it now (deliveries can arrive out of order)."""
     issue: dict[str, Any] = await gh.getitem(
         ISSUE_URL, {"owner": ref.owner, "repo": ref.repo, "issue_number": ref.number}
@@ -64,7 +64,7 @@ def label_names(issue: dict[str, Any]) -> list[str]:
 @router.register("issues", action="labeled")
 async def start_session(
     event: sansio.Event,
-    gh: GitHub,
+    gh: GitHubReader,
     *,
     engine: Engine | None = None,
     gate: Gate | None = None,
@@ -106,7 +106,7 @@ async def start_session(
 
 @router.register("issues", action="unlabeled")
 async def cancel_on_unlabel(
-    event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, gate: Gate | None = None,
+    event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None,
     policies: RepoPolicies | None = None, **_: Any
 ) -> None:
     """Cancel the live session when a person removes its trigger label."""
@@ -127,7 +127,7 @@ async def cancel_on_unlabel(
 
 
 @router.register("issues", action="closed")
-async def cancel_on_close(event: sansio.Event, gh: GitHub, *, engine: Engine | None = None, **_: Any) -> None:
+async def cancel_on_close(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, **_: Any) -> None:
     """Closing the issue cancels a live session (after `complete`, the core only cleans up)."""
     if engine is None or "pull_request" in event.data["issue"]:
         return

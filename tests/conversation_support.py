@@ -15,6 +15,7 @@ import pytest
 from gidgethub import sansio
 
 from bot.github.permissions import PermissionCache
+from bot.runtime.installations import Installations
 from bot.runtime.publisher import Publisher
 from bot.core.effects import IssueRef, SessionContext
 from bot.github.client import GitHubApp
@@ -234,9 +235,11 @@ async def bed(fake_github: Any, tmp_path: Any) -> AsyncIterator[Bed]:
                            metrics=Metrics(), write_spacing=0.0, sleep=_no_wait)
         publisher = Publisher(github, store, clock=clock)
         engine = MemoryEngine(publisher, clock)
+        policies = RepoPolicies(clock=clock)
         dependencies = {
             "engine": engine, "store": store, "github": github, "clock": clock,
-            "permissions": PermissionCache(clock=clock), "policies": RepoPolicies(clock=clock),
+            "permissions": PermissionCache(clock=clock), "policies": policies,
+            "installations": Installations(github, store, engine, policies, clock=clock),
         }
         try:
             yield Bed(fake, github, github.installation(INSTALLATION), store, clock, publisher, engine, dependencies)

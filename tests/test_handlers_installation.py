@@ -51,3 +51,40 @@ async def test_a_policy_that_is_not_valid_gets_the_default_names(bed: Bed) -> No
     added = payloads.installation_repositories_event(bed.fake, "added", INSTALLATION, ["octo-org/gadgets"])
     await bed.deliver("installation_repositories", added)
     assert set(looks(bed, "octo-org/gadgets")) == set(TRIGGERS)
+
+
+async def test_a_handler_is_handed_a_client_that_cannot_write() -> None:
+    """The router hands every handler the installation's client with its writes taken away: a handler that
+    tried to post would fail, and nothing would reach GitHub."""
+    from gidgethub import routing, sansio
+
+    from handlers import ShapedRouter
+
+    sent: list[str] = []
+
+    class Client:
+        async def getitem(self, url, url_vars={}, **kwargs):
+            return {"read": url}
+
+        async def post(self, url, url_vars={}, *, data, **kwargs):  # what a handler must never reach
+            sent.append(url)
+
+    seen: list[object] = []
+    inner = routing.Router()
+
+    @inner.register("issues", action="opened")
+    async def writer(event, gh, **_):
+        seen.append(await gh.getitem("/repos/o/r"))
+        await gh.post("/repos/o/r/issues/1/comments", data={"body": "hi"})
+
+    payload = {"action": "opened", "issue": {"number": 1, "title": "t", "user": {"login": "a"}, "labels": []},
+               "repository": {"full_name": "o/r", "name": "r", "owner": {"login": "o"}},
+               "sender": {"login": "a"}, "installation": {"id": 1}}
+    event = sansio.Event(payload, event="issues", delivery_id="d1")
+    try:
+        await ShapedRouter(inner).dispatch(event, Client())
+    except AttributeError as error:
+        assert "post" in str(error)
+    else:
+        raise AssertionError("the handler's post went through")
+    assert seen == [{"read": "/repos/o/r"}] and sent == []

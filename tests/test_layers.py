@@ -1,7 +1,8 @@
 """The layers of `bot/` (README "How it is built"), enforced on the source with `ast`.
 
 - The core is pure: it imports nothing from Shepherd outside `bot.core`, and no I/O library.
-- Handlers turn deliveries into events: they import only the core, the GitHub layer and each other.
+- Handlers turn deliveries into events: they import only the core, the GitHub layer and each other, and
+  write nothing themselves (no GitHub write call, no store).
 - Only the store runs SQL: no other module imports `sqlite3` or calls `execute`.
 - Nothing imports the agent-only `shepherd` tool: it is a file copied into the agent's box.
 - Nothing below the runtime reaches up: the core, the store, the GitHub layer, the workspace and the agent
@@ -99,6 +100,34 @@ def test_handlers_import_only_the_core_and_the_github_layer() -> None:
             if _is_shepherd(module) and _known(module) and not _within(module, ("bot.core", "bot.github", "handlers")):
                 wrong.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert wrong == []
+
+
+WRITE_CALLS = {"post", "patch", "put", "delete"}
+
+
+def _handler_writes(paths: list[Path]) -> list[str]:
+    wrong = []
+    for path in paths:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in WRITE_CALLS:
+                wrong.append(f"{where}:{node.lineno} calls .{node.func.attr}()")
+            if isinstance(node, ast.arg) and node.arg == "store":
+                wrong.append(f"{where}:{node.lineno} takes the store")
+    return wrong
+
+
+def test_handlers_write_nothing_themselves() -> None:
+    """Every write a person sees is carried out behind the engine or the installations service (rule 3 of the
+    layers); a handler that posts, patches or keeps state itself would be a second home for a decision."""
+    assert _handler_writes(_modules("handlers")) == []
+
+
+def test_the_write_check_sees_a_write(tmp_path: Path) -> None:
+    probe = tmp_path / "handler_probe.py"
+    probe.write_text("async def h(event, gh, *, store, **_):\n    await gh.post('/x', data={})\n")
+    assert sorted(_handler_writes([probe])) == [f"{probe}:1 takes the store", f"{probe}:2 calls .post()"]
 
 
 def _sql_outside_the_store() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core.policy import LoadedPolicy
 from bot.github.labels import RepoPolicies
 from bot.github.permissions import PermissionCache, is_bot
@@ -22,12 +22,12 @@ class Gate:
         self.permissions = permissions if permissions is not None else PermissionCache()
         self.policies = policies if policies is not None else RepoPolicies()
 
-    async def policy(self, gh: GitHub, repository: Mapping[str, Any]) -> LoadedPolicy:
+    async def policy(self, gh: GitHubReader, repository: Mapping[str, Any]) -> LoadedPolicy:
         """The repository's policy, from a webhook's `repository` object."""
         owner, repo = repository["owner"]["login"], repository["name"]
         return await self.policies.get(gh, owner, repo, repository.get("default_branch") or "main")
 
-    async def allows(self, gh: GitHub, repository: Mapping[str, Any], user: Mapping[str, Any] | None) -> bool:
+    async def allows(self, gh: GitHubReader, repository: Mapping[str, Any], user: Mapping[str, Any] | None) -> bool:
         """May `user` start, steer or answer sessions in this repository?"""
         if not user or is_bot(user):
             return False

@@ -20,7 +20,7 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
-from bot.github.api import GitHub
+from bot.github.api import GitHub, GitHubReader
 from bot.core.policy import CONTENTS_URL, POLICY_PATH, Labels, LoadedPolicy, OperatorLimits, policy_from_contents
 from bot.core.session import LabelKind, Mode
 
@@ -77,7 +77,7 @@ def has_label(names: list[str] | tuple[str, ...], name: str) -> bool:
 
 
 async def load_policy(
-    gh: GitHub, owner: str, repo: str, default_branch: str | None, operator: OperatorLimits
+    gh: GitHubReader, owner: str, repo: str, default_branch: str | None, operator: OperatorLimits
 ) -> LoadedPolicy:
     """Read `.github/shepherd.yml` from the default branch through the contents API and parse it
     (`default_branch` None: whichever branch is the default, when the caller does not know its name)."""
@@ -107,7 +107,7 @@ class RepoPolicies:
         self.operator = operator or OperatorLimits()
         self._cache: TTLCache[tuple[str, str], LoadedPolicy] = TTLCache(maxsize, ttl, timer=clock)
 
-    async def get(self, gh: GitHub, owner: str, repo: str, default_branch: str) -> LoadedPolicy:
+    async def get(self, gh: GitHubReader, owner: str, repo: str, default_branch: str) -> LoadedPolicy:
         key = (f"{owner}/{repo}".lower(), default_branch)
         loaded = self._cache.get(key)
         if loaded is None:

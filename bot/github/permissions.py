@@ -9,7 +9,7 @@ from typing import Any
 import gidgethub
 from cachetools import TTLCache
 
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 
 
 PERMISSION_TTL = 300.0  # SPEC §1.1: a permission is trusted for at most 5 minutes
@@ -60,7 +60,7 @@ class PermissionCache:
     ) -> None:
         self._levels: TTLCache[tuple[str, str], str] = TTLCache(maxsize, min(ttl, PERMISSION_TTL), timer=clock)
 
-    async def permission(self, gh: GitHub, owner: str, repo: str, login: str) -> str:
+    async def permission(self, gh: GitHubReader, owner: str, repo: str, login: str) -> str:
         """`login`'s level on `owner/repo`; "none" when GitHub does not know them there."""
         key = (f"{owner}/{repo}".lower(), login.lower())
         level = self._levels.get(key)
@@ -80,7 +80,7 @@ class PermissionCache:
         return level
 
     async def may_drive(
-        self, gh: GitHub, owner: str, repo: str, user: Mapping[str, Any], minimum: str = "write"
+        self, gh: GitHubReader, owner: str, repo: str, user: Mapping[str, Any], minimum: str = "write"
     ) -> bool:
         """True when `user` is a person with at least `minimum` permission on `owner/repo`."""
         if minimum not in RANK:

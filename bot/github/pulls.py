@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.github.api import GitHub
+from bot.github.api import GitHubReader
 from bot.core.feedback import is_failing
 
 CHANGES_REQUESTED = "changes_requested"
 
 
-async def failing_check_runs(gh: GitHub, owner: str, repo: str, sha: str) -> list[dict[str, Any]]:
+async def failing_check_runs(gh: GitHubReader, owner: str, repo: str, sha: str) -> list[dict[str, Any]]:
     """The latest run of each check on `sha` whose conclusion fails the head."""
     runs = []
     async for run in gh.getiter(
@@ -24,7 +24,7 @@ async def failing_check_runs(gh: GitHub, owner: str, repo: str, sha: str) -> lis
     return sorted(runs, key=lambda run: str(run.get("name")))
 
 
-async def review_comments(gh: GitHub, owner: str, repo: str, number: int, review_id: int) -> list[dict[str, Any]]:
+async def review_comments(gh: GitHubReader, owner: str, repo: str, number: int, review_id: int) -> list[dict[str, Any]]:
     """The inline comments of one review, oldest first.
 
     Read from the PR's comment list filtered by review: those records carry `line`, which the
@@ -40,7 +40,7 @@ async def review_comments(gh: GitHub, owner: str, repo: str, number: int, review
     return sorted(comments, key=lambda comment: comment["id"])
 
 
-async def review_requests_changes(gh: GitHub, owner: str, repo: str, number: int, review_id: int) -> bool:
+async def review_requests_changes(gh: GitHubReader, owner: str, repo: str, number: int, review_id: int) -> bool:
     """Whether review `review_id` of the PR requested changes (its inline comments then belong to it)."""
     async for review in gh.getiter(
         "/repos/{owner}/{repo}/pulls/{pull_number}/reviews{?per_page}",

@@ -23,6 +23,7 @@ from bot.runtime.coordination import Coordinator
 from bot.runtime.dashboard_issue import DashboardRefresher
 from bot.runtime.dependencies import DependencyTracker
 from bot.runtime.finisher import Finisher
+from bot.runtime.installations import Installations
 from bot.github.client import GitHubApp
 from bot.github.gate import Gate
 from bot.github.labels import RepoPolicies
@@ -123,5 +124,6 @@ def services_around(
         "gate": Gate(permissions, policies),
         "inline_collector": inline_collector,
         "dependencies": dependencies,
+        "installations": Installations(github, store, engine, policies, clock=clock),
     }
     return assembly
