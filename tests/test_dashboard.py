@@ -125,3 +125,20 @@ async def test_an_issue_s_sessions_are_numbered_as_the_cli_numbers_them(dashboar
     assert page.rows["acme/web#140/1"][0] == "acme/web#140"
     assert page.rows["acme/web#140/2"][0] == "acme/web#140/2"
     assert page.rows["acme/web#124/1"][0] == "acme/web#124"  # a first session stays unnumbered
+
+
+async def test_a_failed_bake_off_shows_the_log_tail_of_its_winning_attempt(dashboard, tmp_path):
+    """A judged bake-off goes on in its winner's folder (`<session's>-<engine>`): a later failure's log tail
+    is read there, where the engine wrote it."""
+    from bot.core.session import Attempt
+
+    store = dashboard.server.app[SERVICES].store
+    base = make_session("acme/web", 150, "Race them", State.FAILED, minutes_ago=30, detail=Detail.EXIT_CODE,
+                        failure_reason="The agent exited with code 2.")
+    attempts = tuple(Attempt(name, replace(base, state=State.COMPLETE)) for name in ("claude", "codex"))
+    store_session(store, replace(base, attempts=attempts, bakeoff_winner="codex"))
+    folder = tmp_path / "data" / "sessions" / "acme__web__150__1-codex"
+    folder.mkdir(parents=True)
+    (folder / "turn-3.log").write_text("codex: review round failed at step 4\n")
+    row = " ".join((await page_of(dashboard)).rows["acme/web#150/1"])
+    assert "review round failed at step 4" in row

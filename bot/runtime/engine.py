@@ -83,7 +83,7 @@ from bot.views.status_view import Placements
 from bot.metrics import Metrics
 from bot.settings import Settings
 from bot.core.slots import SlotLimits, SlotQueue
-from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces, session_folder
+from bot.workspace.workspaces import WorkspaceError, WorkspaceKept, Workspaces, folder_of, session_folder
 
 log = logging.getLogger(__name__)
 
@@ -935,13 +935,8 @@ class Engine(SessionReads):
                                policy.network.allow)
 
     def folder_of(self, session: Session) -> str:
-        """The session's control folder (and box) name; a bake-off attempt's is `<the session's>-<name>`,
-        and a judged bake-off goes on in its winner's, where the winning agent's own session (its HOME,
-        for a native resume) lives."""
-        session_id, name = split_attempt_id(session.id)
-        if name is None and session.bakeoff_winner is not None and session.attempts:
-            name = session.bakeoff_winner
-        return session_folder(session_id) + (f"-{name}" if name is not None else "")
+        """The session's control folder (and box) name (`bot.workspace.workspaces.folder_of`)."""
+        return folder_of(session)
 
     # -- the bake-off's seam (`bot.runtime.bakeoff`) ---------------------------------------------
 

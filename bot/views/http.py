@@ -120,9 +120,9 @@ def failed_log_tail(session: Session, sessions_dir: Path | None, secrets: list[s
     """The last lines of a failed session's newest log (setup, turn or test), secrets masked."""
     if session.state != State.FAILED or sessions_dir is None:
         return ""
-    from bot.runtime.engine import session_folder  # the one rule that names a session's folder
+    from bot.workspace.workspaces import folder_of  # the one rule that names a session's folder
 
-    folder = sessions_dir / session_folder(session.id)
+    folder = sessions_dir / folder_of(session)
     files = log_files(folder) if folder.is_dir() else []
     if not files:
         return ""

@@ -32,7 +32,7 @@ def issue_argument(value: str) -> str:
 
 def session_folders(sessions_dir: Path, issue: str) -> dict[int, Path]:
     """The issue's session folders by attempt number (one folder per session; see the engine's naming)."""
-    from bot.runtime.engine import session_folder  # the one rule that names a session's folder
+    from bot.workspace.workspaces import session_folder  # the one rule that names a session's folder
 
     prefix = session_folder(f"{issue}/")
     found: dict[int, Path] = {}

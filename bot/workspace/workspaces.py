@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence
 
+from bot.core.attempts import split_attempt_id
+from bot.core.session import Session
 from bot.workspace.git import FETCH_REFSPEC, Git, GitError, Mirror, check_clone_url
 from bot.agent.processes import signal_group
 from bot.agent.sandbox import BOX_GIT_SCRIPT, Box, Sandbox
@@ -206,6 +208,16 @@ def session_folder(session_id: str) -> str:
     repo, _, number = issue.rpartition("#")
     owner, _, name = repo.partition("/")
     return f"{owner}__{name}__{number}__{attempt}"
+
+
+def folder_of(session: Session) -> str:
+    """The session's control folder (and box) name; a bake-off attempt's is `<the session's>-<name>`, and
+    a judged bake-off goes on in its winner's, where the winning agent's own session (its HOME, for a
+    native resume) lives."""
+    session_id, name = split_attempt_id(session.id)
+    if name is None and session.bakeoff_winner is not None and session.attempts:
+        name = session.bakeoff_winner
+    return session_folder(session_id) + (f"-{name}" if name is not None else "")
 
 
 class Workspaces:
