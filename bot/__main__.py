@@ -40,6 +40,10 @@ DATA_DIR_IN_USE = (
     "another Shepherd server is using the data folder {path} (it holds {lock}); stop it, or give this one "
     "its own SHEPHERD_DATA_DIR"
 )
+AGENT_CLI_INTERPRETER_MISSING = (
+    "the agent CLI `{cli}` needs `{interpreter}`, which is not on PATH; install it (for node: Node.js 18 or "
+    "later) or set SHEPHERD_AGENT to an agent this server has"
+)
 AGENT_CLI_MISSING = (
     "the agent CLI `{cli}` (SHEPHERD_AGENT={cli}) is not on PATH; run scripts/serve, which installs it, or "
     "npm install -g {spec}, or set SHEPHERD_AGENT to an agent this server has"
@@ -79,10 +83,31 @@ def claim_data_folder(data_dir: Path) -> IO[str]:
 
 
 def check_agent_cli(agent: str, path: str | None) -> None:
-    """The default agent's CLI is installed: without it every session would fail with exit code 127."""
+    """The default agent's CLI is installed, and so is the interpreter its `#!/usr/bin/env` line names
+    (Claude Code and Codex are node scripts): without either, every session would fail with exit code 127."""
     spec = agent_cli_install_spec(agent)
-    if spec is not None and shutil.which(agent, path=path) is None:
+    if spec is None:
+        return
+    found = shutil.which(agent, path=path)
+    if found is None:
         raise StartupError(AGENT_CLI_MISSING.format(cli=agent, spec=spec))
+    interpreter = _env_interpreter(Path(found))
+    if interpreter is not None and shutil.which(interpreter, path=path) is None:
+        raise StartupError(AGENT_CLI_INTERPRETER_MISSING.format(cli=agent, interpreter=interpreter))
+
+
+def _env_interpreter(script: Path) -> str | None:
+    """`node` of a script that starts `#!/usr/bin/env node`; None for anything else."""
+    try:
+        with script.open("rb") as file:
+            first = file.readline(256)
+    except OSError:
+        return None
+    words = first[2:].decode("utf-8", "replace").split() if first.startswith(b"#!") else []
+    if len(words) >= 2 and words[0].endswith("/env"):
+        rest = [word for word in words[1:] if not word.startswith("-")]
+        return rest[0] if rest else None
+    return None
 
 
 def bind_listener(host: str, port: int) -> socket.socket:

@@ -110,6 +110,21 @@ def test_a_missing_agent_cli_refuses_to_start_and_says_how(tmp_path):
     assert_refused_with_one_line(done, "`claude`", "scripts/serve", "npm install -g @anthropic-ai/claude-code@2.1.197")
 
 
+def test_an_agent_cli_whose_interpreter_is_missing_refuses_to_start_and_names_it(tmp_path):
+    # Claude Code and Codex are node scripts: on a machine without node, `claude` is on PATH, yet every turn
+    # would fail with exit code 127 ("env: 'node': No such file or directory").
+    cli_dir = tmp_path / "cli"
+    cli_dir.mkdir()
+    cli = cli_dir / "claude"
+    cli.write_text("#!/usr/bin/env shepherd-test-no-such-node\nconsole.log('hi')\n")
+    cli.chmod(0o755)
+    environ = serve_environ(tmp_path / "data", free_port(), SHEPHERD_AGENT="claude")
+    environ["PATH"] = f"{cli_dir}:/usr/local/bin:/usr/bin:/bin"
+    del environ["SHEPHERD_AGENT_COMMAND"]
+    done = run_serve(tmp_path, environ)
+    assert_refused_with_one_line(done, "`claude`", "`shepherd-test-no-such-node`")
+
+
 def test_a_worker_host_without_the_agent_cli_refuses_before_it_reaches_temporal(tmp_path, fake_github):
     # `python -m bot worker` is the process that runs the turns on Temporal: it checks the CLI as `serve` does.
     with socket.socket() as temporal:  # where the worker would connect: nothing may knock
