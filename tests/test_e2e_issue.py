@@ -165,8 +165,11 @@ async def test_stop_kills_the_agent_and_retry_continues_on_the_kept_branch(sheph
                 found.append(process)
         return found
 
-    names = {" ".join(p.info["cmdline"]) for p in running()}
-    assert any("300.6161" in name for name in names) and any(script in name for name in names)
+    def both_seen() -> bool:  # the agent's `sleep` may not have started yet when `started` appears
+        names = {" ".join(p.info["cmdline"]) for p in running()}
+        return any("300.6161" in name for name in names) and any(script in name for name in names)
+
+    await shepherd.until(both_seen, timeout=20)
 
     stop = fake_github.add_comment(REPO, 1, "/agent stop", user=MAINTAINER)
     await shepherd.deliver("issue_comment", payloads.issue_comment_created(fake_github, REPO, 1, stop))

@@ -46,8 +46,11 @@ async def start(aiohttp_client, fake_github, git_remote, tmp_path, policy: str, 
 async def test_an_engine_label_runs_its_adapter_and_the_status_comment_names_it(
         aiohttp_client, fake_github, git_remote, tmp_path):
     # The operator's default agent is Claude Code; the repository maps `agent:script` to the command adapter.
+    # Issue 1's agent finishes; a later issue's agent works until it is stopped, so its label comes off
+    # while it is live.
+    agent = f'[ "$SHEPHERD_ISSUE" = 1 ] || sleep 300\n{DONE_AGENT}'
     shepherd = await start(aiohttp_client, fake_github, git_remote, tmp_path, "engines:\n  agent:script: command\n",
-                           SHEPHERD_AGENT="claude", SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, DONE_AGENT))
+                           SHEPHERD_AGENT="claude", SHEPHERD_AGENT_COMMAND=agent_script(tmp_path, agent))
     fake_github.add_issue(REPO, title="Say which issue", user="carol")
 
     await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:script", sender=MAINTAINER))
@@ -63,6 +66,8 @@ async def test_an_engine_label_runs_its_adapter_and_the_status_comment_names_it(
     number = fake_github.add_issue(REPO, title="Second", user="carol")["number"]
     await shepherd.deliver("issues", payloads.issue_labeled(fake_github, REPO, number, "agent:script",
                                                             sender=MAINTAINER))
+    # The handler re-reads the issue: the label must still be on it when the delivery is handled.
+    await shepherd.until(lambda: (s := shepherd.session(number)) is not None and s.state == State.WORKING)
     await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, number, "agent:go", sender=MAINTAINER))
     await shepherd.deliver("issues", payloads.issue_unlabeled(fake_github, REPO, number, "agent:script",
                                                               sender=MAINTAINER))
