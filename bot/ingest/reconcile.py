@@ -32,8 +32,8 @@ from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered
 from bot.core.effects import IssueRef
 from bot.core.bakeoff import BAKEOFF_LABEL
 from bot.core.engines import Choice, choose
-from bot.core.policy import LoadedPolicy
-from bot.github.labels import RepoPolicies, trigger_label
+from bot.core.policy import LoadedPolicy, trigger_label
+from bot.github.labels import RepoPolicies
 from bot.core.session import BRANCH_PREFIX, Mode, PullRequestClosed, PullRequestOpened, PullRequestState
 
 log = logging.getLogger(__name__)
