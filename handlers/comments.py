@@ -19,13 +19,13 @@ from bot.core.effects import Engine
 from bot.github.api import GitHubReader
 from bot.core import commands as slash
 from bot.core import responses
-from bot.core.dashboard import is_dashboard_issue
 from bot.core.sanitize import clean_for_agent
 from bot.core.session import ReplyReceived, Session
 from bot.core.payload import parse_time
 from bot.github.gate import Gate, gate_for
 from bot.github.labels import RepoPolicies
 from bot.github.permissions import PermissionCache, is_bot
+from handlers.dashboard import is_own_dashboard
 from handlers.triggers import issue_ref
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ async def handle_comment(
     gate: Gate | None = None,
     permissions: PermissionCache | None = None,
     policies: RepoPolicies | None = None,
+    github: Any = None,
     **_: Any,
 ) -> None:
     """Run a slash command, or forward a person's reply to the agent."""
@@ -66,7 +67,7 @@ async def handle_comment(
     author = comment.get("user")
     if engine is None or is_bot(author) or is_bot(event.data.get("sender")):
         return
-    if is_dashboard_issue(event.data["issue"]):
+    if await is_own_dashboard(event, github):
         return  # the dashboard issue has its own commands (handlers/dashboard.py)
     command = slash.first_command(comment.get("body"))
     on_pull = "pull_request" in event.data["issue"]

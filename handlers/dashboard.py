@@ -1,7 +1,7 @@
 """The dashboard issue as a control: ticked plan boxes, or `/agent approve all` there, approve plans in one go.
 
-Only an authorised person's edit or comment counts, and only on the bot's own dashboard issue (the
-marker is trusted only in an issue a bot wrote). Each ticked line carries its session id in a hidden
+Only an authorised person's edit or comment counts, and only on Shepherd's own dashboard issue (the
+marker is trusted only in an issue Shepherd's own bot login wrote, never another App's). Each ticked line carries its session id in a hidden
 marker; the core ignores an approval of a plan that is no longer waiting, so a box ticked twice, or
 an edit delivered twice, approves once.
 """
@@ -17,7 +17,7 @@ from bot.core.effects import Engine
 from bot.github.api import GitHubReader
 from bot.core import responses
 from bot.core.commands import approves_all
-from bot.core.dashboard import is_dashboard_issue, ticked_sessions
+from bot.core.dashboard import carries_dashboard_marker, is_dashboard_issue, ticked_sessions
 from bot.core.session import Approve, Detail, Session, State
 from bot.github.gate import Gate, gate_for
 from bot.github.permissions import is_bot
@@ -25,6 +25,17 @@ from bot.github.permissions import is_bot
 log = logging.getLogger(__name__)
 
 router = routing.Router()
+
+
+async def is_own_dashboard(event: sansio.Event, github: Any) -> bool:
+    """Is the delivery's issue Shepherd's own dashboard issue? Shepherd's bot login (read once, then kept by
+    the client) is asked only when the issue carries the dashboard marker at all."""
+    issue = event.data["issue"]
+    if github is None or not carries_dashboard_marker(issue):
+        return False
+    installation = (event.data.get("installation") or {}).get("id")
+    login, _email = await github.bot_identity(int(installation) if installation is not None else None)
+    return is_dashboard_issue(issue, str(login))
 
 
 def _awaiting(session: Session | None) -> bool:
@@ -51,11 +62,12 @@ async def _approve(engine: Engine, full_name: str, session_ids: list[str], actor
 
 @router.register("issues", action="edited")
 async def approve_ticked_plans(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None,
-                               permissions: Any = None, policies: Any = None, **_: Any) -> None:
+                               permissions: Any = None, policies: Any = None, github: Any = None,
+                               **_: Any) -> None:
     """Ticking plan boxes on the dashboard issue and saving it approves those plans."""
     issue = event.data["issue"]
     sender = event.data.get("sender")
-    if engine is None or not is_dashboard_issue(issue) or is_bot(sender):
+    if engine is None or is_bot(sender) or not await is_own_dashboard(event, github):
         return
     before_body = ((event.data.get("changes") or {}).get("body") or {}).get("from")
     newly = [sid for sid in ticked_sessions(issue.get("body")) if sid not in ticked_sessions(before_body)]
@@ -66,11 +78,11 @@ async def approve_ticked_plans(event: sansio.Event, gh: GitHubReader, *, engine:
 
 @router.register("issue_comment", action="created")
 async def approve_all_plans(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, gate: Gate | None = None,
-                            permissions: Any = None, policies: Any = None, **_: Any) -> None:
+                            permissions: Any = None, policies: Any = None, github: Any = None, **_: Any) -> None:
     """`/agent approve all` on the dashboard issue approves every plan waiting in the repository."""
     issue = event.data["issue"]
     comment = event.data["comment"]
-    if engine is None or not is_dashboard_issue(issue) or not approves_all(comment.get("body")):
+    if engine is None or not approves_all(comment.get("body")) or not await is_own_dashboard(event, github):
         return
     full_name = event.data["repository"]["full_name"]
     number, comment_id = int(issue["number"]), int(comment["id"])

@@ -14,10 +14,10 @@ from gidgethub import routing, sansio
 
 from bot.core.effects import Engine
 from bot.github.api import GitHubReader
-from bot.core.dashboard import is_dashboard_issue
 from bot.core.session import Detail
 from bot.github.gate import Gate, gate_for
 from bot.github.permissions import is_bot
+from handlers.dashboard import is_own_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +35,11 @@ async def recheck_after_close(event: sansio.Event, gh: GitHubReader, *, dependen
 @router.register("issues", action="edited")
 async def recheck_after_edit(event: sansio.Event, gh: GitHubReader, *, engine: Engine | None = None, dependencies: Any = None,
                              gate: Gate | None = None, permissions: Any = None, policies: Any = None,
-                             **_: Any) -> None:
+                             github: Any = None, **_: Any) -> None:
     """A person edited a waiting issue: its `depends on` lines may have changed (a cycle broken, say)."""
     issue = event.data["issue"]
     sender = event.data.get("sender")
-    if engine is None or dependencies is None or is_bot(sender) or is_dashboard_issue(issue):
+    if engine is None or dependencies is None or is_bot(sender) or await is_own_dashboard(event, github):
         return
     if "body" not in (event.data.get("changes") or {}):
         return

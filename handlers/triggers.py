@@ -16,12 +16,13 @@ from gidgethub import routing, sansio
 
 from bot.core.effects import Engine, IssueRef
 from bot.core.engines import choose, is_trigger_of
+from bot.core.policy import has_label
 from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered, Refuse
 from bot.core.session import Cancel, CancelReason
 from bot.core.payload import parse_time
 from bot.github.api import GitHubReader
 from bot.github.gate import Gate, gate_for
-from bot.github.labels import RepoPolicies, has_label
+from bot.github.labels import RepoPolicies
 from bot.github.permissions import PermissionCache, is_bot
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ class MemoryEngine:
     commands: list[Command] = field(default_factory=list)
     triggered_with: list[IssueRef] = field(default_factory=list)
 
-    async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str, policy: Any = None,
+    async def trigger(self, issue: IssueRef, *, mode: Any, actor: str, label: str, policy: Any,
                       labelled_at: Any = None, edited_after_label: bool = False,
                       engine: str | None = None) -> Session | None:
         last = self.last_session(issue.full_name, issue.number)

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 from bot.core.effects import IssueRef
-from bot.core.session import Mode, State
+from bot.core.session import State
 from bot.settings import load_settings
-from tests.runtime_support import build_harness
+from tests.runtime_support import add_go_label, build_harness
 
 ENDED = (State.COMPLETE, State.FAILED, State.CANCELLED)
 
@@ -31,7 +31,7 @@ async def main(config_path: str) -> int:
         issue = config["issue"]
         if config.get("trigger"):
             ref = IssueRef(**issue)
-            await harness.engine.trigger(ref, mode=Mode.GO, actor="alice", label="agent:go")
+            await add_go_label(harness, ref)
         full_name = f"{issue['owner']}/{issue['repo']}"
         while True:
             session = harness.engine.last_session(full_name, issue["number"])

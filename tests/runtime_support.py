@@ -22,10 +22,12 @@ from bot.github.client import GitHubApp
 from bot.metrics import Metrics
 from bot.workspace.push import push_branch
 from bot.runtime.engine import Engine
+from bot.github.labels import load_policy
 from bot.core.session import (
     Command,
     Event,
     FinishWork,
+    Mode,
     PostQuestion,
     PullRequestOpened,
     PullRequestUpdated,
@@ -148,6 +150,14 @@ def issue_ref(fake, number: int, repo: str = REPO) -> IssueRef:
     owner, name = repo.split("/")
     return IssueRef(INSTALLATION, owner, name, number, issue["title"], issue["body"] or "",
                     fake.repo(repo)["clone_url"], "main", issue["user"]["login"])
+
+
+async def add_go_label(harness: Harness, ref: IssueRef) -> Session | None:
+    """Alice adds the go label: the repository's policy is read once, as the trigger handler reads it, and the
+    engine is triggered with that reading."""
+    gh = harness.github.installation(ref.installation_id)
+    loaded = await load_policy(gh, ref.owner, ref.repo, ref.default_branch, harness.settings.operator_limits())
+    return await harness.engine.trigger(ref, mode=Mode.GO, actor="alice", label="agent:go", policy=loaded)
 
 
 @dataclass

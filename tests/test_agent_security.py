@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from bot.core.session import Mode, State
+from bot.core.session import State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
-from tests.runtime_support import FAST_POLICY, REPO, agent_script, build_harness, issue_ref, prepare_repo, wait_for
+from tests.runtime_support import add_go_label, FAST_POLICY, REPO, agent_script, build_harness, issue_ref, prepare_repo, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -21,7 +21,7 @@ async def _run(fake, tmp_path, script: str, issues: list[int], **env: str):
     try:
         await harness.engine.start()
         for number in issues:
-            await harness.engine.trigger(issue_ref(fake, number), mode=Mode.GO, actor="alice", label="agent:go")
+            await add_go_label(harness, issue_ref(fake, number))
         ended = (State.COMPLETE, State.FAILED, State.CANCELLED)
         await wait_for(lambda: all(harness.engine.last_session(REPO, n).state in ended for n in issues), timeout=90)
         await harness.engine.idle()

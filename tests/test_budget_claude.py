@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core.session import BudgetRaised, Detail, Mode, PostStatus, State
+from bot.core.session import BudgetRaised, Detail, PostStatus, State
 from bot.views.render import render_status
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import bash, model_server, text, write  # noqa: F401 - fixture
 from tests.runtime_support import (
-    CLAUDE_BIN, FAST_POLICY, REPO, build_claude_harness, issue_ref, prepare_repo, wait_for,
+    add_go_label, CLAUDE_BIN, FAST_POLICY, REPO, build_claude_harness, issue_ref, prepare_repo, wait_for,
 )
 
 MARKER = "SHEPHERD-BUDGET-E2E"
@@ -60,8 +60,7 @@ async def test_claude_stops_at_the_cap_with_its_work_pushed_and_goes_on_after_a_
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-two-parts")
         model_server.add_scenario(MARKER, SPEND_THEN_GO_ON, cwd=str(worktree))
-        session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice",
-                                               label="agent:go")
+        session = await add_go_label(harness, issue_ref(fake_github, 1))
         held = await wait_for(
             lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.STUCK, State.FAILED, State.COMPLETE)
             and not s.running_turn and not s.finishing and s, timeout=120,

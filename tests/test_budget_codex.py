@@ -8,11 +8,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.core.session import Mode, ReplyReceived, State
+from bot.core.session import ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import ModelServer, model_server  # noqa: F401 - fixture
 from tests.runtime_support import (
-    ASK_THEN_FINISH, CODEX_BIN, FAST_POLICY, REPO, build_codex_harness, issue_ref, prepare_repo, wait_for,
+    add_go_label, ASK_THEN_FINISH, CODEX_BIN, FAST_POLICY, REPO, build_codex_harness, issue_ref, prepare_repo, wait_for,
 )
 
 MARKER = "SHEPHERD-CODEX-SPEND"
@@ -39,7 +39,7 @@ async def test_codex_spend_is_priced_and_summed_without_counting_a_resumed_threa
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-add-a-server")
         model_server.add_scenario(MARKER, ASK_THEN_FINISH, cwd=str(worktree))
-        await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+        await add_go_label(harness, issue_ref(fake_github, 1))
         stuck = await wait_for(
             lambda: (s := harness.engine.last_session(REPO, 1)).state in (State.STUCK, State.COMPLETE, State.FAILED)
             and not s.running_turn and s, timeout=120,

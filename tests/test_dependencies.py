@@ -145,3 +145,25 @@ async def test_a_dependency_in_another_installations_repository_is_reported_once
     assert fake_github.comments("other-org/tools", elsewhere) == []
     refused = fake_github.take_violations()
     assert refused and all(f"GET /repos/other-org/tools/issues/{elsewhere} " in v for v in refused), refused
+
+
+async def test_a_reader_who_drops_the_depends_on_line_changes_nothing(shepherd_for, fake_github, git_remote):
+    """Only people who may start Shepherd may change what a session waits for: a read-only person's edit of
+    a waiting issue leaves it waiting, and its status comment as it was."""
+    shepherd = await shepherd_for()
+    fake_github.set_permission(REPO, "rita", "read")
+    first = fake_github.add_issue(REPO, title="Step A", body="First step")["number"]
+    second = fake_github.add_issue(REPO, title="Step B", body=f"Depends on #{first}")["number"]
+    await label(shepherd, fake_github, second)
+    await shepherd.until(lambda: waiting(shepherd, second))
+    await shepherd.settle()
+    before = bot_comments(fake_github, second)
+    assert before and all(f"#{first}" in c["body"] for c in before if "shepherd:status" in c["body"])
+
+    await shepherd.deliver("issues", payloads.issue_edited(fake_github, REPO, second, body="No dependencies now",
+                                                           sender="rita"))
+    await shepherd.settle()
+
+    assert waiting(shepherd, second)
+    assert bot_comments(fake_github, second) == before
+    assert fake_github.pulls(REPO) == []

@@ -21,11 +21,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bot.core.session import FinishWork, Mode, ReportFailure, State
+from bot.core.session import FinishWork, ReportFailure, State
 from bot.settings import load_settings
 from tests.fakes.http_target import HttpTarget
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
-from tests.runtime_support import REPO, build_harness, issue_ref, prepare_repo, wait_for
+from tests.runtime_support import add_go_label, REPO, build_harness, issue_ref, prepare_repo, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -101,8 +101,7 @@ class Bed:
         return self.fake.add_issue(REPO, title=title, body=body)["number"]
 
     async def trigger(self, number: int):
-        session = await self.harness.engine.trigger(issue_ref(self.fake, number), mode=Mode.GO,
-                                                    actor="alice", label="agent:go")
+        session = await add_go_label(self.harness, issue_ref(self.fake, number))
         assert session is not None
         return session
 

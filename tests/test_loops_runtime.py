@@ -9,11 +9,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from bot.core.session import Mode, PostQuestion, ReplyReceived, State
+from bot.core.session import PostQuestion, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.fakes.model import bash, model_server, text  # noqa: F401 - fixture
 from tests.runtime_support import (
-    CLAUDE_BIN, FAST_POLICY, REPO, agent_script, build_claude_harness, build_harness, issue_ref, prepare_repo, wait_for,
+    add_go_label, CLAUDE_BIN, FAST_POLICY, REPO, agent_script, build_claude_harness, build_harness, issue_ref, prepare_repo, wait_for,
 )
 
 MARKER = "SHEPHERD-LOOP-E2E"
@@ -57,8 +57,7 @@ async def command_harness(fake_github, git_remote, tmp_path):
         harness.engine.loop_snapshot_seconds = SNAPSHOT_SECONDS
         made.append(harness)
         await harness.engine.start()
-        session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice",
-                                               label="agent:go")
+        session = await add_go_label(harness, issue_ref(fake_github, 1))
         return harness, session
 
     yield make
@@ -174,8 +173,7 @@ async def test_claude_repeating_a_failing_command_is_stopped_asked_and_resumed(
         await harness.engine.start()
         worktree = harness.workspaces.worktree_path(REPO, "agent/issue-1-read-the-config")
         model_server.add_scenario(MARKER, REPEATING, cwd=str(worktree))
-        session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice",
-                                               label="agent:go")
+        session = await add_go_label(harness, issue_ref(fake_github, 1))
         stuck = await stuck_or_ended(harness)
         assert stuck.state == State.STUCK, stuck.failure_reason
         [question] = questions(harness)

@@ -8,6 +8,7 @@ import pytest
 from bot.ingest.reconcile import reconcile
 from bot.core.session import State
 from tests.e2e_support import (  # noqa: F401 - shepherd_with is a fixture
+    FAST_POLICY,
     MAINTAINER,
     REPO,
     bot_comments,
@@ -59,6 +60,34 @@ async def test_labelled_issue_without_a_session_gets_exactly_one(shepherd_with, 
     assert len(status_comments(fake_github, 1)) == 1
     assert fake_github.reactions(REPO, 1) == ["eyes"]
     assert git_remote.show(REPO, f"refs/heads/{session.branch}", "hello.txt") == "hello\n"
+
+
+async def test_a_start_reads_the_policy_once_and_runs_on_the_base_that_reading_named(
+        shepherd_with, fake_github, git_remote):
+    """Issue 13: the label's meaning and the session come from one reading of `.github/shepherd.yml`. Here
+    the file changes between a first and a second reading: the session must start on the first one's base."""
+    readings: list[str | None] = []
+
+    def policy_file(path: str, ref: str | None) -> str | None:
+        if path != ".github/shepherd.yml":
+            return None
+        readings.append(ref)
+        return FAST_POLICY + ("max_turns: 5\n" if len(readings) == 1 else "base_branch: elsewhere\n")
+
+    async def before_start():
+        fake_github.remove_file(REPO, ".github/shepherd.yml")
+        fake_github.set_file_source(REPO, policy_file)
+        fake_github.add_issue(REPO, title="Add a greeting", user=MAINTAINER)
+        put_label(fake_github, 1, "agent:go")
+
+    shepherd = await shepherd_with(DONE_AGENT, before_start=before_start)
+    # The start-up sweep found the label, read the policy for its meaning, and started the session.
+    session = await shepherd.until(lambda: shepherd.session(1))
+    assert readings == ["main"]
+    assert (session.base_branch, session.limits.max_turns) == ("main", 5)
+    assert (await shepherd.ended(1)).state == State.COMPLETE
+    [pull] = fake_github.pulls(REPO)
+    assert pull["base"]["ref"] == "main"
 
 
 async def test_a_label_added_by_someone_who_may_not_drive_is_skipped_quietly(shepherd_with, fake_github, git_remote):

@@ -12,11 +12,12 @@ import psutil
 import pytest
 
 from bot.runtime.coordination import Coordinator
-from bot.core.session import Cancel, CancelReason, Detail, Mode, PostStatus, ReplyReceived, State
+from bot.core.session import Cancel, CancelReason, Detail, PostStatus, ReplyReceived, State
 from tests.fakes.git_remote import git_remote  # noqa: F401 - fixture
 from tests.runtime_support import (
     FAST_POLICY,
     REPO,
+    add_go_label,
     agent_script,
     build_harness,
     issue_ref,
@@ -71,8 +72,7 @@ shepherd progress "wrote hello.txt"
 shepherd done "Added hello.txt"
 """)
     harness = await harness_for(script)
-    session = await harness.engine.trigger(issue_ref(fake_github, issue["number"]), mode=Mode.GO,
-                                           actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, issue["number"]))
     assert session is not None and session.branch == "agent/issue-1-add-a-greeting"
     assert await settle(harness, 1) == State.COMPLETE
 
@@ -114,7 +114,7 @@ git add port.txt && git commit -q -m "Set the port"
 shepherd done "Port set"
 """)
     harness = await harness_for(script)
-    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, 1))
     stuck = await wait_for(lambda: (s := harness.engine.last_session(REPO, 1)).state == State.STUCK and s.question
                            and s.question.comment_id and not s.running_turn and s)
     assert stuck.question.text == "Which port?"
@@ -134,7 +134,7 @@ async def test_clean_exit_without_changes_fails_with_no_changes(fake_github, git
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
     fake_github.add_issue(REPO, title="Nothing")
     harness = await harness_for(agent_script(tmp_path, "echo thinking\n"))
-    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, 1))
     assert await settle(harness, 1) == State.FAILED
     final = harness.engine.last_session(REPO, 1)
     assert final.detail == Detail.NO_CHANGES
@@ -153,7 +153,7 @@ touch "$HOME/started"
 wait
 """)
     harness = await harness_for(script)
-    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, 1))
     await wait_for(lambda: (harness.engine.session_dir(session.id) / "home" / "started").exists())
 
     def running() -> list[psutil.Process]:
@@ -192,7 +192,7 @@ shepherd done "did task $SHEPHERD_ISSUE"
     harness = await harness_for(script, SHEPHERD_MAX_WORKERS="2", SHEPHERD_MAX_PER_REPO="2",
                                 SHEPHERD_SANDBOX_PATHS=f"{times}:rw")
     for number in range(1, 7):
-        await harness.engine.trigger(issue_ref(fake_github, number), mode=Mode.GO, actor="alice", label="agent:go")
+        await add_go_label(harness, issue_ref(fake_github, number))
     await wait_for(lambda: all(state_of(harness, n) == State.COMPLETE for n in range(1, 7)), timeout=90)
     spans = [tuple(map(float, (times / str(n)).read_text().split())) for n in range(1, 7)]
     moments = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
@@ -223,7 +223,7 @@ git add seen-setup-uid.txt && git commit -q -m "What setup left"
 shepherd done "read what setup left"
 """)
     harness = await harness_for(script)
-    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, 1))
     assert await settle(harness, 1) == State.COMPLETE
     home = harness.engine.session_dir(session.id) / "home"
     # The setup commands ran in order, as the agent's uid, in a box of their own, with the env_files copy.
@@ -241,7 +241,7 @@ async def test_a_failing_setup_command_fails_the_session_with_the_command_named(
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY + "setup:\n  - \"true\"\n  - exit 7\n  - touch never\n")
     fake_github.add_issue(REPO, title="Broken setup")
     harness = await harness_for(agent_script(tmp_path, "touch $HOME/agent-ran\n"))
-    session = await harness.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(harness, issue_ref(fake_github, 1))
     assert await settle(harness, 1) == State.FAILED
     final = harness.engine.last_session(REPO, 1)
     assert final.detail == Detail.WORKSPACE_FAILED
@@ -270,7 +270,7 @@ shepherd ask "Go on?"
                 and session.question and session.question.comment_id and session)
 
     for number in (1, 2):
-        await harness.engine.trigger(issue_ref(fake_github, number), mode=Mode.GO, actor="alice", label="agent:go")
+        await add_go_label(harness, issue_ref(fake_github, number))
     first = await wait_for(lambda: asked(1, 1))
     await wait_for(lambda: asked(2, 1))
 
@@ -304,7 +304,7 @@ echo hi > hello.txt && git add hello.txt && git commit -q -m "Add hello"
 shepherd done "Added hello"
 """)
     first = await harness_for(script)
-    session = await first.engine.trigger(issue_ref(fake_github, 1), mode=Mode.GO, actor="alice", label="agent:go")
+    session = await add_go_label(first, issue_ref(fake_github, 1))
     assert await settle(first, 1) == State.COMPLETE
     await first.engine.stop()
 

@@ -1,6 +1,6 @@
 """The dashboard issue as people use it (SPEC §5): which issue it is, and which plans a person ticked.
 
-The dashboard issue is trusted only when a bot wrote it and it carries the dashboard marker; each
+The dashboard issue is trusted only when Shepherd's own bot wrote it and it carries the dashboard marker; each
 plan line carries its session id in a hidden marker, so a ticked box names the plan it approves.
 """
 
@@ -15,12 +15,17 @@ MARKER_KIND = "dashboard"
 APPROVE_MARKER_KIND = "approve"
 
 
-def is_dashboard_issue(issue: dict[str, Any]) -> bool:
-    """Is this the dashboard issue (written by a bot, carrying the dashboard marker)? Markers in
-    people's issues are not trusted."""
-    user = issue.get("user") or {}
-    by_bot = user.get("type") == "Bot" or str(user.get("login", "")).endswith("[bot]")
-    return by_bot and find_marker(issue.get("body"), MARKER_KIND) is not None
+def carries_dashboard_marker(issue: dict[str, Any]) -> bool:
+    """Whether the issue's body carries the dashboard marker, whoever wrote it (anyone can copy a marker)."""
+    return find_marker(issue.get("body"), MARKER_KIND) is not None
+
+
+def is_dashboard_issue(issue: dict[str, Any], bot_login: str) -> bool:
+    """Is this Shepherd's dashboard issue: written by Shepherd's own bot login (the App's `<slug>[bot]`) and
+    carrying the dashboard marker? A marker in anyone else's issue, a person's or another App's, is not
+    trusted, as for every marked thing Shepherd finds (`bot.runtime.marked`)."""
+    author = str((issue.get("user") or {}).get("login", ""))
+    return author.lower() == bot_login.lower() and carries_dashboard_marker(issue)
 
 
 _TICKED = re.compile(r"^\s*[-*]\s+\[[xX]\]\s")

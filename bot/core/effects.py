@@ -97,14 +97,14 @@ class Engine(Protocol):
 
     runs_bakeoffs: bool  # False where the bake-off label is answered with NotOffered (Temporal hosts, for now)
 
-    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
-                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None,
-                      rival: str | None = None) -> Session | None:
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str, policy: LoadedPolicy,
+                      labelled_at: datetime | None = None, edited_after_label: bool = False,
+                      engine: str | None = None, rival: str | None = None) -> Session | None:
         """A go or plan label (or an engine label: `engine` is its adapter; the bake-off label: `rival` is
         the second engine) was added by an authorised
         person: start, continue, point to the PR, or nothing for a replayed label (`labelled_at` is
-        GitHub's time of the label event)."""
+        GitHub's time of the label event). `policy` is the one reading of the repository's policy that
+        gave the label its meaning; the session is built from it, never from a second reading."""
         ...
 
     async def respond(self, installation_id: int, full_name: str, issue_number: int,

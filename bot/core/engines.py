@@ -10,10 +10,12 @@ defaults and its status comment reports the problem, so the person who labelled 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from bot.core.bakeoff import BAKEOFF_LABEL, bakeoff_engines
+from bot.core.effects import IssueRef
 from bot.core.policy import EffectivePolicy, LoadedPolicy
-from bot.core.session import Mode, Session
+from bot.core.session import Limits, Mode, Session, Trigger
 
 ENGINES_KEY = "engines."
 
@@ -52,6 +54,25 @@ def choose(loaded: LoadedPolicy, label: str) -> Choice | None:
         first, second = bakeoff_engines(loaded.policy.agent, loaded.policy.engines.values())
         return Choice(Mode.GO, first, second)
     return None
+
+
+def trigger_event(issue: IssueRef, policy: EffectivePolicy, *, mode: Mode, actor: str,
+                  labelled_at: datetime | None = None, engine: str | None = None,
+                  rival: str | None = None) -> Trigger:
+    """The core's `Trigger` for a label on `issue`, built from the one policy reading that gave the label
+    its meaning: the base branch and the limits the session keeps come from that reading too."""
+    return Trigger(
+        repo=issue.full_name,
+        issue_number=issue.number,
+        issue_title=issue.title,
+        mode=mode,
+        actor=actor,
+        base_branch=policy.base_branch or issue.default_branch,
+        limits=Limits(policy.max_turns, policy.review_rounds, policy.ci_rounds, max_cost_usd=policy.max_cost_usd),
+        labelled_at=labelled_at,
+        engine=engine,
+        rival=rival,
+    )
 
 
 def is_trigger_of(policy: EffectivePolicy, session: Session, label: str) -> bool:

@@ -32,6 +32,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bot.core.session import LabelKind, Mode
+
 POLICY_PATH = ".github/shepherd.yml"
 CONTENTS_URL = "/repos/{owner}/{repo}/contents/{+path}{?ref}"
 ADAPTERS = ("claude", "codex", "command")
@@ -207,6 +209,26 @@ class Labels(BaseModel):
                 ),
             )
         return self
+
+
+# Which `Labels` field names each of Shepherd's own labels and each trigger mode's label.
+KIND_FIELDS: dict[LabelKind, str] = {LabelKind.NEEDS_INPUT: "needs_input", LabelKind.NEEDS_HUMAN: "needs_human"}
+MODE_FIELDS: dict[Mode, str] = {Mode.GO: "go", Mode.PLAN: "plan"}
+
+
+def label_name(labels: Labels, kind: LabelKind) -> str:
+    """The repository's name for Shepherd's needs-input or needs-human label."""
+    return str(getattr(labels, KIND_FIELDS[kind]))
+
+
+def trigger_label(labels: Labels, mode: Mode) -> str:
+    """The repository's name for the go or plan label."""
+    return str(getattr(labels, MODE_FIELDS[mode]))
+
+
+def has_label(names: Sequence[str], name: str) -> bool:
+    """Whether `name` is among `names` (GitHub label names compare without case)."""
+    return name.lower() in (n.lower() for n in names)
 
 
 def _check_relative(path: str) -> str:

@@ -1,7 +1,7 @@
 """Shepherd's labels: their names from the repository policy (read briefly cached), colours and descriptions, created on first use.
 
 The policy file is read here (`load_policy`, `RepoPolicies`); its schema and parsing are the core's
-(`bot/core/policy.py`).
+(`bot/core/policy.py`), and so is which name each label has (`label_name`, `trigger_label`).
 
 The trigger labels (go, plan) are created, under the names the repository's policy gives them, when the
 App is installed on a repository (so people find them in the label picker), and otherwise only read: people add and remove them. The needs-input and
@@ -21,8 +21,11 @@ import gidgethub
 from cachetools import TTLCache
 
 from bot.github.api import GitHub, GitHubReader
-from bot.core.policy import CONTENTS_URL, POLICY_PATH, Labels, LoadedPolicy, OperatorLimits, policy_from_contents
-from bot.core.session import LabelKind, Mode
+from bot.core.policy import (
+    CONTENTS_URL, KIND_FIELDS, MODE_FIELDS, POLICY_PATH, Labels, LoadedPolicy, OperatorLimits, has_label, label_name,
+    policy_from_contents,
+)
+from bot.core.session import LabelKind
 
 log = logging.getLogger(__name__)
 
@@ -48,32 +51,6 @@ LOOKS: dict[str, LabelLook] = {
     "needs_input": LabelLook("d93f0b", "Shepherd: the agent is waiting for an answer in this thread"),
     "needs_human": LabelLook("b60205", "Shepherd: a person needs to step in (a round or turn limit was reached)"),
 }
-
-_KIND_FIELD = {LabelKind.NEEDS_INPUT: "needs_input", LabelKind.NEEDS_HUMAN: "needs_human"}
-_MODE_FIELD = {Mode.GO: "go", Mode.PLAN: "plan"}
-
-
-def label_name(labels: Labels, kind: LabelKind) -> str:
-    """The repository's name for Shepherd's needs-input or needs-human label."""
-    return str(getattr(labels, _KIND_FIELD[kind]))
-
-
-def trigger_label(labels: Labels, mode: Mode) -> str:
-    """The repository's name for the go or plan label."""
-    return str(getattr(labels, _MODE_FIELD[mode]))
-
-
-def trigger_mode(labels: Labels, name: str) -> Mode | None:
-    """Which mode a label starts (GitHub label names compare without case), or None."""
-    lowered = name.lower()
-    for mode, field_name in _MODE_FIELD.items():
-        if getattr(labels, field_name).lower() == lowered:
-            return mode
-    return None
-
-
-def has_label(names: list[str] | tuple[str, ...], name: str) -> bool:
-    return name.lower() in (n.lower() for n in names)
 
 
 async def load_policy(
@@ -149,7 +126,7 @@ async def create_trigger_labels(gh: GitHub, full_name: str, labels: Labels = Lab
     created. A label that exists already is left as the maintainers made it."""
     owner, _, repo = full_name.partition("/")
     created = []
-    for field_name in _MODE_FIELD.values():
+    for field_name in MODE_FIELDS.values():
         name = getattr(labels, field_name)
         look = LOOKS[field_name]
         try:
@@ -182,7 +159,7 @@ async def add_label(gh: GitHub, maker: LabelMaker, owner: str, repo: str, number
                     kind: LabelKind, **write: Any) -> str:
     """Put Shepherd's `kind` label on the issue, creating the label in the repository first if needed."""
     name = label_name(labels, kind)
-    await maker.ensure(gh, owner, repo, name, _KIND_FIELD[kind])
+    await maker.ensure(gh, owner, repo, name, KIND_FIELDS[kind])
     await gh.post(ISSUE_LABELS_URL, {"owner": owner, "repo": repo, "issue_number": number},
                   data={"labels": [name]}, **write)
     return name

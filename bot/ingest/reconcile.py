@@ -31,8 +31,9 @@ from bot.github.permissions import PermissionCache
 from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered
 from bot.core.effects import IssueRef
 from bot.core.bakeoff import BAKEOFF_LABEL
-from bot.core.engines import choose
-from bot.github.labels import RepoPolicies, trigger_label
+from bot.core.engines import Choice, choose
+from bot.core.policy import LoadedPolicy, trigger_label
+from bot.github.labels import RepoPolicies
 from bot.core.session import BRANCH_PREFIX, Mode, PullRequestClosed, PullRequestOpened, PullRequestState
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ async def _reconcile_repository(
                 clone_url=repository["clone_url"], default_branch=default_branch,
                 author=(issue.get("user") or {}).get("login"),
             )
-            await _start_as_labeller(gh, engine, ref, choice.mode, label, loaded.policy.min_permission, permissions,
-                                     done, choice.engine, choice.rival)
+            await _start_as_labeller(gh, engine, ref, choice, label, loaded, permissions, done)
     await _reconcile_pulls(gh, owner, name, full_name, engine, done)
 
 
@@ -149,27 +149,28 @@ async def labeller(gh: Any, owner: str, repo: str, number: int, label: str) -> d
 
 
 async def _start_as_labeller(
-    gh: Any, engine: Any, ref: IssueRef, mode: Mode, label: str, minimum: str,
-    permissions: PermissionCache, done: Reconciled, chosen_engine: str | None = None,
-    rival: str | None = None,
+    gh: Any, engine: Any, ref: IssueRef, choice: Choice, label: str, loaded: LoadedPolicy,
+    permissions: PermissionCache, done: Reconciled,
 ) -> None:
+    """Start the issue as the person who added `label`, with the one policy reading (`loaded`) that gave the
+    label its meaning (`choice`): the engine builds the session from that reading, never from a second one."""
     key = f"{ref.full_name}#{ref.number}"
     actor = await labeller(gh, ref.owner, ref.repo, ref.number, label)
     if not actor or not actor.get("login"):
         log.info(LOG_NO_LABELLER, ref.full_name, ref.number, label)
         done.skipped.append(key)
         return
-    if not await permissions.may_drive(gh, ref.owner, ref.repo, actor, minimum=minimum):
+    if not await permissions.may_drive(gh, ref.owner, ref.repo, actor, minimum=loaded.policy.min_permission):
         log.info(LOG_NOT_ALLOWED, ref.full_name, ref.number, label, actor["login"])
         done.skipped.append(key)
         return
-    if rival is not None and not engine.runs_bakeoffs:
+    if choice.rival is not None and not engine.runs_bakeoffs:
         # Said once on the issue (the same answer as the label's delivery gets); nothing starts.
         await engine.respond(ref.installation_id, ref.full_name, ref.number, (NotOffered(label, BAKEOFF_NOT_ON_TEMPORAL),))
         done.skipped.append(key)
         return
-    session = await engine.trigger(ref, mode=mode, actor=actor["login"], label=label, engine=chosen_engine,
-                                   **({"rival": rival} if rival is not None else {}))
+    session = await engine.trigger(ref, mode=choice.mode, actor=actor["login"], label=label, policy=loaded,
+                                   engine=choice.engine, **({"rival": choice.rival} if choice.rival is not None else {}))
     if session is not None:
         log.info(LOG_STARTED, ref.full_name, ref.number, label, actor["login"])
         done.started.append(key)

@@ -33,7 +33,7 @@ from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, Session
 from bot.core.policy import EffectivePolicy, LoadedPolicy
 from bot.core.loops import LoopLimits
 from bot.core.responses import Response
-from bot.github.labels import load_policy
+from bot.core.engines import trigger_event
 from bot.agent.prompt import render_prompt, render_turn_message
 from bot.core.session import (
     Cancel,
@@ -49,7 +49,6 @@ from bot.core.session import (
     FinishWork,
     HoldSlot,
     JudgeBakeOff,
-    Limits,
     Mode,
     PostPlan,
     PostStatus,
@@ -62,7 +61,6 @@ from bot.core.session import (
     StartTurn,
     State,
     StopAgent,
-    Trigger,
     TurnKind,
     TurnStarted,
     WorkPushed,
@@ -312,36 +310,19 @@ class Engine(SessionReads):
 
     # -- the Engine protocol --------------------------------------------------------------------
 
-    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
-                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None,
-                      rival: str | None = None) -> Session | None:
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str, policy: LoadedPolicy,
+                      labelled_at: datetime | None = None, edited_after_label: bool = False,
+                      engine: str | None = None, rival: str | None = None) -> Session | None:
         """Start, continue, or point to the PR (SPEC §1.1); the core decides which, and whether the
-        delivery is a replay. `policy` is the reading the handler took the label's meaning from;
-        `edited_after_label` says the issue changed after the label (the agent gets the labelled text);
-        `engine` is the adapter an engine label picked (SPEC §8)."""
+        delivery is a replay. `policy` is the reading the caller took the label's meaning from, and the
+        only one this trigger uses; `edited_after_label` says the issue changed after the label (the agent
+        gets the labelled text); `engine` is the adapter an engine label picked (SPEC §8)."""
         key = f"{issue.full_name}#{issue.number}"
+        loaded = policy
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
-            loaded = policy
-            if loaded is None:
-                gh = self.github.installation(issue.installation_id)
-                loaded = await load_policy(
-                    gh, issue.owner, issue.repo, issue.default_branch, self.settings.operator_limits()
-                )
-            event = Trigger(
-                repo=issue.full_name,
-                issue_number=issue.number,
-                issue_title=issue.title,
-                mode=mode,
-                actor=actor,
-                base_branch=loaded.policy.base_branch or issue.default_branch,
-                limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds,
-                              max_cost_usd=loaded.policy.max_cost_usd),
-                labelled_at=labelled_at,
-                engine=engine,
-                rival=rival,
-            )
+            event = trigger_event(issue, loaded.policy, mode=mode, actor=actor, labelled_at=labelled_at,
+                                  engine=engine, rival=rival)
             now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
             session = decision.session

@@ -37,17 +37,15 @@ from temporalio.service import RPCError, RPCStatusCode
 from bot.store.context import RuntimeContext
 from bot.core.effects import IssueRef
 from bot.core.policy import LoadedPolicy
-from bot.github.labels import load_policy
+from bot.core.engines import trigger_event
 from bot.core.responses import Response
 from bot.core.session import (
     BRANCH_PREFIX,
     Cancel,
     CancelReason,
     Event,
-    Limits,
     Mode,
     Session,
-    Trigger,
     decide_trigger,
     event_to_dict,
 )
@@ -222,28 +220,17 @@ class TemporalEngine(SessionReads):
 
     # -- writes: Temporal calls -----------------------------------------------------------------
 
-    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str,
-                      policy: LoadedPolicy | None = None, labelled_at: datetime | None = None,
-                      edited_after_label: bool = False, engine: str | None = None,
-                      rival: str | None = None) -> Session | None:
+    async def trigger(self, issue: IssueRef, *, mode: Mode, actor: str, label: str, policy: LoadedPolicy,
+                      labelled_at: datetime | None = None, edited_after_label: bool = False,
+                      engine: str | None = None, rival: str | None = None) -> Session | None:
         """Signal-with-start: the workflow's core decides whether this starts, continues or is a replay.
+        `policy` is the reading the caller took the label's meaning from, and the only one used here.
         A bake-off (`rival`) is not run by Temporal hosts yet: the handlers say so on the issue and never get
         here with one; anything else that does fails loudly rather than run half of it."""
         if rival is not None:
             raise NotImplementedError("a bake-off runs only with SHEPHERD_ENGINE=local for now")
         loaded = policy
-        if loaded is None:
-            gh = self.github.installation(issue.installation_id)
-            loaded = await load_policy(gh, issue.owner, issue.repo, issue.default_branch,
-                                       self.settings.operator_limits())
-        event = Trigger(
-            repo=issue.full_name, issue_number=issue.number, issue_title=issue.title, mode=mode, actor=actor,
-            base_branch=loaded.policy.base_branch or issue.default_branch,
-            limits=Limits(loaded.policy.max_turns, loaded.policy.review_rounds, loaded.policy.ci_rounds,
-                          max_cost_usd=loaded.policy.max_cost_usd),
-            labelled_at=labelled_at,
-            engine=engine,
-        )
+        event = trigger_event(issue, loaded.policy, mode=mode, actor=actor, labelled_at=labelled_at, engine=engine)
         last = self.last_session(issue.full_name, issue.number)
         starts = decide_trigger(last, event, datetime.now(timezone.utc)).session
         if self.dependencies is not None and starts is not None and (last is None or starts.id != last.id):
