@@ -26,7 +26,7 @@ from bot.views import render
 from bot.core.effects import SessionContext
 from bot.core.payload import parse_time
 from bot.github.pacing import Priority
-from bot.core.policy import POLICY_PATH
+from bot.core.policy import POLICY_PATH, Problem
 from bot.core.session import (
     AddLabel,
     Command,
@@ -190,7 +190,7 @@ class Publisher:
     async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
         """Carry out one command idempotently; return the events it produced (`QuestionPosted`)."""
         gh = self._github.installation(context.installation_id)
-        problems = context.extra.get("policy_problems")
+        problems = context.policy_problems
         if problems:
             await self._post_policy_problems(gh, session, context, problems)
         if isinstance(command, PostStatus):
@@ -300,7 +300,7 @@ class Publisher:
 
     async def _post_question(self, gh: Any, session: Session, context: SessionContext,
                              command: PostQuestion | EditQuestion) -> list[Event]:
-        asking = context.extra.get("attempt")  # a bake-off attempt's question names its engine (SPEC §8)
+        asking = context.attempt  # a bake-off attempt's question names its engine (SPEC §8)
         body = render.render_question(session.id, command.question_id, command.text, command.options,
                                       command.context, command.mention, engine=asking)
         async with self._lock(session.id, QUESTION, command.question_id):
@@ -379,7 +379,7 @@ class Publisher:
             )
 
     async def _post_policy_problems(self, gh: Any, session: Session, context: SessionContext,
-                                    problems: Sequence[Any]) -> None:
+                                    problems: Sequence[Problem | str]) -> None:
         if self.posted.get(session.id, POLICY) is not None:
             return
         body = render.render_policy_problems(session.id, problems, POLICY_PATH)
