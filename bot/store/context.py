@@ -87,6 +87,35 @@ class RuntimeContext:
         return replace(view, policy=self.policy, worktree=self.worktree, port=self.port, turn=self.turn, reports_seq=self.reports_seq,
                        attempts={**self.attempts, name: own})
 
+    def with_host_facts(self, host: RuntimeContext) -> RuntimeContext:
+        """These facts with one worker host's own (Temporal, SPEC §7): its worktree, port, running turn and
+        last report seen. They belong to that host's disk and do not travel when the session moves."""
+        return replace(self, worktree=host.worktree, port=host.port, turn=host.turn, reports_seq=host.reports_seq)
+
+    def without_host_facts(self) -> RuntimeContext:
+        """These facts as a new host starts from them: nothing of the last host's disk."""
+        return replace(self, worktree=None, port=None, turn=None, reports_seq=0)
+
+    def with_host_answer(self, host: RuntimeContext) -> RuntimeContext:
+        """These facts after a worker host's answer (`host`, its copy after the activity): its own facts, the
+        checkpoint it pushed (kept wherever the session goes) and the notes it added. Everything else is
+        the workflow's and stays as it is now: a fact others told meanwhile (`with_found_facts`) survives."""
+        notes = self.notes + tuple(note for note in host.notes if note not in self.notes)
+        return replace(self.with_host_facts(host), checkpoint=host.checkpoint or self.checkpoint, notes=notes)
+
+    def with_found_facts(self, facts: Mapping[str, Any]) -> RuntimeContext:
+        """These facts with what others found about the session, as they send it (JSON): the repository's
+        `overlaps` (`#12` → files both change) and the `dependency_body` an authorised person last edited.
+        Anything else in `facts` is not theirs to change and is ignored."""
+        changed = self
+        if "overlaps" in facts:
+            overlaps = facts["overlaps"] or {}
+            changed = replace(changed, overlaps={str(issue): tuple(str(p) for p in paths) for issue, paths in overlaps.items()})
+        if "dependency_body" in facts:
+            body = facts["dependency_body"]
+            changed = replace(changed, dependency_body=str(body) if body is not None else None)
+        return changed
+
     def for_retry(self) -> RuntimeContext:
         """The facts a retried session keeps: everything but its predecessor's turn, worktree, port and notes."""
         return RuntimeContext(
