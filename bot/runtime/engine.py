@@ -666,8 +666,8 @@ class Engine(SessionReads):
         egress = None
         if worktree is not None:
             stats = self.confinement(session, worktree, context.policy).refused_hosts()
-            egress = EgressRefusals(int(stats.get("refused") or 0),
-                                    {str(host): int(count) for host, count in (stats.get("refused_hosts") or {}).items()})
+            hosts = stats.get("refused_hosts") or {}
+            egress = EgressRefusals(int(stats.get("refused") or 0), {str(h): int(n) for h, n in hosts.items()})
         attempt = split_attempt_id(session.id)[1]
         positions: dict[str, int | None] = {}
         if attempt is None and session.attempts:

@@ -4,7 +4,9 @@ The pure core's `Session` says where a session stands; `RuntimeContext` holds wh
 carry out its commands. It is frozen: a change is a `dataclasses.replace`, and only the engine stores
 one, under the issue's lock (`Engine.change_context`), so two writers can never overwrite each other's
 fields with stale copies. It is kept as JSON in the `sessions` table; `from_dict` also reads the rows
-written before it existed (the same keys, as a plain dict).
+written before it existed (the same keys, as a plain dict). The Temporal session workflow holds one too
+and crosses its history with the same JSON; a worker host's answer changes only the host's own facts
+(`with_host_answer`), a front end's or the repository's only theirs (`with_found_facts`).
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ class RuntimeContext:
         Anything else in `facts` is not theirs to change and is ignored."""
         changed = self
         if "overlaps" in facts:
-            overlaps = facts["overlaps"] or {}
-            changed = replace(changed, overlaps={str(issue): tuple(str(p) for p in paths) for issue, paths in overlaps.items()})
+            found = facts["overlaps"] or {}
+            overlaps = {str(issue): tuple(str(path) for path in paths) for issue, paths in found.items()}
+            changed = replace(changed, overlaps=overlaps)
         if "dependency_body" in facts:
             body = facts["dependency_body"]
             changed = replace(changed, dependency_body=str(body) if body is not None else None)

@@ -399,7 +399,8 @@ class SessionWorkflow:
             lost = LOST_TURN_AFTER_CHECKPOINT.format(sha=str(checkpoint)[:7])
         else:
             lost = LOST_TURN
-        self.context = replace(self.context, notes=(*self.context.notes, NOTE_MOVED.format(old=old, new=self.host, lost=lost)))
+        moved = NOTE_MOVED.format(old=old, new=self.host, lost=lost)
+        self.context = replace(self.context, notes=(*self.context.notes, moved))
         workflow.logger.warning("%s moved from host %s to %s", self.session.id, old, self.host)
         if self.session.state not in (State.REGISTERED,) and self.session.is_live:
             # The new host needs the worktree before any turn: from the branch as last pushed.
@@ -419,7 +420,8 @@ class SessionWorkflow:
 
     def _payload(self, command: Command) -> dict[str, Any]:
         assert self.session is not None and self.context is not None
-        return {"session": self.session.to_dict(), "context": self.context.to_dict(), "command": command_to_dict(command),
+        return {"session": self.session.to_dict(), "context": self.context.to_dict(),
+                "command": command_to_dict(command),
                 "workflow_id": workflow.info().workflow_id}
 
     # -- deciding: the core ---------------------------------------------------------------------
