@@ -159,7 +159,7 @@ async def test_the_repository_policy_names_the_labels(bed: Bed) -> None:
 async def test_policy_problems_are_reported_once_per_session(bed: Bed) -> None:
     from bot.core.policy import Problem
     session = await label(bed)
-    bed.engine.set_context(session, extra={"policy_problems": [Problem("max_turns", "must be a whole number")]})
+    bed.engine.set_context(session, policy_problems=(Problem("max_turns", "must be a whole number"),))
     await bed.engine.feed(session, WorkspaceReady(), SlotGranted())
     problems = [b for b in bed.bot_bodies() if "shepherd:policy" in b]
     assert len(problems) == 1

@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from bot.views import render
-from bot.core.effects import SessionContext
+from bot.core.effects import EgressRefusals, SessionContext
 from bot.core.policy import OperatorLimits, Problem, default_policy
 from bot.core.session import Mode, PullRequestState, State, Trigger, decide_trigger
 
@@ -37,6 +37,24 @@ def test_queue_position_shows_only_while_queued() -> None:
     assert "| Queue | 3rd in line |" in queued
     working = render.render_status(session(state=State.WORKING), replace(CONTEXT, queue_position=3))
     assert "Queue" not in working
+
+
+def test_what_the_egress_proxy_refused_is_named_with_its_counts() -> None:
+    refused = replace(CONTEXT, egress=EgressRefusals(3, {"z.example:443": 1, "a.example:80`<b>": 2}))
+    shown = render.render_status(session(state=State.WORKING), refused)
+    assert ("_The egress proxy refused what the agent tried to reach outside its allow-list: 3 connection(s) "
+            "refused: `a.example:80<b>` (2), `z.example:443` (1)._") in shown
+    for nothing in (None, EgressRefusals()):
+        assert "egress proxy" not in render.render_status(session(state=State.WORKING), replace(CONTEXT, egress=nothing))
+
+
+def test_earlier_sessions_and_the_sandbox_mode_come_from_the_context() -> None:
+    earlier = session(state=State.FAILED, failure_reason="the agent crashed")
+    shown = render.render_status(session(attempt=2), replace(CONTEXT, earlier=(earlier,), sandbox="none"))
+    assert "attempt 1" in shown and "the agent crashed" in shown
+    assert render.SANDBOX_OFF_SENTENCE in shown and render.SANDBOX_OFF_POLICY_LINE in shown
+    assert render.SANDBOX_OFF_SENTENCE not in render.render_status(session(), CONTEXT)
+    assert "sandbox: bwrap" in render.render_status(session(), CONTEXT)
 
 
 def test_branch_and_pr_links_use_the_repository_web_address() -> None:

@@ -75,3 +75,32 @@ def test_only_the_engine_writes_the_record() -> None:
     # The Temporal front end keeps a copy of its own, changed only through its `change_context` (a dependency
     # edit, which it also signals to the workflow); the workflow holds the session's facts for the hosts.
     assert set(writers) == {"bot/runtime/engine.py", "bot/temporal/frontend.py"}
+
+
+def test_a_hosts_answer_brings_its_own_facts_and_keeps_what_others_told_meanwhile() -> None:
+    # The Temporal workflow holds the record; a host answers with its whole copy, as it was when the activity
+    # started plus what the host learned. Meanwhile a front end told an edited body and the repository overlaps.
+    ours = RuntimeContext.from_dict(OLD_ROW).with_found_facts(
+        {"dependency_body": "Depends on #9", "overlaps": {"#5": ["a.py"]}, "owner": "mallory"})
+    host = replace(RuntimeContext.from_dict(OLD_ROW).without_host_facts(), worktree="/b/wt", port=5,
+                   checkpoint="c0ffee", notes=(*OLD_ROW["notes"], "The session moved."))
+
+    merged = ours.with_host_answer(host)
+
+    assert (merged.worktree, merged.port, merged.turn, merged.reports_seq) == ("/b/wt", 5, None, 0)
+    assert merged.checkpoint == "c0ffee"
+    assert merged.dependency_body == "Depends on #9" and merged.overlaps == {"#5": ("a.py",)}
+    assert merged.owner == "octo-org"  # found facts change only what others may find
+    assert merged.notes == (*OLD_ROW["notes"], "The session moved.")
+    # A later answer that pushed nothing keeps the checkpoint: it stays with the session wherever it goes.
+    assert merged.with_host_answer(replace(host, checkpoint=None)).checkpoint == "c0ffee"
+
+
+def test_a_workflow_started_with_the_plain_dict_reads_it_and_writes_it_back_the_same() -> None:
+    # The facts a front end starts a workflow with (and older runs carried through continue-as-new).
+    started = {key: OLD_ROW[key] for key in ("installation_id", "owner", "repo", "clone_url", "default_branch",
+                                             "issue_body", "issue_author", "trigger_label", "trigger_at", "policy",
+                                             "policy_problems", "notes")}
+    record = RuntimeContext.from_dict(started)
+    assert (record.worktree, record.turn, record.checkpoint) == (None, None, None)
+    assert RuntimeContext.from_dict(record.to_dict()) == record

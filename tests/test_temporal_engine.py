@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -266,6 +267,59 @@ async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fak
     assert "moved from host host-a to host host-b" in status["body"]
     assert "the running turn was lost and runs again" in status["body"]
     assert len(bot_comments(fake_github, 1)) == 1
+
+
+async def test_a_fact_the_front_end_tells_during_a_move_survives_the_new_hosts_answer(
+        temporal_bed, fake_github, git_remote):
+    """Rule 3 of issue 13: the host's facts and the front end's are kept apart, not overwritten wholesale.
+    Host A dies mid-turn; while host B prepares the moved session's workspace (GitHub is slow, so the
+    preparation is still running), a person's edit of the issue body reaches the workflow through the
+    front end (`change_context`, the dependency tracker's path). B's answer brings its worktree; the
+    workflow's record of the session, the one the hosts and the repository's re-checks read, keeps both."""
+    bed = temporal_bed
+    bed.command = agent_script(bed.tmp, DONE_AGENT)
+    bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
+    sleeping = agent_script(bed.tmp, SLEEPING_AGENT, name="sleeping.sh")
+    front = await bed.front_end()
+    host_a = bed.host_process("host-a", SHEPHERD_AGENT_COMMAND=sleeping)
+    fake_github.add_issue(REPO, title="Add a greeting", body="Please add hello.txt", user="carol")
+    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    handle = front.engine.client.get_workflow_handle(f"{REPO}#1")
+    edited = "Please add hello.txt\n\nDepends on nothing after all."
+    try:
+        await wait_for(lambda: list((bed.tmp / "host-a").glob("sessions/*/home/started")), timeout=90)
+        session = await front.session(1)
+        assert session.state == State.WORKING
+        bed.host_process("host-b")
+        kill_group(host_a)
+        for process in _orphans("300.7171"):
+            process.kill()
+        fake_github.hold()  # host B's preparation of the moved workspace waits on GitHub
+        try:
+            # B has the session (the preparation is scheduled with the workflow's facts as they are now).
+            await wait_for_async(lambda: _snapshot_where(handle, lambda s: s["host"] == "host-b"), timeout=60)
+            await front.engine.change_context(session.id, lambda known: replace(known, dependency_body=edited))
+            told = await wait_for_async(
+                lambda: _snapshot_where(handle, lambda s: s["context"].get("dependency_body") == edited))
+            assert told, "the workflow did not take the front end's fact"
+        finally:
+            fake_github.release()
+        ended = await front.ended(1, timeout=120)
+    finally:
+        for process in _orphans("300.7171"):
+            process.kill()
+
+    assert ended.state == State.COMPLETE and front.engine.host_of(ended.id) == "host-b"
+    [status] = status_comments(fake_github, 1)
+    assert "moved from host host-a to host host-b" in status["body"]
+    snapshot = await handle.query("snapshot")
+    assert snapshot["context"].get("dependency_body") == edited  # the front end's fact
+    assert str(bed.tmp / "host-b") in snapshot["context"]["worktree"]  # the new host's fact
+
+
+async def _snapshot_where(handle, predicate) -> dict | None:
+    snapshot = await handle.query("snapshot")
+    return snapshot if predicate(snapshot) else None
 
 
 CHECKPOINT_AGENT_A = """

@@ -9,13 +9,13 @@ the same parts later.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from bot.core.policy import EffectivePolicy, LoadedPolicy
+from bot.core.policy import EffectivePolicy, LoadedPolicy, Problem
 from bot.core.responses import Response
 from bot.core.session import Command, Event, FinishWork, Mode, Session
 
@@ -27,6 +27,14 @@ class ChangedFile:
     path: str
     added: int
     removed: int
+
+
+@dataclass(frozen=True)
+class EgressRefusals:
+    """What the session's egress proxy refused so far: how many connections, and how many per `host:port`."""
+
+    refused: int = 0
+    hosts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,12 @@ class SessionContext:
     changed_files: tuple[ChangedFile, ...] = ()
     log_tail: str | None = None  # already redacted
     notes: tuple[str, ...] = ()  # extra lines for the status comment, e.g. "re-run after a restart"
-    extra: dict[str, Any] = field(default_factory=dict)
+    policy_problems: tuple[Problem | str, ...] = ()  # what is wrong in the policy file, reported once
+    sandbox: str = "bwrap"  # the operator's sandbox mode (`SHEPHERD_SANDBOX`); "none" is warned about
+    earlier: tuple[Session, ...] = ()  # the issue's earlier sessions, oldest first
+    egress: EgressRefusals | None = None  # None where the session has no worktree (so no proxy) yet
+    attempt: str | None = None  # a bake-off attempt's command: the attempt's name (its question names it)
+    attempt_positions: Mapping[str, int | None] = field(default_factory=dict)  # a bake-off's queue places
 
     @property
     def full_name(self) -> str:

@@ -29,7 +29,7 @@ from bot.agent.channel import STATUS_NAME, write_status
 from bot.agent.adapters import Adapter, make_adapter
 from bot.agent.environment import SessionEnvironment
 from bot.agent.confinement import Confinement, for_session as confinement_for
-from bot.core.effects import ChangedFile, Finisher, IssueRef, Publisher, SessionContext
+from bot.core.effects import ChangedFile, EgressRefusals, Finisher, IssueRef, Publisher, SessionContext
 from bot.core.policy import EffectivePolicy, LoadedPolicy
 from bot.core.loops import LoopLimits
 from bot.core.responses import Response
@@ -659,17 +659,15 @@ class Engine(SessionReads):
                 )
             except Exception:  # noqa: BLE001 - the status still renders without the file list
                 log.warning("could not list changed files of %s", session.id, exc_info=True)
-        extra = {"policy_problems": list(context.policy_problems), "sandbox": self.workspaces.sandbox.mode,
-                 "earlier": [s for s in self.sessions.for_issue(session.repo, session.issue_number)
-                             if s.attempt < session.attempt]}
+        egress = None
         if worktree is not None:
-            extra["egress"] = self.confinement(session, worktree, context.policy).refused_hosts()
+            stats = self.confinement(session, worktree, context.policy).refused_hosts()
+            hosts = stats.get("refused_hosts") or {}
+            egress = EgressRefusals(int(stats.get("refused") or 0), {str(h): int(n) for h, n in hosts.items()})
         attempt = split_attempt_id(session.id)[1]
-        if attempt is not None:
-            extra["attempt"] = attempt  # a bake-off attempt's command: its question names its engine
-        elif session.attempts:
-            extra["attempt_positions"] = {a.name: self.queue.position(attempt_id(session.id, a.name))
-                                          for a in session.attempts}
+        positions: dict[str, int | None] = {}
+        if attempt is None and session.attempts:
+            positions = {a.name: self.queue.position(attempt_id(session.id, a.name)) for a in session.attempts}
         handle = self._turn_handle(session, context)
         log_tail = None
         if handle is not None:
@@ -688,7 +686,13 @@ class Engine(SessionReads):
             changed_files=changed,
             log_tail=log_tail,
             notes=context.notes,
-            extra=extra,
+            policy_problems=context.policy_problems,
+            sandbox=self.workspaces.sandbox.mode,
+            earlier=tuple(s for s in self.sessions.for_issue(session.repo, session.issue_number)
+                          if s.attempt < session.attempt),
+            egress=egress,
+            attempt=attempt,  # a bake-off attempt's command: its question names its engine
+            attempt_positions=positions,
         )
 
     async def queue_place(self, session: Session) -> int | None:

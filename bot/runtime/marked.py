@@ -21,6 +21,7 @@ from typing import Any
 import gidgethub
 
 from bot.core.sanitize import find_marker
+from bot.github.api import GitHub
 from bot.github.pacing import Priority
 from bot.github.permissions import is_self
 from bot.store.posted import PostedRecords
@@ -108,16 +109,17 @@ class Marked:
     created: bool = False
 
 
-async def find_own(gh: Any, place: Place, bot_login: str) -> dict[str, Any] | None:
+async def find_own(gh: GitHub, place: Place, bot_login: str) -> dict[str, Any] | None:
     """The bot's own item at `place`; the same marker anywhere else is not trusted."""
     async for item in gh.getiter(place.list_url, {**place.where, **place.list_query}):
         if is_self(item.get("user"), bot_login) and place.matches(item):
-            return item
+            own: dict[str, Any] = item
+            return own
     return None
 
 
 async def ensure_marked(
-    gh: Any, posted: PostedRecords, place: Place, *, scope: str, kind: str, key: str, bot_login: str, body: str,
+    gh: GitHub, posted: PostedRecords, place: Place, *, scope: str, kind: str, key: str, bot_login: str, body: str,
     now: float, priority: Priority | None = None, create_priority: Priority | None = None, edit: bool = True,
 ) -> Marked:
     """Create the thing at `place`, or edit the one already there (left as it is when `edit` is False)."""
@@ -154,8 +156,10 @@ async def ensure_marked(
         return Marked(ident, created, True, created=True)
 
 
-async def _edit(gh: Any, place: Place, ident: int, body: str, priority: Priority | None) -> dict[str, Any]:
-    return await gh.patch(place.edit_url, {**place.where, place.id_name: ident}, data={"body": body}, priority=priority)
+async def _edit(gh: GitHub, place: Place, ident: int, body: str, priority: Priority | None) -> dict[str, Any]:
+    edited: dict[str, Any] = await gh.patch(place.edit_url, {**place.where, place.id_name: ident}, data={"body": body},
+                                            priority=priority)
+    return edited
 
 
 # One lock per thing (scope, kind, key) while its check-then-create runs; dropped with its last user.
@@ -173,13 +177,13 @@ def _lock(scope: str, kind: str, key: str) -> asyncio.Lock:
 
 
 async def find_own_comment(
-    gh: Any, owner: str, repo: str, number: int, bot_login: str, kind: str, fields: dict[str, str]
+    gh: GitHub, owner: str, repo: str, number: int, bot_login: str, kind: str, fields: dict[str, str]
 ) -> dict[str, Any] | None:
     return await find_own(gh, issue_comment(owner, repo, number, kind, fields), bot_login)
 
 
 async def ensure_comment(
-    gh: Any, posted: PostedRecords, *, scope: str, kind: str, key: str, owner: str, repo: str, number: int,
+    gh: GitHub, posted: PostedRecords, *, scope: str, kind: str, key: str, owner: str, repo: str, number: int,
     bot_login: str, marker_fields: dict[str, str], body: str, now: float, priority: Priority = Priority.NORMAL,
     edit: bool = True,
 ) -> tuple[dict[str, Any] | None, bool]:

@@ -22,11 +22,13 @@ from typing import Any
 import gidgethub
 
 from bot.github import labels as label_ops
+from bot.github.api import GitHub
+from bot.github.client import GitHubApp
 from bot.views import render
 from bot.core.effects import SessionContext
 from bot.core.payload import parse_time
 from bot.github.pacing import Priority
-from bot.core.policy import POLICY_PATH
+from bot.core.policy import POLICY_PATH, Problem
 from bot.core.session import (
     AddLabel,
     Command,
@@ -90,7 +92,7 @@ def issue_scope(full_name: str, number: int) -> str:
 
 
 async def react_once(
-    gh: Any,
+    gh: GitHub,
     posted: PostedRecords,
     *,
     scope: str,
@@ -117,7 +119,7 @@ async def react_once(
 
 
 async def post_refusal(
-    gh: Any,
+    gh: GitHub,
     store: Store,
     *,
     owner: str,
@@ -159,7 +161,7 @@ class Publisher:
 
     def __init__(
         self,
-        github: Any,
+        github: GitHubApp,
         store: Store,
         *,
         clock: Callable[[], float] = time.time,
@@ -190,7 +192,7 @@ class Publisher:
     async def publish(self, session: Session, command: Command, context: SessionContext) -> Sequence[Event]:
         """Carry out one command idempotently; return the events it produced (`QuestionPosted`)."""
         gh = self._github.installation(context.installation_id)
-        problems = context.extra.get("policy_problems")
+        problems = context.policy_problems
         if problems:
             await self._post_policy_problems(gh, session, context, problems)
         if isinstance(command, PostStatus):
@@ -270,7 +272,7 @@ class Publisher:
 
     # -- status ------------------------------------------------------------------------------------
 
-    async def _post_status(self, gh: Any, session: Session, context: SessionContext, command: PostStatus) -> None:
+    async def _post_status(self, gh: GitHub, session: Session, context: SessionContext, command: PostStatus) -> None:
         tail = None
         if session.state == State.FAILED and not context.log_tail:
             tail = self._tails.get(session.id)
@@ -290,7 +292,7 @@ class Publisher:
                 marker_fields={}, body=body, now=now, priority=priority,
             )
 
-    async def _report_failure(self, gh: Any, session: Session, context: SessionContext,
+    async def _report_failure(self, gh: GitHub, session: Session, context: SessionContext,
                               command: ReportFailure) -> None:
         tail = command.log_tail or context.log_tail or ""
         if tail:
@@ -298,9 +300,9 @@ class Publisher:
 
     # -- questions ---------------------------------------------------------------------------------
 
-    async def _post_question(self, gh: Any, session: Session, context: SessionContext,
+    async def _post_question(self, gh: GitHub, session: Session, context: SessionContext,
                              command: PostQuestion | EditQuestion) -> list[Event]:
-        asking = context.extra.get("attempt")  # a bake-off attempt's question names its engine (SPEC §8)
+        asking = context.attempt  # a bake-off attempt's question names its engine (SPEC §8)
         body = render.render_question(session.id, command.question_id, command.text, command.options,
                                       command.context, command.mention, engine=asking)
         async with self._lock(session.id, QUESTION, command.question_id):
@@ -313,15 +315,16 @@ class Publisher:
             )
         if isinstance(command, EditQuestion) and session.question is not None and session.question.comment_id:
             return []
-        if comment is None:
+        if comment is None:  # its text was already right: read the remembered comment for its time
+            record = self.posted.get(session.id, QUESTION, command.question_id)
+            assert record is not None  # `ensure_comment` has just remembered it
             comment = await gh.getitem(COMMENT_URL, {
-                "owner": context.owner, "repo": context.repo,
-                "comment_id": self.posted.get(session.id, QUESTION, command.question_id).github_id,
+                "owner": context.owner, "repo": context.repo, "comment_id": record.github_id,
             })
         posted_at = parse_time(comment.get("created_at")) or datetime.now(timezone.utc)
         return [QuestionPosted(command.question_id, int(comment["id"]), posted_at)]
 
-    async def _close_question(self, gh: Any, session: Session, context: SessionContext, question_id: str, *,
+    async def _close_question(self, gh: GitHub, session: Session, context: SessionContext, question_id: str, *,
                               answered_by: str | None = None, withdrawn: bool = False) -> None:
         async with self._lock(session.id, QUESTION, question_id):
             record = self.posted.get(session.id, QUESTION, question_id)
@@ -354,12 +357,12 @@ class Publisher:
 
     # -- the rest ----------------------------------------------------------------------------------
 
-    async def _react(self, gh: Any, session: Session, context: SessionContext, content: str,
+    async def _react(self, gh: GitHub, session: Session, context: SessionContext, content: str,
                      comment_id: int | None) -> None:
         await react_once(gh, self.posted, scope=session.id, owner=context.owner, repo=context.repo,
                          number=session.issue_number, content=content, comment_id=comment_id, now=self._clock())
 
-    async def _post_plan(self, gh: Any, session: Session, context: SessionContext, command: PostPlan) -> None:
+    async def _post_plan(self, gh: GitHub, session: Session, context: SessionContext, command: PostPlan) -> None:
         body = render.render_plan(session.id, command.text, command.revision, command.mention)
         async with self._lock(session.id, PLAN):
             await ensure_comment(
@@ -368,7 +371,7 @@ class Publisher:
                 marker_fields={"session": session.id}, body=body, now=self._clock(), priority=Priority.URGENT,
             )
 
-    async def _point_to_pull_request(self, gh: Any, session: Session, context: SessionContext,
+    async def _point_to_pull_request(self, gh: GitHub, session: Session, context: SessionContext,
                                      command: PointToPullRequest) -> None:
         body = render.render_pointer(session.id, command.number, command.url)
         async with self._lock(session.id, POINTER):
@@ -378,8 +381,8 @@ class Publisher:
                 marker_fields={"session": session.id}, body=body, now=self._clock(), edit=False,
             )
 
-    async def _post_policy_problems(self, gh: Any, session: Session, context: SessionContext,
-                                    problems: Sequence[Any]) -> None:
+    async def _post_policy_problems(self, gh: GitHub, session: Session, context: SessionContext,
+                                    problems: Sequence[Problem | str]) -> None:
         if self.posted.get(session.id, POLICY) is not None:
             return
         body = render.render_policy_problems(session.id, problems, POLICY_PATH)

@@ -4,7 +4,9 @@ The pure core's `Session` says where a session stands; `RuntimeContext` holds wh
 carry out its commands. It is frozen: a change is a `dataclasses.replace`, and only the engine stores
 one, under the issue's lock (`Engine.change_context`), so two writers can never overwrite each other's
 fields with stale copies. It is kept as JSON in the `sessions` table; `from_dict` also reads the rows
-written before it existed (the same keys, as a plain dict).
+written before it existed (the same keys, as a plain dict). The Temporal session workflow holds one too
+and crosses its history with the same JSON; a worker host's answer changes only the host's own facts
+(`with_host_answer`), a front end's or the repository's only theirs (`with_found_facts`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,36 @@ class RuntimeContext:
         own = AttemptContext(view.worktree, view.port, view.turn, view.reports_seq)
         return replace(view, policy=self.policy, worktree=self.worktree, port=self.port, turn=self.turn, reports_seq=self.reports_seq,
                        attempts={**self.attempts, name: own})
+
+    def with_host_facts(self, host: RuntimeContext) -> RuntimeContext:
+        """These facts with one worker host's own (Temporal, SPEC §7): its worktree, port, running turn and
+        last report seen. They belong to that host's disk and do not travel when the session moves."""
+        return replace(self, worktree=host.worktree, port=host.port, turn=host.turn, reports_seq=host.reports_seq)
+
+    def without_host_facts(self) -> RuntimeContext:
+        """These facts as a new host starts from them: nothing of the last host's disk."""
+        return replace(self, worktree=None, port=None, turn=None, reports_seq=0)
+
+    def with_host_answer(self, host: RuntimeContext) -> RuntimeContext:
+        """These facts after a worker host's answer (`host`, its copy after the activity): its own facts, the
+        checkpoint it pushed (kept wherever the session goes) and the notes it added. Everything else is
+        the workflow's and stays as it is now: a fact others told meanwhile (`with_found_facts`) survives."""
+        notes = self.notes + tuple(note for note in host.notes if note not in self.notes)
+        return replace(self.with_host_facts(host), checkpoint=host.checkpoint or self.checkpoint, notes=notes)
+
+    def with_found_facts(self, facts: Mapping[str, Any]) -> RuntimeContext:
+        """These facts with what others found about the session, as they send it (JSON): the repository's
+        `overlaps` (`#12` → files both change) and the `dependency_body` an authorised person last edited.
+        Anything else in `facts` is not theirs to change and is ignored."""
+        changed = self
+        if "overlaps" in facts:
+            found = facts["overlaps"] or {}
+            overlaps = {str(issue): tuple(str(path) for path in paths) for issue, paths in found.items()}
+            changed = replace(changed, overlaps=overlaps)
+        if "dependency_body" in facts:
+            body = facts["dependency_body"]
+            changed = replace(changed, dependency_body=str(body) if body is not None else None)
+        return changed
 
     def for_retry(self) -> RuntimeContext:
         """The facts a retried session keeps: everything but its predecessor's turn, worktree, port and notes."""

@@ -44,7 +44,7 @@ from bot.core.slots import SlotLimits, SlotQueue
 from bot.runtime.engine import Engine
 from bot.store.sessions import StoredSession
 from bot.temporal.overview import queue_places
-from bot.temporal.workflow import CARRY_OUT, CLAIM_HOST, HOST_KEYS, RUN_TURN, SIGNAL_EVENT, STOP_AGENT
+from bot.temporal.workflow import CARRY_OUT, CLAIM_HOST, RUN_TURN, SIGNAL_EVENT, STOP_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -130,10 +130,8 @@ class HostEngine(Engine):
         session = Session.from_dict(data["session"])
         self._workflow_of[session.id] = data["workflow_id"]
         known = self.sessions.get(session.id)
-        context = {k: v for k, v in data["context"].items() if k not in HOST_KEYS}
-        if known is not None:
-            context.update({k: v for k, v in known.context.to_dict().items() if k in HOST_KEYS})
-        record = RuntimeContext.from_dict(context)  # the workflow carries it as JSON; the host stores it typed
+        record = RuntimeContext.from_dict(data["context"])  # the workflow carries it as JSON; the host stores it typed
+        record = record.with_host_facts(known.context) if known is not None else record.without_host_facts()
         self.sessions.record(session, record, None, (), now=self.clock())
         self._note_policy_limits(session.repo, record)
         stored = self.sessions.get(session.id)

@@ -71,8 +71,6 @@ from bot.temporal.workflow import (
 
 log = logging.getLogger(__name__)
 
-# Kept in the front end's copy across refreshes: the issue body as last edited, for dependency re-checks.
-FRONT_END_KEYS = ("dependency_body",)  # the issue body an authorised person last edited (RuntimeContext)
 ISSUE_BRANCH = re.compile(re.escape(BRANCH_PREFIX) + r"issue-(\d+)-")
 
 
@@ -161,10 +159,12 @@ class TemporalEngine(SessionReads):
         else:
             self.idle_sessions.discard(session.id)
         self.hosts[session.id] = snapshot.get("host")
-        context = {**snapshot.get("context", {}), "host": snapshot.get("host")}
-        if known is not None:  # what the front end's own parts keep beside the workflow's copy
-            context.update({k: v for k, v in known.context.to_dict().items() if k in FRONT_END_KEYS})
-        self.sessions.record(session, RuntimeContext.from_dict(context), None, (), now=self.clock())
+        context = RuntimeContext.from_dict(snapshot["context"])
+        if known is not None:
+            # What the front end's own parts keep beside the workflow's copy, across refreshes: the issue body
+            # an authorised person last edited (the dependency re-checks read it; the workflow hears of it too).
+            context = replace(context, dependency_body=known.context.dependency_body)
+        self.sessions.record(session, context, None, (), now=self.clock())
         if before is not None and before != session:
             for observer in self.observers:
                 self._spawn(observer(before, session, None))

@@ -2,7 +2,8 @@
 
 The workflow id is `<owner>/<repo>#<n>`, so a redelivery or a second front end signals the running
 workflow instead of starting another. Its state is the core's state: the issue's newest `Session`, the
-per-session facts the executors need (`context`, the same dictionary the local engine stores) and the
+per-session facts the executors need (`context`, the typed `RuntimeContext` the local engine stores; plain
+JSON only where it crosses the history: start, continue-as-new, activities, queries) and the
 commands still to carry out. Every event, from a front end (signals) or from an activity (returned or
 signalled), goes through `bot.core.session.decide`, the function the local engine calls; nothing in this
 module decides a rule of SPEC §1.
@@ -26,6 +27,7 @@ Only deterministic code lives here: the time is `workflow.now()`, and the only i
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -36,6 +38,7 @@ from temporalio.exceptions import ActivityError, TimeoutError as ActivityTimeout
 from bot.temporal.slots import SIGNAL_HOLD, SIGNAL_RELEASE, SIGNAL_REQUEST, SLOTS_ID
 
 with workflow.unsafe.imports_passed_through():
+    from bot.store.context import RuntimeContext
     from bot.core.session import (
         Command,
         EnsureWorkspace,
@@ -71,7 +74,6 @@ SIGNAL_EVENT = "event"
 SIGNAL_EVENT_FOR = "event_for"
 QUERY_SNAPSHOT = "snapshot"
 SIGNAL_FACTS = "facts"  # facts about the session found outside it: its overlaps, the issue body as edited
-FACT_KEYS = ("overlaps", "dependency_body")
 # The repository's observers (bot/temporal/repository.py) and what a change asks of them.
 REPOSITORY_WORKFLOW = "ShepherdRepository"
 SIGNAL_REPOSITORY_CHANGED = "changed"
@@ -85,10 +87,6 @@ CARRY_OUT = "carry_out"
 RUN_TURN = "run_turn"
 STOP_AGENT = "stop_agent"
 
-# The per-host facts of a session: they do not travel when the session moves to another host.
-HOST_KEYS = ("worktree", "port", "turn", "reports_seq")
-# Facts a host learns that stay with the session wherever it goes: the last work-in-progress push.
-CARRIED_KEYS = ("checkpoint",)
 NOTE_MOVED = "The session moved from host {old} to host {new}: {lost}"
 LOST_TURN = "the running turn was lost and runs again from the last pushed state of the branch."
 LOST_TURN_AFTER_CHECKPOINT = (
@@ -159,7 +157,7 @@ class SessionWorkflow:
     def __init__(self, state: dict[str, Any]) -> None:
         # Restored here, not in `run`: signals that came with the start are handled before `run` begins.
         self.session: Session | None = None
-        self.context: dict[str, Any] = {}
+        self.context: RuntimeContext | None = None  # the newest session's facts
         self.host: str | None = None
         self.outbox: list[Command] = []
         self.host_timeout = 60.0
@@ -181,7 +179,7 @@ class SessionWorkflow:
     def _state(self) -> dict[str, Any]:
         return {
             "session": self.session.to_dict() if self.session else None,
-            "context": self.context,
+            "context": self.context.to_dict() if self.context is not None else {},
             "host": self.host,
             "outbox": [command_to_dict(c) for c in self.outbox],
             "host_timeout": self.host_timeout,
@@ -191,7 +189,8 @@ class SessionWorkflow:
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.session = Session.from_dict(state["session"]) if state.get("session") else None
-        self.context = dict(state.get("context") or {})
+        known = state.get("context")
+        self.context = RuntimeContext.from_dict(known) if known else None  # also the older runs' plain dict
         self.host = state.get("host")
         self.outbox = [command_from_dict(c) for c in state.get("outbox") or ()]
         self.host_timeout = float(state.get("host_timeout") or self.host_timeout)
@@ -312,12 +311,10 @@ class SessionWorkflow:
             return
 
     def _take_result(self, result: dict[str, Any]) -> None:
-        if self.session is not None and result.get("session_id") == self.session.id and result.get("context"):
+        if (self.session is not None and self.context is not None and result.get("session_id") == self.session.id
+                and result.get("context")):
             # The host adds only its own facts and, at times, a note; everything else is the workflow's.
-            theirs = result["context"]
-            self.context.update({k: theirs[k] for k in (*HOST_KEYS, *CARRIED_KEYS) if k in theirs})
-            ours, notes = list(self.context.get("notes") or []), list(theirs.get("notes") or [])
-            self.context["notes"] = ours + [note for note in notes if note not in ours]
+            self.context = self.context.with_host_answer(RuntimeContext.from_dict(result["context"]))
         for data in result.get("events") or ():
             self._apply(event_from_dict(data))
 
@@ -336,9 +333,9 @@ class SessionWorkflow:
 
     async def _tell_slots(self, command: Command) -> None:
         assert self.session is not None
-        policy = self.context.get("policy") or {}
         data = {"session_id": self.session.id, "repo": self.session.repo, "workflow_id": workflow.info().workflow_id,
-                "per_repo": self.max_per_repo, "max_parallel": policy.get("max_parallel")}
+                "per_repo": self.max_per_repo,
+                "max_parallel": self.context.policy.max_parallel if self.context is not None else None}
         if isinstance(command, RequestSlot):
             name, data["front"] = SIGNAL_REQUEST, command.front
         else:
@@ -390,20 +387,20 @@ class SessionWorkflow:
 
     async def _move(self, *, turn_lost: bool) -> None:
         """The host is gone: claim another, prepare the workspace there and re-run what was lost."""
-        assert self.session is not None
+        assert self.session is not None and self.context is not None
         old = self.host
         self.host = None
-        self.context = {k: v for k, v in self.context.items() if k not in HOST_KEYS}
+        self.context = self.context.without_host_facts()
         await self._claim_host()
-        checkpoint = self.context.get("checkpoint")
+        checkpoint = self.context.checkpoint
         if not turn_lost:
             lost = LOST_NOTHING
         elif checkpoint:
             lost = LOST_TURN_AFTER_CHECKPOINT.format(sha=str(checkpoint)[:7])
         else:
             lost = LOST_TURN
-        self.context["notes"] = [*self.context.get("notes", []),
-                                 NOTE_MOVED.format(old=old, new=self.host, lost=lost)]
+        moved = NOTE_MOVED.format(old=old, new=self.host, lost=lost)
+        self.context = replace(self.context, notes=(*self.context.notes, moved))
         workflow.logger.warning("%s moved from host %s to %s", self.session.id, old, self.host)
         if self.session.state not in (State.REGISTERED,) and self.session.is_live:
             # The new host needs the worktree before any turn: from the branch as last pushed.
@@ -414,15 +411,17 @@ class SessionWorkflow:
             except (HostLost, ActivityError):
                 result = {}
             if self.session is not None and result.get("context"):
-                self.context = dict(result["context"])
+                # Only the new host's facts: what a front end told meanwhile (an edited body) is kept.
+                self.context = self.context.with_host_answer(RuntimeContext.from_dict(result["context"]))
         if turn_lost:
             self._apply(Recovered(turn_alive=False))
         else:
             self.outbox.insert(0, PostStatus())
 
     def _payload(self, command: Command) -> dict[str, Any]:
-        assert self.session is not None
-        return {"session": self.session.to_dict(), "context": self.context, "command": command_to_dict(command),
+        assert self.session is not None and self.context is not None
+        return {"session": self.session.to_dict(), "context": self.context.to_dict(),
+                "command": command_to_dict(command),
                 "workflow_id": workflow.info().workflow_id}
 
     # -- deciding: the core ---------------------------------------------------------------------
@@ -433,9 +432,9 @@ class SessionWorkflow:
         self.events_seen += 1
         if decision.session is None:
             return
-        if before is not None and decision.session.id != before.id:
+        if before is not None and decision.session.id != before.id and self.context is not None:
             # A retry on a finished session starts a new one with the same facts (as the local engine).
-            self.context = {k: v for k, v in self.context.items() if k not in (*HOST_KEYS, *CARRIED_KEYS, "notes")}
+            self.context = self.context.for_retry()
         self.session = decision.session
         self.outbox.extend(decision.commands)
         self._tell_repository(before, decision.session, event)
@@ -451,9 +450,9 @@ class SessionWorkflow:
         if decision.session is None:
             return
         if before is None or decision.session.id != before.id:
-            self.context = dict(data["context"])
+            self.context = RuntimeContext.from_dict(data["context"])
             if self.host is not None and before is not None:
-                self.context.pop("worktree", None)
+                self.context = replace(self.context, worktree=None)
         self.session = decision.session
         self.outbox.extend(decision.commands)
         self._tell_repository(before, decision.session, event)
@@ -471,8 +470,8 @@ class SessionWorkflow:
     @workflow.signal(name=SIGNAL_FACTS)
     def on_facts(self, data: dict[str, Any]) -> None:
         """Facts about the session that others found (the repository's overlaps, an edited issue body)."""
-        if self.session is not None and self.session.id == data["session_id"]:
-            self.context.update({k: v for k, v in data["facts"].items() if k in FACT_KEYS})
+        if self.session is not None and self.context is not None and self.session.id == data["session_id"]:
+            self.context = self.context.with_found_facts(data["facts"])
 
     # -- the repository's observers -------------------------------------------------------------
 
@@ -483,11 +482,12 @@ class SessionWorkflow:
         if not wants or not workflow.patched(PATCH_REPOSITORY_OBSERVERS):
             return  # (a workflow started before the observers existed replays its history unchanged)
         pending = self.notice["wants"] if self.notice is not None else []
-        policy = self.context.get("policy") or {}
+        facts = self.context
         self.notice = {
-            "session": after.to_dict(), "installation_id": self.context.get("installation_id"), "host": self.host,
-            "worktree": self.context.get("worktree"), "clone_url": self.context.get("clone_url"),
-            "dashboard": bool(policy.get("dashboard_issue", True)),
+            "session": after.to_dict(), "installation_id": facts.installation_id if facts is not None else None,
+            "host": self.host, "worktree": facts.worktree if facts is not None else None,
+            "clone_url": facts.clone_url if facts is not None else None,
+            "dashboard": facts.policy.dashboard_issue if facts is not None else True,
             "wants": pending + [want for want in wants if want not in pending],
         }
         if self.notice_task is None or self.notice_task.done():
@@ -504,5 +504,6 @@ class SessionWorkflow:
 
     @workflow.query(name=QUERY_SNAPSHOT)
     def snapshot(self) -> dict[str, Any]:
-        return {"session": self.session.to_dict() if self.session else None, "context": self.context,
+        return {"session": self.session.to_dict() if self.session else None,
+                "context": self.context.to_dict() if self.context is not None else {},
                 "host": self.host, "idle": not (self.outbox or self.carrying_out or self._busy())}

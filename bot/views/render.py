@@ -197,21 +197,20 @@ SANDBOX_OFF_SENTENCE = (
 
 def _policy_yaml(context: SessionContext) -> str:
     text = yaml.safe_dump(context.policy.as_dict(), sort_keys=False, allow_unicode=True).strip()
-    sandbox = context.extra.get("sandbox", "bwrap") if isinstance(context.extra, dict) else "bwrap"
-    return text + "\n" + (SANDBOX_OFF_POLICY_LINE if sandbox == "none" else "sandbox: bwrap")
+    return text + "\n" + (SANDBOX_OFF_POLICY_LINE if context.sandbox == "none" else "sandbox: bwrap")
 
 
 def _egress_refusals(context: SessionContext) -> str:
     """`host:port (n)` for what the egress proxy refused, or an empty string."""
-    stats = context.extra.get("egress") if isinstance(context.extra, dict) else None
-    if not stats or not stats.get("refused"):
+    stats = context.egress
+    if stats is None or not stats.refused:
         return ""
     # Host names come from the agent: defused like any agent text, and kept out of code spans' way.
     hosts = ", ".join(
         f"`{agent_text(str(host))[:100].replace('`', '')}` ({int(count)})"
-        for host, count in sorted(stats.get("refused_hosts", {}).items())[:10]
+        for host, count in sorted(stats.hosts.items())[:10]
     )
-    return f"{stats['refused']} connection(s) refused" + (f": {hosts}" if hosts else "")
+    return f"{stats.refused} connection(s) refused" + (f": {hosts}" if hosts else "")
 
 
 # Exit code 127 is the shell's "command not found": for a named agent CLI it means the CLI is missing.
@@ -291,9 +290,9 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
         failure=agent_text(failure_text(session, context.policy.agent)) if session.state == State.FAILED else "",
         log_tail=tail if session.state == State.FAILED else "",
         notes=[agent_text(note) for note in context.notes],
-        earlier=_earlier(context.extra.get("earlier") or ()),
+        earlier=_earlier(context.earlier),
         policy_yaml=_policy_yaml(context),
-        sandbox_off=SANDBOX_OFF_SENTENCE if context.extra.get("sandbox") == "none" else "",
+        sandbox_off=SANDBOX_OFF_SENTENCE if context.sandbox == "none" else "",
         egress_refused=_egress_refusals(context),
         waiting=_waiting_links(session, repo_url) if session.detail == Detail.WAITING_FOR_DEPENDENCIES else [],
         spend=(spend_line(session.spent_usd, session.limits.max_cost_usd)
@@ -304,7 +303,7 @@ def render_status(session: Session, context: SessionContext, *, log_tail: str | 
 
 def _attempts(session: Session, context: SessionContext, repo_url: str | None) -> list[dict[str, Any]]:
     """A bake-off's two attempts (SPEC §8): engine, branch, state, place in the queue, and its question."""
-    positions = context.extra.get("attempt_positions") or {}
+    positions = context.attempt_positions
     shown = []
     for attempt in session.attempts:
         own = attempt.session
