@@ -1,6 +1,6 @@
 """The type checker and the linter, as part of every test run: mypy (strict) on the pure core, the GitHub
-layer, the handlers and the writers of Shepherd's marked comments (`bot/runtime/marked.py`, the Publisher)
-(`[tool.mypy]` in pyproject.toml); pyflakes on all of `bot/` and `handlers/`."""
+layer, the handlers, the ingest layer, the runtime and the Temporal engine (`[tool.mypy]` in pyproject.toml);
+pyflakes on all of `bot/` and `handlers/`."""
 
 from __future__ import annotations
 

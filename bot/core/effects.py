@@ -73,6 +73,14 @@ class Publisher(Protocol):
         """Carry out one command idempotently; return the events it produced (e.g. `QuestionPosted`)."""
         ...
 
+    async def respond(self, installation_id: int, full_name: str, number: int, response: Response) -> None:
+        """Carry out one of the core's answers to a person outside a session, once."""
+        ...
+
+    def answered(self, full_name: str, number: int, comment_id: int) -> bool:
+        """Was this command comment already carried out and acknowledged?"""
+        ...
+
 
 class Finisher(Protocol):
     """Turns finished work into a pushed branch and one pull request (SPEC §1.8)."""
@@ -83,6 +91,18 @@ class Finisher(Protocol):
         ends with `appendix` when given: a bake-off's comparison).
 
         Returns `PullRequestOpened`, `PullRequestUpdated`, `PushFailed` or `MergeConflict` (and nothing else)."""
+        ...
+
+    async def push(self, session: Session, context: SessionContext, branch: str) -> str:
+        """Push one more of the session's branches (a bake-off's other attempt) the way its own is pushed."""
+        ...
+
+    async def checkpoint(self, session: Session, context: SessionContext, *, last: str | None = None) -> str | None:
+        """Push the agent's commits so far as work in progress (a Temporal host, SPEC §7); the commit pushed."""
+        ...
+
+    def remember_push(self, session: Session, full_name: str, sha: str) -> None:
+        """Take `sha` on the session's branch as Shepherd's own last push (another host's checkpoint)."""
         ...
 
 

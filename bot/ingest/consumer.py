@@ -11,6 +11,7 @@ keeps answering fast; the stored backlog is handled once the burst is over.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import logging
 from collections import deque
@@ -42,7 +43,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int) -> float:
         """Delay before the attempt after ``attempt`` failed ones (exponential, capped)."""
-        return min(self.max_delay, self.first_delay * (2 ** max(0, attempt - 1)))
+        return float(min(self.max_delay, self.first_delay * (2 ** max(0, attempt - 1))))
 
 
 def handler_name(callback: Callable[..., Any]) -> str:
@@ -239,12 +240,15 @@ class Consumer:
                 return (wait if timeout is None else min(timeout, wait)), True
             job = asyncio.create_task(self._handle_head(key, head), name=f"delivery-{head.id}")
             self._running[key] = job
-            job.add_done_callback(lambda _t, key=key: self._finished(key))
+            job.add_done_callback(functools.partial(self._on_done, key))
         return timeout, False
 
     def _finished(self, key: str) -> None:
         self._running.pop(key, None)
         self.wake()
+
+    def _on_done(self, key: str, _task: asyncio.Task[None]) -> None:
+        self._finished(key)
 
     async def _handle_head(self, key: str, head: _Pending) -> None:
         if head.event is None and head.body is not None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import gidgethub
 
+from bot.github.api import GitHub
 from bot.github.permissions import PermissionCache
 from bot.core.responses import BAKEOFF_NOT_ON_TEMPORAL, NotOffered
 from bot.core.effects import IssueRef
@@ -105,7 +106,7 @@ def _waiting_keys(store: Any) -> set[str]:
 
 
 async def _reconcile_repository(
-    gh: Any, installation_id: int, repository: dict[str, Any], engine: Any, policies: RepoPolicies,
+    gh: GitHub, installation_id: int, repository: dict[str, Any], engine: Any, policies: RepoPolicies,
     permissions: PermissionCache, waiting: set[str], done: Reconciled,
 ) -> None:
     owner, name = repository["owner"]["login"], repository["name"]
@@ -136,7 +137,7 @@ async def _reconcile_repository(
     await _reconcile_pulls(gh, owner, name, full_name, engine, done)
 
 
-async def labeller(gh: Any, owner: str, repo: str, number: int, label: str) -> dict[str, Any] | None:
+async def labeller(gh: GitHub, owner: str, repo: str, number: int, label: str) -> dict[str, Any] | None:
     """Who added `label` to the issue most recently (the user of its newest `labeled` event), if known."""
     found: dict[str, Any] | None = None
     async for event in gh.getiter(EVENTS_URL, {"owner": owner, "repo": repo, "issue_number": number,
@@ -149,7 +150,7 @@ async def labeller(gh: Any, owner: str, repo: str, number: int, label: str) -> d
 
 
 async def _start_as_labeller(
-    gh: Any, engine: Any, ref: IssueRef, choice: Choice, label: str, loaded: LoadedPolicy,
+    gh: GitHub, engine: Any, ref: IssueRef, choice: Choice, label: str, loaded: LoadedPolicy,
     permissions: PermissionCache, done: Reconciled,
 ) -> None:
     """Start the issue as the person who added `label`, with the one policy reading (`loaded`) that gave the
@@ -176,7 +177,7 @@ async def _start_as_labeller(
         done.started.append(key)
 
 
-async def _reconcile_pulls(gh: Any, owner: str, name: str, full_name: str, engine: Any, done: Reconciled) -> None:
+async def _reconcile_pulls(gh: GitHub, owner: str, name: str, full_name: str, engine: Any, done: Reconciled) -> None:
     open_numbers: set[int] = set()
     async for pull in gh.getiter(PULLS_URL, {"owner": owner, "repo": name, "state": "open", "per_page": PER_PAGE}):
         open_numbers.add(int(pull["number"]))

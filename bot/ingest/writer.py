@@ -57,6 +57,7 @@ class DeliveryWriter:
         if self._add_turn is None:  # the first of its group: looks the loop up for all of them
             self._loop = asyncio.get_running_loop()
             self._add_turn = self._loop.call_soon(self._write_added)
+        assert self._loop is not None  # set by the first of the group, above
         answer: asyncio.Future[bool] = self._loop.create_future()
         self._pending.append((row, on_new, answer))
         return await answer

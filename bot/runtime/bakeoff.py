@@ -126,11 +126,11 @@ def _tree_url(clone_url: str, branch: str) -> str:
 async def _facts(host: BakeOffHost, stored: StoredSession, attempt: Attempt) -> AttemptFacts:
     session, policy = stored.session, stored.context.policy
     own = attempt.session
-    measured = dict(cost_usd=own.spent_usd or None, seconds=attempt.seconds)
+    cost, seconds = own.spent_usd or None, attempt.seconds
     if own.state != State.COMPLETE:
         return AttemptFacts(engine=attempt.name, branch=own.branch, test_command=policy.test, test_exit_code=None,
                             files_changed=0, lines_added=0, lines_removed=0,
-                            failure=own.failure_reason or str(own.state), **measured)
+                            failure=own.failure_reason or str(own.state), cost_usd=cost, seconds=seconds)
     view = host.attempt(session.id, attempt.name)
     assert view is not None
 
@@ -140,7 +140,8 @@ async def _facts(host: BakeOffHost, stored: StoredSession, attempt: Attempt) -> 
     workspaces = host.workspaces
     return await check_attempt(workspaces.git, workspaces, session.repo, engine=attempt.name, branch=own.branch,
                                base=session.base_branch, test_command=policy.test,
-                               protected_patterns=policy.protected_paths, run_test=run_test, **measured)
+                               protected_patterns=policy.protected_paths, run_test=run_test, cost_usd=cost,
+                               seconds=seconds)
 
 
 async def judge_attempts(host: BakeOffHost, stored: StoredSession) -> Sequence[Event]:

@@ -102,7 +102,7 @@ class DashboardRefresher:
         stored = self.sessions.get(session.id)
         if stored is None or not stored.context.policy.dashboard_issue:
             return None
-        return stored.installation_id
+        return int(stored.installation_id)
 
     def schedule(self, installation_id: int, full_name: str) -> None:
         self._dirty[full_name] = installation_id

@@ -18,6 +18,7 @@ from typing import Any
 
 import gidgethub
 
+from bot.github.api import GitHub
 from bot.runtime.marked import ensure_comment
 from bot.runtime.publisher import issue_scope
 from bot.store.posted import PostedRecords
@@ -71,9 +72,10 @@ class DependencyTracker:
         self.posted = PostedRecords(store)
         self.engine: Any = None
 
-    async def _read_issue(self, gh: Any, key: IssueKey, seen: _Seen) -> dict[str, Any] | None:
+    async def _read_issue(self, gh: GitHub, key: IssueKey, seen: _Seen) -> dict[str, Any] | None:
         if key in seen.issues:
             return seen.issues[key]
+        issue: dict[str, Any] | None
         try:
             issue = await gh.getitem(ISSUE_URL, {"owner": key.owner, "repo": key.name, "issue_number": key.number})
         except gidgethub.BadRequest as error:
@@ -93,7 +95,7 @@ class DependencyTracker:
         stored = self.engine.sessions.last_for_issue(name, key.number)
         return stored.session if stored is not None else None
 
-    async def _facts(self, gh: Any, key: IssueKey, home: str, seen: _Seen) -> DependencyFacts:
+    async def _facts(self, gh: GitHub, key: IssueKey, home: str, seen: _Seen) -> DependencyFacts:
         issue = await self._read_issue(gh, key, seen)
         if issue is None:
             return DependencyFacts(visible=False)
@@ -103,7 +105,7 @@ class DependencyTracker:
             return DependencyFacts(closed_completed=closed_completed)
         return DependencyFacts(closed_completed=closed_completed, pr_state=session.pr_state, branch=session.branch)
 
-    async def _cycle(self, gh: Any, start: IssueKey, body: str | None, seen: _Seen) -> list[IssueKey] | None:
+    async def _cycle(self, gh: GitHub, start: IssueKey, body: str | None, seen: _Seen) -> list[IssueKey] | None:
         edges: dict[IssueKey, list[IssueKey]] = {start: parse_dependencies(body, start.repo)}
         queue = list(edges[start])
         while queue and len(edges) < MAX_GRAPH_ISSUES:
@@ -135,7 +137,7 @@ class DependencyTracker:
                 await self._report_cycle(gh, cycle, installation_id)
         return resolution
 
-    async def _report_unseen(self, gh: Any, key: IssueKey, unseen: Sequence[IssueKey], installation_id: int) -> None:
+    async def _report_unseen(self, gh: GitHub, key: IssueKey, unseen: Sequence[IssueKey], installation_id: int) -> None:
         scope = issue_scope(key.repo, key.number)
         name = ",".join(f"{k.repo}#{k.number}" for k in unseen)
         if self.posted.get(scope, UNSEEN_KIND, name) is not None:
@@ -147,7 +149,7 @@ class DependencyTracker:
             now=self.clock(), priority=Priority.NORMAL, edit=False,
         )
 
-    async def _report_cycle(self, gh: Any, cycle: Sequence[IssueKey], installation_id: int) -> None:
+    async def _report_cycle(self, gh: GitHub, cycle: Sequence[IssueKey], installation_id: int) -> None:
         bot_login, _ = await self.github.bot_identity(installation_id)
         ident = cycle_id(cycle)
         for key in cycle:

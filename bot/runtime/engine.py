@@ -36,6 +36,9 @@ from bot.core.responses import Response
 from bot.core.engines import trigger_event
 from bot.agent.prompt import render_prompt, render_turn_message
 from bot.core.session import (
+    FailureKind,
+    TurnExited,
+    TurnFailed,
     Cancel,
     CancelReason,
     CleanupWorkspace,
@@ -125,9 +128,9 @@ def _turn_context(session: Session) -> dict[str, Any]:
 
 def _turn_end(end: Event) -> str:
     """How a turn ended, in a few words: `exit 0`, or the shell's reason for ending it (`idle`, ...)."""
-    if isinstance(end, turns.TurnExited):
+    if isinstance(end, TurnExited):
         return f"exit {end.exit_code}"
-    if isinstance(end, turns.TurnFailed):
+    if isinstance(end, TurnFailed):
         return str(end.reason)
     return type(end).__name__
 
@@ -351,7 +354,7 @@ class Engine(SessionReads):
                     clone_url=issue.clone_url,
                     default_branch=issue.default_branch,
                     issue_body=issue.body,
-                    issue_author=issue.author,
+                    issue_author=issue.author or "",
                     trigger_label=label,
                     trigger_at=now,
                     policy=with_engine(loaded.policy, session.engine),
@@ -896,7 +899,7 @@ class Engine(SessionReads):
             raise
         except Exception:  # noqa: BLE001 - a broken watcher must not leave the session waiting forever
             log.exception("watching the turn of %s failed", session_id, extra=_turn_context(stored.session))
-            end = turns.TurnFailed(turns.FailureKind.CRASH, "")
+            end = TurnFailed(FailureKind.CRASH, "")
         log.info("turn %d ended (%s)", turn, _turn_end(end),
                  extra={**_turn_context(stored.session), "log_path": handle.log_path})
         if self.metrics is not None:  # the turn is over, however it ended

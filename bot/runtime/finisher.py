@@ -32,12 +32,14 @@ from typing import Any
 
 import gidgethub
 
+from bot.github.api import GitHub
 from bot.agent.environment import SessionEnvironment
 from bot.redaction import redact
 from bot.workspace.git import Git, GitError, Mirror
 from bot.github.operations import OperationRefused
 from bot.agent.confinement import for_session as confinement_for
 from bot.agent.processes import REASON_EXITED, log_tail
+from bot.core.effects import SessionContext
 from bot.core.protected import touched_protected_paths
 from bot.workspace.push import PushRefused, agent_branch, push_branch, remote_tip
 from bot.views.render import environment, fence
@@ -331,7 +333,7 @@ class Finisher:
         log.info("tests of %s: exit %s (%s)", session.id, outcome.exit_code, outcome.reason)
         return TestRun(context.policy.test, outcome.exit_code, stop_reason, tail)
 
-    async def checkpoint(self, session: Session, context: Any, *, last: str | None = None) -> str | None:
+    async def checkpoint(self, session: Session, context: SessionContext, *, last: str | None = None) -> str | None:
         """Push the agent's commits so far to the session's branch, as work in progress (SPEC §7: a session
         that moves to another host starts from them); return the commit pushed, or None when nothing was.
 
@@ -382,7 +384,7 @@ class Finisher:
             PushRecords(self._store.db).record(full_name, agent_branch(session.branch), sha, session_id=session.id,
                                                now=self._clock())
 
-    async def push(self, session: Session, context: Any, branch: str) -> str:
+    async def push(self, session: Session, context: SessionContext, branch: str) -> str:
         """Push one more of the session's branches (a bake-off's other attempt) the way its own is pushed."""
         return await self._push(session, context, agent_branch(branch))
 
@@ -519,7 +521,7 @@ class Finisher:
             return opened
         return [PullRequestUpdated(head_sha=head_sha)]
 
-    async def _request_review(self, gh: Any, owner: str, repo: str, number: int, login: str) -> None:
+    async def _request_review(self, gh: GitHub, owner: str, repo: str, number: int, login: str) -> None:
         try:
             await gh.post(
                 "/repos/{owner}/{repo}/pulls/{pull_number}/requested_reviewers",

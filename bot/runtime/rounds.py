@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from bot.github.api import GitHub
 from bot.core.feedback import inline_feedback
 from bot.core.sanitize import marker
 from bot.core.session import ReviewFeedback, Session
@@ -45,7 +46,7 @@ NEEDS_HUMAN_KIND = "needs-human"
 
 
 async def post_needs_human(
-    gh: Any, owner: str, repo: str, pull_number: int, session: Session, *, store: Store, bot_login: str,
+    gh: GitHub, owner: str, repo: str, pull_number: int, session: Session, *, store: Store, bot_login: str,
     clock: Callable[[], float] = time.time,
 ) -> int:
     """Post (once per session and PR) the comment explaining why Shepherd stopped iterating; its id."""

@@ -61,7 +61,7 @@ class HostSlots:
         self._admitted: dict[str, asyncio.Event] = {}
 
     @contextlib.asynccontextmanager
-    async def slot(self, session_id: str, repo: str, *, front: bool):
+    async def slot(self, session_id: str, repo: str, *, front: bool) -> AsyncIterator[None]:
         admitted = self._admitted.setdefault(session_id, asyncio.Event())
         if not self.queue.is_running(session_id):
             self.queue.enqueue(session_id, repo, front=front)
