@@ -174,3 +174,35 @@ def test_agent_lost_with_shepherd_is_rerun_and_finishes_once(fake_github, git_re
     assert git_remote.show(REPO, f"refs/heads/{push['branch']}", "work.txt") == "turn 1\n"
     published = [entry["command"] for entry in _lines(tmp_path / "published.jsonl")]
     assert published.count("React") == 1  # the eyes reaction was not repeated
+
+
+def test_an_agent_started_just_before_a_kill_whose_start_was_not_recorded_is_adopted(
+        fake_github, git_remote, driver, tmp_path):
+    """`kill -9` between spawning the agent and recording its turn: the restart finds the turn's wrapper by
+    its command line and watches it instead of killing it and running the turn again (found by the chaos
+    test, seed 3: the first try asked its question, the second, seeing the first try's mark, said done)."""
+    import sqlite3
+
+    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
+    fake_github.add_issue(REPO, title="Start once")
+    body, pids, started, release = _agent(tmp_path)
+    first = driver(body, trigger=True)
+    _wait(started.exists)
+    agent = _agent_process(tmp_path / "agent.sh")
+    assert agent is not None
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # What a kill in that window leaves: the turn is due and its agent runs, but no record names it.
+    database = sqlite3.connect(tmp_path / "data" / "shepherd.db")
+    with database:
+        database.execute("UPDATE sessions SET context = json_remove(context, '$.turn')")
+    database.close()
+    [agent_pid] = pids.read_text().split()
+    second = driver(body, trigger=False)
+    time.sleep(1.0)
+    assert agent.is_running(), "the restart killed the running agent"
+    release.touch()
+    assert second.wait(timeout=60) == 0, (tmp_path / "driver-1.log").read_text()
+    assert pids.read_text().split() == [agent_pid]  # adopted, never run twice
+    [push] = _lines(tmp_path / "finished.jsonl")
+    assert git_remote.show(REPO, f"refs/heads/{push['branch']}", "work.txt") == "turn 1\n"

@@ -125,6 +125,10 @@ class Confinement:
                                  follow_symlinks=False)
         return target
 
+    def cgroup_name(self, name: str) -> str:
+        """The cgroup of the process group `name` (`turn-3`, `setup`...): the same on every try of it."""
+        return _CGROUP_NAME.sub("-", f"{self.cgroup_prefix}-{name}")[:200]
+
     def spawn(
         self,
         command: Sequence[str] | str,
@@ -139,7 +143,7 @@ class Confinement:
         if not self.sandbox.enabled:
             return processes.spawn_turn(command, cwd=self.worktree, env=adjusted, log_path=log_path,
                                         exit_path=exit_path)
-        cgroup_name = _CGROUP_NAME.sub("-", f"{self.cgroup_prefix}-{name}")[:200]
+        cgroup_name = self.cgroup_name(name)
         cgroup = limits.create(cgroup_name, self.turn_limits) if os.geteuid() == 0 else None
         if cgroup is not None:
             cgroup.kill_all()  # a leftover of an earlier try of the same turn

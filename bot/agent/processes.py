@@ -172,6 +172,24 @@ def spawn_turn(
     return handle
 
 
+def find_turn(exit_path: str | os.PathLike[str], log_path: str | os.PathLike[str], *,
+              cgroup: str | None = None) -> TurnHandle | None:
+    """The live wrapper of a turn that is already running, found by the exit file on its command line.
+
+    A `kill -9` of Shepherd after it started a turn's agent but before it recorded the turn leaves the agent
+    running with nothing naming it; the restart starts the turn again. Finding the wrapper first lets it
+    watch that agent instead of running the turn twice."""
+    wanted = os.fspath(exit_path)
+    for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+        cmdline = process.info["cmdline"] or []
+        if (len(cmdline) >= 5 and cmdline[0] == "/bin/sh" and cmdline[3] == WRAPPER_NAME and cmdline[4] == wanted
+                and process.info["status"] != psutil.STATUS_ZOMBIE):
+            created = float(process.info["create_time"])
+            return TurnHandle(pid=process.pid, create_time=created, log_path=os.fspath(log_path), exit_path=wanted,
+                              started_at=created, cgroup=cgroup)
+    return None
+
+
 def _drop_privileges(user: str) -> list[str]:
     entry = pwd.getpwnam(user)
     return [

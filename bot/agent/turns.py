@@ -70,11 +70,11 @@ class TurnSetup:
 
     @property
     def log_path(self) -> Path:
-        return self.session_dir / f"turn-{self.turn}.log"
+        return turn_files(self.session_dir, self.turn)[0]
 
     @property
     def exit_path(self) -> Path:
-        return self.session_dir / f"turn-{self.turn}.exit"
+        return turn_files(self.session_dir, self.turn)[1]
 
     @property
     def reply_file(self) -> Path:
@@ -122,6 +122,20 @@ def start_turn(
         exit_path=setup.exit_path,
         run_as_user=setup.run_as_user,
     )
+
+
+def turn_files(session_dir: Path, turn: int) -> tuple[Path, Path]:
+    """The log and the exit file of turn `turn` of the session whose control folder is `session_dir`."""
+    return session_dir / f"turn-{turn}.log", session_dir / f"turn-{turn}.exit"
+
+
+def find_running(session_dir: Path, turn: int, confinement: Confinement | None) -> TurnHandle | None:
+    """Turn `turn`'s agent if it already runs: started by a Shepherd killed before it could record the turn."""
+    cgroup = None
+    if confinement is not None and confinement.sandbox.enabled and os.geteuid() == 0:
+        cgroup = confinement.cgroup_name(f"turn-{turn}")
+    log_path, exit_path = turn_files(session_dir, turn)
+    return processes.find_turn(exit_path, log_path, cgroup=cgroup)
 
 
 MAX_OPTIONS = 20

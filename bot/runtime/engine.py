@@ -298,6 +298,13 @@ class Engine(SessionReads):
             self.workspaces.reserve_port(context.port)
         self._note_policy_limits(session.repo, context)
         handle = self._turn_handle(session, context)
+        if handle is None and session.running_turn is not None and context.worktree:
+            # Killed after starting the agent but before recording the turn: the agent may still run.
+            handle = turns.find_running(self.workspaces.session_dir(self.folder_of(session)), session.turn_count,
+                                        self.confinement(session, Path(context.worktree), context.policy))
+            if handle is not None:
+                record = TurnRecord(session.turn_count, session.id, handle.to_json())
+                await self.change_context(session.id, lambda known: replace(known, turn=record))
         alive = False
         if handle is not None:
             # A turn that ended while Shepherd was down left its exit code: watch it to read the end.
@@ -797,7 +804,13 @@ class Engine(SessionReads):
         first = command.kind == TurnKind.FIRST or (
             command.kind == TurnKind.PLAN and command.reply is None and command.resume_session_id is None
         )
-        if first:
+        orphan = turns.find_running(session_dir, command.turn, setup.confinement)
+        if orphan is not None:
+            # Started by a Shepherd killed before it recorded the turn: watched, never started twice.
+            log.warning("turn %d of %s was already running (its start was never recorded); watching it",
+                        command.turn, session.id, extra=_turn_context(session))
+            handle = orphan
+        elif first:
             prompt = await self._render_prompt(stored, worktree)
             handle = turns.start_turn(setup, adapter, prompt=prompt, message=None, reply=None,
                                       resume_session_id=None, budget_usd=command.max_cost_usd)
