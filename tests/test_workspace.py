@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
@@ -340,3 +341,33 @@ async def test_a_test_merge_cut_short_by_kill_9_leaves_the_mirror_usable(workspa
                                                                                   ("more.txt", 1, 0)]
     if killed == 0:  # every merge test ended before the kill could land: nothing was cut short
         pytest.skip("git finished before the kill could land on this machine")
+
+
+async def test_a_lock_left_by_a_git_killed_with_shepherd_does_not_stop_the_next_commit(workspace):
+    """A `kill -9` of Shepherd in the middle of its leftover commit kills its git too (the box dies with its
+    parent) and leaves `.git/index.lock`; the restart's commit must not fail on it (chaos test, seed 2: the
+    session failed with "Unable to create index.lock: File exists")."""
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    lock = tree / ".git" / "index.lock"
+    lock.write_text("")
+    (tree / "work.txt").write_text("work\n")
+    sha = await spaces.commit_all(tree, "Leftovers", *BOT)
+    assert sha is not None and await spaces.head(tree) == sha
+    assert not lock.exists()
+
+
+async def test_a_lock_held_by_a_process_in_the_worktree_is_left_alone(workspace):
+    spaces, _ = workspace
+    tree = await spaces.create_worktree(REPO, BRANCH, "main")
+    lock = tree / ".git" / "index.lock"
+    lock.write_text("")
+    holder = subprocess.Popen(["sleep", "30"], cwd=tree)  # a git still at work there, for all Shepherd knows
+    try:
+        (tree / "work.txt").write_text("work\n")
+        with pytest.raises(WorkspaceError, match="index.lock"):
+            await spaces.commit_all(tree, "Leftovers", *BOT)
+        assert lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence
 
+import psutil
+
 from bot.core.attempts import split_attempt_id
 from bot.core.session import Session
 from bot.workspace.git import FETCH_REFSPEC, Git, GitError, Mirror, check_clone_url
@@ -208,6 +210,24 @@ def session_folder(session_id: str) -> str:
     repo, _, number = issue.rpartition("#")
     owner, _, name = repo.partition("/")
     return f"{owner}__{name}__{number}__{attempt}"
+
+
+def clear_stale_index_lock(worktree: Path) -> bool:
+    """Remove `.git/index.lock` when no process works in the worktree: a git killed with Shepherd (its box
+    dies with its parent) leaves the lock behind, and every later git that writes the index would refuse.
+    A lock with a live process in the worktree is left to it. True when a lock was removed."""
+    git_dir = worktree / ".git"
+    lock = git_dir / "index.lock"
+    if git_dir.is_symlink() or not git_dir.is_dir() or not lock.exists():
+        return False  # a `.git` file or link (the agent's doing) is never followed
+    inside = os.path.realpath(worktree)
+    for process in psutil.process_iter(["cwd"]):
+        where = process.info.get("cwd")
+        if where and (where == inside or where.startswith(inside + os.sep)):
+            return False
+    lock.unlink(missing_ok=True)
+    log.warning("removed a stale index.lock in %s (left by a git that was killed)", worktree)
+    return True
 
 
 def folder_of(session: Session) -> str:
@@ -685,6 +705,7 @@ class Workspaces:
         author_email: str,
     ) -> str | None:
         """Commit every leftover change as Shepherd, in the box; return the new commit id, or None if clean."""
+        clear_stale_index_lock(worktree)
         identity = {
             "GIT_AUTHOR_NAME": author_name,
             "GIT_AUTHOR_EMAIL": author_email,
