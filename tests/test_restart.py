@@ -131,9 +131,11 @@ def _agent(tmp_path: Path) -> tuple[str, Path, Path, Path]:
     return AGENT.format(pids=pids, started=started, release=release), pids, started, release
 
 
-def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_remote, driver, tmp_path):
+def _killed_mid_turn(fake_github, git_remote, driver, tmp_path: Path, title: str):
+    """Shepherd started on a new issue and killed with -9 while its agent waits for the release file; the
+    agent outlives it. Returns the agent's script body, its pids file, the release file and its process."""
     prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
-    fake_github.add_issue(REPO, title="Survive a restart")
+    fake_github.add_issue(REPO, title=title)
     body, pids, started, release = _agent(tmp_path)
     first = driver(body, trigger=True)
     _wait(started.exists)
@@ -141,6 +143,11 @@ def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_re
     assert agent is not None
     first.send_signal(signal.SIGKILL)
     first.wait()
+    return body, pids, release, agent
+
+
+def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_remote, driver, tmp_path):
+    body, pids, release, agent = _killed_mid_turn(fake_github, git_remote, driver, tmp_path, "Survive a restart")
     [agent_pid] = pids.read_text().split()  # the agent's pid inside its box
     assert agent.is_running() and agent.status() != psutil.STATUS_ZOMBIE  # it outlives Shepherd
     second = driver(body, trigger=False)
@@ -155,15 +162,7 @@ def test_agent_running_across_a_kill_is_reattached_not_rerun(fake_github, git_re
 
 
 def test_agent_lost_with_shepherd_is_rerun_and_finishes_once(fake_github, git_remote, driver, tmp_path):
-    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
-    fake_github.add_issue(REPO, title="Lose the agent")
-    body, pids, started, release = _agent(tmp_path)
-    first = driver(body, trigger=True)
-    _wait(started.exists)
-    agent = _agent_process(tmp_path / "agent.sh")
-    assert agent is not None
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    body, pids, release, agent = _killed_mid_turn(fake_github, git_remote, driver, tmp_path, "Lose the agent")
     _kill_turn_of(agent)  # the machine lost the agent too
     _wait(lambda: _agent_process(tmp_path / "agent.sh") is None, timeout=10)
     release.touch()
@@ -183,15 +182,7 @@ def test_an_agent_started_just_before_a_kill_whose_start_was_not_recorded_is_ado
     test, seed 3: the first try asked its question, the second, seeing the first try's mark, said done)."""
     import sqlite3
 
-    prepare_repo(fake_github, git_remote, policy=FAST_POLICY)
-    fake_github.add_issue(REPO, title="Start once")
-    body, pids, started, release = _agent(tmp_path)
-    first = driver(body, trigger=True)
-    _wait(started.exists)
-    agent = _agent_process(tmp_path / "agent.sh")
-    assert agent is not None
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    body, pids, release, agent = _killed_mid_turn(fake_github, git_remote, driver, tmp_path, "Start once")
     # What a kill in that window leaves: the turn is due and its agent runs, but no record names it.
     database = sqlite3.connect(tmp_path / "data" / "shepherd.db")
     with database:
