@@ -233,15 +233,22 @@ def _orphans(marker: str) -> list[psutil.Process]:
     return found
 
 
-async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fake_github, git_remote):
-    bed = temporal_bed
+async def _labelled_on_a_sleeping_host_a(bed, fake_github, body: str = ""):
+    """A front end, and host A whose agent sleeps (hosts started later finish the work), with issue 1
+    labelled: (the front end, host A's process). Hosts are lost after 4 s without a heartbeat."""
     bed.command = agent_script(bed.tmp, DONE_AGENT)
     bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
     sleeping = agent_script(bed.tmp, SLEEPING_AGENT, name="sleeping.sh")
     front = await bed.front_end()
     host_a = bed.host_process("host-a", SHEPHERD_AGENT_COMMAND=sleeping)
-    fake_github.add_issue(REPO, title="Add a greeting", user="carol")
+    fake_github.add_issue(REPO, title="Add a greeting", body=body, user="carol")
     await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    return front, host_a
+
+
+async def test_a_killed_host_loses_its_session_to_another_host(temporal_bed, fake_github, git_remote):
+    bed = temporal_bed
+    front, host_a = await _labelled_on_a_sleeping_host_a(bed, fake_github)
     try:
         await wait_for(lambda: list((bed.tmp / "host-a").glob("sessions/*/home/started")), timeout=90)
         assert (await front.session(1)).state == State.WORKING
@@ -277,13 +284,7 @@ async def test_a_fact_the_front_end_tells_during_a_move_survives_the_new_hosts_a
     front end (`change_context`, the dependency tracker's path). B's answer brings its worktree; the
     workflow's record of the session, the one the hosts and the repository's re-checks read, keeps both."""
     bed = temporal_bed
-    bed.command = agent_script(bed.tmp, DONE_AGENT)
-    bed.env = {"SHEPHERD_HOST_TIMEOUT_SECONDS": "4"}
-    sleeping = agent_script(bed.tmp, SLEEPING_AGENT, name="sleeping.sh")
-    front = await bed.front_end()
-    host_a = bed.host_process("host-a", SHEPHERD_AGENT_COMMAND=sleeping)
-    fake_github.add_issue(REPO, title="Add a greeting", body="Please add hello.txt", user="carol")
-    await front.deliver("issues", payloads.issue_labeled(fake_github, REPO, 1, "agent:go", sender=MAINTAINER))
+    front, host_a = await _labelled_on_a_sleeping_host_a(bed, fake_github, body="Please add hello.txt")
     handle = front.engine.client.get_workflow_handle(f"{REPO}#1")
     edited = "Please add hello.txt\n\nDepends on nothing after all."
     try:
