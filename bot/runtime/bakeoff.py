@@ -20,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
+from bot.core.attempts import find as find_attempt
 from bot.core.bakeoff import AttemptFacts, comparison_table, judge, paths_holding_tests
 from bot.core.protected import touched_protected_paths
 from bot.core.session import Attempt, BakeOffJudged, Event, State
@@ -152,7 +153,8 @@ async def judge_attempts(host: BakeOffHost, stored: StoredSession) -> Sequence[E
     second = await _facts(host, stored, second_attempt)
     verdict = judge(first, second)
     log.info("bake-off %s: %s wins: %s", session.id, verdict.winner.engine, verdict.reason)
-    winner = next(attempt for attempt in session.attempts if attempt.name == verdict.winner.engine)
+    winner = find_attempt(session, verdict.winner.engine)
+    assert winner is not None
     if verdict.other.failure is None:
         await host.push_branch(stored, verdict.other.branch)
     own = stored.context.attempts.get(winner.name, AttemptContext())

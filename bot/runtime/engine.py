@@ -300,7 +300,7 @@ class Engine(SessionReads):
         handle = self._turn_handle(session, context)
         if handle is None and session.running_turn is not None and context.worktree:
             # Killed after starting the agent but before recording the turn: the agent may still run.
-            handle = turns.find_running(self.workspaces.session_dir(self.folder_of(session)), session.turn_count,
+            handle = turns.find_running(self.workspaces.session_dir(folder_of(session)), session.turn_count,
                                         self.confinement(session, Path(context.worktree), context.policy))
             if handle is not None:
                 record = TurnRecord(session.turn_count, session.id, handle.to_json())
@@ -328,10 +328,9 @@ class Engine(SessionReads):
         only one this trigger uses; `edited_after_label` says the issue changed after the label (the agent
         gets the labelled text); `engine` is the adapter an engine label picked (SPEC §8)."""
         key = f"{issue.full_name}#{issue.number}"
-        loaded = policy
         async with self._lock(key):
             last = self.sessions.last_for_issue(issue.full_name, issue.number)
-            event = trigger_event(issue, loaded.policy, mode=mode, actor=actor, labelled_at=labelled_at,
+            event = trigger_event(issue, policy.policy, mode=mode, actor=actor, labelled_at=labelled_at,
                                   engine=engine, rival=rival)
             now = self.clock()
             decision = decide_trigger(last.session if last else None, event, utc(now))
@@ -340,7 +339,7 @@ class Engine(SessionReads):
             if starts and self.dependencies is not None:
                 # Only a new session waits for its dependencies; the verdict shapes its first decision.
                 verdict = await self.dependencies.evaluate(
-                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=loaded.policy.stack
+                    issue.installation_id, issue.full_name, issue.number, issue.body, stack=policy.policy.stack
                 )
                 event = replace(event, waiting_for=tuple(k.ref(issue.full_name) for k in verdict.waiting),
                                 base_branch=verdict.stack_base or event.base_branch)
@@ -364,8 +363,8 @@ class Engine(SessionReads):
                     issue_author=issue.author or "",
                     trigger_label=label,
                     trigger_at=now,
-                    policy=with_engine(loaded.policy, session.engine),
-                    policy_problems=tuple(str(problem) for problem in loaded.problems),
+                    policy=with_engine(policy.policy, session.engine),
+                    policy_problems=tuple(str(problem) for problem in policy.problems),
                     notes=(NOTE_EDITED_AFTER_LABEL.format(actor=actor),) if edited_after_label else (),
                 )
             self._note_policy_limits(session.repo, context)
@@ -690,7 +689,7 @@ class Engine(SessionReads):
             default_branch=context.default_branch,
             policy=context.policy,
             worktree=worktree,
-            session_dir=self.workspaces.session_dir(self.folder_of(session)),
+            session_dir=self.workspaces.session_dir(folder_of(session)),
             port=context.port,
             queue_position=await self.queue_place(session),
             changed_files=changed,
@@ -713,7 +712,7 @@ class Engine(SessionReads):
         session, context = stored.session, stored.context
         policy = context.policy
         full_name = session.repo
-        session_dir = self.workspaces.session_dir(self.folder_of(session))
+        session_dir = self.workspaces.session_dir(folder_of(session))
         try:
             token = await self.github.mint_push_token(stored.installation_id, context.owner, context.repo)
             await self.workspaces.ensure_mirror(full_name, context.clone_url, token)
@@ -792,7 +791,7 @@ class Engine(SessionReads):
         policy = context.policy
         adapter = self.adapter_factory(policy)
         worktree = Path(context.worktree or "")
-        session_dir = self.workspaces.session_dir(self.folder_of(session))
+        session_dir = self.workspaces.session_dir(folder_of(session))
         try:
             await self.workspaces.share_base(worktree, session.base_branch)
         except WorkspaceError as error:  # the turn can still run; a rebase would say what is missing
@@ -848,7 +847,7 @@ class Engine(SessionReads):
 
     def _keep_plan(self, session: Session, command: PostPlan) -> None:
         """The plan lives in the session's control folder: the newest as `plan.md`, each revision too."""
-        folder = self.workspaces.session_dir(self.folder_of(session))
+        folder = self.workspaces.session_dir(folder_of(session))
         text = command.text if command.text.endswith("\n") else command.text + "\n"
         (folder / PLAN_FILE.format(revision=command.revision)).write_text(text, encoding="utf-8")
         (folder / PLAN_NAME).write_text(text, encoding="utf-8")
@@ -873,7 +872,7 @@ class Engine(SessionReads):
             return
         policy = stored.context.policy
         worktree = Path(stored.context.worktree or "")
-        session_dir = self.workspaces.session_dir(self.folder_of(stored.session))
+        session_dir = self.workspaces.session_dir(folder_of(stored.session))
         adapter = self.adapter_factory(policy)
 
         said_done = False
@@ -932,12 +931,8 @@ class Engine(SessionReads):
 
     def confinement(self, session: Session, worktree: Path, policy: EffectivePolicy) -> Confinement:
         """The box, egress proxy and limits of `session`'s turns, setup and test commands."""
-        return confinement_for(self.workspaces, self.folder_of(session), worktree, session.repo,
+        return confinement_for(self.workspaces, folder_of(session), worktree, session.repo,
                                policy.network.allow)
-
-    def folder_of(self, session: Session) -> str:
-        """The session's control folder (and box) name (`bot.workspace.workspaces.folder_of`)."""
-        return folder_of(session)
 
     # -- the bake-off's seam (`bot.runtime.bakeoff`) ---------------------------------------------
 
@@ -949,7 +944,7 @@ class Engine(SessionReads):
         """Run a check command (the bake-off's test) in `folder` as `stored`'s agent would run it: in its
         own box, with its environment; its exit code, or None when it did not finish."""
         session, context = stored.session, stored.context
-        name = f"{self.folder_of(session)}-check"
+        name = f"{folder_of(session)}-check"
         confinement = confinement_for(self.workspaces, name, folder, session.repo, context.policy.network.allow)
         box_dir = self.workspaces.session_dir(name)
         env = (await self._environment(session, context, folder, box_dir)).build(0)
@@ -1042,7 +1037,7 @@ class Engine(SessionReads):
 
     def _write_status(self, session: Session, context: RuntimeContext) -> None:
         try:
-            folder = self.workspaces.session_dir(self.folder_of(session))
+            folder = self.workspaces.session_dir(folder_of(session))
             data = to_status_json(session, worktree_path=context.worktree,
                                   queue_position=self.queue.position(session.id))
             write_status(folder / STATUS_NAME, data)

@@ -54,11 +54,10 @@ def snapshot_of(data: dict[str, Any] | None) -> Snapshot | None:
 
 async def workflow_ids(client: Client) -> list[str]:
     """The ids of every running issue workflow (`owner/repo#n`), each once."""
-    seen: list[str] = []
+    seen: dict[str, None] = {}  # in the order listed
     async for execution in client.list_workflows(ALL_SESSIONS):
-        if execution.id not in seen:
-            seen.append(execution.id)
-    return seen
+        seen.setdefault(execution.id)
+    return list(seen)
 
 
 async def snapshots(client: Client) -> list[Snapshot]:

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bot.core.session import Session, State
 from bot.core.budget import format_usd, spend_line
 from bot.views.dashboard_token import token_matches
-from bot.views.render import failure_text
+from bot.views.render import failure_text, ordinal
 from bot.views.session_logs import known_secrets, log_files
 from bot.views.outcomes_view import export_outcomes, load_outcomes, outcome_rows
 from bot.views.status_view import (
@@ -26,7 +26,6 @@ from bot.views.status_view import (
     format_age,
     load_sessions,
     open_question,
-    ordinal,
     spend_by_repository,
     state_label,
     status_objects,

@@ -101,7 +101,8 @@ PLAN_MODE_NAME = "plan first"
 GO_MODE_NAME = "go"
 
 
-def _ordinal(number: int) -> str:
+def ordinal(number: int) -> str:
+    """`1st`, `2nd`, `3rd`, `4th`, `11th`, `22nd`: a queue place as people read it."""
     if 10 <= number % 100 <= 20:
         suffix = "th"
     else:
@@ -158,7 +159,7 @@ def environment(directory: str = str(TEMPLATES_DIR)) -> jinja2.Environment:
     env.filters["utc"] = utc
     env.filters["quote"] = quote
     env.filters["fence"] = fence
-    env.filters["ordinal"] = _ordinal
+    env.filters["ordinal"] = ordinal
     return env
 
 

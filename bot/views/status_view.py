@@ -21,6 +21,7 @@ from typing import Any
 
 from bot.core.sanitize import terminal_line
 from bot.core.session import Detail, Session, State, to_status_json
+from bot.views.render import ordinal
 from bot.store.sessions import SessionStore
 
 # Stuck sessions wait for a person, so they come first; finished work comes last.
@@ -147,11 +148,6 @@ def placement_text(host: str | None, queue_position: int | None) -> str:
     if queue_position is not None:
         parts.append(f"{ordinal(queue_position)} in the queue")
     return ", ".join(parts)
-
-
-def ordinal(number: int) -> str:
-    suffix = "th" if 10 <= number % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(number % 10, "th")
-    return f"{number}{suffix}"
 
 
 def status_line(session: Session, now: datetime, *, host: str | None = None, queue_position: int | None = None) -> str:
