@@ -44,6 +44,9 @@ from bot.temporal.workflow import (
 
 with workflow.unsafe.imports_passed_through():
     from bot.core.overlaps import find_overlaps
+    from bot.core.session import TERMINAL_STATES
+
+ENDED = frozenset(state.value for state in TERMINAL_STATES)  # the notices carry the state as its value
 
 # Polled by every host beside its other queues, so a host busy claiming a session still takes these.
 OBSERVERS_QUEUE = "shepherd-observers"
@@ -53,7 +56,6 @@ POST_COORDINATION = "post_coordination"
 RECHECK_DEPENDENCIES = "recheck_dependencies"
 PACE = timedelta(seconds=3)
 SIGNALS_BEFORE_CONTINUE = 2000
-LIVE_STATES = ("registered", "queued", "planning", "working", "stuck")
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30),
                              maximum_attempts=5)
 ACTIVITY_LIMIT = timedelta(minutes=10)
@@ -135,7 +137,7 @@ class RepositoryWorkflow:
     async def _coordinate(self) -> None:
         """Compare the files the live sessions change; tell each session and its issue what overlaps."""
         live = {notice["session"]["id"]: notice for notice in self.issues.values()
-                if notice["session"]["state"] in LIVE_STATES and notice.get("host") and notice.get("worktree")}
+                if notice["session"]["state"] not in ENDED and notice.get("host") and notice.get("worktree")}
         by_host: dict[str, list[dict[str, Any]]] = {}
         for session_id, notice in live.items():
             by_host.setdefault(notice["host"], []).append(
