@@ -600,3 +600,9 @@ def test_a_review_that_overtakes_the_recording_of_its_pr_starts_its_round_once_t
     assert opened.session.review_rounds_used == 1 and opened.session.state == State.QUEUED
     again = decide(opened.session, ReviewFeedback("review:9", "bob", "One more file."), T0)
     assert again.session == opened.session  # the same review, delivered again, is one round
+
+
+def test_a_session_id_names_its_issue():
+    from bot.core.session import issue_of, make_session_id
+
+    assert issue_of(make_session_id("octo-org/my.repo", 12, 3)) == ("octo-org/my.repo", 12)

@@ -913,6 +913,13 @@ def make_session_id(repo: str, issue_number: int, attempt: int) -> str:
     return f"{repo}#{issue_number}/{attempt}"
 
 
+def issue_of(session_id: str) -> tuple[str, int]:
+    """(`owner/repo`, issue number) of a session id made by `make_session_id`."""
+    issue = session_id.rpartition("/")[0]
+    repo, _, number = issue.rpartition("#")
+    return repo, int(number)
+
+
 # --------------------------------------------------------------------------------------------------
 # Triggers
 

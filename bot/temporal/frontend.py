@@ -48,6 +48,7 @@ from bot.core.session import (
     Session,
     decide_trigger,
     event_to_dict,
+    issue_of,
 )
 from bot.runtime.engine import NOTE_EDITED_AFTER_LABEL, SessionReads, with_engine
 from bot.settings import Settings
@@ -177,11 +178,10 @@ class TemporalEngine(SessionReads):
 
     async def apply(self, session_id: str, event: Event) -> Session | None:
         """Feed an event to one session (the dependency tracker's re-checks); a stale id is dropped."""
-        issue = session_id.rpartition("/")[0]
-        full_name, _, number = issue.rpartition("#")
-        await self._handle(full_name, int(number)).signal(
+        full_name, number = issue_of(session_id)
+        await self._handle(full_name, number).signal(
             SIGNAL_EVENT_FOR, {"session_id": session_id, "event": event_to_dict(event)})
-        return await self.refresh(full_name, int(number))
+        return await self.refresh(full_name, number)
 
     async def change_context(self, session_id: str, change: Callable[[RuntimeContext], RuntimeContext]
                              ) -> RuntimeContext | None:
@@ -193,9 +193,8 @@ class TemporalEngine(SessionReads):
         changed = change(stored.context)
         if changed.dependency_body != stored.context.dependency_body:
             self.sessions.save_context(session_id, changed)
-            issue = session_id.rpartition("/")[0]
-            full_name, _, number = issue.rpartition("#")
-            await self._handle(full_name, int(number)).signal(
+            full_name, number = issue_of(session_id)
+            await self._handle(full_name, number).signal(
                 SIGNAL_FACTS, {"session_id": session_id, "facts": {"dependency_body": changed.dependency_body}})
         return changed
 
@@ -229,7 +228,7 @@ class TemporalEngine(SessionReads):
         here with one; anything else that does fails loudly rather than run half of it."""
         if rival is not None:
             raise NotImplementedError("a bake-off runs only with SHEPHERD_ENGINE=local for now")
-        loaded = policy
+        loaded = policy  # the one reading
         event = trigger_event(issue, loaded.policy, mode=mode, actor=actor, labelled_at=labelled_at, engine=engine)
         last = self.last_session(issue.full_name, issue.number)
         starts = decide_trigger(last, event, datetime.now(timezone.utc)).session

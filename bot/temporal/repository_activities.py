@@ -16,7 +16,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client
 
-from bot.core.session import Event, Session, event_to_dict
+from bot.core.session import Event, Session, event_to_dict, issue_of
 from bot.runtime.coordination import post_coordination
 from bot.runtime.dashboard_issue import refresh_dashboard
 from bot.runtime.dependencies import DependencyTracker
@@ -54,9 +54,7 @@ class SignallingEngine:
         self.sessions = sessions
 
     async def apply(self, session_id: str, event: Event) -> Session | None:
-        issue = session_id.rpartition("/")[0]
-        full_name, _, number = issue.rpartition("#")
-        await self.client.get_workflow_handle(workflow_id(full_name, int(number))).signal(
+        await self.client.get_workflow_handle(workflow_id(*issue_of(session_id))).signal(
             SIGNAL_EVENT_FOR, {"session_id": session_id, "event": event_to_dict(event)})
         return None
 
